@@ -39,7 +39,7 @@ def available() -> dict[tuple[str, ...], tuple[str, str]]:
 
 def usage() -> str:
     rows = available()
-    width = max(len(" ".join(w)) for w in rows)
+    width = max((len(" ".join(w)) for w in rows), default=0)
     lines = ["usage: reverie <command> [key=value ...]", "", "commands:"]
     lines += [f"  {' '.join(w):<{width}}  {h}" for w, (_, h) in rows.items()]
     lines += ["", "Run `reverie <command> --help` for a command's options."]
