@@ -1,0 +1,150 @@
+"""The world-model interface every backend implements, the batch contract, and the backend registry.
+
+The policy, the trainer and the evaluator use a world model through this interface only:
+
+    loss(batch)                    -> (scalar loss, {name: float})        training objective
+    observe(batch)                 -> (state, feat (B, T, F))             latent state after the context
+    imagine(state, policy, horizon)-> {"feat": (B, H+1, F), "action": (B, H, A),
+                                       "reward": (B, H), "cont": (B, H), "state": states}
+    decode(state)                  -> images (..., H, W, 3) float in [0, 1]
+
+`state` is whatever the backend needs to continue a rollout (a dict of tensors with a leading batch
+axis); callers pass it back unchanged. `imagine` includes the start state: feat[:, 0] is the feature
+of `state`, action[:, i] is the policy's action from feat[:, i], and reward[:, i] / cont[:, i] belong
+to arriving at feat[:, i + 1]. `imagine(...)["state"]` holds the imagined states with a (B, H+1) lead,
+so `decode(traj["state"])` gives the imagined frames (B, H+1, H, W, 3).
+
+Batch contract (a dict of tensors, B batch, T time; row t is observation o_t):
+    image                   uint8 or float (B, T, H, W, 3)  primary camera (config `image_key`)
+    state                   float (B, T, J)                 joint radians, gripper in [0, 1]
+    action                  float (B, T, A)                 a_t, sent after seeing o_t, in [-1, 1]
+    action_mask             bool  (B, T)                    False where a_t is unknown (video, last row)
+    reward                  float (B, T)                    r_t, received on arriving at o_t
+    is_first, is_last, is_terminal   bool (B, T)
+    instruction_embedding   float (B, 384)                  reverie.language.embed(instruction)
+    lang_token (optional)   float (B, T, D)                 one language token per step (Dynalang)
+A model stepping into o_t uses a_{t-1}: the shift happens inside the model (zero and masked at
+is_first), so action-free rows train like any other row.
+
+Backends register themselves with `@register("name")`; `build(name, cfg, spec)` imports the modules
+in BACKEND_MODULES on first use, so a new backend is one new file plus one name in that tuple.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from reverie.errors import ConfigError
+
+State = dict[str, Tensor]
+Policy = Callable[[Tensor], Tensor]  # feat (B, F) -> action (B, A)
+
+BATCH_KEYS = ("image", "state", "action", "action_mask", "reward", "is_first", "is_last",
+              "is_terminal", "instruction_embedding")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Shapes a backend is built for; taken from the store schema (and saved in checkpoints)."""
+
+    image_shape: tuple[int, int, int]  # (H, W, 3)
+    state_dim: int                     # J
+    action_dim: int                    # A
+    instruction_dim: int = 384
+    lang_dim: int = 0                  # D of per-step language tokens; 0 when Dynalang is off
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self) | {"image_shape": list(self.image_shape)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DataSpec":
+        return cls(**{**data, "image_shape": tuple(data["image_shape"])})
+
+
+class WorldModel(nn.Module, abc.ABC):
+    """Base class: a backend subclasses it and implements the four methods below.
+
+    `forward(batch)` is `loss(batch)`, so DDP/FSDP wrappers (which hook `forward`) sync gradients.
+    Backends read their hyperparameters from `cfg` (the `world_model` group merged with the size
+    preset's section for the backend) and must provide the optimiser keys `lr`, `adam_eps`,
+    `weight_decay`, `grad_clip`, and the data keys `batch_size`, `seq_len`.
+    """
+
+    feat_dim: int
+
+    def __init__(self, cfg: Any, spec: DataSpec):
+        super().__init__()
+        self.cfg = cfg
+        self.spec = spec
+
+    @abc.abstractmethod
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def observe(self, batch: dict[str, Tensor]) -> tuple[State, Tensor]:
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def imagine(self, state: State, policy: Policy, horizon: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def decode(self, state: State) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        return self.loss(batch)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+BACKENDS: dict[str, type[WorldModel]] = {}
+BACKEND_MODULES = ("rssm", "shortcut")  # world_model/<name>.py files that register backends
+
+
+def register(name: str):
+    def wrap(cls: type[WorldModel]) -> type[WorldModel]:
+        BACKENDS[name] = cls
+        return cls
+    return wrap
+
+
+def load_backends() -> dict[str, type[WorldModel]]:
+    for module in BACKEND_MODULES:
+        full = f"reverie.world_model.{module}"
+        try:
+            importlib.import_module(full)
+        except ModuleNotFoundError as e:
+            if e.name != full:  # a missing dependency inside an existing backend is a real error
+                raise
+    return BACKENDS
+
+
+def build(name: str, cfg: Any, spec: DataSpec) -> WorldModel:
+    backends = load_backends()
+    if name not in backends:
+        raise ConfigError(
+            f"unknown world model backend {name!r}; choose one of {sorted(backends)} "
+            f"(world_model=<name>)")
+    return backends[name](cfg, spec)
+
+
+def replay_policy(actions: Tensor) -> Policy:
+    """A policy that replays recorded actions (B, H, A) one step per call, ignoring the features:
+    open-loop prediction through `imagine` uses it."""
+    step = {"i": 0}
+
+    def policy(feat: Tensor) -> Tensor:
+        i = step["i"]
+        step["i"] += 1
+        return actions[:, i]
+    return policy
