@@ -1,0 +1,272 @@
+"""Arm configuration: servos, calibration, limits, action scaling and poses, loaded from YAML.
+
+One `ArmConfig` describes one physical arm (SO-101, Koch, or their virtual twins in `reverie sim
+serve-bus`). Units: joint values are radians, except the gripper, whose value is its opening in
+[0, 1] (0 closed). Servo positions are ticks, 4096 per turn.
+
+Calibration maps ticks to joint values: `zero_ticks` is the reading at 0 rad (the middle pose the
+calibration command records), `range_ticks` the reading at the two mechanical ends. A calibration
+JSON written by `reverie robot calibrate` overrides those two fields per joint.
+
+Everything is validated at load time so a bad file fails before torque is ever enabled, with a
+message that names the joint and the key to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reverie.errors import ConfigError
+
+TICKS_PER_TURN = 4096
+RAD_PER_TICK = 2 * math.pi / TICKS_PER_TURN
+CONF_DIR = Path(__file__).resolve().parents[1] / "reverie" / "conf" / "robot"
+ACTION_MODES = ("delta", "absolute")
+PROTOCOLS = ("feetech", "dynamixel")
+
+
+@dataclasses.dataclass(frozen=True)
+class JointConfig:
+    name: str
+    id: int
+    model: str
+    limits: tuple[float, float]        # allowed joint values (rad; gripper opening)
+    max_velocity: float                # per second, same unit as limits
+    max_step: float                    # largest |goal - present| sent in one command
+    action_scale: float                # delta mode: joint change for action 1.0
+    direction: int = 1                 # -1 where the servo turns against the joint convention
+    zero_ticks: int = TICKS_PER_TURN // 2
+    range_ticks: tuple[int, int] = (0, TICKS_PER_TURN - 1)
+    gripper: bool = False
+
+    def to_value(self, ticks: float) -> float:
+        """Servo ticks -> joint radians (or gripper opening in [0, 1])."""
+        if self.gripper:
+            lo, hi = self.range_ticks
+            opening = (ticks - lo) / (hi - lo)
+            return float(opening if self.direction > 0 else 1.0 - opening)
+        return float(self.direction * (ticks - self.zero_ticks) * RAD_PER_TICK)
+
+    def to_ticks(self, value: float) -> int:
+        """Joint value -> servo ticks, kept inside the calibrated mechanical range."""
+        lo, hi = self.range_ticks
+        if self.gripper:
+            opening = value if self.direction > 0 else 1.0 - value
+            ticks = lo + opening * (hi - lo)
+        else:
+            ticks = self.zero_ticks + self.direction * value / RAD_PER_TICK
+        return int(np.clip(round(ticks), lo, hi))
+
+    def calibrated_span(self) -> tuple[float, float]:
+        """Joint values reachable inside the calibrated tick range."""
+        a, b = self.to_value(self.range_ticks[0]), self.to_value(self.range_ticks[1])
+        return min(a, b), max(a, b)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmConfig:
+    name: str
+    protocol: str
+    joints: tuple[JointConfig, ...]
+    port: str | None = None
+    baudrate: int = 1_000_000
+    timeout_s: float = 0.02
+    retries: int = 2
+    control_hz: float = 30.0
+    action_mode: str = "delta"
+    home_pose: tuple[float, ...] = ()  # where reset() brings the arm before an episode
+    safe_pose: tuple[float, ...] = ()  # where the arm rests unpowered without falling
+    watchdog_s: float = 0.25           # hold position when no command arrives for this long
+    settle_tol: float = 0.05           # pose moves end when every joint is this close
+    cameras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [j.name for j in self.joints]
+
+    @property
+    def ids(self) -> list[int]:
+        return [j.id for j in self.joints]
+
+    def vector(self, attr: str) -> np.ndarray:
+        return np.array([getattr(j, attr) for j in self.joints], np.float64)
+
+    @property
+    def lower(self) -> np.ndarray:
+        return np.array([j.limits[0] for j in self.joints], np.float64)
+
+    @property
+    def upper(self) -> np.ndarray:
+        return np.array([j.limits[1] for j in self.joints], np.float64)
+
+    def ticks_to_values(self, ticks: Mapping[int, float]) -> np.ndarray:
+        return np.array([j.to_value(ticks[j.id]) for j in self.joints], np.float64)
+
+    def values_to_ticks(self, values: np.ndarray) -> dict[int, int]:
+        return {j.id: j.to_ticks(float(v)) for j, v in zip(self.joints, values)}
+
+
+def _pair(value, what: str) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{what}: expected a pair [low, high], got {value!r}") from e
+    return a, b
+
+
+def _joint(raw: Mapping[str, Any], arm: str, defaults: Mapping[str, Any]) -> JointConfig:
+    raw = {**defaults, **raw}
+    name = raw.get("name") or "?"
+    where = f"arm {arm!r}, joint {name!r}"
+    missing = [k for k in ("name", "id", "model", "limits", "max_velocity", "max_step", "action_scale")
+               if raw.get(k) is None]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}; add them under joints in the arm YAML")
+    lo, hi = _pair(raw["limits"], f"{where}: limits")
+    if not lo < hi:
+        raise ConfigError(f"{where}: limits are inverted or empty ([{lo}, {hi}]); "
+                          f"the lower limit must be below the upper one, swap them in the arm YAML")
+    rlo, rhi = (int(v) for v in _pair(raw.get("range_ticks", (0, TICKS_PER_TURN - 1)), f"{where}: range_ticks"))
+    if not 0 <= rlo < rhi < TICKS_PER_TURN:
+        raise ConfigError(f"{where}: range_ticks [{rlo}, {rhi}] must satisfy 0 <= low < high < "
+                          f"{TICKS_PER_TURN}; re-run `reverie robot calibrate`")
+    direction = int(raw.get("direction", 1))
+    if direction not in (1, -1):
+        raise ConfigError(f"{where}: direction must be 1 or -1, got {direction}")
+    for key in ("max_velocity", "max_step", "action_scale"):
+        if not float(raw[key]) > 0:
+            raise ConfigError(f"{where}: {key} must be positive, got {raw[key]}")
+    joint = JointConfig(
+        name=str(name), id=int(raw["id"]), model=str(raw["model"]).lower(), limits=(lo, hi),
+        max_velocity=float(raw["max_velocity"]), max_step=float(raw["max_step"]),
+        action_scale=float(raw["action_scale"]), direction=direction,
+        zero_ticks=int(raw.get("zero_ticks", TICKS_PER_TURN // 2)), range_ticks=(rlo, rhi),
+        gripper=bool(raw.get("gripper", False)))
+    if joint.gripper and not (0.0 <= lo and hi <= 1.0):
+        raise ConfigError(f"{where}: a gripper's limits are openings within [0, 1], got [{lo}, {hi}]")
+    span = joint.calibrated_span()
+    if hi < span[0] or lo > span[1]:
+        raise ConfigError(f"{where}: limits [{lo:.3f}, {hi:.3f}] lie outside the calibrated range "
+                          f"[{span[0]:.3f}, {span[1]:.3f}]; fix the limits or re-run `reverie robot calibrate`")
+    return joint
+
+
+def _pose(raw, joints: tuple[JointConfig, ...], arm: str, key: str) -> tuple[float, ...]:
+    if raw is None:  # default: the middle of each joint's limits
+        return tuple((j.limits[0] + j.limits[1]) / 2 for j in joints)
+    if isinstance(raw, Mapping):
+        unknown = set(raw) - {j.name for j in joints}
+        if unknown:
+            raise ConfigError(f"arm {arm!r}: {key} names unknown joints {sorted(unknown)}")
+        raw = [raw.get(j.name, (j.limits[0] + j.limits[1]) / 2) for j in joints]
+    pose = tuple(float(v) for v in raw)
+    if len(pose) != len(joints):
+        raise ConfigError(f"arm {arm!r}: {key} has {len(pose)} values for {len(joints)} joints")
+    for j, v in zip(joints, pose):
+        if not j.limits[0] <= v <= j.limits[1]:
+            raise ConfigError(f"arm {arm!r}: {key} puts joint {j.name!r} at {v:.3f}, outside its limits "
+                              f"[{j.limits[0]:.3f}, {j.limits[1]:.3f}]; move the pose or widen the limits")
+    return pose
+
+
+def arm_from_mapping(raw: Mapping[str, Any], calibration: Mapping[str, Any] | None = None) -> ArmConfig:
+    """Build and validate an ArmConfig from a plain or OmegaConf mapping (the arm YAML)."""
+    raw = _plain(raw)
+    name = str(raw.get("name", "arm"))
+    protocol = str(raw.get("protocol", "")).lower()
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"arm {name!r}: protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    mode = str(raw.get("action_mode", "delta"))
+    if mode not in ACTION_MODES:
+        raise ConfigError(f"arm {name!r}: action_mode must be one of {ACTION_MODES}, got {mode!r}")
+    joints_raw = list(raw.get("joints") or [])
+    if not joints_raw:
+        raise ConfigError(f"arm {name!r}: no joints listed; add a `joints:` list to the arm YAML")
+    calibration = calibration if calibration is not None else _calibration_file(raw.get("calibration"))
+    defaults = raw.get("joint_defaults") or {}
+    joints = []
+    for j in joints_raw:
+        j = dict(j)
+        cal = (calibration or {}).get("joints", {}).get(j.get("name"))
+        if cal:  # measured values win over the YAML's nominal ones
+            j.update(zero_ticks=cal["zero_ticks"], range_ticks=cal["range_ticks"])
+        joints.append(_joint(j, name, defaults))
+    joints = tuple(joints)
+    for attr in ("id", "name"):
+        values = [getattr(j, attr) for j in joints]
+        dupes = sorted({v for v in values if values.count(v) > 1})
+        if dupes:
+            raise ConfigError(f"arm {name!r}: joint {attr}s {dupes} appear more than once")
+    control_hz = float(raw.get("control_hz", 30.0))
+    if not 0 < control_hz <= 1000:
+        raise ConfigError(f"arm {name!r}: control_hz must be in (0, 1000], got {control_hz}")
+    return ArmConfig(
+        name=name, protocol=protocol, joints=joints, port=raw.get("port"),
+        baudrate=int(raw.get("baudrate", 1_000_000)), timeout_s=float(raw.get("timeout_s", 0.02)),
+        retries=int(raw.get("retries", 2)), control_hz=control_hz, action_mode=mode,
+        home_pose=_pose(raw.get("home_pose"), joints, name, "home_pose"),
+        safe_pose=_pose(raw.get("safe_pose"), joints, name, "safe_pose"),
+        watchdog_s=float(raw.get("watchdog_s", 0.25)), settle_tol=float(raw.get("settle_tol", 0.05)),
+        cameras=dict(raw.get("cameras") or {}))
+
+
+def load_arm(name_or_path: str | Path, **overrides) -> ArmConfig:
+    """Load `reverie/conf/robot/<name>.yaml` or a YAML path; keyword overrides replace top-level keys."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONF_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+        raise ConfigError(f"arm config {str(name_or_path)!r} not found: use one of {known} or a YAML path")
+    raw = _read_yaml(path)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return arm_from_mapping(raw)
+
+
+def _read_yaml(path: Path, depth: int = 0) -> dict:
+    """Read an arm YAML; `base: <name>` starts from another arm file (virtual twins, variants)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"arm config {path} is not valid YAML: {e}") from e
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if depth > 4:
+        raise ConfigError(f"arm config {path}: `base:` chain too deep (a cycle?)")
+    base_path = Path(base) if str(base).endswith((".yaml", ".yml")) else CONF_DIR / f"{base}.yaml"
+    if not base_path.exists():
+        raise ConfigError(f"arm config {path}: base {base!r} not found")
+    return {**_read_yaml(base_path, depth + 1), **raw}
+
+
+def _calibration_file(path) -> dict | None:
+    if not path:
+        return None
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ConfigError(f"calibration file {path} not found; run `reverie robot calibrate out={path}` "
+                          f"or drop the `calibration` key to use nominal values")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"calibration file {path} is not valid JSON ({e}); re-run `reverie robot calibrate`") from e
+
+
+def _plain(raw) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+        if isinstance(raw, DictConfig):
+            return OmegaConf.to_container(raw, resolve=True)
+    except ImportError:  # the torch-free runtime may not ship omegaconf
+        pass
+    return dict(raw)
