@@ -138,6 +138,19 @@ def build(name: str, cfg: Any, spec: DataSpec) -> WorldModel:
     return backends[name](cfg, spec)
 
 
+def model_config(cfg: Any) -> Any:
+    """The backend's hyperparameters: the `world_model` group merged with `preset.<backend>`."""
+    from omegaconf import OmegaConf
+
+    name = cfg.world_model.name
+    if name not in cfg.preset:
+        raise ConfigError(
+            f"size preset has no section for backend {name!r} (it has {sorted(cfg.preset)}); "
+            f"add `{name}:` to reverie/conf/preset/<preset>.yaml or choose another preset")
+    return OmegaConf.create({**OmegaConf.to_container(cfg.world_model, resolve=True),
+                             **OmegaConf.to_container(cfg.preset[name], resolve=True)})
+
+
 def replay_policy(actions: Tensor) -> Policy:
     """A policy that replays recorded actions (B, H, A) one step per call, ignoring the features:
     open-loop prediction through `imagine` uses it."""

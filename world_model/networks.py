@@ -1,0 +1,183 @@
+"""Building blocks shared by the world models (DreamerV3 conventions).
+
+symlog/symexp squash vector inputs and regression targets; TwoHot is the symexp two-hot
+distribution of reward and value heads; Dense = Linear -> RMSNorm -> SiLU; BlockGRU is DreamerV3's
+block-diagonal GRU; ConvEncoder / ConvDecoder map 64x64-style images to vectors and back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def symlog(x: Tensor) -> Tensor:
+    return torch.sign(x) * torch.log1p(torch.abs(x))
+
+
+def symexp(x: Tensor) -> Tensor:
+    return torch.sign(x) * torch.expm1(torch.abs(x))
+
+
+class TwoHot(nn.Module):
+    """Symexp two-hot: `bins` evenly spaced in symlog space over [-limit, limit].
+
+    A target y is encoded as weights on the two bins around symlog(y); the loss is the cross-entropy
+    of the logits against those weights, and the prediction is symexp(sum softmax(logits) * bins).
+    """
+
+    def __init__(self, bins: int = 255, limit: float = 20.0):
+        super().__init__()
+        self.register_buffer("bins", torch.linspace(-limit, limit, bins), persistent=False)
+
+    def target(self, y: Tensor) -> Tensor:
+        """(...) -> (..., K) two-hot weights of symlog(y)."""
+        x = symlog(y.float()).clamp(self.bins[0], self.bins[-1])
+        k = len(self.bins)
+        above = torch.searchsorted(self.bins, x.contiguous(), right=True).clamp(1, k - 1)  # (...)
+        below = above - 1
+        lo, hi = self.bins[below], self.bins[above]
+        w_hi = ((x - lo) / (hi - lo)).clamp(0, 1)
+        out = torch.zeros(*x.shape, k, device=x.device)
+        out.scatter_(-1, below.unsqueeze(-1), (1 - w_hi).unsqueeze(-1))
+        out.scatter_add_(-1, above.unsqueeze(-1), w_hi.unsqueeze(-1))
+        return out
+
+    def loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        """(..., K) logits, (...) targets -> (...) cross-entropy."""
+        return -(self.target(y) * F.log_softmax(logits.float(), -1)).sum(-1)
+
+    def mean(self, logits: Tensor) -> Tensor:
+        """(..., K) -> (...) predicted value."""
+        return symexp((F.softmax(logits.float(), -1) * self.bins).sum(-1))
+
+
+class Dense(nn.Sequential):
+    """Linear -> RMSNorm -> SiLU."""
+
+    def __init__(self, din: int, dout: int):
+        super().__init__(nn.Linear(din, dout, bias=False), nn.RMSNorm(dout, eps=1e-4), nn.SiLU())
+
+
+class MLP(nn.Module):
+    """`layers` Dense layers of `units`, then a linear output (zero-initialised when `zero_out`)."""
+
+    def __init__(self, din: int, dout: int, units: int, layers: int, zero_out: bool = False):
+        super().__init__()
+        dims = [din] + [units] * layers
+        self.body = nn.Sequential(*[Dense(a, b) for a, b in zip(dims[:-1], dims[1:])])
+        self.out = nn.Linear(dims[-1], dout)
+        if zero_out:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.body(x))
+
+
+class BlockLinear(nn.Module):
+    """Block-diagonal linear layer: G independent (din/G -> dout/G) maps. (..., din) -> (..., dout)."""
+
+    def __init__(self, din: int, dout: int, groups: int):
+        super().__init__()
+        if din % groups or dout % groups:
+            raise ValueError(f"BlockLinear: {din} and {dout} must be divisible by {groups} groups")
+        self.groups = groups
+        self.weight = nn.Parameter(torch.empty(groups, din // groups, dout // groups))
+        self.bias = nn.Parameter(torch.zeros(dout))
+        nn.init.uniform_(self.weight, -1 / math.sqrt(din // groups), 1 / math.sqrt(din // groups))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.reshape(*x.shape[:-1], self.groups, -1)          # (..., G, din/G)
+        x = torch.einsum("...gi,gio->...go", x, self.weight)   # (..., G, dout/G)
+        return x.reshape(*x.shape[:-2], -1) + self.bias
+
+
+class BlockGRU(nn.Module):
+    """DreamerV3's recurrent core. Each input is embedded separately (Dense to `hidden`); the joint
+    embedding is given to every one of `blocks` groups alongside that group's slice of the
+    deterministic state; a block-diagonal Dense layer and block-diagonal gates follow, so the
+    parameter count grows with deter^2 / blocks instead of deter^2.
+    """
+
+    def __init__(self, input_dims: list[int], deter: int, hidden: int, blocks: int):
+        super().__init__()
+        self.deter, self.blocks = deter, blocks
+        self.embed_deter = Dense(deter, hidden)
+        self.embed_inputs = nn.ModuleList([Dense(d, hidden) for d in input_dims])
+        width = (1 + len(input_dims)) * hidden                  # joint embedding per block
+        self.hidden = BlockLinear(blocks * width + deter, blocks * hidden, blocks)
+        self.norm = nn.RMSNorm(hidden, eps=1e-4)
+        self.gates = BlockLinear(blocks * hidden, 3 * deter, blocks)
+
+    def forward(self, deter: Tensor, inputs: list[Tensor]) -> Tensor:
+        """deter (B, D), inputs [(B, d_i)] -> new deter (B, D)."""
+        b, g = deter.shape[0], self.blocks
+        x = torch.cat([self.embed_deter(deter)] + [f(i) for f, i in zip(self.embed_inputs, inputs)], -1)
+        x = x.unsqueeze(1).expand(b, g, x.shape[-1])             # (B, G, width)
+        x = torch.cat([x, deter.reshape(b, g, -1)], -1)          # (B, G, width + D/G)
+        x = self.hidden(x.reshape(b, -1)).reshape(b, g, -1)      # (B, G, hidden)
+        x = F.silu(self.norm(x)).reshape(b, -1)                  # (B, G * hidden)
+        gates = self.gates(x).reshape(b, g, 3, -1)               # (B, G, 3, D/G)
+        reset, cand, update = [gates[:, :, i].reshape(b, -1) for i in range(3)]
+        reset = torch.sigmoid(reset)
+        cand = torch.tanh(reset * cand)
+        update = torch.sigmoid(update - 1)
+        return update * cand + (1 - update) * deter
+
+
+class ChannelNorm(nn.RMSNorm):
+    """RMSNorm over the channel axis of (N, C, H, W)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def conv_stages(size: int, minres: int = 4) -> int:
+    stages = int(round(math.log2(size / minres)))
+    if size != minres * 2 ** stages:
+        raise ValueError(f"image size {size} must be {minres} times a power of two (e.g. 16, 32, 64)")
+    return stages
+
+
+class ConvEncoder(nn.Module):
+    """(N, H, W, 3) float in [0, 1] -> (N, E). Stride-2 convs until 4x4, channels depth * 2^i."""
+
+    def __init__(self, size: int, depth: int):
+        super().__init__()
+        layers, cin = [], 3
+        for i in range(conv_stages(size)):
+            cout = depth * 2 ** i
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), ChannelNorm(cout, eps=1e-4), nn.SiLU()]
+            cin = cout
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.out_dim = cin * 4 * 4
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.net(image.permute(0, 3, 1, 2) - 0.5)
+
+
+class ConvDecoder(nn.Module):
+    """(N, F) -> (N, H, W, 3) in [0, 1] (sigmoid output; trained with MSE)."""
+
+    def __init__(self, din: int, size: int, depth: int):
+        super().__init__()
+        stages = conv_stages(size)
+        self.cin = depth * 2 ** (stages - 1)
+        self.inp = nn.Linear(din, self.cin * 4 * 4)
+        layers, cin = [], self.cin
+        for i in reversed(range(stages)):
+            last = i == 0
+            cout = 3 if last else depth * 2 ** (i - 1)
+            layers.append(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=last))
+            if not last:
+                layers += [ChannelNorm(cout, eps=1e-4), nn.SiLU()]
+            cin = cout
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, feat: Tensor) -> Tensor:
+        x = self.inp(feat).reshape(-1, self.cin, 4, 4)          # (N, C, 4, 4)
+        return torch.sigmoid(self.net(x)).permute(0, 2, 3, 1)   # (N, H, W, 3)
