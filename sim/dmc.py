@@ -1,0 +1,156 @@
+"""dm_control suite tasks from pixels, behind the reverie Env API.
+
+`make("dmc/walker-walk")` -> observations {"image/<camera>": uint8 (64, 64, 3), "state": float32,
+"instruction": str}. Follows DreamerV3's pixel setting: action repeat 2, camera 0 except quadruped
+(camera 2, the one that follows the body), every proprioceptive observation flattened into `state`.
+The suite has no notion of success, so info["success"] is None.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from reverie.errors import ConfigError, ReverieError
+from reverie.specs import ArraySpec, StepType, TextSpec, TimeStep
+
+# DreamerV3's short names for two domains whose suite names are long.
+DOMAIN_ALIASES = {"cup": "ball_in_cup", "pointmass": "point_mass"}
+
+# Camera 0 of quadruped looks at the whole floor from afar; camera 2 tracks the body.
+DEFAULT_CAMERA = {"quadruped": 2}
+
+# One fixed instruction per task, so that language-conditioned agents can be trained and evaluated
+# on the suite unchanged. Tasks not listed get a phrase built from their name.
+INSTRUCTIONS = {
+    ("acrobot", "swingup"): "swing the double pendulum up and balance it",
+    ("ball_in_cup", "catch"): "swing the ball into the cup",
+    ("cartpole", "balance"): "balance the pole upright",
+    ("cartpole", "balance_sparse"): "balance the pole upright",
+    ("cartpole", "swingup"): "swing up and balance the pole",
+    ("cartpole", "swingup_sparse"): "swing up and balance the pole",
+    ("cheetah", "run"): "run forward",
+    ("finger", "spin"): "spin the hinged body",
+    ("finger", "turn_easy"): "turn the hinged body to the target",
+    ("finger", "turn_hard"): "turn the hinged body to the target",
+    ("hopper", "hop"): "hop forward",
+    ("hopper", "stand"): "stand upright",
+    ("pendulum", "swingup"): "swing the pendulum up and balance it",
+    ("point_mass", "easy"): "move the point to the target",
+    ("quadruped", "run"): "run forward",
+    ("quadruped", "walk"): "walk forward",
+    ("reacher", "easy"): "reach the target with the arm tip",
+    ("reacher", "hard"): "reach the target with the arm tip",
+    ("walker", "run"): "run forward",
+    ("walker", "stand"): "stand upright",
+    ("walker", "walk"): "walk forward",
+}
+
+
+def default_instruction(domain: str, task: str) -> str:
+    return INSTRUCTIONS.get((domain, task), f"{domain.replace('_', ' ')}: {task.replace('_', ' ')}")
+
+
+def make_dmc_env(name: str, **kwargs) -> "DMCEnv":
+    """`name` is "<domain>-<task>", e.g. "walker-walk", "cartpole-swingup", "finger-turn_easy"."""
+    domain, sep, task = name.partition("-")
+    if not sep or not task:
+        raise ConfigError(f"dm_control task {name!r}: write it as <domain>-<task>, e.g. dmc/walker-walk")
+    return DMCEnv(DOMAIN_ALIASES.get(domain, domain), task, **kwargs)
+
+
+class DMCEnv:
+    """One dm_control suite task rendered to pixels; actions in [-1, 1] rescaled to the task bounds."""
+
+    def __init__(self, domain: str, task: str, *, size: tuple[int, int] = (64, 64),
+                 camera: int | str | None = None, action_repeat: int = 2,
+                 instruction: str | None = None, seed: int | None = None, render: bool = True):
+        from dm_control import suite  # imported here so reverie works without dm_control installed
+
+        if (domain, task) not in suite.ALL_TASKS:
+            known = ", ".join(f"{d}-{t}" for d, t in suite.ALL_TASKS[:8])
+            raise ConfigError(f"unknown dm_control task {domain}-{task}: pick one of suite.ALL_TASKS "
+                              f"written <domain>-<task> (for example {known}, ...)")
+        if action_repeat < 1:
+            raise ConfigError(f"action_repeat={action_repeat}: must be at least 1")
+        self.domain, self.task = domain, task
+        self._env = suite.load(domain, task, task_kwargs={"random": seed})
+        self._physics = self._env.physics
+        self._size = (int(size[0]), int(size[1]))
+        self._repeat = int(action_repeat)
+        self._render = bool(render)  # False: state-only observations (for speed benchmarks, state agents)
+
+        model = self._physics.model
+        camera = DEFAULT_CAMERA.get(domain, 0) if camera is None else camera
+        camera_id = model.name2id(camera, "camera") if isinstance(camera, str) else int(camera)
+        if not 0 <= camera_id < model.ncam:
+            raise ConfigError(f"{domain}-{task} has cameras 0..{model.ncam - 1}; camera={camera!r} is not one")
+        self._camera_id = camera_id
+        self._image_key = "image/" + (model.id2name(camera_id, "camera") or f"camera{camera_id}")
+
+        spec = self._env.action_spec()
+        self._low = spec.minimum.astype(np.float64)
+        self._high = spec.maximum.astype(np.float64)
+        self._state_size = sum(int(np.prod(s.shape)) for s in self._env.observation_spec().values())
+        self._default_instruction = instruction or default_instruction(domain, task)
+        self._instruction = self._default_instruction
+        self._last: TimeStep | None = None
+
+    # --- specs -------------------------------------------------------------------------------
+    def observation_spec(self) -> dict:
+        spec = {"state": ArraySpec((self._state_size,), "float32"), "instruction": TextSpec()}
+        if self._render:
+            spec[self._image_key] = ArraySpec((*self._size, 3), "uint8")
+        return spec
+
+    def action_spec(self) -> ArraySpec:
+        return ArraySpec(self._low.shape, "float32", -1.0, 1.0)
+
+    # --- episode -----------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, instruction: str | None = None) -> TimeStep:
+        # The suite draws initial states from task.random; re-seeding it in place makes a seeded
+        # reset reproducible without reloading the model (and its renderer).
+        if seed is not None:
+            self._env.task.random.seed(seed)
+        # The instruction is what the agent is told; dm_control's reward does not depend on it.
+        self._instruction = instruction if instruction is not None else self._default_instruction
+        ts = self._env.reset()
+        self._last = self._timestep(StepType.FIRST, 0.0, 1.0, ts.observation)
+        return self._last
+
+    def step(self, action) -> TimeStep:
+        if self._last is None or self._last.last():
+            return self.reset()  # dm_env convention: stepping past the end starts a new episode
+        action = np.asarray(action, np.float64)
+        if action.shape != self._low.shape:
+            raise ReverieError(f"dmc/{self.domain}-{self.task}: action shape {action.shape}, "
+                               f"expected {self._low.shape}")
+        if not np.all(np.isfinite(action)):
+            raise ReverieError(f"dmc/{self.domain}-{self.task}: action contains NaN or Inf")
+        scaled = self._low + (np.clip(action, -1.0, 1.0) + 1.0) / 2.0 * (self._high - self._low)
+        reward = 0.0
+        for _ in range(self._repeat):
+            ts = self._env.step(scaled)
+            reward += ts.reward or 0.0
+            if ts.last():
+                break
+        if ts.last():
+            # The suite ends episodes by time limit (discount 1); a task that terminates gives 0.
+            step_type, discount = StepType.LAST, (0.0 if ts.discount == 0 else 1.0)
+        else:
+            step_type, discount = StepType.MID, 1.0
+        self._last = self._timestep(step_type, reward, discount, ts.observation)
+        return self._last
+
+    def close(self) -> None:
+        self._env.close()
+
+    def _timestep(self, step_type, reward, discount, obs) -> TimeStep:
+        state = np.concatenate([np.asarray(v, np.float32).ravel() for v in obs.values()])
+        observation = {"state": state, "instruction": self._instruction}
+        if self._render:
+            observation[self._image_key] = self._physics.render(*self._size, camera_id=self._camera_id)
+        # Stamped after rendering: the image shows the physics state as of this moment.
+        return TimeStep(step_type, float(reward), discount, observation,
+                        {"success": None, "timestamp": time.time()})
