@@ -1,0 +1,176 @@
+"""The RSSM backend and its building blocks, on random tensors (tiny preset, seconds)."""
+
+import pytest
+import torch
+
+from reverie.config import compose
+from reverie.world_model.backend import (BACKENDS, DataSpec, WorldModel, build, load_backends,
+                                         model_config, replay_policy)
+from reverie.world_model.networks import BlockGRU, TwoHot, symexp, symlog
+
+B, T, J, A = 2, 6, 5, 4
+
+
+def make_model(*overrides, dynalang=False):
+    cfg = compose("train_wm", ["preset=tiny", "data=unused", *overrides])
+    spec = DataSpec((16, 16, 3), J, A, lang_dim=8 if dynalang else 0)
+    torch.manual_seed(0)
+    return build("rssm", model_config(cfg), spec)
+
+
+def make_batch(dynalang=False):
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "image": torch.rand(B, T, 16, 16, 3, generator=g),
+        "state": torch.randn(B, T, J, generator=g),
+        "action": torch.rand(B, T, A, generator=g) * 2 - 1,
+        "action_mask": torch.ones(B, T, dtype=torch.bool),
+        "reward": torch.rand(B, T, generator=g),
+        "is_first": torch.zeros(B, T, dtype=torch.bool),
+        "is_last": torch.zeros(B, T, dtype=torch.bool),
+        "is_terminal": torch.zeros(B, T, dtype=torch.bool),
+        "instruction_embedding": torch.nn.functional.normalize(torch.randn(B, 384, generator=g), dim=-1),
+    }
+    batch["is_first"][:, 0] = True
+    if dynalang:
+        batch["lang_token"] = torch.randn(B, T, 8, generator=g)
+    return batch
+
+
+def test_symlog_twohot_roundtrip():
+    x = torch.tensor([-1000.0, -3.0, -0.5, 0.0, 0.2, 7.0, 12345.0])
+    assert torch.allclose(symexp(symlog(x)), x, rtol=1e-4)
+    th = TwoHot(255, 20.0)
+    target = th.target(x)
+    assert torch.allclose(target.sum(-1), torch.ones(len(x)))
+    assert (target > 0).sum(-1).max() <= 2
+    # Logits equal to the log of the two-hot weights decode back to the value.
+    assert torch.allclose(th.mean(torch.log(target + 1e-12)), x, rtol=1e-3, atol=1e-3)
+
+
+def test_block_gru_is_block_diagonal_and_keeps_shape():
+    gru = BlockGRU([3, 2], deter=32, hidden=8, blocks=8)
+    deter = torch.zeros(4, 32)
+    out = gru(deter, [torch.randn(4, 3), torch.randn(4, 2)])
+    assert out.shape == (4, 32) and torch.isfinite(out).all()
+    assert gru.gates.weight.shape == (8, 8, 3 * 32 // 8)  # G x (hidden) x (3 D / G) per block
+
+
+def test_registry_and_errors():
+    assert "rssm" in load_backends()
+    assert issubclass(BACKENDS["rssm"], WorldModel)
+    cfg = compose("train_wm", ["preset=tiny", "data=x"])
+    with pytest.raises(Exception, match="unknown world model backend"):
+        build("nope", model_config(cfg), DataSpec((16, 16, 3), J, A))
+
+
+def test_loss_terms_and_gradients():
+    model = make_model()
+    loss, metrics = model.loss(make_batch())
+    for key in ("image", "state", "reward", "cont", "dyn", "rep"):
+        assert f"loss/{key}" in metrics
+    # Free bits: each KL term is clipped below at 1 nat.
+    assert metrics["loss/dyn"] >= 1.0 and metrics["loss/rep"] >= 1.0
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert model.image_enc.net[0].weight.grad.abs().sum() > 0  # reconstruction reaches the encoder
+    assert model.core.gates.weight.grad.abs().sum() > 0
+    # Zero-initialised reward output: reward starts at 0 whatever the features.
+    assert torch.count_nonzero(model.reward_head.out.weight) == 0
+
+
+def test_action_shift_uses_previous_action():
+    """Row t is entered with a_{t-1}: changing the last action changes nothing observed; changing a_0
+    changes the step into o_1 onward."""
+    model = make_model()
+    batch = make_batch()
+    torch.manual_seed(3)
+    _, feat = model.observe(batch)
+    b2 = {k: v.clone() for k, v in batch.items()}
+    b2["action"][:, -1] += 0.5
+    torch.manual_seed(3)
+    _, feat2 = model.observe(b2)
+    assert torch.equal(feat, feat2)
+    b3 = {k: v.clone() for k, v in batch.items()}
+    b3["action"][:, 0] = -b3["action"][:, 0]
+    torch.manual_seed(3)
+    _, feat3 = model.observe(b3)
+    assert torch.equal(feat[:, 0], feat3[:, 0])
+    assert not torch.allclose(feat[:, 1, : model.deter_dim], feat3[:, 1, : model.deter_dim])
+
+
+def test_action_free_rows_train_and_differ_from_zero_action():
+    model = make_model()
+    batch = make_batch()
+    batch["action_mask"][:] = False
+    loss, _ = model.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    # "No action" is its own input (mask bit 0), not the same as a zero command.
+    zero = model._action_input(torch.zeros(B, A), torch.ones(B, dtype=torch.bool))
+    none = model._action_input(torch.randn(B, A), torch.zeros(B, dtype=torch.bool))
+    assert torch.equal(none, torch.zeros_like(none)) and not torch.equal(zero, none)
+
+
+def test_is_first_resets_the_state():
+    model = make_model()
+    batch = make_batch()
+    batch["is_first"][:, 3] = True  # a new episode starts at row 3
+    torch.manual_seed(5)
+    _, feat = model.observe(batch)
+    tail = {k: (v[:, 3:] if v.dim() > 1 and v.shape[1] == T else v) for k, v in batch.items()}
+    torch.manual_seed(5)
+    model.observe({k: (v[:, :3] if v.dim() > 1 and v.shape[1] == T else v) for k, v in batch.items()})
+    _, feat_tail = model.observe(tail)
+    assert torch.allclose(feat[:, 3:], feat_tail, atol=1e-6)
+
+
+def test_imagine_and_decode_shapes():
+    model = make_model()
+    batch = make_batch()
+    state, feat = model.observe(batch)
+    assert feat.shape == (B, T, model.feat_dim)
+    actions = torch.rand(B, 5, A)
+    traj = model.imagine(state, replay_policy(actions), horizon=5)
+    assert traj["feat"].shape == (B, 6, model.feat_dim)
+    assert torch.equal(traj["feat"][:, 0], feat[:, -1])          # start state included
+    assert torch.equal(traj["action"], actions)
+    assert traj["reward"].shape == (B, 5) and traj["cont"].shape == (B, 5)
+    assert ((traj["cont"] >= 0) & (traj["cont"] <= 1)).all()
+    frames = model.decode(traj["state"])
+    assert frames.shape == (B, 6, 16, 16, 3) and frames.min() >= 0 and frames.max() <= 1
+    assert model.decode(state).shape == (B, 16, 16, 3)
+
+
+def test_instruction_conditions_the_prior():
+    model = make_model()
+    batch = make_batch()
+    torch.manual_seed(0)
+    a, _ = model.observe(batch)
+    b2 = dict(batch, instruction_embedding=-batch["instruction_embedding"])
+    torch.manual_seed(0)
+    b, _ = model.observe(b2)
+    assert not torch.allclose(a["deter"], b["deter"])
+
+
+def test_dynalang_tokens_are_input_and_target():
+    model = make_model("world_model.dynalang=true", dynalang=True)
+    batch = make_batch(dynalang=True)
+    loss, metrics = model.loss(batch)
+    assert "loss/lang" in metrics and metrics["loss/lang"] > 0
+    loss.backward()
+    assert model.lang_enc.body[0][0].weight.grad.abs().sum() > 0
+
+
+def test_a_few_steps_reduce_the_loss():
+    model = make_model()
+    batch = make_batch()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(15):
+        loss, _ = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < first

@@ -1,0 +1,120 @@
+"""Checkpoints: safetensors for tensors, JSON/YAML for everything else; loading never unpickles.
+
+    <run>/checkpoint/
+      model.safetensors        full (unsharded) model weights
+      optimizer.safetensors    optimiser tensors, keys "<param fqn>|<slot>" (e.g. "core.gates.weight|exp_avg")
+      optimizer.json           optimiser param groups (lr, eps, ... and parameter names)
+      rng_rank<r>.safetensors  torch (and CUDA) generator state of rank r
+      trainer.json             step, backend, data spec, per-rank data-sampler RNG state, stores
+      config.yaml              the resolved training config
+
+A checkpoint is written to `checkpoint.tmp/` and renamed into place, so an interrupted save leaves
+the previous checkpoint intact. Model and optimiser state go through
+torch.distributed.checkpoint.state_dict, which gathers full tensors from DDP and FSDP alike.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+
+from reverie.errors import ConfigError
+from reverie.world_model import distributed
+from reverie.world_model.backend import DataSpec, WorldModel, build, model_config
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def find(path: str | Path) -> Path:
+    """A run folder (uses its checkpoint/) or a checkpoint folder -> the checkpoint folder."""
+    path = Path(path)
+    for candidate in (path, path / "checkpoint"):
+        if (candidate / "model.safetensors").exists() and (candidate / "trainer.json").exists():
+            return candidate
+    raise ConfigError(f"no checkpoint in {path}: expected {path}/checkpoint/model.safetensors "
+                      "(a run folder written by `reverie train-wm`) or a checkpoint folder")
+
+
+def save(run_dir: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Any,
+         trainer: dict) -> Path:
+    """Collective under torch.distributed: every rank calls it; rank 0 writes the shared files."""
+    final, tmp = run_dir / "checkpoint", run_dir / "checkpoint.tmp"
+    rank = distributed.rank()
+    model_sd = get_model_state_dict(module, options=FULL)          # gathers on every rank
+    optim_sd = get_optimizer_state_dict(module, optimizer, options=FULL)
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    distributed.barrier()
+    save_file(_rng_state(), tmp / f"rng_rank{rank}.safetensors")
+    if rank == 0:
+        save_file({k: v.contiguous() for k, v in model_sd.items()}, tmp / "model.safetensors")
+        tensors = {f"{fqn}|{slot}": torch.as_tensor(value).contiguous()
+                   for fqn, slots in optim_sd["state"].items() for slot, value in slots.items()}
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "optimizer.json").write_text(json.dumps({"param_groups": optim_sd["param_groups"]}))
+        (tmp / "trainer.json").write_text(json.dumps(trainer, indent=1))
+        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    distributed.barrier()
+    if rank == 0:
+        old = run_dir / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
+    return final
+
+
+def load_training(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore weights, optimiser and this rank's RNG; returns trainer.json."""
+    path = find(path)
+    set_model_state_dict(module, load_file(path / "model.safetensors"), options=FULL)
+    tensors = load_file(path / "optimizer.safetensors")
+    state: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        fqn, slot = key.rsplit("|", 1)
+        state.setdefault(fqn, {})[slot] = value
+    groups = json.loads((path / "optimizer.json").read_text())["param_groups"]
+    set_optimizer_state_dict(module, optimizer, {"state": state, "param_groups": groups}, options=FULL)
+    rng = path / f"rng_rank{distributed.rank()}.safetensors"
+    if rng.exists():
+        _set_rng_state(load_file(rng))
+    return json.loads((path / "trainer.json").read_text())
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[WorldModel, Any, dict]:
+    """Build a trained world model for inference: (model in eval mode, training config, trainer.json)."""
+    path = find(path)
+    cfg = OmegaConf.create((path / "config.yaml").read_text())
+    trainer = json.loads((path / "trainer.json").read_text())
+    model = build(trainer["backend"], model_config(cfg), DataSpec.from_json(trainer["spec"]))
+    missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"checkpoint {path} does not match the {trainer['backend']} model built from "
+                          f"its config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                          "was it written by another version of reverie?")
+    return model.to(device).eval(), cfg, trainer
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

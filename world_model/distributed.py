@@ -1,0 +1,114 @@
+"""Process groups, model wrapping and precision for training.
+
+Single process on CPU/GPU, or under `torchrun --nproc_per_node=N` (any number of machines): torchrun
+sets RANK / WORLD_SIZE / LOCAL_RANK and we join the process group (NCCL on GPU, gloo on CPU). The
+model is wrapped in DDP, or sharded with FSDP (per-block `fully_shard` then the root) when the preset
+asks for it. On GPU, forward passes run under bf16 autocast; `compile=true` wraps the model with
+torch.compile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from reverie.errors import ConfigError
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but no CUDA GPU is visible; use device=cpu or device=auto")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if name != "cpu":
+        raise ConfigError(f"device={name!r}: choose auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+def setup(device_name: str) -> torch.device:
+    """Join the torchrun process group if launched by torchrun; returns this rank's device."""
+    device = pick_device(device_name)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=10))
+    return device
+
+
+def teardown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, device: torch.device, fsdp: bool, compile: bool) -> nn.Module:
+    """The module the training step calls: the model itself, DDP, or FSDP-sharded (in place)."""
+    wrapped = model
+    if is_distributed() and fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for child in model.children():  # shard each submodule, then the root holds the rest
+            if any(p.requires_grad for p in child.parameters()):
+                fully_shard(child)
+        fully_shard(model)
+    elif is_distributed():
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile:
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"precision={precision!r}: choose auto, bf16 or fp32")
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def all_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average scalar metrics over ranks (for logging)."""
+    if not is_distributed() or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(keys, (t / world()).tolist()))
+
+
+def unwrap(module: nn.Module) -> Any:
+    """The underlying model of a (possibly DDP- or compile-) wrapped module."""
+    while True:
+        if isinstance(module, nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        else:
+            return module
