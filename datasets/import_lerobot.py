@@ -1,0 +1,320 @@
+"""Import a LeRobot dataset folder: the current v3 layout, or the early Arrow layout.
+
+v3 (codebase_version "v3.0"):
+  meta/info.json                       fps, robot_type, features, data_path / video_path templates
+  meta/tasks.parquet                   task string <-> task_index
+  meta/episodes/chunk-*/file-*.parquet one row per episode: tasks, length, data/{chunk,file}_index,
+                                       videos/<key>/{chunk_index,file_index,from_timestamp,to_timestamp}
+  data/chunk-*/file-*.parquet          the frame table, many episodes per file
+  videos/<key>/chunk-*/file-*.mp4      many episodes per file, back to back; an episode's frame at
+                                       table timestamp t sits at from_timestamp + t in the file
+early (fixtures/lerobot_v1):
+  meta_data/info.json                  fps
+  train/data-*.arrow                   the frame table as an Arrow IPC stream (HF `datasets` cache)
+  videos/<key>_episode_000000.mp4      the image column holds {path, timestamp} into these
+
+Both share the frame table: observation.state, action, timestamp, episode_index, frame_index and
+optionally next.reward / next.success / next.done. `next.*` at frame t describe the transition out
+of t, so reward goes to row t+1 (the row arriving at o_{t+1}); row 0 gets 0 and the last frame's
+`next.reward` is dropped because the observation it leads to was never recorded. An episode counts
+as a success if any `next.success` is set, and its last row is then terminal (the task ended); a
+plain `next.done` is the recording stopping, not the task ending. The table's action at the last
+frame is kept with `action_mask` True: LeRobot records the command sent there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from reverie.datasets.import_video import decode
+from reverie.datasets.importers import Episode, Source, make_rows, parse_size, resize, schema_for
+from reverie.errors import StoreError
+from reverie.specs import ArraySpec
+
+OPTIONS = {
+    "state": "table column(s) for state, joined with + (default: observation.state)",
+    "action": "table column(s) for action, joined with + (default: action)",
+}
+
+# A camera frame must lie within this fraction of a frame period of the table's timestamp.
+TOLERANCE_FRAMES = 0.25
+
+
+def read(srcs: list[str], opts: dict[str, str], existing: dict[str, ArraySpec] | None) -> Source:
+    if len(srcs) != 1:
+        raise StoreError(f"`data import lerobot` takes one dataset folder, got {len(srcs)}: {srcs}")
+    root = Path(srcs[0])
+    if not root.is_dir():
+        raise StoreError(f"{root} does not exist or is not a folder; pass a LeRobot dataset folder "
+                         f"(with meta/info.json, or meta_data/info.json and train/*.arrow)")
+    if (root / "meta" / "info.json").exists():
+        layout = V3(root)
+    elif (root / "meta_data" / "info.json").exists() and list((root / "train").glob("*.arrow")):
+        layout = Early(root)
+    else:
+        raise StoreError(f"{root} is not a LeRobot dataset: found neither meta/info.json (v3) nor "
+                         f"meta_data/info.json with train/*.arrow (early layout)")
+    return layout.source(opts, existing)
+
+
+class Layout:
+    """Shared table handling; subclasses find the tables, tasks and video frames."""
+
+    version = ""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.info = json.loads(self.info_path.read_text())
+        self.fps = float(self.info["fps"])
+
+    def source(self, opts, existing) -> Source:
+        sample = self.first_table()
+        self.state_cols = opts.get("state", "observation.state" if "observation.state" in sample.column_names else "")
+        self.action_cols = opts.get("action", "action" if "action" in sample.column_names else "")
+        for col in _split(self.state_cols) + _split(self.action_cols):
+            if col not in sample.column_names:
+                raise StoreError(f"{self.root}: no column {col!r} in the frame table (columns: "
+                                 f"{sample.column_names}); pass state=/action= with existing columns")
+        self.cameras = self.camera_keys(sample)
+        size = parse_size(opts.get("size"))
+        self.size = size
+        if existing is not None:
+            schema = existing
+        else:
+            cams = {_camera_name(k): size or self.native_size(k) for k in self.cameras}
+            schema = schema_for(cams, max(1, _width(sample, self.state_cols)),
+                                max(1, _width(sample, self.action_cols)), units=f"as in LeRobot {self.root.name}")
+        self.schema = schema
+        self.default_instruction = opts.get("instruction", "")
+        return Source(schema=schema, fps=self.fps, robot=self.info.get("robot_type") or "unknown",
+                      source="teleop", episodes=self.episodes(), num_episodes=self.num_episodes(),
+                      attrs={"imported_from": f"lerobot {self.version}", "lerobot_root": str(self.root),
+                             "lerobot_cameras": {_camera_name(k): k for k in self.cameras}})
+
+    def to_episode(self, table, frames: dict[str, np.ndarray], tasks: list[str], index: int) -> Episode:
+        n = table.num_rows
+        order = np.argsort(_column(table, "frame_index"), kind="stable")
+        if not np.array_equal(order, np.arange(n)):
+            raise StoreError(f"{self.root}: episode {index} rows are not in frame_index order; the table is damaged")
+        reward = None
+        if "next.reward" in table.column_names:
+            reward = np.zeros(n, np.float32)
+            reward[1:] = _column(table, "next.reward")[:-1]  # next.* belongs to the transition out of t
+        success = bool(_column(table, "next.success").any()) if "next.success" in table.column_names else None
+        state = _columns(table, self.state_cols)
+        action = _columns(table, self.action_cols)
+        steps = make_rows(self.schema, _column(table, "timestamp").astype(np.float64), frames,
+                          state=state, action=action, reward=reward,
+                          terminal=bool(success))
+        instruction = "; ".join(tasks) if tasks else self.default_instruction
+        return Episode(steps, instruction=instruction, success=success,
+                       notes=f"lerobot {self.version} {self.root.name} episode {index}")
+
+    def frames_at(self, path: Path, times: np.ndarray, start: float = 0.0) -> np.ndarray:
+        """Frames of `path` nearest to `start + times` (seconds), checked to lie within tolerance."""
+        tol = TOLERANCE_FRAMES / self.fps
+        t, frames = decode(path, self.size, start + times.min() - tol, start + times.max() + tol)
+        gap = np.abs(t[None, :] - (start + times)[:, None])  # (rows, decoded frames); one episode's span
+        idx = gap.argmin(1)
+        err = gap[np.arange(len(times)), idx]
+        if err.max() > tol:
+            i = int(err.argmax())
+            raise StoreError(f"{path}: no frame within {tol * 1000:.0f} ms of t={start + times[i]:.4f}s "
+                             f"(nearest {t[idx[i]]:.4f}s); the video does not match the table's timestamps")
+        return frames[idx]
+
+
+class Early(Layout):
+    version = "early (Arrow)"
+
+    @property
+    def info_path(self) -> Path:
+        return self.root / "meta_data" / "info.json"
+
+    def table(self):
+        if not hasattr(self, "_table"):
+            import pyarrow as pa
+            import pyarrow.ipc as ipc
+
+            parts = []
+            for f in sorted((self.root / "train").glob("*.arrow")):
+                try:
+                    with pa.memory_map(str(f)) as src:
+                        parts.append(ipc.open_stream(src).read_all())
+                except pa.ArrowInvalid as e:
+                    raise StoreError(f"{f} is not an Arrow IPC stream ({e}); the file is damaged or "
+                                     f"not from a LeRobot dataset") from e
+            self._table = pa.concat_tables(parts)
+        return self._table
+
+    first_table = table
+
+    def camera_keys(self, table) -> list[str]:
+        import pyarrow as pa
+
+        return [f.name for f in table.schema
+                if pa.types.is_struct(f.type) and {"path", "timestamp"} <= {c.name for c in f.type}]
+
+    def native_size(self, key: str) -> tuple[int, int]:
+        path = self.root / self.table()[key][0].as_py()["path"]
+        return decode(path, None, 0.0, 0.0)[1].shape[1:3]
+
+    def num_episodes(self) -> int:
+        return len(np.unique(_column(self.table(), "episode_index")))
+
+    def episodes(self):
+        table = self.table()
+        ep_index = _column(table, "episode_index")
+        for ep in np.unique(ep_index):
+            rows = np.flatnonzero(ep_index == ep)
+            part = table.take(rows)
+            frames = {}
+            for key in self.cameras:
+                refs = part[key].to_pylist()
+                paths = {r["path"] for r in refs}
+                if len(paths) != 1:
+                    raise StoreError(f"{self.root}: episode {ep} of {key} spans several videos {sorted(paths)}")
+                times = np.array([r["timestamp"] for r in refs], np.float64)
+                frames[_camera_name(key)] = self.frames_at(self.root / paths.pop(), times)
+            yield self.to_episode(part, frames, [], int(ep))
+
+
+class V3(Layout):
+    version = "v3"
+
+    @property
+    def info_path(self) -> Path:
+        return self.root / "meta" / "info.json"
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        version = str(self.info.get("codebase_version", ""))
+        if not version.startswith("v3"):
+            raise StoreError(f"{root} is a LeRobot {version or 'unversioned'} dataset; this importer reads v3.0 "
+                             f"and the early Arrow layout. Convert it with LeRobot's v3.0 conversion script first")
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+        if not files:
+            raise StoreError(f"{root}/meta/episodes holds no chunk-*/file-*.parquet; the dataset is incomplete")
+        wanted = lambda name: not name.startswith("stats/")  # noqa: E731  (skip per-episode statistics)
+        tables = []
+        for f in files:
+            names = [n for n in pq.read_schema(f).names if wanted(n)]
+            tables.append(pq.read_table(f, columns=names))
+        self.meta = pa.concat_tables(tables, promote_options="default").sort_by("episode_index")
+        self.video_keys = [k for k, v in self.info.get("features", {}).items() if v.get("dtype") == "video"]
+        self._files = {}
+
+    def num_episodes(self) -> int:
+        return self.meta.num_rows
+
+    def data_file(self, chunk: int, file: int):
+        import pyarrow.parquet as pq
+
+        template = self.info.get("data_path", "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet")
+        path = self.root / template.format(chunk_index=chunk, file_index=file)
+        if path not in self._files:
+            if not path.exists():
+                raise StoreError(f"{path} is missing; the dataset's episode metadata points at it")
+            self._files = {path: pq.read_table(path)}  # keep one file: episodes come in file order
+        return self._files[path]
+
+    def first_table(self):
+        row = self.meta.slice(0, 1).to_pylist()[0]
+        return self.data_file(row["data/chunk_index"], row["data/file_index"])
+
+    def camera_keys(self, table) -> list[str]:
+        images = [k for k, v in self.info.get("features", {}).items() if v.get("dtype") == "image"]
+        return self.video_keys + [k for k in images if k in table.column_names]
+
+    def native_size(self, key: str) -> tuple[int, int]:
+        shape, names = self.info["features"][key]["shape"], self.info["features"][key].get("names") or []
+        if list(names)[:3] == ["channels", "height", "width"] or shape[0] == 3 and shape[-1] != 3:
+            return shape[1], shape[2]
+        return shape[0], shape[1]
+
+    def video_path(self, key: str, row: dict) -> Path:
+        template = self.info.get("video_path", "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4")
+        return self.root / template.format(video_key=key, chunk_index=row[f"videos/{key}/chunk_index"],
+                                           file_index=row[f"videos/{key}/file_index"])
+
+    def episodes(self):
+        import pyarrow.compute as pc
+
+        for row in self.meta.to_pylist():
+            table = self.data_file(row["data/chunk_index"], row["data/file_index"])
+            part = table.filter(pc.equal(table["episode_index"], row["episode_index"]))
+            if part.num_rows != row["length"]:
+                raise StoreError(f"{self.root}: episode {row['episode_index']} has {part.num_rows} rows in its data "
+                                 f"file but its metadata says {row['length']}; the dataset is incomplete")
+            times = _column(part, "timestamp").astype(np.float64)
+            frames = {}
+            for key in self.cameras:
+                if key in self.video_keys:
+                    frames[_camera_name(key)] = self.frames_at(self.video_path(key, row), times,
+                                                               start=float(row[f"videos/{key}/from_timestamp"]))
+                else:  # an `image` feature: encoded PNG/JPEG bytes in the table itself
+                    frames[_camera_name(key)] = np.stack([_decode_image(c, self.size) for c in part[key].to_pylist()])
+            yield self.to_episode(part, frames, list(row.get("tasks") or self.task_strings(part)),
+                                  row["episode_index"])
+
+    def task_strings(self, part) -> list[str]:
+        """Fallback when episode metadata lists no tasks: the frames' task_index into tasks.parquet."""
+        if "task_index" not in part.column_names or not (self.root / "meta" / "tasks.parquet").exists():
+            return []
+        import pyarrow.parquet as pq
+
+        tasks = pq.read_table(self.root / "meta" / "tasks.parquet").to_pydict()
+        # pandas writes the task strings as its index: a `task` column or `__index_level_0__`.
+        names = tasks.get("task") or tasks.get("__index_level_0__") or []
+        lookup = dict(zip(tasks["task_index"], names))
+        return [lookup[i] for i in dict.fromkeys(_column(part, "task_index").tolist()) if i in lookup]
+
+
+def _decode_image(cell: dict, size) -> np.ndarray:
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(cell["bytes"], np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise StoreError(f"an image cell ({cell.get('path')}) could not be decoded; the dataset is damaged")
+    return resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
+
+
+def _camera_name(key: str) -> str:
+    """observation.images.top -> top; the lone observation.image -> front (the project's default camera)."""
+    name = key.removeprefix("observation.images.").removeprefix("observation.")
+    return "front" if name == "image" else name.replace(".", "_")
+
+
+def _split(cols: str) -> list[str]:
+    return [c for c in cols.split("+") if c]
+
+
+def _column(table, name: str) -> np.ndarray:
+    """A table column as numpy; list columns become (N, D)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = table[name].combine_chunks()
+    if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
+        flat = pc.list_flatten(col).to_numpy(zero_copy_only=False)
+        return flat.reshape(len(col), -1) if len(col) else flat.reshape(0, 0)
+    return col.to_numpy(zero_copy_only=False)
+
+
+def _columns(table, cols: str) -> np.ndarray | None:
+    names = _split(cols)
+    if not names:
+        return None
+    parts = [_column(table, c).astype(np.float32) for c in names]
+    return np.concatenate([p.reshape(len(p), -1) for p in parts], axis=1)
+
+
+def _width(table, cols: str) -> int:
+    part = _columns(table.slice(0, 1), cols)
+    return 0 if part is None else part.shape[1]
