@@ -15,7 +15,6 @@ message that names the joint and the key to fix.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -252,14 +251,9 @@ def _read_yaml(path: Path, depth: int = 0) -> dict:
 def _calibration_file(path) -> dict | None:
     if not path:
         return None
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise ConfigError(f"calibration file {path} not found; run `reverie robot calibrate out={path}` "
-                          f"or drop the `calibration` key to use nominal values")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"calibration file {path} is not valid JSON ({e}); re-run `reverie robot calibrate`") from e
+    from reverie.robot_io.calibration import load_calibration  # it imports this module
+
+    return load_calibration(path)
 
 
 def _plain(raw) -> dict:

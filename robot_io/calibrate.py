@@ -1,0 +1,85 @@
+"""`reverie robot calibrate robot=<arm> port=PORT out=calib.json`: measure an arm's middle pose and
+range of motion, interactively, and write the calibration JSON that `calibration=` loads.
+
+Steps (the only place in reverie that waits for a person; Robot.connect never does):
+  1. torque off on every servo, so the operator can move the arm by hand (support it first);
+  2. the operator puts the arm in its middle pose (every joint centred, gripper closed) and presses
+     Enter: those readings become each joint's zero;
+  3. the operator moves every joint end to end while positions are polled; Enter ends the sweep.
+`main(argv, prompt=...)` takes the prompt function, so tests drive the steps from code.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from reverie.config import compose, split_args
+from reverie.errors import ConfigError, HardwareError
+from reverie.robot_io.calibration import RangeRecorder, make_calibration, read_ticks, save_calibration
+from reverie.robot_io.config import ArmConfig, load_arm
+from reverie.robot_io.robot import connect_bus, make_bus
+
+log = logging.getLogger(__name__)
+POLL_S = 0.02
+
+
+def calibrate(arm: ArmConfig, bus, prompt: Callable[[str], str] = input, say: Callable[[str], None] = print) -> dict:
+    """Run the interactive steps on a connected bus; returns the calibration dict."""
+    say(f"Calibrating {arm.name} ({len(arm.joints)} joints) on {arm.port}.")
+    prompt("Support the arm with one hand: torque will be switched off. Press Enter when ready. ")
+    bus.set_torque(arm.ids, False)
+    prompt("Step 1/2: move the arm to its middle pose (every joint centred in its travel, gripper "
+           "closed), hold it still and press Enter. ")
+    middle = read_ticks(bus, arm)
+    say("  middle: " + ", ".join(f"{j.name}={middle[j.id]}" for j in arm.joints))
+
+    ranges = RangeRecorder(arm)
+    ranges.add(middle)
+    stop, failure = threading.Event(), []
+
+    def sweep():  # polls while the main thread waits for Enter
+        while not stop.wait(POLL_S):
+            try:
+                ranges.add(read_ticks(bus, arm))
+            except HardwareError as e:
+                failure.append(e)
+                return
+
+    poller = threading.Thread(target=sweep, name="calibration-sweep", daemon=True)
+    poller.start()
+    try:
+        prompt("Step 2/2: move every joint slowly from one end stop to the other (the gripper fully "
+               "open and closed), then press Enter. ")
+    finally:
+        stop.set()
+        poller.join(timeout=2.0)
+    if failure:
+        raise failure[0]
+    ranges.add(read_ticks(bus, arm))
+    calibration = make_calibration(arm, middle, ranges)
+    for name, c in calibration["joints"].items():
+        say(f"  {name:<14} zero {c['zero_ticks']:>4}  range {c['range_ticks'][0]:>4}..{c['range_ticks'][1]:<4}")
+    return calibration
+
+
+def main(argv: list[str], prompt: Callable[[str], str] = input, say: Callable[[str], None] = print) -> int:
+    positional, overrides = split_args(argv)
+    if "--help" in positional or "-h" in positional:
+        say(__doc__)
+        return 0
+    cfg = compose("calibrate", overrides)
+    if not cfg.out:
+        raise ConfigError("calibrate needs out=PATH for the calibration JSON, e.g. out=calib/so101.json")
+    arm = load_arm(cfg.robot, port=cfg.port, baudrate=cfg.baudrate, calibration=None)
+    bus = make_bus(arm)
+    connect_bus(bus, arm)
+    try:
+        calibration = calibrate(arm, bus, prompt=prompt, say=say)
+    finally:
+        bus.close()  # torque stays off: the operator is holding the arm
+    path = save_calibration(calibration, cfg.out)
+    say(f"wrote {path}; use it with `calibration={path}` (for example `reverie record robot={cfg.robot} "
+        f"calibration={path} ...`)")
+    return 0

@@ -1,0 +1,260 @@
+"""`reverie record robot=<arm> teleop=<keyboard|leader> instruction="..." episodes=N fps=30 out=STORE`
+
+Records teleoperated episodes from a robot into an episode store (created on first use, appended
+to afterwards). Per episode: the arm goes to its home pose, then each control step stores the
+observation o_t (camera images, joint state, measured timestamp) and the action a_t the teleop
+device commanded after seeing it, converted into the robot's action space and sent through the
+same safety filter a policy's actions go through. After each episode it prints the achieved loop
+rate, jitter and dropped camera frames, with a warning when below target.
+
+Operator keys (terminal): Enter start, Space stop and keep, x discard and record again, + success,
+- failure, c toggle a correction segment (stored per row in `correction`), Esc quit after this one.
+With start=auto episodes begin right after the home move, for scripted runs.
+
+Interruptions: episodes are committed one by one, so Ctrl-C, a crash or an unplugged port never
+touch committed episodes. The interrupted episode is discarded, not kept: a demonstration cut off
+by a fault ends in the fault, and training on it would teach exactly that. The arm then goes to its
+safe pose if the bus still answers, and the message says how many episodes the store holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable
+
+import numpy as np
+
+from reverie.config import compose, split_args
+from reverie.errors import ConfigError, HardwareError, ReverieError
+from reverie.robot_io.loop_report import LoopReport, loop_report
+from reverie.robot_io.teleop import Event
+from reverie.specs import ArraySpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Plan:
+    instruction: str
+    episodes: int
+    fps: float
+    max_steps: int                 # an episode ends here if nobody presses Space
+    start: str = "key"             # key | auto
+    source: str = "teleop"
+    round: int = 0
+    start_timeout_s: float | None = None  # key mode: give up waiting for Enter after this long
+
+
+@dataclasses.dataclass
+class EpisodeResult:
+    index: int                     # store index of the committed episode
+    steps: int
+    success: bool | None
+    report: LoopReport
+
+
+def record_schema(robot) -> dict[str, ArraySpec]:
+    from reverie.datasets.schema import make_schema
+
+    obs = robot.observation_spec()
+    cameras = {k.split("/", 1)[1]: tuple(s.shape[:2]) for k, s in obs.items() if k.startswith("image/")}
+    schema = make_schema(cameras, state_dim=obs["state"].shape[0], action_dim=robot.action_spec().shape[0])
+    schema["correction"] = ArraySpec((), "bool", units="True while the operator marked a correction")
+    return schema
+
+
+def open_or_create_store(out: str, robot, fps: float):
+    from reverie.datasets.store import EpisodeStore
+
+    schema = record_schema(robot)
+    try:
+        store = EpisodeStore.open(out, "a")
+    except ReverieError:
+        from pathlib import Path
+        if Path(out).exists():
+            raise
+        return EpisodeStore.create(out, schema, fps=fps, robot=robot.arm.name)
+    if dict(store.schema) != schema:
+        store.close()
+        raise ConfigError(f"store {out} holds different keys or shapes than this robot records "
+                          f"(store: {sorted(store.schema)}; robot: {sorted(schema)}): record into a new out=")
+    if abs(store.fps - fps) > 1e-6:
+        store.close()
+        raise ConfigError(f"store {out} was recorded at {store.fps:g} fps, not {fps:g}: use fps={store.fps:g} "
+                          f"or a new out=")
+    return store
+
+
+class Recorder:
+    """Runs the episode loop for one robot, one teleop device and one store."""
+
+    def __init__(self, robot, teleop, store, plan: Plan, say: Callable[[str], None] = print):
+        self.robot, self.teleop, self.store, self.plan, self.say = robot, teleop, store, plan, say
+        self.results: list[EpisodeResult] = []
+        self._quit = False
+
+    def run(self) -> list[EpisodeResult]:
+        done = 0
+        while done < self.plan.episodes and not self._quit:
+            if self.plan.start == "key" and not self._wait_for_start(done):
+                break
+            result = self._episode(done)
+            if result is not None:
+                self.results.append(result)
+                done += 1
+        return self.results
+
+    def _wait_for_start(self, done: int) -> bool:
+        self.say(f"episode {done + 1}/{self.plan.episodes}: press Enter to start ({self.teleop.help()})")
+        while True:
+            event = self.teleop.events.get(timeout=self.plan.start_timeout_s)
+            if event is None:
+                raise HardwareError(f"no Enter within {self.plan.start_timeout_s:g} s; stopped waiting")
+            if event is Event.QUIT:
+                self._quit = True
+                return False
+            if event is Event.START:
+                return True
+
+    def _episode(self, number: int) -> EpisodeResult | None:
+        plan, robot = self.plan, self.robot
+        ts = robot.reset(instruction=plan.instruction)
+        self.teleop.events.drain()  # keys pressed during the home move are not meant for this episode
+        self.teleop.begin(ts.observation["state"])
+        writer = self.store.episode_writer(plan.instruction, source=plan.source, round=plan.round)
+        success, correction, rerecord = None, False, False
+        stamps, frames = [], {}
+        try:
+            for t in range(plan.max_steps):
+                stop = False
+                for event in self.teleop.events.drain():
+                    if event is Event.STOP:
+                        stop = True
+                    elif event is Event.RERECORD:
+                        stop = rerecord = True
+                    elif event is Event.QUIT:
+                        stop = self._quit = True
+                    elif event in (Event.SUCCESS, Event.FAILURE):
+                        success = event is Event.SUCCESS
+                    elif event is Event.CORRECTION:
+                        correction = not correction
+                        self.say(f"  correction segment {'started' if correction else 'ended'} at step {t}")
+                last = stop or t == plan.max_steps - 1
+                state = ts.observation["state"]
+                if last:
+                    action, known = np.zeros(robot.action_spec().shape, np.float32), False
+                else:
+                    action, known = robot.action_for_target(self.teleop.target(state), state), True
+                writer.add(self._row(ts, t, action, known, last, correction))
+                stamps.append(ts.info["timestamp"])
+                for key, value in ts.info.items():
+                    if key.startswith("frame/"):
+                        frames.setdefault(key[6:], []).append(value[:2])
+                if last:
+                    robot.idle()  # saving can outlast the watchdog; the episode is over anyway
+                    break
+                ts = robot.step(action)
+        except BaseException:
+            writer.discard()  # see the module docstring: interrupted episodes are not kept
+            raise
+        if rerecord:
+            writer.discard()
+            self.say(f"episode {number + 1} discarded; recording it again")
+            return None
+        index = writer.commit(success=success)
+        report = loop_report(stamps, plan.fps, frames)
+        label = {True: "success", False: "failure", None: "unlabelled"}[success]
+        self.say(f"episode {number + 1}/{plan.episodes} committed as #{index} ({label}): " + report.lines()[0])
+        for line in report.lines()[1:]:
+            self.say("  " + line)
+        return EpisodeResult(index=index, steps=len(stamps), success=success, report=report)
+
+    @staticmethod
+    def _row(ts, t: int, action: np.ndarray, known: bool, last: bool, correction: bool) -> dict:
+        row = {k: v for k, v in ts.observation.items() if k != "instruction"}
+        row.update(action=action, action_mask=known, reward=np.float32(ts.reward if t else 0.0),
+                   is_first=t == 0, is_last=last, is_terminal=False,
+                   timestamp=np.float64(ts.info["timestamp"]), correction=correction)
+        return row
+
+
+def make_teleop(cfg, arm):
+    from reverie.robot_io.config import load_arm
+    from reverie.robot_io.teleop import KeyboardTeleop, LeaderFollower
+
+    if cfg.teleop == "keyboard":
+        return KeyboardTeleop(arm)
+    if cfg.teleop == "leader":
+        leader = load_arm(cfg.leader, port=cfg.leader_port, calibration=cfg.leader_calibration)
+        return LeaderFollower(leader, arm)
+    raise ConfigError(f"teleop must be keyboard or leader, got {cfg.teleop!r}")
+
+
+def plan_from(cfg) -> Plan:
+    if not cfg.instruction:
+        raise ConfigError('record needs instruction="..." (what the operator demonstrates, in plain language)')
+    if not cfg.out:
+        raise ConfigError("record needs out=STORE, e.g. out=data/pick.zarr (created, or appended to)")
+    if int(cfg.episodes) < 1 or float(cfg.fps) <= 0 or float(cfg.episode_s) <= 0:
+        raise ConfigError("episodes, fps and episode_s must be positive")
+    if cfg.start not in ("key", "auto"):
+        raise ConfigError(f"start must be key or auto, got {cfg.start!r}")
+    return Plan(instruction=str(cfg.instruction), episodes=int(cfg.episodes), fps=float(cfg.fps),
+                max_steps=max(2, int(round(float(cfg.episode_s) * float(cfg.fps)))), start=str(cfg.start),
+                source=str(cfg.source), round=int(cfg.round))
+
+
+def main(argv: list[str]) -> int:
+    positional, overrides = split_args(argv)
+    if "--help" in positional or "-h" in positional:
+        print(__doc__)
+        return 0
+    cfg = compose("record", overrides)
+    plan = plan_from(cfg)
+    from reverie.robot_io.camera_setup import build_cameras
+    from reverie.robot_io.config import load_arm
+    from reverie.robot_io.keys import TerminalKeys
+    from reverie.robot_io.robot import Robot
+
+    arm = load_arm(cfg.robot, port=cfg.port, calibration=cfg.calibration)
+    teleop = make_teleop(cfg, arm)
+    robot = Robot(arm, cameras=build_cameras(arm.cameras), control_hz=plan.fps)
+    store, recorder = None, None
+    try:
+        teleop.connect()
+        robot.connect()
+        store = open_or_create_store(cfg.out, robot, plan.fps)
+        before = store.num_episodes
+        recorder = Recorder(robot, teleop, store, plan)
+        if TerminalKeys.available():
+            with TerminalKeys(teleop.press):
+                recorder.run()
+        else:
+            if plan.start == "key":
+                raise ConfigError("stdin is not a terminal, so no keys can start episodes: use start=auto")
+            recorder.run()
+    except KeyboardInterrupt:
+        print(f"interrupted: {_kept(store, before if store else 0, cfg.out)}; the unfinished episode was "
+              f"discarded", file=sys.stderr)
+        return 130
+    except HardwareError as e:
+        raise HardwareError(f"recording stopped: {e}\n{_kept(store, before if store else 0, cfg.out)}; "
+                            f"the unfinished episode was discarded") from e
+    finally:
+        robot.disconnect()
+        teleop.close()
+        if store is not None:
+            store.close()
+    low = [r for r in recorder.results if r.report.below_target]
+    print(f"recorded {len(recorder.results)} episode(s) into {cfg.out} ({store.num_episodes} in total)")
+    if low:
+        print(f"WARNING: {len(low)} episode(s) ran below {plan.fps:g} Hz; see the reports above")
+    return 0
+
+
+def _kept(store, before: int, out: str) -> str:
+    if store is None:
+        return f"nothing was written to {out}"
+    return f"{store.num_episodes - before} new episode(s) committed to {out} are intact ({store.num_episodes} in total)"

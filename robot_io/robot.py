@@ -1,0 +1,325 @@
+"""The physical (or virtual serial) arm as an environment: the same reset/step API as the simulator.
+
+    robot = Robot(load_arm("so101", port="/dev/ttyACM0"))
+    robot.connect()                         # checks every servo, enables torque where the arm is
+    ts = robot.reset(instruction="pick up the red cube")
+    ts = robot.step(action)                 # float32 [-1, 1] per joint, paced at control_hz
+    robot.disconnect()                      # safe pose first, then torque off
+
+Every goal passes through the SafetyFilter; a watchdog holds position if step() stops coming. Any
+bus fault inside reset/step brings the arm to its safe pose (if the bus still answers), releases
+torque, and re-raises a HardwareError that says what happened and what state the arm was left in.
+connect() never prompts: calibration is `reverie robot calibrate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from reverie.errors import HardwareError, ReverieError
+from reverie.robot_io.bus import ServoAlarm, ServoBus
+from reverie.robot_io.config import ArmConfig
+from reverie.robot_io.safety import SafetyFilter, Watchdog
+from reverie.specs import ArraySpec, StepType, TextSpec, TimeStep
+
+log = logging.getLogger(__name__)
+
+
+def make_bus(arm: ArmConfig, role: str = "arm") -> ServoBus:
+    if not arm.port:
+        raise HardwareError(f"{role} {arm.name!r} has no port: pass port=/dev/ttyACM0 (Linux) or "
+                            f"/dev/tty.usbmodem... (macOS); `ls /dev/tty*` before and after plugging it in")
+    return ServoBus(arm.port, protocol=arm.protocol, baudrate=arm.baudrate, timeout_s=arm.timeout_s,
+                    retries=arm.retries, models={j.id: j.model for j in arm.joints})
+
+
+def connect_bus(bus, arm: ArmConfig, role: str = "arm") -> None:
+    """Open the bus; it pings every configured id and checks its model number. Its errors name
+    servo ids, so add which joint each id is meant to be."""
+    try:
+        bus.connect()
+    except HardwareError as e:
+        expected = ", ".join(f"{j.id}={j.name} ({j.model})" for j in arm.joints)
+        raise HardwareError(f"{role} {arm.name!r}: {e}\n(expected ids: {expected})") from e
+
+
+class Robot:
+    def __init__(self, arm: ArmConfig, bus=None, cameras: dict | None = None, max_steps: int | None = None,
+                 control_hz: float | None = None):
+        self.arm = arm
+        self.cameras = dict(cameras or {})
+        self.max_steps = max_steps
+        self.control_hz = float(control_hz or arm.control_hz)
+        self.safety = SafetyFilter.from_arm(arm)
+        self._bus = bus
+        self._lock = threading.RLock()  # the watchdog thread shares the bus with the control loop
+        self._watchdog: Watchdog | None = None
+        self._connected = False
+        self._closed = False
+        self._torque = False
+        self._state: np.ndarray | None = None
+        self._goal: np.ndarray | None = None
+        self._deadline = 0.0
+        self._t = 0
+        self._instruction = ""
+        self._camera_shapes: dict[str, tuple[int, int, int]] = {}
+
+    # --- specs -----------------------------------------------------------------------------
+    def observation_spec(self) -> dict:
+        spec = {f"image/{name}": ArraySpec(shape, "uint8", 0, 255, "rgb")
+                for name, shape in sorted(self._camera_shapes.items())}
+        spec["state"] = ArraySpec((len(self.arm.joints),), "float32", units="rad; gripper opening in [0, 1]")
+        spec["instruction"] = TextSpec()
+        return spec
+
+    def action_spec(self) -> ArraySpec:
+        return ArraySpec((len(self.arm.joints),), "float32", -1.0, 1.0, f"{self.arm.action_mode} command")
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def connect(self) -> None:
+        if self._connected:
+            return
+        if self._bus is None:
+            self._bus = make_bus(self.arm)
+        self._closed = False
+        connect_bus(self._bus, self.arm)
+        try:
+            state = self._read_state()
+            # Goal := present before torque on, so enabling torque never jumps to a stale goal.
+            self._write_goal(state)
+            self._bus.set_torque(self.arm.ids, True)
+            self._torque = True
+            for camera in self.cameras.values():
+                if hasattr(camera, "connect"):
+                    camera.connect()
+            for name, camera in self.cameras.items():
+                self._camera_shapes[name] = tuple(np.asarray(camera.read().image).shape)
+        except BaseException:
+            self._release(move=self._torque)
+            raise
+        self._connected = True
+        self._watchdog = Watchdog(self.arm.watchdog_s, self._hold, name=f"{self.arm.name}-watchdog").start()
+
+    def disconnect(self) -> None:
+        """Safe pose, torque off, close. Safe to call twice and after a fault."""
+        if self._bus is None or self._closed:
+            return
+        outcome = self._release(move=True)
+        if outcome:
+            log.info("%s: %s", self.arm.name, outcome)
+
+    close = disconnect
+
+    # --- environment API -------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, instruction: str | None = None) -> TimeStep:
+        self._require_connected()
+        if instruction is not None:
+            self._instruction = TextSpec().validate(instruction)
+        with self._faults_stop_the_arm("moving to the home pose"):
+            self._watchdog.pause()
+            self.move_to(self.arm.home_pose, what="home pose")
+            self._t = 0
+            obs, info = self._observe()
+            self._deadline = time.monotonic() + 1.0 / self.control_hz
+        return TimeStep(StepType.FIRST, 0.0, 1.0, obs, info)
+
+    def step(self, action) -> TimeStep:
+        self._require_connected()
+        action = self.action_spec().validate(np.asarray(action, np.float32).reshape(-1), "action")
+        if self._watchdog.error is not None:
+            error, self._watchdog.error = self._watchdog.error, None
+            with self._faults_stop_the_arm("holding position after a stalled loop"):
+                raise error
+        with self._faults_stop_the_arm(f"step {self._t + 1}"):
+            goal = self.goal_from_action(action, self._state)
+            safe, clamped = self.safety.filter(goal, self._state, self._goal, 1.0 / self.control_hz)
+            with self._lock:
+                self._write_goal(safe)
+            self._watchdog.kick()
+            late = self._wait_for_tick()
+            self._t += 1
+            obs, info = self._observe()
+        info.update(clamped=clamped.any, late=late, goal=safe)
+        last = self.max_steps is not None and self._t >= self.max_steps
+        return TimeStep(StepType.LAST if last else StepType.MID, 0.0, 1.0, obs, info)
+
+    def idle(self) -> None:
+        """Between episodes: hold where the arm is and stop the watchdog until the next step()."""
+        self._require_connected()
+        self._watchdog.pause()
+        with self._faults_stop_the_arm("holding position between episodes"):
+            self._hold()
+
+    # --- action space ----------------------------------------------------------------------
+    def goal_from_action(self, action: np.ndarray, present: np.ndarray) -> np.ndarray:
+        action = np.clip(np.asarray(action, np.float64), -1.0, 1.0)
+        if self.arm.action_mode == "delta":
+            return present + action * self.arm.vector("action_scale")
+        lo, hi = self.arm.lower, self.arm.upper
+        return lo + (action + 1.0) / 2.0 * (hi - lo)
+
+    def action_for_target(self, target: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+        """Inverse of goal_from_action: the action that asks for `target` (clipped to [-1, 1])."""
+        present = self._state if present is None else present
+        target = np.asarray(target, np.float64)
+        if self.arm.action_mode == "delta":
+            action = (target - present) / self.arm.vector("action_scale")
+        else:
+            lo, hi = self.arm.lower, self.arm.upper
+            action = 2.0 * (target - lo) / (hi - lo) - 1.0
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    @property
+    def state(self) -> np.ndarray:
+        return self._state.astype(np.float32)
+
+    # --- motion ----------------------------------------------------------------------------
+    def move_to(self, pose, what: str = "pose", timeout_s: float = 10.0, stopping: bool = False) -> None:
+        """Drive to `pose` through the safety filter (so at the velocity limit) and wait to settle."""
+        pose = np.asarray(pose, np.float64)
+        period = 1.0 / self.control_hz
+        start = time.monotonic()
+        with self._lock:
+            state = self._read_state(tolerate_alarms=stopping)
+            goal = state
+            while True:
+                err = np.abs(state - pose)
+                if np.all(err <= self.arm.settle_tol):
+                    return
+                if time.monotonic() - start > timeout_s:
+                    worst = int(np.argmax(err))
+                    raise HardwareError(
+                        f"arm did not reach the {what} within {timeout_s:g} s: joint "
+                        f"{self.arm.names[worst]} is {err[worst]:.3f} away (blocked, overloaded, or "
+                        f"the pose is outside what it can reach); clear the workspace and check the pose")
+                goal, _ = self.safety.filter(pose, state, goal, period)
+                self._write_goal(goal)
+                time.sleep(period)
+                state = self._read_state(tolerate_alarms=stopping)
+
+    # --- internals -------------------------------------------------------------------------
+    def _require_connected(self) -> None:
+        if not self._connected:
+            raise HardwareError(f"robot {self.arm.name!r} is not connected: call connect() first "
+                                "(a fault disconnects it; reconnect after fixing the cause)")
+
+    def _read_state(self, tolerate_alarms: bool = False) -> np.ndarray:
+        try:
+            with self._lock:
+                ticks = self._bus.sync_read("Present_Position", self.arm.ids)
+        except ServoAlarm as e:
+            # A servo flags overload/overheating in every reply until the cause is gone. When we are
+            # already stopping the arm, positions that came with the alarm still guide it home.
+            if not tolerate_alarms or set(e.values) != set(self.arm.ids):
+                raise
+            ticks = e.values
+        self._state = self.arm.ticks_to_values(ticks)
+        return self._state
+
+    def _write_goal(self, goal: np.ndarray) -> None:
+        with self._lock:
+            self._bus.sync_write("Goal_Position", self.arm.values_to_ticks(goal))
+        self._goal = np.asarray(goal, np.float64).copy()
+
+    def _observe(self) -> tuple[dict, dict]:
+        t0 = time.time()
+        state = self._read_state()
+        t1 = time.time()
+        obs, info = {}, {"timestamp": (t0 + t1) / 2}  # the state read straddles [t0, t1]
+        for name, camera in sorted(self.cameras.items()):
+            frame = camera.read()
+            obs[f"image/{name}"] = np.asarray(frame.image, np.uint8)
+            info[f"frame/{name}"] = (int(frame.index), float(frame.age_s), float(frame.capture_time))
+        obs["state"] = state.astype(np.float32)
+        obs["instruction"] = self._instruction
+        return obs, info
+
+    def _wait_for_tick(self) -> bool:
+        """Sleep to the next control tick; a late loop restarts its schedule instead of bursting."""
+        now = time.monotonic()
+        if now < self._deadline:
+            time.sleep(self._deadline - now)
+            self._deadline += 1.0 / self.control_hz
+            return False
+        self._deadline = now + 1.0 / self.control_hz
+        return True
+
+    def _hold(self) -> None:
+        """Watchdog: the loop went quiet, so the goal becomes wherever the arm is now."""
+        with self._lock:
+            if self._connected:
+                self._write_goal(self._read_state())
+
+    def _faults_stop_the_arm(self, doing: str):
+        return _FaultGuard(self, doing)
+
+    def _release(self, move: bool) -> str:
+        """Best effort: safe pose, torque off, close bus and cameras. Returns what happened."""
+        self._connected = False
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+        notes = []
+        if move and self._torque:
+            try:
+                self.move_to(self.arm.safe_pose, what="safe pose", timeout_s=5.0, stopping=True)
+                notes.append("arm moved to its safe pose")
+            except ReverieError as e:
+                notes.append(f"could not reach the safe pose ({_first_line(e)})")
+        if self._torque:
+            failed = []
+            for servo_id in self.arm.ids:  # one by one: a servo that fails must not keep the rest on
+                try:
+                    self._bus.set_torque([servo_id], False)
+                except ServoAlarm:
+                    pass  # acknowledged (torque is off); the reply merely repeats the alarm
+                except ReverieError as e:
+                    failed.append((servo_id, e))
+            if failed:
+                ids = [i for i, _ in failed]
+                notes.append(f"could not release torque on servo(s) {ids} ({_first_line(failed[0][1])}): "
+                             f"they may still hold their last goal; support the arm and switch its power off")
+            else:
+                notes.append("torque released")
+            self._torque = False
+        for camera in self.cameras.values():
+            try:
+                camera.close()
+            except Exception as e:  # a camera must not stop the bus from closing
+                log.warning("camera close failed: %s", e)
+        try:
+            self._bus.close()
+        except Exception as e:
+            log.warning("bus close failed: %s", e)
+        self._closed = True
+        return "; ".join(notes)
+
+
+class _FaultGuard:
+    """Context manager: a HardwareError inside reset/step stops the arm safely and is re-raised
+    with what the arm did in response. KeyboardInterrupt also stops the arm, then propagates."""
+
+    def __init__(self, robot: Robot, doing: str):
+        self.robot, self.doing = robot, doing
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if error is None:
+            return False
+        if isinstance(error, (ReverieError, KeyboardInterrupt)):
+            outcome = self.robot._release(move=True)
+            if isinstance(error, KeyboardInterrupt):
+                log.warning("interrupted while %s: %s", self.doing, outcome)
+                return False
+            raise HardwareError(f"{error}\n(while {self.doing} on {self.robot.arm.name!r}; {outcome})") from error
+        return False
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
