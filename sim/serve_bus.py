@@ -1,0 +1,161 @@
+"""`reverie sim serve-bus protocol=<feetech|dynamixel> link=PATH`: the sim arm as a servo bus.
+
+Opens a pseudo-terminal, symlinks its slave side at `link` (so clients open it like /dev/ttyACM0)
+and answers servo packets on it (sim/virtual_bus.py) while the physics runs in real time. Camera
+frames go to memory-mapped files (sim/frame_share.py). The link and frame files are removed on
+exit (Ctrl-C, SIGTERM, or the disconnect_after_s fault).
+
+A pty has no baud rate, so a client opened at the "wrong" baud still talks to it; the server
+emulates the timing of `baudrate` instead. Options: reverie/conf/serve_bus.yaml.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import time
+import tty
+from collections import deque
+from pathlib import Path
+
+from reverie.config import compose, show, split_args
+from reverie.errors import ConfigError
+
+log = logging.getLogger(__name__)
+IDLE_STEP_S = 0.01  # physics keeps time while no packets arrive
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(*_):
+    raise _Stop
+
+
+def open_link(link: Path) -> tuple[int, int]:
+    """openpty, raw mode, slave symlinked at `link`. Returns (master, slave) fds."""
+    if link.is_symlink():
+        target = os.readlink(link)
+        if target.startswith("/dev/pts/") and not Path(target).exists():
+            link.unlink()  # left behind by a server that was killed
+    if link.exists() or link.is_symlink():
+        raise ConfigError(f"link {link} already exists: another serve-bus may be running; stop it or "
+                          f"pick another link=PATH")
+    master, slave = os.openpty()
+    # Raw mode on our side too, so no echo or newline translation ever touches the packets, even
+    # before a client has configured the port.
+    tty.setraw(slave)
+    tty.setraw(master)
+    os.set_blocking(master, False)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(os.ttyname(slave), link)
+    return master, slave
+
+
+def serve(cfg) -> int:
+    # Headless offscreen rendering unless the user chose a GL backend (same default as the Makefile).
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from reverie.sim.arm import ArmPhysics
+    from reverie.sim.frame_share import FrameWriter
+    from reverie.sim.virtual_bus import Faults, VirtualBus
+
+    if cfg.protocol not in ("feetech", "dynamixel"):
+        raise ConfigError(f"protocol={cfg.protocol!r}: use protocol=feetech or protocol=dynamixel")
+    try:
+        faults = Faults(float(cfg.drop), float(cfg.corrupt), float(cfg.delay_ms), tuple(cfg.alarm_ids))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    cameras = tuple(cfg.cameras) if cfg.camera_fps > 0 else ("front",)
+    physics = ArmPhysics(preset=cfg.preset, seed=cfg.seed, image_size=tuple(cfg.image_size), cameras=cameras)
+    physics.reset(cfg.seed)
+    try:
+        bus = VirtualBus(cfg.protocol, physics, ids=tuple(cfg.ids),
+                         models=tuple(cfg.models) if cfg.models else None, faults=faults,
+                         baudrate=cfg.baudrate, seed=cfg.seed)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"serve-bus: {e}") from e
+
+    link = Path(cfg.link)
+    master, slave = open_link(link)
+    writers = {}
+    prefix = cfg.frames or f"{link}.frames"
+    signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        if cfg.camera_fps > 0:
+            h, w = cfg.image_size
+            writers = {c: FrameWriter(f"{prefix}.{c}", h, w) for c in cameras}
+        log.info("serving %s bus (ids %s) on %s -> %s", cfg.protocol, list(cfg.ids), link, os.readlink(link))
+        print(f"ready {link}", flush=True)  # tests and scripts wait for this line
+        _loop(bus, physics, master, writers, cfg)
+    except (_Stop, KeyboardInterrupt):
+        log.info("stopping")
+    finally:
+        link.unlink(missing_ok=True)
+        for writer in writers.values():
+            writer.close()
+        for fd in (master, slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        physics.close()
+        log.info("served %s", bus.stats)
+    return 0
+
+
+def _loop(bus, physics, master: int, writers: dict, cfg) -> None:
+    pending: deque[tuple[float, bytes]] = deque()
+    started = time.monotonic()
+    frame_period = 1.0 / cfg.camera_fps if cfg.camera_fps > 0 else None
+    next_frame = started
+    disconnect_at = started + cfg.disconnect_after_s if cfg.disconnect_after_s is not None else None
+    bus.advance(started)
+    while True:
+        now = time.monotonic()
+        if disconnect_at is not None and now >= disconnect_at:
+            log.warning("disconnecting (disconnect_after_s=%s fault)", cfg.disconnect_after_s)
+            return
+        wake = [now + IDLE_STEP_S]
+        if pending:
+            wake.append(pending[0][0])
+        elif frame_period is not None:
+            wake.append(next_frame)
+        if disconnect_at is not None:
+            wake.append(disconnect_at)
+        readable, _, _ = select.select([master], [], [], max(0.0, min(wake) - now))
+        if readable:
+            try:
+                data = os.read(master, 4096)
+            except (BlockingIOError, InterruptedError):
+                data = b""
+            if data:
+                pending.extend(bus.receive(data, time.monotonic()))
+        now = time.monotonic()
+        while pending and pending[0][0] <= now:
+            _, reply = pending.popleft()
+            try:
+                os.write(master, reply)
+            except BlockingIOError:
+                pass  # nobody reads the port and its buffer is full: the reply is lost on the wire
+        if not pending:
+            bus.advance(now)
+            # Render only between exchanges: a frame takes milliseconds, which would otherwise
+            # land inside some reply's return delay.
+            if frame_period is not None and now >= next_frame:
+                for camera, writer in writers.items():
+                    writer.write(physics.render(camera), time.time())
+                next_frame = max(next_frame + frame_period, now)
+
+
+def main(argv: list[str]) -> int:
+    words, overrides = split_args(argv)
+    words = [w for w in words if w != "serve-bus"]
+    cfg = compose("serve_bus", overrides)
+    if "--help" in words or "-h" in words:
+        print(__doc__)
+        print(show(cfg))
+        return 0
+    return serve(cfg)
