@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -21,8 +20,6 @@ import numpy as np
 
 from reverie.errors import ReverieError, StoreError
 from reverie.specs import ArraySpec
-
-log = logging.getLogger(__name__)
 
 # kind -> module with OPTIONS and read(). Modules load on use, so `import video` never pays for
 # pyarrow and `import lerobot` never for zarr-format probing.
@@ -210,7 +207,6 @@ def run(kind: str, srcs: list[str], out: str, overrides: list[str] = ()) -> list
                       f"they stay there)") from e
     finally:
         store.close()  # releases the append lock
-    log.info("imported %d episode(s) into %s", len(added), out)
     return added
 
 

@@ -1,0 +1,203 @@
+"""`reverie data info STORE [--json]` and `reverie data view STORE episode=N [out=DIR]`.
+
+info: what a store holds at a glance (episodes, frames, keys, sources, instructions, success rate,
+      interrupted tail, bytes on disk); `--json` prints the same as one JSON object for scripts.
+view: one episode as a PNG contact sheet (evenly spaced frames per camera, labelled with their row
+      and timestamp, above a plot of state and action over time) and an animated GIF at the
+      store's rate. Both are meant for eyeballing an import or a recording before training on it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import numpy as np
+
+from reverie.errors import ReverieError, StoreError
+
+SHEET_COLUMNS = 8  # frames per camera on the contact sheet
+GIF_MIN_HEIGHT = 128  # small store frames are upscaled (nearest) so the GIF is viewable
+
+
+def open_store(path: str):
+    from reverie.datasets.store import EpisodeStore
+
+    return EpisodeStore.open(path, mode="r")
+
+
+def summary(path: str) -> dict:
+    store = open_store(path)
+    metas = [store.meta(i) for i in range(store.num_episodes)]
+    labelled = [m.success for m in metas if m.success is not None]
+    return {
+        "store": str(path),
+        "episodes": store.num_episodes,
+        "frames": store.num_frames,
+        "fps": store.fps,
+        "robot": store.robot,
+        "image_codec": store.image_codec,
+        "keys": {k: {"shape": list(s.shape), "dtype": s.dtype, "units": s.units} for k, s in store.schema.items()},
+        "sources": dict(collections.Counter(m.source for m in metas).most_common()),
+        "instructions": dict(collections.Counter(m.instruction for m in metas).most_common()),
+        "rounds": dict(sorted(collections.Counter(int(m.round) for m in metas).items())),
+        "success": {"labelled": len(labelled), "successes": int(sum(labelled)),
+                    "rate": (sum(labelled) / len(labelled)) if labelled else None},
+        "lengths": {"min": min((m.length for m in metas), default=0), "max": max((m.length for m in metas), default=0)},
+        # Rows past the last committed end: an interrupted writer (mode "r" leaves them; "a" truncates).
+        "interrupted_frames": max(store.array(k).shape[0] for k in store.keys) - store.num_frames,
+        "bytes_on_disk": disk_bytes(path),
+        "imported_from": store.attrs.get("imported_from"),
+    }
+
+
+def disk_bytes(path: str) -> int:
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(str(path))
+    return int(fs.du(p, total=True))
+
+
+def format_summary(s: dict) -> str:
+    rate = s["success"]["rate"]
+    lines = [
+        f"store         {s['store']}",
+        f"robot         {s['robot']}   images {s['image_codec']}"
+        + (f"   imported from {s['imported_from']}" if s["imported_from"] else ""),
+        f"episodes      {s['episodes']}   frames {s['frames']}   fps {s['fps']:g}   "
+        f"length {s['lengths']['min']}..{s['lengths']['max']} frames",
+        "keys",
+        *[f"  {k:<16} {str(tuple(v['shape'])):<14} {v['dtype']:<8} {v['units']}".rstrip() for k, v in s["keys"].items()],
+        "sources       " + (", ".join(f"{k} {n}" for k, n in s["sources"].items()) or "-"),
+        "rounds        " + (", ".join(f"round {k}: {n}" for k, n in s["rounds"].items()) or "-"),
+        "instructions",
+        *[f"  {n:>5} x {text!r}" for text, n in list(s["instructions"].items())[:20]],
+        *([f"  ... and {len(s['instructions']) - 20} more"] if len(s["instructions"]) > 20 else []),
+        "success       " + (f"{s['success']['successes']}/{s['success']['labelled']} labelled episodes "
+                            f"({100 * rate:.0f}%)" if rate is not None else "no episode labelled"),
+        "interrupted   " + (f"{s['interrupted_frames']} frames past the last committed episode (dropped on "
+                            f"the next write)" if s["interrupted_frames"] else "none"),
+        f"size on disk  {_human(s['bytes_on_disk'])}",
+    ]
+    return "\n".join(lines)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def view(path: str, episode: int, out: str | None = None) -> tuple[Path, Path]:
+    """Write the contact sheet and GIF of one episode; returns (png, gif)."""
+    store = open_store(path)
+    if not 0 <= episode < store.num_episodes:
+        raise ReverieError(f"episode={episode} is out of range: {path} holds {store.num_episodes} episode(s), "
+                           f"numbered 0..{store.num_episodes - 1}")
+    if out is None:
+        if "://" in str(path):
+            raise ReverieError(f"{path} is remote; pass out=DIR for the PNG and GIF")
+        out_dir = Path(path).parent / f"{Path(path).name.removesuffix('.zarr')}_view"
+    else:
+        out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ep, meta = store.episode(episode), store.meta(episode)
+    cams = sorted(k for k in ep if k.startswith("image/"))
+    png = out_dir / f"episode_{episode:04d}.png"
+    gif = out_dir / f"episode_{episode:04d}.gif"
+    contact_sheet(ep, meta, cams, png)
+    write_gif(ep, cams, gif, store.fps)
+    return png, gif
+
+
+def contact_sheet(ep: dict, meta, cams: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(ep["timestamp"])
+    picks = np.unique(np.linspace(0, n - 1, min(SHEET_COLUMNS, n)).round().astype(int))
+    plots = [k for k in ("state", "action") if k in ep and ep[k].ndim == 2 and ep[k].shape[1]]
+    rows = len(cams) + len(plots)
+    fig = plt.figure(figsize=(1.6 * len(picks), 1.8 * len(cams) + 2.2 * len(plots) + 0.6))
+    grid = fig.add_gridspec(rows, len(picks), height_ratios=[1.0] * len(cams) + [1.2] * len(plots))
+    t0 = float(ep["timestamp"][0])
+    for r, cam in enumerate(cams):
+        for c, t in enumerate(picks):
+            ax = fig.add_subplot(grid[r, c])
+            ax.imshow(ep[cam][t], interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"t={t}  {float(ep['timestamp'][t]) - t0:.2f}s", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(cam.removeprefix("image/"), fontsize=8)
+    for r, key in enumerate(plots, start=len(cams)):
+        ax = fig.add_subplot(grid[r, :])
+        values = ep[key]
+        ax.plot(np.arange(n), values, linewidth=0.8)
+        if key == "action" and "action_mask" in ep and not ep["action_mask"].any():
+            ax.text(0.5, 0.5, "no actions (action_mask False)", transform=ax.transAxes, ha="center", va="center")
+        ax.set_ylabel(f"{key} ({values.shape[1]})", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlim(0, max(n - 1, 1))
+    ax_last = fig.axes[-1] if fig.axes else None
+    if ax_last is not None and plots:
+        ax_last.set_xlabel("row", fontsize=8)
+    success = {None: "unlabelled", True: "success", False: "failure"}[meta.success]
+    fig.suptitle(f"episode {meta.index}: {meta.instruction or '(no instruction)'}  |  {meta.source}, round {meta.round}, "
+                 f"{success}, {n} frames, return {float(np.sum(ep['reward'])):.3g}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_gif(ep: dict, cams: list[str], path: Path, fps: float) -> None:
+    import cv2
+    import imageio.v3 as iio
+
+    if not cams:
+        raise StoreError("this store has no image keys, so there is nothing to animate")
+    frames = np.concatenate([ep[c] for c in cams], axis=2)  # cameras side by side: (T, H, sum W, 3)
+    scale = max(1, int(np.ceil(GIF_MIN_HEIGHT / frames.shape[1])))
+    if scale > 1:
+        frames = np.stack([cv2.resize(f, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) for f in frames])
+    # GIF delays are in 1/100 s; faster than 50 Hz plays wrong in most viewers, so skip frames instead.
+    step = max(1, int(np.ceil(fps / 50))) if fps else 1
+    iio.imwrite(path, frames[::step], duration=1000 * step / (fps or 10), loop=0)
+
+
+def main(argv: list[str]) -> int:
+    from reverie.config import split_args
+
+    words, overrides = split_args(argv)
+    if not words or words[0] not in ("info", "view"):
+        raise ReverieError("usage: reverie data info STORE [--json] | reverie data view STORE episode=N [out=DIR]")
+    command, rest = words[0], words[1:]
+    flags = [w for w in rest if w.startswith("-")]
+    paths = [w for w in rest if not w.startswith("-")]
+    if "-h" in flags or "--help" in flags:
+        print(__doc__)
+        return 0
+    if len(paths) != 1:
+        raise ReverieError(f"`data {command}` takes one STORE path, got {paths or 'none'}")
+    if command == "info":
+        unknown = set(flags) - {"--json"} | {o.partition('=')[0] for o in overrides}
+        if unknown:
+            raise ReverieError(f"`data info` takes only STORE and --json, not {sorted(unknown)}")
+        s = summary(paths[0])
+        print(json.dumps(s, indent=2) if "--json" in flags else format_summary(s))
+        return 0
+    opts = dict(o.split("=", 1) for o in overrides)
+    unknown = set(opts) - {"episode", "out"} | set(flags)
+    if unknown:
+        raise ReverieError(f"`data view` takes episode=N and out=DIR, not {sorted(unknown)}")
+    try:
+        episode = int(opts.get("episode", 0))
+    except ValueError as e:
+        raise ReverieError(f"episode={opts['episode']!r} is not an episode number; pass e.g. episode=0") from e
+    png, gif = view(paths[0], episode, opts.get("out"))
+    print(f"contact sheet  {png}\nanimation      {gif}")
+    return 0
