@@ -54,16 +54,28 @@ def test_dmc_specs_and_seeds(name):
 def test_dmc_rescales_actions_to_task_bounds():
     # Quadruped's actuators are not all [-1, 1]: +1 and -1 must land on each bound exactly.
     env = make("dmc/quadruped-walk", render=False, action_repeat=1)
-    low, high = env._low, env._high
+    spec = env.physics.model.actuator_ctrlrange  # (12, 2) the task's bounds
+    low, high = spec[:, 0], spec[:, 1]
     assert not np.allclose(high, 1.0)
     env.reset(seed=0)
     env.step(np.ones(12, np.float32))
-    np.testing.assert_allclose(env._physics.data.ctrl, high)
+    np.testing.assert_allclose(env.physics.data.ctrl, high)
     env.step(-np.ones(12, np.float32))
-    np.testing.assert_allclose(env._physics.data.ctrl, low)
+    np.testing.assert_allclose(env.physics.data.ctrl, low)
     env.step(np.zeros(12, np.float32))
-    np.testing.assert_allclose(env._physics.data.ctrl, (low + high) / 2)
+    np.testing.assert_allclose(env.physics.data.ctrl, (low + high) / 2)
     env.close()
+
+
+def test_dmc_fast_render_changes_only_the_look():
+    standard, fast = make("dmc/cartpole-swingup"), make("dmc/cartpole-swingup", fast_render=True)
+    a, b = standard.reset(seed=1), fast.reset(seed=1)
+    np.testing.assert_array_equal(a.observation["state"], b.observation["state"])
+    x, y = a.observation["image/fixed"].astype(int), b.observation["image/fixed"].astype(int)
+    assert x.shape == y.shape and y.std() > 10  # a real picture, not a blank frame
+    assert 0 < np.abs(x - y).mean() < 20  # no shadows or anti-aliasing, same scene
+    standard.close()
+    fast.close()
 
 
 def test_dmc_time_limit_is_truncation_and_action_repeat():
