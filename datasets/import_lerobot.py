@@ -107,8 +107,7 @@ class Layout:
         state = _columns(table, self.state_cols)
         action = _columns(table, self.action_cols)
         steps = make_rows(self.schema, _column(table, "timestamp").astype(np.float64), frames,
-                          state=state, action=action, reward=reward,
-                          terminal=bool(success))
+                          state=state, action=action, reward=reward, terminal=bool(success))
         instruction = "; ".join(tasks) if tasks else self.default_instruction
         return Episode(steps, instruction=instruction, success=success,
                        notes=f"lerobot {self.version} {self.root.name} episode {index}")
@@ -201,10 +200,9 @@ class V3(Layout):
         files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
         if not files:
             raise StoreError(f"{root}/meta/episodes holds no chunk-*/file-*.parquet; the dataset is incomplete")
-        wanted = lambda name: not name.startswith("stats/")  # noqa: E731  (skip per-episode statistics)
         tables = []
-        for f in files:
-            names = [n for n in pq.read_schema(f).names if wanted(n)]
+        for f in files:  # skip the many per-episode `stats/...` columns: only the index is needed
+            names = [n for n in pq.read_schema(f).names if not n.startswith("stats/")]
             tables.append(pq.read_table(f, columns=names))
         self.meta = pa.concat_tables(tables, promote_options="default").sort_by("episode_index")
         self.video_keys = [k for k, v in self.info.get("features", {}).items() if v.get("dtype") == "video"]
@@ -300,6 +298,9 @@ def _column(table, name: str) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    if name not in table.column_names:
+        raise StoreError(f"the LeRobot frame table has no {name!r} column (it has {table.column_names}); "
+                         f"the dataset is incomplete or not a LeRobot dataset")
     col = table[name].combine_chunks()
     if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
         flat = pc.list_flatten(col).to_numpy(zero_copy_only=False)

@@ -38,6 +38,8 @@ def decode(path: Path, size: tuple[int, int] | None, start: float = -np.inf,
     """
     import av
 
+    if not Path(path).is_file():
+        raise StoreError(f"video {path} is missing; the dataset refers to it, so restore the file")
     times, frames = [], []
     try:
         with av.open(str(path)) as container:

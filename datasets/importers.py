@@ -1,6 +1,7 @@
 """`reverie data import <kind> SRC... OUT [key=value ...]`: bring outside data into an episode store.
 
-Each kind lives in its own module with `OPTIONS` (name -> help) and `read(srcs, opts) -> Source`.
+Each kind lives in its own module with `OPTIONS` (name -> help) and
+`read(srcs, opts, existing) -> Source`, where `existing` is OUT's schema when appending to a store.
 Readers only translate the outside layout into store rows; this file owns the store side: creating
 OUT (or appending to it when it already exists), and committing one episode at a time so a failure
 half-way leaves every episode before it committed and readable.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -21,8 +21,7 @@ import numpy as np
 from reverie.errors import ReverieError, StoreError
 from reverie.specs import ArraySpec
 
-# kind -> module with OPTIONS and read(). Modules load on use, so `import video` never pays for
-# pyarrow and `import lerobot` never for zarr-format probing.
+# kind -> module with OPTIONS and read(). Modules load on use: a video import never imports pyarrow.
 KINDS: dict[str, str] = {
     "video": "reverie.datasets.import_video",
     "lerobot": "reverie.datasets.import_lerobot",
@@ -35,6 +34,8 @@ COMMON_OPTIONS = {
     "instruction": "task text for episodes whose source has none (default: empty)",
     "robot": "robot name recorded in the store attrs (default: from the source, else `unknown`)",
     "image_codec": "lossless (default) or lossy, for a new store",
+    "source": "episode source label: teleop, scripted, policy, correction or video "
+              "(default: video for videos, teleop otherwise)",
 }
 
 DEFAULT_SIZE = (64, 64)
@@ -148,6 +149,17 @@ def parse_options(kind: str, overrides: list[str], extra: dict[str, str]) -> dic
     return opts
 
 
+def check_options(opts: dict[str, str]) -> None:
+    """Values that are easy to mistype fail before any file is read or written."""
+    from reverie.datasets.schema import SOURCES
+
+    parse_size(opts.get("size"))
+    if opts.get("image_codec", "lossless") not in ("lossless", "lossy"):
+        raise ReverieError(f"image_codec={opts['image_codec']!r}: choose lossless or lossy")
+    if opts.get("source", "teleop") not in SOURCES:
+        raise ReverieError(f"source={opts['source']!r}: choose one of {', '.join(SOURCES)}")
+
+
 def open_or_create(out: str, src: Source, opts: dict[str, str]):
     """Append to OUT if it is already a store (its schema must match), else create it from the source."""
     from reverie.datasets.store import EpisodeStore
@@ -162,14 +174,11 @@ def open_or_create(out: str, src: Source, opts: dict[str, str]):
                 f"(store: {_describe(store.schema)}; import: {_describe(src.schema)}); import into a new OUT path, "
                 f"or pass size=HxW (and state/action options) matching the store")
         return store
-    codec = opts.get("image_codec", "lossless")
-    if codec not in ("lossless", "lossy"):
-        raise ReverieError(f"image_codec={codec!r}: choose lossless or lossy")
     return EpisodeStore.create(out, src.schema, fps=src.fps, robot=opts.get("robot") or src.robot,
-                               image_codec=codec, attrs=src.attrs)
+                               image_codec=opts.get("image_codec", "lossless"), attrs=src.attrs)
 
 
-def store_shape_hint(out: str) -> dict[str, ArraySpec] | None:
+def existing_schema(out: str) -> dict[str, ArraySpec] | None:
     """The schema of an existing OUT store, so readers can resize to it; None if OUT is new."""
     if not _exists(out):
         return None
@@ -186,20 +195,21 @@ def run(kind: str, srcs: list[str], out: str, overrides: list[str] = ()) -> list
         raise ReverieError(f"unknown import kind {kind!r}; choose one of: {', '.join(KINDS)}")
     module = importlib.import_module(KINDS[kind])
     opts = parse_options(kind, list(overrides), module.OPTIONS)
-    parse_size(opts.get("size"))  # a typo in an option fails before any file is touched
-    existing = store_shape_hint(out)
+    check_options(opts)
+    existing = existing_schema(out)
     if existing is not None and "size" not in opts:
         cams = [s.shape[:2] for k, s in existing.items() if k.startswith("image/")]
         if cams:  # appending: decode straight to the store's resolution
             opts["size"] = f"{cams[0][0]}x{cams[0][1]}"
     source: Source = module.read(srcs, opts, existing)
+    label = opts.get("source", source.source)
     store = open_or_create(out, source, opts)
     added = []
     from tqdm import tqdm
 
     try:
         for ep in tqdm(source.episodes, total=source.num_episodes, desc=f"import {kind}", unit="ep"):
-            added.append(store.add_episode(ep.steps, instruction=ep.instruction, source=source.source,
+            added.append(store.add_episode(ep.steps, instruction=ep.instruction, source=label,
                                            success=ep.success, notes=ep.notes))
     except ReverieError as e:
         # Episodes are committed one by one: say what is already safely in OUT.

@@ -133,6 +133,8 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
         run("video", [str(tmp_path)], str(tmp_path / "o.zarr"), ["colour=red"])
     with pytest.raises(ReverieError, match="size='big'"):
         run("video", [str(tmp_path)], str(tmp_path / "o.zarr"), ["size=big"])
+    with pytest.raises(ReverieError, match="source='human'.*teleop"):
+        run("video", [str(tmp_path)], str(tmp_path / "o.zarr"), ["source=human"])
     assert cli.main(["data", "import", "zarr-replay", str(tmp_path / "nope.zarr"), str(tmp_path / "o.zarr")]) == 2
     assert "nope.zarr does not exist" in capsys.readouterr().err
 
@@ -185,10 +187,14 @@ def test_lerobot_early_layout_matches_the_source_table(fixtures_dir, tmp_path, n
         assert not ep["reward"].any() and meta.success is None
 
 
-def build_v3(src: Path, dst: Path, split: int, success_tail: int = 0) -> dict:
+def build_v3(src: Path, dst: Path, split: int, success_tail: int = 0, episode_tasks: bool = True) -> dict:
     """A LeRobot v3 dataset made from the single-episode early pusht fixture, split into two episodes
     at frame `split`, sharing one video file (episode 1 starts at from_timestamp = split / fps).
-    The last `success_tail` frames get next.success = True, to exercise the success mapping."""
+    The last `success_tail` frames get next.success = True, to exercise the success mapping.
+    Without `episode_tasks` the episode rows list no tasks and tasks.parquet keeps the strings as an
+    unnamed pandas index (`__index_level_0__`), so task_index has to be looked up; that variant also
+    carries an `image` feature (PNG bytes in the table): 8x8 tiles whose colour encodes the row."""
+    import cv2
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -205,6 +211,11 @@ def build_v3(src: Path, dst: Path, split: int, success_tail: int = 0) -> dict:
         "index": np.arange(n), "task_index": ep,
         "next.reward": pa.array(t["next.reward"], pa.float32()), "next.done": t["next.done"], "next.success": success,
     })
+    if not episode_tasks:
+        rgb = [np.full((8, 8, 3), [i, 255 - i, 7], np.uint8) for i in range(n)]  # OpenCV writes BGR: convert
+        cells = [{"bytes": cv2.imencode(".png", cv2.cvtColor(x, cv2.COLOR_RGB2BGR))[1].tobytes(),
+                  "path": f"frame_{i:06d}.png"} for i, x in enumerate(rgb)]
+        data = data.append_column("observation.images.wrist", pa.array(cells))
     (dst / "data" / "chunk-000").mkdir(parents=True)
     pq.write_table(data, dst / "data" / "chunk-000" / "file-000.parquet")
     video_key = "observation.image"
@@ -212,9 +223,11 @@ def build_v3(src: Path, dst: Path, split: int, success_tail: int = 0) -> dict:
     shutil.copy(next((src / "videos").glob("*.mp4")), dst / "videos" / video_key / "chunk-000" / "file-000.mp4")
     tasks = ["push the T onto the target", "push the T onto the target, again"]
     (dst / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
-    pq.write_table(pa.table({"task_index": [0, 1], "task": tasks}), dst / "meta" / "tasks.parquet")
+    task_column = "task" if episode_tasks else "__index_level_0__"
+    pq.write_table(pa.table({"task_index": [0, 1], task_column: tasks}), dst / "meta" / "tasks.parquet")
     pq.write_table(pa.table({
-        "episode_index": [0, 1], "tasks": [[tasks[0]], [tasks[1]]], "length": [split, n - split],
+        **({"tasks": [[tasks[0]], [tasks[1]]]} if episode_tasks else {}),
+        "episode_index": [0, 1], "length": [split, n - split],
         "data/chunk_index": [0, 0], "data/file_index": [0, 0],
         "dataset_from_index": [0, split], "dataset_to_index": [split, n],
         f"videos/{video_key}/chunk_index": [0, 0], f"videos/{video_key}/file_index": [0, 0],
@@ -230,6 +243,7 @@ def build_v3(src: Path, dst: Path, split: int, success_tail: int = 0) -> dict:
             video_key: {"dtype": "video", "shape": [96, 96, 3], "names": ["height", "width", "channels"]},
             "observation.state": {"dtype": "float32", "shape": [2]}, "action": {"dtype": "float32", "shape": [2]},
             "next.reward": {"dtype": "float32", "shape": [1]}, "next.success": {"dtype": "bool", "shape": [1]},
+            **({} if episode_tasks else {"observation.images.wrist": {"dtype": "image", "shape": [8, 8, 3]}}),
         },
     }
     (dst / "meta" / "info.json").write_text(json.dumps(info))
@@ -258,6 +272,19 @@ def test_lerobot_v3_layout_with_shared_video_file(fixtures_dir, tmp_path):
         assert meta.instruction.startswith("push the T onto the target")
     assert store.meta(0).success is False and store.meta(1).success is True
     assert store.episode(1)["is_terminal"][-1] and not store.episode(0)["is_terminal"].any()
+
+
+def test_lerobot_v3_task_index_and_image_features(fixtures_dir, tmp_path):
+    build_v3(fixtures_dir / "lerobot_v1" / "pusht", tmp_path / "ds", split=100, episode_tasks=False)
+    run("lerobot", [str(tmp_path / "ds")], str(tmp_path / "o.zarr"), ["size=native"])
+    store = EpisodeStore.open(tmp_path / "o.zarr", mode="r")
+    assert [store.meta(i).instruction for i in range(2)] == ["push the T onto the target",
+                                                            "push the T onto the target, again"]
+    assert [store.meta(i).length for i in range(2)] == [100, 61]
+    assert store.schema["image/wrist"].shape == (8, 8, 3) and store.schema["image/front"].shape == (96, 96, 3)
+    wrist = store.episode(1)["image/wrist"]  # PNG decoded, colour channels in RGB order
+    np.testing.assert_array_equal(wrist[:, 0, 0], np.stack([np.arange(100, 161), 255 - np.arange(100, 161),
+                                                            np.full(61, 7)], 1))
 
 
 def test_lerobot_v2_is_refused_with_the_fix(tmp_path):
@@ -347,8 +374,9 @@ def test_zarr_replay_key_mapping_and_bad_buffers(tmp_path):
     write_buffer(src, 3, arrays, [n])
     out = tmp_path / "o.zarr"
     run("zarr-replay", [str(src)], str(out),
-        ["state=qpos+gripper", "action=cmd", "images=agentview_image:front", "fps=20", "size=native"])
+        ["state=qpos+gripper", "action=cmd", "images=agentview_image:front", "fps=20", "size=native", "source=scripted"])
     ep = EpisodeStore.open(out, mode="r").episode(0)
+    assert EpisodeStore.open(out, mode="r").meta(0).source == "scripted"
     np.testing.assert_array_equal(ep["state"], np.concatenate([arrays["qpos"], arrays["gripper"]], 1))
     np.testing.assert_array_equal(ep["action"], arrays["cmd"])
     np.testing.assert_array_equal(ep["image/front"], arrays["agentview_image"])
@@ -357,6 +385,12 @@ def test_zarr_replay_key_mapping_and_bad_buffers(tmp_path):
     write_buffer(tmp_path / "short.zarr", 2, arrays, [5, n + 4])
     with pytest.raises(StoreError, match="truncated"):
         run("zarr-replay", [str(tmp_path / "short.zarr")], str(tmp_path / "o3.zarr"), ["fps=20"])
+    # UMI ships buffers as .zarr.zip: a zip of the store folder.
+    shutil.make_archive(str(tmp_path / "r.zarr"), "zip", root_dir=src)
+    run("zarr-replay", [str(tmp_path / "r.zarr.zip")], str(tmp_path / "z.zarr"),
+        ["state=qpos+gripper", "action=cmd", "fps=20", "size=native"])
+    np.testing.assert_array_equal(EpisodeStore.open(tmp_path / "z.zarr", mode="r").episode(0)["image/agentview"],
+                                  arrays["agentview_image"])
     (tmp_path / "plain").mkdir()
     with pytest.raises(StoreError, match="not a zarr group"):
         run("zarr-replay", [str(tmp_path / "plain")], str(tmp_path / "o4.zarr"))
