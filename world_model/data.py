@@ -1,0 +1,234 @@
+"""Batches for world-model training and evaluation, from episode stores via the window sampler.
+
+Windows (T rows of one episode, numpy) come from reverie.datasets.sampler.WindowSampler; this file
+turns a list of them into the batch contract of world_model/backend.py on the training device:
+images uint8 -> float in [0, 1] (resized to the preset's square size when the store differs),
+instruction strings -> 384-d embeddings with reverie.language.embed (cached per unique string), and,
+for Dynalang, one language token per step.
+
+Held-out episodes: the last `ceil(holdout * N)` episodes of each store (none when a store has only
+one episode) are excluded from training; evaluation uses exactly those.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from reverie.errors import ConfigError
+from reverie.world_model.backend import DataSpec
+
+ROW_KEYS = ("state", "action", "action_mask", "reward", "is_first", "is_last", "is_terminal")
+
+
+def parse_data_arg(overrides: list[str]) -> list[str]:
+    """`data=a.zarr,b.zarr` is a hydra sweep; rewrite it to the list `data=[a.zarr,b.zarr]`."""
+    out = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key in ("data", "+data") and "," in value and not value.startswith("["):
+            o = f"{key}=[{','.join(repr(v) for v in value.split(',') if v)}]"
+        out.append(o)
+    return out
+
+
+def data_paths(data: Any) -> list[str]:
+    if data is None or data == "???":
+        raise ConfigError("no training data: pass data=STORE (or data=STORE1,STORE2)")
+    paths = [data] if isinstance(data, str) else list(data)
+    paths = [str(p) for p in paths if str(p)]
+    if not paths:
+        raise ConfigError("data= is empty: pass data=STORE (or data=STORE1,STORE2)")
+    return paths
+
+
+def open_stores(paths: list[str]) -> list:
+    from reverie.datasets.store import EpisodeStore
+
+    stores = []
+    for p in paths:
+        stores.append(EpisodeStore.open(p, "r"))  # StoreError names the path and the fix
+    return stores
+
+
+def split_episodes(num_episodes: int, holdout: float) -> tuple[list[int], list[int]]:
+    """(train, held-out) episode indices: the last ceil(holdout * N) episodes are held out."""
+    if not 0 <= holdout < 1:
+        raise ConfigError(f"holdout={holdout}: must be a fraction in [0, 1)")
+    held = math.ceil(holdout * num_episodes) if num_episodes > 1 else 0
+    cut = num_episodes - held
+    return list(range(cut)), list(range(cut, num_episodes))
+
+
+class Language:
+    """Instruction embeddings and per-step language tokens, cached per unique string.
+
+    Tokens (Dynalang): the instruction's word-piece ids, streamed one per step through the episode
+    (repeating), each represented by the sentence encoder's own 384-d input token embedding.
+    """
+
+    def __init__(self):
+        self._embed: dict[str, np.ndarray] = {}
+        self._tokens: dict[str, np.ndarray] = {}
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        missing = sorted({t for t in texts if t not in self._embed})
+        if missing:
+            from reverie.language import embed
+
+            for t, v in zip(missing, embed(missing)):
+                self._embed[t] = v
+        return np.stack([self._embed[t] for t in texts])                # (N, 384)
+
+    def tokens(self, text: str) -> np.ndarray:
+        if text not in self._tokens:
+            from reverie.language import default_encoder
+
+            enc = default_encoder()
+            ids = enc.tokenizer(text or " ", truncation=True, max_length=128)["input_ids"]
+            table = enc.model.get_input_embeddings().weight.detach()
+            self._tokens[text] = table[torch.as_tensor(ids)].cpu().numpy().astype(np.float32)  # (L, D)
+        return self._tokens[text]
+
+    @staticmethod
+    def token_dim() -> int:
+        from reverie.language import EMBED_DIM
+
+        return EMBED_DIM
+
+
+def make_spec(stores: list, image_key: str, image_size: int, dynalang: bool) -> DataSpec:
+    schemas = [s.schema for s in stores]
+    for path, schema in zip((s.url for s in stores), schemas):
+        if image_key not in schema:
+            cams = sorted(k for k in schema if k.startswith("image/"))
+            raise ConfigError(f"store {path} has no camera {image_key!r} (it has {cams}); "
+                              f"pass image_key=<one of those>")
+    state_dims = {s["state"].shape[0] for s in schemas}
+    action_dims = {s["action"].shape[0] for s in schemas}
+    if len(state_dims) > 1 or len(action_dims) > 1:
+        raise ConfigError(f"stores disagree on state/action sizes ({state_dims}, {action_dims}); "
+                          "train on stores recorded with the same arm")
+    return DataSpec(image_shape=(image_size, image_size, 3), state_dim=state_dims.pop(),
+                    action_dim=action_dims.pop(), lang_dim=Language.token_dim() if dynalang else 0)
+
+
+def collate(windows: list[dict], image_key: str, image_size: int, language: Language,
+            dynalang: bool, device: torch.device) -> dict[str, Tensor]:
+    """Sampler windows (each key (T, ...)) -> the batch contract on `device`."""
+    batch: dict[str, Tensor] = {}
+    image = torch.from_numpy(np.stack([w[image_key] for w in windows])).to(device)  # (B, T, h, w, 3) u8
+    image = image.float() / 255.0
+    if image.shape[2:4] != (image_size, image_size):
+        b, t, h, w, _ = image.shape
+        x = image.reshape(b * t, h, w, 3).permute(0, 3, 1, 2)
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
+        image = x.permute(0, 2, 3, 1).reshape(b, t, image_size, image_size, 3).clamp(0, 1)
+    batch["image"] = image
+    for key in ROW_KEYS:
+        value = torch.from_numpy(np.stack([np.asarray(w[key]) for w in windows])).to(device)
+        batch[key] = value.bool() if key in ("action_mask", "is_first", "is_last", "is_terminal") else value.float()
+    texts = [str(w.get("instruction", "")) for w in windows]
+    batch["instruction_embedding"] = torch.from_numpy(language.embed(texts)).to(device)
+    if dynalang:
+        t = batch["image"].shape[1]
+        tokens = []
+        for w, text in zip(windows, texts):
+            table = language.tokens(text)                                       # (L, D)
+            start = int(w.get("start", 0))
+            tokens.append(table[(start + np.arange(t)) % len(table)])
+        batch["lang_token"] = torch.from_numpy(np.stack(tokens)).to(device)      # (B, T, D)
+    return batch
+
+
+class TrainData:
+    """Endless training batches for one rank: seeded, resumable (`get_state` / `set_state`)."""
+
+    def __init__(self, cfg, mcfg, rank: int = 0, world: int = 1, device: torch.device | str = "cpu"):
+        from reverie.datasets.sampler import WindowSampler
+
+        self.paths = data_paths(cfg.data)
+        self.stores = open_stores(self.paths)
+        self.image_key, self.image_size = cfg.image_key, int(mcfg.image_size)
+        self.dynalang = bool(mcfg.get("dynalang", False))
+        self.spec = make_spec(self.stores, self.image_key, self.image_size, self.dynalang)
+        self.batch_size, self.length = int(mcfg.batch_size), int(mcfg.seq_len)
+        self.device = torch.device(device)
+        self.language = Language()
+        episodes = [split_episodes(s.num_episodes, float(cfg.holdout))[0] for s in self.stores]
+        self.sampler = WindowSampler(self.stores, length=self.length, episodes=episodes,
+                                     keys=[self.image_key, *ROW_KEYS], seed=cfg.seed)
+        if len(self.sampler) == 0:
+            raise ConfigError(f"no training window of {self.length} steps in {self.paths}: episodes are "
+                              "shorter than the preset's seq_len; record longer episodes or lower "
+                              f"preset.<backend>.seq_len")
+        self.rng = np.random.default_rng([int(cfg.seed), rank])
+        self.rank, self.world = rank, world
+
+    def next(self) -> dict[str, Tensor]:
+        idx = self.rng.integers(0, len(self.sampler), self.batch_size)
+        windows = [self.sampler[int(i)] for i in idx]
+        return collate(windows, self.image_key, self.image_size, self.language, self.dynalang, self.device)
+
+    def get_state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+    def gather_state(self) -> dict[str, dict]:
+        """Every rank's sampler RNG state, keyed by rank (collective under torch.distributed)."""
+        from reverie.world_model import distributed
+
+        if not distributed.is_distributed():
+            return {"0": self.get_state()}
+        states = [None] * distributed.world()
+        torch.distributed.all_gather_object(states, self.get_state())
+        return {str(r): s for r, s in enumerate(states)}
+
+
+
+def write_toy_store(path, episodes: int = 6, length: int = 24, size: int = 16, video_episodes: int = 1,
+                    seed: int = 0):
+    """A small synthetic store for tests and benchmarks: a bright square on a dark table moves by the
+    commanded action (state = its position, gripper-like third joint = action[2] integrated); reward 1
+    while it is within 0.3 of the centre. Episodes 1..video_episodes are action-free video
+    (action_mask False), the rest (including the last, held-out ones) are action-labelled. Returns the path."""
+    from reverie.datasets.schema import make_schema
+    from reverie.datasets.store import EpisodeStore
+
+    rng = np.random.default_rng(seed)
+    store = EpisodeStore.create(path, make_schema({"front": (size, size)}, 3, 3), fps=10.0, robot="toy")
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1) * 2 - 1                      # (size, size) in [-1, 1]
+    for e in range(episodes):
+        pos = rng.uniform(-0.7, 0.7, 3).astype(np.float32)
+        rows = {k: [] for k in ("image/front", "state", "action")}
+        for t in range(length):
+            action = np.clip(rng.normal(0, 0.6, 3), -1, 1).astype(np.float32)
+            img = np.full((size, size, 3), 30, np.uint8)
+            square = (np.abs(xx - pos[0]) < 0.2) & (np.abs(yy - pos[1]) < 0.2)
+            img[square] = (230, 200, int(127 + 127 * pos[2]))
+            rows["image/front"].append(img)
+            rows["state"].append(pos.copy())
+            rows["action"].append(action)
+            pos = np.clip(pos + 0.2 * action, -0.9, 0.9).astype(np.float32)
+        video = 1 <= e <= video_episodes
+        mask = np.full(length, not video)
+        mask[-1] = False
+        state = np.stack(rows["state"])
+        steps = {
+            "image/front": np.stack(rows["image/front"]), "state": state,
+            "action": np.stack(rows["action"]) * mask[:, None], "action_mask": mask,
+            "reward": (np.linalg.norm(state[:, :2], axis=-1) < 0.3).astype(np.float32) * (np.arange(length) > 0),
+            "is_first": np.arange(length) == 0, "is_last": np.arange(length) == length - 1,
+            "is_terminal": np.zeros(length, bool), "timestamp": np.arange(length) / 10.0,
+        }
+        store.add_episode(steps, instruction="move the square" if e % 2 == 0 else "touch the centre",
+                          source="video" if video else "scripted")
+    store.close()
+    return path

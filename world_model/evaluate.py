@@ -1,0 +1,235 @@
+"""`reverie eval-wm checkpoint=RUN_DIR [data=STORE[,STORE...]] [out=DIR]`: open-loop evaluation.
+
+On held-out episodes (those training left out, see world_model/data.py), for windows of
+`context + horizon` rows: observe the first `context` frames, then imagine `horizon` steps under the
+recorded actions and decode them. Reported per horizon h = 1..horizon:
+  - image MSE / PSNR of the prediction, and of the copy-last-frame baseline (the last context frame)
+  - the same MSE under a zero-action counterfactual (same start state, actions set to 0)
+  - joint-state MSE of the predicted state (backends with `decode_state`) under the recorded actions,
+    under zero actions, and of the copy-last-state baseline: if imagination follows the commands, the
+    recorded actions track the true joints and zero actions do not
+Plus reward MAE / accuracy (|error| < 0.1) and continue accuracy over imagined steps. Writes
+eval.json, eval.png (curves) and eval.gif (real | imagined, context frames framed in grey).
+Works through the backend interface only (observe / imagine / decode).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reverie.config import compose, split_args
+from reverie.errors import ConfigError
+from reverie.world_model import checkpoint
+from reverie.world_model.backend import replay_policy
+from reverie.world_model.data import (ROW_KEYS, Language, collate, data_paths, open_stores,
+                                      parse_data_arg, split_episodes)
+from reverie.world_model.distributed import pick_device
+
+log = logging.getLogger(__name__)
+
+
+def eval_windows(stores, holdout: float, split: str, length: int, count: int, action_rows: slice,
+                 image_key: str) -> list[dict]:
+    """Up to `count` windows of `length` rows spread evenly over the evaluation episodes; only
+    windows whose actions in `action_rows` are all known (the replayed commands)."""
+    if split not in ("holdout", "all"):
+        raise ConfigError(f"split={split!r}: choose holdout or all")
+    candidates = []  # (store, episode, start)
+    for s, store in enumerate(stores):
+        episodes = (split_episodes(store.num_episodes, holdout)[1] if split == "holdout"
+                    else list(range(store.num_episodes)))
+        for e in episodes:
+            mask = store.episode(e, ["action_mask"])["action_mask"]
+            for start in range(0, len(mask) - length + 1):
+                if mask[start:start + length][action_rows].all():
+                    candidates.append((s, e, start))
+    if not candidates:
+        raise ConfigError(
+            f"no evaluation window: need held-out, action-labelled episodes of at least {length} rows "
+            f"(context + horizon). Train with holdout>0 on a store with more episodes, pass split=all, "
+            f"or lower context/horizon")
+    pick = np.unique(np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round().astype(int))
+    windows, cache = [], {}
+    for i in pick:
+        s, e, start = candidates[i]
+        if (s, e) not in cache:
+            cache[(s, e)] = (stores[s].episode(e, [image_key, *ROW_KEYS]), stores[s].meta(e).instruction)
+        ep, instruction = cache[(s, e)]
+        w = {k: v[start:start + length] for k, v in ep.items()}
+        windows.append(w | {"instruction": instruction, "start": start})
+    return windows
+
+
+@torch.no_grad()
+def evaluate(cfg) -> dict:
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model, tcfg, trainer = checkpoint.load_model(cfg.checkpoint, device)
+    mcfg = model.cfg
+    paths = data_paths(cfg.data) if cfg.data else trainer["stores"]
+    stores = open_stores(paths)
+    image_key = trainer.get("image_key", "image/front")
+    c, h = int(cfg.context), int(cfg.horizon)
+    if c < 1 or h < 1:
+        raise ConfigError(f"context={c}, horizon={h}: both must be >= 1")
+    windows = eval_windows(stores, float(trainer.get("holdout", 0.0)), cfg.split, c + h, int(cfg.windows),
+                           slice(c - 1, c + h - 1), image_key)
+    language = Language()
+    dynalang = bool(mcfg.get("dynalang", False))
+    has_state = hasattr(model, "decode_state")
+    sums: dict[str, np.ndarray] = {}
+    counts = {"windows": 0, "steps": 0}
+    gif_frames = None
+
+    def add(key, value):  # value (B, H) -> running sum over windows
+        sums[key] = sums.get(key, 0) + value.sum(0).double().cpu().numpy()
+
+    for i in range(0, len(windows), int(cfg.batch_size)):
+        batch = collate(windows[i:i + int(cfg.batch_size)], image_key, int(mcfg.image_size), language,
+                        dynalang, device)
+        b = batch["image"].shape[0]
+        context = {k: (v[:, :c] if v.dim() > 1 and v.shape[1] == c + h else v) for k, v in batch.items()}
+        state, _ = model.observe(context)
+        actions = batch["action"][:, c - 1:c + h - 1]                                # (B, H, A)
+        traj = model.imagine(state, replay_policy(actions), h)
+        zero = model.imagine(state, replay_policy(torch.zeros_like(actions)), h)
+        real = batch["image"][:, c:]                                                 # (B, H, h, w, 3)
+        pred = model.decode(traj["state"])[:, 1:].float().clamp(0, 1)
+        pred_zero = model.decode(zero["state"])[:, 1:].float().clamp(0, 1)
+        last = batch["image"][:, c - 1:c].expand_as(real)
+        for name, x in (("model", pred), ("copy_last", last), ("zero_action", pred_zero)):
+            mse = (x - real).square().mean((-3, -2, -1))                             # (B, H)
+            add(f"mse/{name}", mse)
+            add(f"psnr/{name}", 10 * torch.log10(1.0 / mse.clamp(min=1e-10)))
+        if has_state:
+            true_state = batch["state"][:, c:]                                       # (B, H, J)
+            for name, s in (("model", model.decode_state(traj["state"])[:, 1:]),
+                            ("zero_action", model.decode_state(zero["state"])[:, 1:]),
+                            ("copy_last", batch["state"][:, c - 1:c].expand_as(true_state))):
+                add(f"state_mse/{name}", (s.float() - true_state).square().mean(-1))
+        reward = batch["reward"][:, c:]
+        add("reward_abs_error", (traj["reward"].float() - reward).abs())
+        add("reward_correct", ((traj["reward"].float() - reward).abs() < 0.1).float())
+        cont = 1.0 - batch["is_terminal"][:, c:].float()
+        add("cont_correct", ((traj["cont"].float() > 0.5).float() == cont).float())
+        counts["windows"] += b
+        if gif_frames is None:
+            gif_frames = _gif_frames(batch["image"][: cfg.gif_rows], pred[: cfg.gif_rows], c)
+
+    n = counts["windows"]
+    per_h = {k: (v / n).tolist() for k, v in sums.items()}
+    results = {
+        "checkpoint": str(checkpoint.find(cfg.checkpoint)),
+        "step": trainer["step"], "backend": trainer["backend"], "stores": paths, "split": cfg.split,
+        "windows": n, "context": c, "horizon": h,
+        "per_horizon": {k: v for k, v in per_h.items() if "/" in k},
+        "reward_mae": float(np.mean(per_h["reward_abs_error"])),
+        "reward_accuracy": float(np.mean(per_h["reward_correct"])),
+        "cont_accuracy": float(np.mean(per_h["cont_correct"])),
+    }
+    model_mse, base_mse = np.array(per_h["mse/model"]), np.array(per_h["mse/copy_last"])
+    results["beats_copy_last_at_every_horizon"] = bool((model_mse < base_mse).all())
+    if has_state:
+        s_model, s_zero = np.array(per_h["state_mse/model"]), np.array(per_h["state_mse/zero_action"])
+        results["follows_actions"] = {
+            "state_mse_recorded_actions": float(s_model.mean()),
+            "state_mse_zero_actions": float(s_zero.mean()),
+            "state_mse_copy_last": float(np.mean(per_h["state_mse/copy_last"])),
+            "ratio_zero_over_recorded": float(s_zero.mean() / max(s_model.mean(), 1e-12)),
+            "recorded_better_at_every_horizon": bool((s_model < s_zero).all()),
+        }
+    out = Path(cfg.out) if cfg.out else checkpoint.find(cfg.checkpoint).parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(results, indent=1))
+    _plot(per_h, has_state, out / "eval.png", title=f"{trainer['backend']} step {trainer['step']}")
+    _write_gif(gif_frames, out / "eval.gif")
+    results["files"] = [str(out / f) for f in ("eval.json", "eval.png", "eval.gif")]
+    return results
+
+
+def _gif_frames(images: torch.Tensor, pred: torch.Tensor, c: int) -> np.ndarray:
+    """(R, C+H, h, w, 3) real and (R, H, h, w, 3) predicted -> (C+H, R*h', 2*w', 3) uint8 frames."""
+    real = images.float().cpu()
+    pred = torch.cat([real[:, :c], pred.cpu()], 1)
+    frames = torch.cat([real, pred], 3)                              # (R, L, h, 2w, 3): real | imagined
+    frames[:, :c, :2] = frames[:, :c, -2:] = 0.5                     # grey bar on context frames
+    frames = frames.permute(1, 0, 2, 3, 4).flatten(1, 2)             # (L, R*h, 2w, 3)
+    scale = max(1, 128 // images.shape[2])
+    frames = frames.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    return (frames.clamp(0, 1).numpy() * 255).astype(np.uint8)
+
+
+def _write_gif(frames: np.ndarray, path: Path) -> None:
+    import imageio.v2 as imageio
+
+    imageio.mimsave(path, list(frames), duration=0.2, loop=0)
+
+
+def _plot(per_h: dict, has_state: bool, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hs = np.arange(1, len(per_h["mse/model"]) + 1)
+    panels = [("mse", "image MSE"), ("psnr", "PSNR (dB)")] + ([("state_mse", "joint-state MSE")] if has_state else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4))
+    for ax, (key, label) in zip(axes, panels):
+        for name, style in (("model", "-o"), ("copy_last", "--"), ("zero_action", ":")):
+            ax.plot(hs, per_h[f"{key}/{name}"], style, ms=3,
+                    label={"model": "model (recorded actions)", "copy_last": "copy last",
+                           "zero_action": "model (zero actions)"}[name])
+        ax.set_xlabel("open-loop horizon")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(results: dict) -> str:
+    ph = results["per_horizon"]
+    rows = [f"{'h':>3} {'MSE model':>10} {'MSE copy':>10} {'PSNR model':>11} {'PSNR copy':>10}"
+            + (f" {'state rec':>10} {'state zero':>10}" if "state_mse/model" in ph else "")]
+    for i in range(results["horizon"]):
+        line = (f"{i + 1:>3} {ph['mse/model'][i]:>10.5f} {ph['mse/copy_last'][i]:>10.5f} "
+                f"{ph['psnr/model'][i]:>11.2f} {ph['psnr/copy_last'][i]:>10.2f}")
+        if "state_mse/model" in ph:
+            line += f" {ph['state_mse/model'][i]:>10.5f} {ph['state_mse/zero_action'][i]:>10.5f}"
+        rows.append(line)
+    rows.append(f"beats copy-last at every horizon: {results['beats_copy_last_at_every_horizon']}; "
+                f"reward MAE {results['reward_mae']:.4f}, reward acc {results['reward_accuracy']:.3f}, "
+                f"continue acc {results['cont_accuracy']:.3f}; windows {results['windows']}")
+    if "follows_actions" in results:
+        f = results["follows_actions"]
+        rows.append(f"follows actions: state MSE recorded {f['state_mse_recorded_actions']:.5f} vs zero "
+                    f"{f['state_mse_zero_actions']:.5f} (x{f['ratio_zero_over_recorded']:.1f}), "
+                    f"copy-last {f['state_mse_copy_last']:.5f}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str]) -> int:
+    positional, overrides = split_args(argv)
+    if "--help" in positional or "-h" in positional:
+        print(__doc__)
+        return 0
+    if positional:
+        raise ConfigError(f"unexpected arguments {positional}; eval-wm takes key=value overrides")
+    cfg = compose("eval_wm", parse_data_arg(overrides))
+    results = evaluate(cfg)
+    print(table(results))
+    print("wrote " + ", ".join(results["files"]))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,168 @@
+"""`reverie train-wm world_model=<rssm|shortcut> data=STORE[,STORE...] preset=<tiny|cpu|s|m|l> steps=N out=RUN_DIR`
+
+Backend-agnostic: the backend comes from the registry (world_model/backend.py) and is used only
+through `loss(batch)`, plus `observe` / `imagine` / `decode` for the TensorBoard images. The same
+loop runs single-process (CPU or GPU) and under `torchrun` (DDP, or FSDP when the preset says so).
+
+Resume: `resume=true` continues the run in `out`; `resume=PATH` starts from the checkpoint at PATH (a
+run or checkpoint folder) and writes to `out`. Step counter, optimiser state, torch
+RNG and the data sampler's RNG all continue, so a resumed CPU run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from reverie.config import compose, show, split_args
+from reverie.errors import ConfigError
+from reverie.world_model import checkpoint, distributed
+from reverie.world_model.backend import build, model_config, replay_policy
+from reverie.world_model.data import TrainData, parse_data_arg
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """One training run; `run()` trains to `steps` and checkpoints. Attributes are for tests/tools."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device = distributed.setup(cfg.device)
+        self.rank, self.world = distributed.rank(), distributed.world()
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        self.mcfg = model_config(cfg)
+        self.backend = cfg.world_model.name
+        self.steps = int(cfg.steps if cfg.steps is not None else self.mcfg.steps)
+        self.out, resume_from = _resolve_run_dir(cfg)
+        torch.manual_seed(cfg.seed * 1000 + self.rank)
+
+        self.data = TrainData(cfg, self.mcfg, rank=self.rank, world=self.world, device=self.device)
+        self.model = build(self.backend, self.mcfg, self.data.spec).to(self.device)
+        fsdp = bool(self.mcfg.get("fsdp", False) if cfg.fsdp is None else cfg.fsdp)
+        self.module = distributed.wrap(self.model, self.device, fsdp, bool(cfg.compile))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.mcfg.lr,
+                                          eps=self.mcfg.adam_eps, weight_decay=self.mcfg.weight_decay)
+        self.step = 0
+        if resume_from is not None:
+            state = checkpoint.load_training(resume_from, self.model, self.optimizer)
+            if state["backend"] != self.backend:
+                raise ConfigError(f"resume: checkpoint holds a {state['backend']!r} model but "
+                                  f"world_model={self.backend}; pass world_model={state['backend']}")
+            self.step = int(state["step"])
+            self.data.set_state(state["data_rng"][str(self.rank)] if self.world > 1
+                                else state["data_rng"]["0"])
+            log.info("resumed %s at step %d", resume_from, self.step)
+        self.writer = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(show(cfg))
+            self.writer = SummaryWriter(str(self.out))
+
+    # ---------------------------------------------------------------------------------------------
+    def train_step(self, batch) -> dict[str, float]:
+        self.model.train()
+        with distributed.autocast(self.device, self.cfg.precision):
+            loss, metrics = self.module(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics["grad_norm/total"] = float(torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.mcfg.grad_clip))
+        for name, child in self.model.named_children():
+            grads = [p.grad.detach().float().norm() for p in child.parameters() if p.grad is not None]
+            if grads:
+                metrics[f"grad_norm/{name}"] = float(torch.stack(grads).norm())
+        self.optimizer.step()
+        return metrics
+
+    def run(self) -> "Trainer":
+        cfg = self.cfg
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.steps, initial=self.step, desc=f"train-wm {self.backend}",
+                   unit="step", dynamic_ncols=True, disable=self.rank != 0 or not cfg.progress)
+        frames = self.mcfg.batch_size * self.mcfg.seq_len * self.world
+        tick, tick_step = time.perf_counter(), self.step
+        while self.step < self.steps:
+            batch = self.data.next()
+            metrics = self.train_step(batch)
+            self.step += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == self.steps:
+                metrics = distributed.all_mean(metrics, self.device)
+                now = time.perf_counter()
+                metrics["perf/frames_per_s"] = frames * (self.step - tick_step) / max(now - tick, 1e-9)
+                tick, tick_step = now, self.step
+                bar.set_postfix(loss=f"{metrics['loss/total']:.3g}",
+                                fps=f"{metrics['perf/frames_per_s']:.0f}")
+                if self.writer:
+                    for k, v in metrics.items():
+                        self.writer.add_scalar(k, v, self.step)
+            if self.writer and cfg.image_every and (self.step % cfg.image_every == 0 or self.step == 1):
+                self.log_images(batch)
+            if self.step % cfg.save_every == 0 or self.step == self.steps:
+                self.save()
+        bar.close()
+        if self.writer:
+            self.writer.close()
+        return self
+
+    def save(self) -> Path:
+        trainer = {"step": self.step, "backend": self.backend, "spec": self.data.spec.to_json(),
+                   "stores": self.data.paths, "holdout": float(self.cfg.holdout),
+                   "image_key": self.cfg.image_key,
+                   "data_rng": self.data.gather_state()}
+        return checkpoint.save(self.out, self.model, self.optimizer, self.cfg, trainer)
+
+    @torch.no_grad()
+    def log_images(self, batch) -> None:
+        """Real frames above open-loop predictions (context: the first half of the window)."""
+        self.model.eval()
+        b = {k: v[:1] for k, v in batch.items()}                              # one sequence
+        t = b["image"].shape[1]
+        ctx = max(1, t // 2)
+        context = {k: (v[:, :ctx] if v.dim() > 1 and v.shape[1] == t else v) for k, v in b.items()}
+        with distributed.autocast(self.device, self.cfg.precision):
+            state, _ = self.model.observe(context)
+            traj = self.model.imagine(state, replay_policy(b["action"][:, ctx - 1:]), t - ctx)
+            pred = self.model.decode(traj["state"])[0].float()                 # (t-ctx+1, H, W, 3)
+        real = b["image"][0].float()                                            # (t, H, W, 3)
+        pred = torch.cat([torch.zeros_like(real[:ctx - 1]), pred], 0)           # (t, H, W, 3)
+        grid = torch.cat([real, pred], 1)                                       # (t, 2H, W, 3)
+        grid = grid.permute(1, 0, 2, 3).reshape(grid.shape[1], -1, 3)           # (2H, t*W, 3)
+        self.writer.add_image("real_vs_openloop", grid.clamp(0, 1).cpu().numpy(), self.step,
+                              dataformats="HWC")
+
+
+def _resolve_run_dir(cfg) -> tuple[Path, Path | None]:
+    resume = cfg.resume
+    if resume in (None, False, "false", "False", ""):
+        return Path(cfg.out), None
+    if resume in (True, "true", "True"):
+        return Path(cfg.out), checkpoint.find(cfg.out)
+    return Path(cfg.out), checkpoint.find(resume)
+
+
+def main(argv: list[str]) -> int:
+    positional, overrides = split_args(argv)
+    if "--help" in positional or "-h" in positional:
+        print(__doc__)
+        print(show(compose("train_wm", [o for o in overrides if not o.startswith("data=")] + ["data=STORE"])))
+        return 0
+    if positional:
+        raise ConfigError(f"unexpected arguments {positional}; train-wm takes key=value overrides")
+    overrides = parse_data_arg(overrides)
+    cfg = compose("train_wm", overrides)
+    try:
+        trainer = Trainer(cfg).run()
+        if trainer.rank == 0:
+            print(f"trained {trainer.backend} for {trainer.step} steps; checkpoint: {trainer.out / 'checkpoint'}")
+    finally:
+        distributed.teardown()
+    return 0
