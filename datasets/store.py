@@ -244,8 +244,8 @@ class EpisodeStore:
         end = int(ends[n - 1]) if n else 0
         tail = max(data_len.values()) - end
         if tail > 0 or len(ends) > n or max(extra_rows, default=0) > n:
-            what = (f"{self.url}: an interrupted episode left {tail} frames (and {len(ends) - n} uncommitted "
-                    f"episode_ends entries) past the last committed episode ({n} episodes, {end} frames)")
+            what = (f"{self.url}: an interrupted episode left {tail} frames past the last committed episode "
+                    f"({n} episodes, {end} frames)")
             if self._mode == "a":
                 log.warning("%s; truncating them", what)
                 self._truncate(n, end)
