@@ -3,7 +3,7 @@
 The policy, the trainer and the evaluator use a world model through this interface only:
 
     loss(batch)                    -> (scalar loss, {name: float})        training objective
-    observe(batch)                 -> (state, feat (B, T, F))             latent state after the context
+    observe(batch, state=None)     -> (state, feat (B, T, F))             latent state after the context
     imagine(state, policy, horizon)-> {"feat": (B, H+1, F), "action": (B, H, A),
                                        "reward": (B, H), "cont": (B, H), "state": states}
     decode(state)                  -> images (..., H, W, 3) float in [0, 1]
@@ -88,7 +88,10 @@ class WorldModel(nn.Module, abc.ABC):
         raise NotImplementedError
 
     @abc.abstractmethod
-    def observe(self, batch: dict[str, Tensor]) -> tuple[State, Tensor]:
+    def observe(self, batch: dict[str, Tensor], state: State | None = None) -> tuple[State, Tensor]:
+        """Filter the batch into latent states. With `state`, continue from it (online control, one
+        row at a time): the batch may then carry `prev_action` (B, A) and `prev_action_mask` (B,),
+        the action sent before its row 0, and its instruction embedding replaces the state's."""
         raise NotImplementedError
 
     @abc.abstractmethod
@@ -108,7 +111,7 @@ class WorldModel(nn.Module, abc.ABC):
 
 
 BACKENDS: dict[str, type[WorldModel]] = {}
-BACKEND_MODULES = ("rssm", "shortcut")  # world_model/<name>.py files that register backends
+BACKEND_MODULES = ("rssm", "shortcut_backend")  # world_model/<name>.py files that register backends
 
 
 def register(name: str):

@@ -132,10 +132,15 @@ class RSSM(WorldModel):
         b, t = embed.shape[:2]
         if state is None:
             state = self.initial(b, batch["instruction_embedding"].to(embed.dtype))
+        else:  # the current instruction conditions the rest (it may change mid-episode)
+            state = {**state, "instr": batch["instruction_embedding"].to(embed.dtype)}
         # a_{t-1} for the step into o_t: shift right by one; row 0 has no previous action.
         action, mask = batch["action"], batch["action_mask"].bool()
-        prev_action = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)  # (B, T, A)
-        prev_mask = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, :-1]], 1)        # (B, T)
+        # When continuing from `state`, the batch may carry the action sent before its row 0.
+        first_action = batch.get("prev_action", torch.zeros_like(action[:, 0]))[:, None]
+        first_mask = batch.get("prev_action_mask", torch.zeros_like(mask[:, 0]))[:, None].bool()
+        prev_action = torch.cat([first_action.to(action.dtype), action[:, :-1]], 1)  # (B, T, A)
+        prev_mask = torch.cat([first_mask, mask[:, :-1]], 1)                         # (B, T)
         first = batch["is_first"].bool()
         deters, stochs, posts, priors = [], [], [], []
         for i in range(t):
@@ -181,8 +186,8 @@ class RSSM(WorldModel):
             }
         return total, metrics
 
-    def observe(self, batch: dict[str, Tensor]) -> tuple[State, Tensor]:
-        states, last, _, _ = self._rollout(batch)
+    def observe(self, batch: dict[str, Tensor], state: State | None = None) -> tuple[State, Tensor]:
+        states, last, _, _ = self._rollout(batch, state)
         return last, self.feat(states)
 
     def imagine(self, state: State, policy: Policy, horizon: int) -> dict:
