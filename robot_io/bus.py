@@ -30,6 +30,12 @@ from typing import Any
 
 import serial
 
+try:
+    import termios  # pyserial's POSIX backend lets termios.error escape when a port vanishes
+    _PORT_ERRORS: tuple = (serial.SerialException, OSError, termios.error)
+except ImportError:  # Windows
+    _PORT_ERRORS = (serial.SerialException, OSError)
+
 from reverie.errors import HardwareError
 from reverie.robot_io.dynamixel import control_table as dxl_table, protocol as dxl
 from reverie.robot_io.feetech import control_table as ft_table, protocol as ft
@@ -223,7 +229,7 @@ class ServoBus:
         if self._serial is not None:
             try:
                 self._serial.close()
-            except (serial.SerialException, OSError):
+            except _PORT_ERRORS:
                 pass  # the port may already be gone (unplugged); nothing left to release
         self._serial = None
 
@@ -368,10 +374,11 @@ class ServoBus:
                     self.stats.timeouts += 1
             else:
                 missing = [i for i in expect if i not in got]
-                cause = ("a reply that failed its checksum" if bad else "no reply" if not received
-                         else "an incomplete reply")
+                cause = ("a reply that failed its checksum" if bad else
+                         "an incomplete reply" if self._reader.buffer else "no reply")
+                answered = f" (servo(s) {sorted(got)} did)" if got else ""
                 raise HardwareError(
-                    f"servo(s) {missing} gave {cause} to {what} on {self.port} after "
+                    f"servo(s) {missing} gave {cause} to {what} on {self.port}{answered} after "
                     f"{self.retries + 1} tries ({self.timeout_s * 1e3:.0f} ms timeout each); last bytes "
                     f"received: {_hex(received)}")
         for servo_id, status in got.items():
@@ -413,7 +420,7 @@ class ServoBus:
                     if status.id in expect and status.id not in got:
                         got[status.id] = status
                         self.stats.replies += 1
-        except (serial.SerialException, OSError) as e:
+        except _PORT_ERRORS as e:
             self.close()
             raise HardwareError(
                 f"serial port {self.port} failed during {what} ({e}): was the adapter unplugged or the "
@@ -422,14 +429,15 @@ class ServoBus:
 
     def _raise_alarms(self, replies: dict[int, Any], instruction: str, register: str,
                       values: dict[int, int]) -> None:
+        what = f"{instruction} {register}".strip()
         for servo_id, status in replies.items():
             alarm = self.family.alarm(status.error)
             if alarm:
                 self.stats.alarms += 1
                 raise ServoAlarm(
-                    f"servo {servo_id} reports a hardware alarm in its reply to {instruction} "
-                    f"{register}: {alarm}. Check load, supply voltage and temperature; the arm should "
-                    f"be brought to a safe pose", servo_id, alarm, values)
+                    f"servo {servo_id} reports a hardware alarm in its reply to {what}: {alarm}. "
+                    f"Check load, supply voltage and temperature; bring the arm to a safe pose",
+                    servo_id, alarm, values)
 
 
 def _warn_latency_timer(port: str) -> None:
