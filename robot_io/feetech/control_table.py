@@ -7,8 +7,9 @@ Positions are 4096 ticks per turn, 2048 at the centre. Addresses below 40 are EE
 (address 55) = 0 makes EEPROM writes persist across power cycles.
 
 Model_Number reads addresses 3-4 (servo major/minor version) as one little-endian word: 777 for
-the STS3215. Return_Delay_Time (address 7) is in units of 2 us; STS3215 units ship at 250 (500 us)
--- lower it to 0 for fast loops (docs/serial.md).
+the STS3215. Return_Delay_Time (address 7) is in units of 2 us. Its default here, 250 (500 us), is
+what SO-101 builders find on delivered units (Feetech's tables describe address 7 differently
+across versions); lower it to 0 for fast loops (docs/serial.md).
 """
 
 from __future__ import annotations
