@@ -1,0 +1,115 @@
+"""Window sampler: windows stay inside episodes, match the store, honour weights, and feed a DataLoader."""
+
+import numpy as np
+import pytest
+import torch
+
+from reverie.datasets.sampler import ChunkCache, WindowDataset, WindowSampler
+from reverie.datasets.store import EpisodeStore, make_schema
+from reverie.errors import StoreError
+
+
+def episode(T, seed, cameras=("front",), video=False, hw=(8, 8)):
+    rng = np.random.default_rng(seed)
+    steps = {f"image/{c}": rng.integers(0, 256, (T, *hw, 3), dtype=np.uint8) for c in cameras}
+    return steps | {
+        "state": rng.normal(size=(T, 2)).astype(np.float32),
+        "action": rng.uniform(-1, 1, (T, 2)).astype(np.float32),
+        "action_mask": np.zeros(T, bool) if video else np.arange(T) < T - 1,
+        "reward": np.zeros(T, np.float32),
+        "is_first": np.arange(T) == 0,
+        "is_last": np.arange(T) == T - 1,
+        "is_terminal": np.zeros(T, bool),
+        "timestamp": np.arange(T) / 10 + seed,  # unique per row: identifies where a window came from
+    }
+
+
+def make_store(path, lengths, sources=None, cameras=("front",), codec="lossless"):
+    schema = make_schema(cameras={c: (8, 8) for c in cameras}, state_dim=2, action_dim=2)
+    store = EpisodeStore.create(path, schema, fps=10.0, robot="x", image_codec=codec)
+    for i, T in enumerate(lengths):
+        source = sources[i] if sources else "scripted"
+        store.add_episode(episode(T, i, cameras, video=source == "video"), instruction=f"task {i % 2}",
+                          source=source)
+    store.close()
+    return EpisodeStore.open(path)
+
+
+def test_windows_match_store_and_never_cross_episodes(tmp_path):
+    store = make_store(tmp_path / "s.zarr", [5, 40, 3, 70, 33, 9])  # 32-frame image chunks: windows straddle them
+    sampler = WindowSampler(store, length=9, seed=0, cache_bytes=20_000)  # small: forces evictions
+    seen_first, episodes = 0, [store.episode(i) for i in range(len(store))]
+    for _ in range(300):
+        s = sampler.sample()
+        ep = episodes[s["episode"]]
+        offset = int(np.searchsorted(ep["timestamp"], s["timestamp"][0]))
+        assert offset + 9 <= len(ep["timestamp"])  # inside one episode
+        for key in store.keys:
+            np.testing.assert_array_equal(s[key], ep[key][offset:offset + 9], err_msg=key)
+        assert s["is_first"][0] == (offset == 0) and not s["is_first"][1:].any()
+        assert s["instruction"] == store.meta(s["episode"]).instruction and s["store"] == 0
+        seen_first += offset == 0
+    assert seen_first > 0  # episode starts are reachable
+    assert 2 not in {sampler.sample()["episode"] for _ in range(100)}  # 3 rows < 9: never sampled
+    assert sampler.cache.hits > 0 and sampler.cache.bytes <= 20_000 + 8 * 8 * 3 * 32
+    with pytest.raises(StoreError, match="lower the window length"):
+        WindowSampler(store, length=71)
+
+
+def test_weights_give_each_source_its_share(tmp_path):
+    # 10x more teleop frames than video frames; equal weights must still give ~equal shares.
+    store = make_store(tmp_path / "s.zarr", [100, 100, 10, 10], sources=["teleop", "teleop", "video", "video"])
+    plain = WindowSampler(store, length=4, keys=["state"], seed=1)
+    share = np.mean([plain.sample()["episode"] >= 2 for _ in range(2000)])
+    assert 0.05 < share < 0.085  # uniform over windows: 2 x 7 of the 208 windows are video
+    equal = WindowSampler(store, length=4, keys=["state"], weights={"source": {"teleop": 1, "video": 1}}, seed=1)
+    share = np.mean([equal.sample()["episode"] >= 2 for _ in range(2000)])
+    assert 0.45 < share < 0.55
+    only_video = WindowSampler(store, length=4, keys=["state"], weights={"source": {"*": 0, "video": 1}}, seed=1)
+    assert {only_video.sample()["episode"] for _ in range(50)} == {2, 3}
+    by_task = WindowSampler(store, length=4, keys=["state"], weights={"instruction": {"task 1": 3, "task 0": 1}})
+    assert 0.7 < np.mean([by_task.sample()["instruction"] == "task 1" for _ in range(2000)]) < 0.8
+    with pytest.raises(StoreError, match="weights"):
+        WindowSampler(store, length=4, weights={"robot": {"a": 1}})
+    with pytest.raises(StoreError, match="no episode to sample"):
+        WindowSampler(store, length=4, weights={"source": {"*": 0}})
+
+
+def test_several_stores_sample_common_keys(tmp_path):
+    a = make_store(tmp_path / "a.zarr", [20, 20], cameras=("front", "wrist"))
+    b = make_store(tmp_path / "b.zarr", [30], cameras=("front",), codec="lossy")
+    sampler = WindowSampler([a, str(tmp_path / "b.zarr")], length=6, seed=0)
+    assert "image/wrist" not in sampler.keys and "image/front" in sampler.keys
+    stores = {sampler.sample()["store"] for _ in range(100)}
+    assert stores == {0, 1}
+    batch = sampler.sample_batch(4)
+    assert batch["image/front"].shape == (4, 6, 8, 8, 3) and batch["state"].shape == (4, 6, 2)
+    assert len(batch["instruction"]) == 4 and batch["episode"].shape == (4,)
+    with pytest.raises(StoreError, match="not in every store"):
+        WindowSampler([a, b], length=6, keys=["image/wrist"])
+
+
+def test_dataloader_with_workers(tmp_path):
+    store = make_store(tmp_path / "s.zarr", [30, 25, 40], codec="lossy")
+    dataset = WindowDataset(store, length=8, seed=3, samples_per_epoch=24)
+
+    def stamps(workers):
+        torch.manual_seed(0)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=workers)
+        batches = list(loader)
+        assert len(batches) == 6 and batches[0]["image/front"].shape == (4, 8, 8, 8, 3)
+        assert batches[0]["image/front"].dtype == torch.uint8 and len(batches[0]["instruction"]) == 4
+        return torch.cat([b["timestamp"][:, 0] for b in batches])
+
+    two = stamps(2)
+    assert len(set(two.tolist())) > 12  # workers draw different windows, not copies of each other
+    assert torch.equal(two, stamps(2))  # torch.manual_seed makes the stream repeatable
+    assert len(stamps(0)) == 24
+
+
+def test_chunk_cache_reads_like_zarr(tmp_path):
+    store = make_store(tmp_path / "s.zarr", [50, 50])
+    arr, cache = store.array("image/front"), ChunkCache(max_bytes=10**6)
+    for start, stop in [(0, 5), (30, 70), (31, 33), (95, 100), (0, 100)]:
+        np.testing.assert_array_equal(cache.read(("k",), arr, 32, start, stop, 100), arr[start:stop])
+    assert cache.hits > 0
