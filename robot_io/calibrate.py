@@ -18,7 +18,7 @@ from collections.abc import Callable
 from reverie.config import compose, split_args
 from reverie.errors import ConfigError, HardwareError
 from reverie.robot_io.calibration import RangeRecorder, make_calibration, read_ticks, save_calibration
-from reverie.robot_io.config import ArmConfig, load_arm
+from reverie.robot_io.config import ArmConfig, arm_from_command
 from reverie.robot_io.robot import connect_bus, make_bus
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def main(argv: list[str], prompt: Callable[[str], str] = input, say: Callable[[s
     cfg = compose("calibrate", overrides)
     if not cfg.out:
         raise ConfigError("calibrate needs out=PATH for the calibration JSON, e.g. out=calib/so101.json")
-    arm = load_arm(cfg.robot, port=cfg.port, baudrate=cfg.baudrate, calibration=None)
+    arm = arm_from_command(cfg)
     bus = make_bus(arm)
     connect_bus(bus, arm)
     try:
@@ -80,6 +80,6 @@ def main(argv: list[str], prompt: Callable[[str], str] = input, say: Callable[[s
     finally:
         bus.close()  # torque stays off: the operator is holding the arm
     path = save_calibration(calibration, cfg.out)
-    say(f"wrote {path}; use it with `calibration={path}` (for example `reverie record robot={cfg.robot} "
+    say(f"wrote {path}; use it with `calibration={path}` (for example `reverie record robot={arm.name} "
         f"calibration={path} ...`)")
     return 0

@@ -3,6 +3,7 @@
     cameras:
       front: {type: opencv, source: 0, width: 640, height: 480, fps: 30}
       wrist: {type: opencv, source: /dev/video2}
+      front: {type: frame_file, path: /tmp/reverie-so101.frames.front}   # the virtual robot's
 
 `type` looks up "module:Class" in CAMERA_TYPES, imported on use, so adding a camera kind is one
 table row and a config without cameras imports no OpenCV.
@@ -17,6 +18,7 @@ from reverie.errors import ConfigError
 
 CAMERA_TYPES = {
     "opencv": "reverie.robot_io.cameras:OpenCVCamera",
+    "frame_file": "reverie.sim.frame_share:FrameFileCamera",  # frames of `reverie sim serve-bus`
 }
 
 

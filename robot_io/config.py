@@ -217,22 +217,41 @@ def arm_from_mapping(raw: Mapping[str, Any], calibration: Mapping[str, Any] | No
 
 
 def load_arm(name_or_path: str | Path, **overrides) -> ArmConfig:
-    """Load `reverie/conf/robot/<name>.yaml` or a YAML path; keyword overrides replace top-level keys."""
-    path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
-        path = CONF_DIR / f"{name_or_path}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
-        raise ConfigError(f"arm config {str(name_or_path)!r} not found: use one of {known} or a YAML path")
-    raw = _read_yaml(path)
+    """An arm config by name (`reverie/conf/robot/<name>.yaml`, a hydra config group whose files may
+    extend each other with a defaults list) or by YAML path (which may start from a shipped arm
+    with `base: <name>`). Keyword overrides that are not None replace top-level keys."""
+    path = Path(str(name_or_path))
+    raw = _read_yaml(path) if path.suffix in (".yaml", ".yml") else _group(str(name_or_path))
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return arm_from_mapping(raw)
 
 
+def arm_from_command(cfg) -> ArmConfig:
+    """The arm of a command config: the `robot` group (`robot=koch robot.port=...`), or
+    `robot_file=my_arm.yaml`, with the top-level shortcuts `port=`, `baudrate=`, `calibration=`."""
+    raw = _read_yaml(Path(cfg.robot_file)) if cfg.get("robot_file") else _plain(cfg.robot)
+    for key in ("port", "baudrate", "calibration"):
+        if cfg.get(key) is not None:
+            raw[key] = cfg[key]
+    return arm_from_mapping(raw)
+
+
+def _group(name: str) -> dict:
+    from reverie.config import compose
+
+    known = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+    if name not in known:
+        raise ConfigError(f"arm config {name!r} not found: use one of {known} or a YAML path")
+    return _plain(compose("arm", [f"robot={name}"]).robot)
+
+
 def _read_yaml(path: Path, depth: int = 0) -> dict:
-    """Read an arm YAML; `base: <name>` starts from another arm file (virtual twins, variants)."""
+    """Read a user's arm YAML; `base: <name>` starts from a shipped arm config."""
     import yaml
 
+    if not path.exists():
+        raise ConfigError(f"arm config {path} not found; check the path or use a shipped arm by name "
+                          f"({sorted(p.stem for p in CONF_DIR.glob('*.yaml'))})")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -240,12 +259,9 @@ def _read_yaml(path: Path, depth: int = 0) -> dict:
     base = raw.pop("base", None)
     if base is None:
         return raw
-    if depth > 4:
-        raise ConfigError(f"arm config {path}: `base:` chain too deep (a cycle?)")
-    base_path = Path(base) if str(base).endswith((".yaml", ".yml")) else CONF_DIR / f"{base}.yaml"
-    if not base_path.exists():
-        raise ConfigError(f"arm config {path}: base {base!r} not found")
-    return {**_read_yaml(base_path, depth + 1), **raw}
+    base_raw = _read_yaml(Path(base), depth + 1) if str(base).endswith((".yaml", ".yml")) and depth < 4 \
+        else _group(str(base))
+    return {**base_raw, **raw}
 
 
 def _calibration_file(path) -> dict | None:

@@ -214,11 +214,11 @@ def main(argv: list[str]) -> int:
     cfg = compose("record", overrides)
     plan = plan_from(cfg)
     from reverie.robot_io.camera_setup import build_cameras
-    from reverie.robot_io.config import load_arm
+    from reverie.robot_io.config import arm_from_command
     from reverie.robot_io.keys import TerminalKeys
     from reverie.robot_io.robot import Robot
 
-    arm = load_arm(cfg.robot, port=cfg.port, calibration=cfg.calibration)
+    arm = arm_from_command(cfg)
     teleop = make_teleop(cfg, arm)
     robot = Robot(arm, cameras=build_cameras(arm.cameras), control_hz=plan.fps)
     store, recorder = None, None

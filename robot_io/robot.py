@@ -104,13 +104,14 @@ class Robot:
         self._connected = True
         self._watchdog = Watchdog(self.arm.watchdog_s, self._hold, name=f"{self.arm.name}-watchdog").start()
 
-    def disconnect(self) -> None:
-        """Safe pose, torque off, close. Safe to call twice and after a fault."""
+    def disconnect(self) -> str:
+        """Safe pose, torque off, close. Safe to call twice and after a fault. Says what it did."""
         if self._bus is None or self._closed:
-            return
+            return ""
         outcome = self._release(move=True)
         if outcome:
             log.info("%s: %s", self.arm.name, outcome)
+        return outcome
 
     close = disconnect
 
@@ -172,6 +173,15 @@ class Robot:
             lo, hi = self.arm.lower, self.arm.upper
             action = 2.0 * (target - lo) / (hi - lo) - 1.0
         return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    @property
+    def goal(self) -> np.ndarray | None:
+        """The last goal written to the servos (joint values)."""
+        return None if self._goal is None else self._goal.copy()
+
+    @property
+    def bus(self):
+        return self._bus
 
     @property
     def state(self) -> np.ndarray:
