@@ -18,7 +18,8 @@ import numpy as np
 from reverie.errors import ReverieError, StoreError
 
 SHEET_COLUMNS = 8  # frames per camera on the contact sheet
-GIF_MIN_HEIGHT = 128  # small store frames are upscaled (nearest) so the GIF is viewable
+GIF_MIN_HEIGHT, GIF_MAX_HEIGHT = 128, 240  # GIF frame height: viewable, yet small for 480p stores
+GIF_BLOCK = 64  # frames read per zarr call when building the GIF
 
 
 def open_store(path: str):
@@ -104,22 +105,24 @@ def view(path: str, episode: int, out: str | None = None) -> tuple[Path, Path]:
     else:
         out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ep, meta = store.episode(episode), store.meta(episode)
-    cams = sorted(k for k in ep if k.startswith("image/"))
+    cams = sorted(k for k in store.keys if k.startswith("image/"))
+    # Low-dim rows in full; images only as needed, so a long 480x640 episode never sits in memory.
+    ep = store.episode(episode, keys=[k for k in store.keys if k not in cams])
+    meta = store.meta(episode)
     png = out_dir / f"episode_{episode:04d}.png"
     gif = out_dir / f"episode_{episode:04d}.gif"
-    contact_sheet(ep, meta, cams, png)
-    write_gif(ep, cams, gif, store.fps)
+    contact_sheet(store, ep, meta, cams, png)
+    write_gif(store, meta, cams, gif)
     return png, gif
 
 
-def contact_sheet(ep: dict, meta, cams: list[str], path: Path) -> None:
+def contact_sheet(store, ep: dict, meta, cams: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(ep["timestamp"])
+    n = meta.length
     picks = np.unique(np.linspace(0, n - 1, min(SHEET_COLUMNS, n)).round().astype(int))
     plots = [k for k in ("state", "action") if k in ep and ep[k].ndim == 2 and ep[k].shape[1]]
     rows = len(cams) + len(plots)
@@ -129,23 +132,20 @@ def contact_sheet(ep: dict, meta, cams: list[str], path: Path) -> None:
     for r, cam in enumerate(cams):
         for c, t in enumerate(picks):
             ax = fig.add_subplot(grid[r, c])
-            ax.imshow(ep[cam][t], interpolation="nearest")
+            ax.imshow(store.read(cam, meta.start + t, meta.start + t + 1)[0], interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
             ax.set_title(f"t={t}  {float(ep['timestamp'][t]) - t0:.2f}s", fontsize=7)
             if c == 0:
                 ax.set_ylabel(cam.removeprefix("image/"), fontsize=8)
     for r, key in enumerate(plots, start=len(cams)):
         ax = fig.add_subplot(grid[r, :])
-        values = ep[key]
-        ax.plot(np.arange(n), values, linewidth=0.8)
-        if key == "action" and "action_mask" in ep and not ep["action_mask"].any():
+        ax.plot(np.arange(n), ep[key], linewidth=0.8)
+        if key == "action" and not ep["action_mask"].any():
             ax.text(0.5, 0.5, "no actions (action_mask False)", transform=ax.transAxes, ha="center", va="center")
-        ax.set_ylabel(f"{key} ({values.shape[1]})", fontsize=8)
+        ax.set_ylabel(f"{key} ({ep[key].shape[1]})", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlim(0, max(n - 1, 1))
-    ax_last = fig.axes[-1] if fig.axes else None
-    if ax_last is not None and plots:
-        ax_last.set_xlabel("row", fontsize=8)
+        ax.set_xlabel("row" if r == rows - 1 else "", fontsize=8)
     success = {None: "unlabelled", True: "success", False: "failure"}[meta.success]
     fig.suptitle(f"episode {meta.index}: {meta.instruction or '(no instruction)'}  |  {meta.source}, round {meta.round}, "
                  f"{success}, {n} frames, return {float(np.sum(ep['reward'])):.3g}", fontsize=9)
@@ -154,19 +154,27 @@ def contact_sheet(ep: dict, meta, cams: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def write_gif(ep: dict, cams: list[str], path: Path, fps: float) -> None:
+def write_gif(store, meta, cams: list[str], path: Path) -> None:
+    """Cameras side by side, scaled to GIF_MIN_HEIGHT..GIF_MAX_HEIGHT rows, at the store's rate."""
     import cv2
     import imageio.v3 as iio
 
     if not cams:
         raise StoreError("this store has no image keys, so there is nothing to animate")
-    frames = np.concatenate([ep[c] for c in cams], axis=2)  # cameras side by side: (T, H, sum W, 3)
-    scale = max(1, int(np.ceil(GIF_MIN_HEIGHT / frames.shape[1])))
-    if scale > 1:
-        frames = np.stack([cv2.resize(f, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) for f in frames])
-    # GIF delays are in 1/100 s; faster than 50 Hz plays wrong in most viewers, so skip frames instead.
-    step = max(1, int(np.ceil(fps / 50))) if fps else 1
-    iio.imwrite(path, frames[::step], duration=1000 * step / (fps or 10), loop=0)
+    height = store.schema[cams[0]].shape[0]
+    target = int(np.clip(height, GIF_MIN_HEIGHT, GIF_MAX_HEIGHT))
+    # Small frames grow by whole multiples (nearest: crisp pixels); large ones shrink (area average).
+    scale = int(np.ceil(target / height)) if height < target else target / height
+    filt = cv2.INTER_NEAREST if scale >= 1 else cv2.INTER_AREA
+    # GIF delays are in 1/100 s and most viewers cap playback near 50 Hz: faster stores drop frames.
+    step = max(1, int(np.ceil(store.fps / 50)))
+    frames = []
+    for a in range(0, meta.length, GIF_BLOCK):  # read in blocks; keep only the scaled frames
+        b = min(a + GIF_BLOCK, meta.length)
+        block = np.concatenate([store.read(c, meta.start + a, meta.start + b) for c in cams], axis=2)
+        frames += [cv2.resize(f, None, fx=scale, fy=scale, interpolation=filt) if scale != 1 else f
+                   for f in block[(-a) % step::step]]
+    iio.imwrite(path, np.stack(frames), duration=1000 * step / store.fps, loop=0)
 
 
 def main(argv: list[str]) -> int:
