@@ -87,6 +87,10 @@ def serve(cfg) -> int:
         if cfg.camera_fps > 0:
             h, w = cfg.image_size
             writers = {c: FrameWriter(f"{prefix}.{c}", h, w) for c in cameras}
+            # The first render creates the GL context (hundreds of ms). Do it before "ready" so no
+            # client exchange ever waits behind it, and so a frame exists when clients connect.
+            for camera, writer in writers.items():
+                writer.write(physics.render(camera), time.time())
         log.info("serving %s bus (ids %s) on %s -> %s", cfg.protocol, list(cfg.ids), link, os.readlink(link))
         print(f"ready {link}", flush=True)  # tests and scripts wait for this line
         _loop(bus, physics, master, writers, cfg)
