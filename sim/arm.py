@@ -31,8 +31,8 @@ HOME = np.array([0.0, 0.0, 1.57, 1.2, 0.0, 1.0])
 CUBE_HALF = 0.015  # metres
 # Cube centres are drawn in this box (metres, world frame); wide enough to vary, inside the reach
 # left for a 6 cm push forward or sideways.
-CUBE_X = (0.13, 0.21)
-CUBE_Y = (-0.12, 0.12)
+CUBE_X = (0.12, 0.20)
+CUBE_Y = (-0.11, 0.11)
 CUBE_MIN_GAP = 0.07  # centre to centre, so the open gripper fits between cubes
 # Finger slide (each side, metres) = FINGER_OFFSET + FINGER_GAIN * gripper radians (see so101.xml).
 FINGER_OFFSET, FINGER_GAIN = 0.00272, 0.016
@@ -68,7 +68,7 @@ class ArmPhysics:
         self.cube_names = randomization.COLOURS
         self._cube_qadr = {c: m.jnt_qposadr[m.joint(f"cube_{c}").id] for c in self.cube_names}
         self.cube_bodies = {c: m.body(f"cube_{c}").id for c in self.cube_names}
-        self.gripper_bodies = {m.body(n).id for n in ("gripper", "finger_left", "finger_right")}
+        self._gripper_body_ids = np.array([m.body(n).id for n in ("gripper", "finger_left", "finger_right")])
         self.grasp_site = m.site("grasp").id
         self.editor = randomization.ModelEditor(m)
         self.variation = randomization.NOMINAL
@@ -145,13 +145,13 @@ class ArmPhysics:
 
     def touching(self, colour: str) -> bool:
         """True when any gripper geom (palm or finger) is in contact with the cube."""
-        cube = self.cube_bodies[colour]
-        body = self.model.geom_bodyid
-        for c in self.data.contact[:self.data.ncon]:
-            pair = {body[c.geom1], body[c.geom2]}
-            if cube in pair and pair & self.gripper_bodies:
-                return True
-        return False
+        n = self.data.ncon
+        if n == 0:
+            return False
+        bodies = self.model.geom_bodyid[self.data.contact.geom[:n]]  # (ncon, 2)
+        cube = (bodies == self.cube_bodies[colour]).any(1)
+        gripper = np.isin(bodies, self._gripper_body_ids).any(1)
+        return bool((cube & gripper).any())
 
     # --- cameras ---------------------------------------------------------------------------------
     def render(self, camera: str = "front") -> np.ndarray:
