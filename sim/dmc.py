@@ -8,6 +8,7 @@ The suite has no notion of success, so info["success"] is None.
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
@@ -57,6 +58,10 @@ def make_dmc_env(name: str, **kwargs) -> "DMCEnv":
     domain, sep, task = name.partition("-")
     if not sep or not task:
         raise ConfigError(f"dm_control task {name!r}: write it as <domain>-<task>, e.g. dmc/walker-walk")
+    options = set(inspect.signature(DMCEnv).parameters) - {"domain", "task"}
+    unknown = sorted(set(kwargs) - options)
+    if unknown:
+        raise ConfigError(f"unknown dmc option(s) {unknown}: valid options are {sorted(options)}")
     return DMCEnv(DOMAIN_ALIASES.get(domain, domain), task, **kwargs)
 
 

@@ -64,6 +64,9 @@ def make_gym_env(id: str, *, size=(64, 64), camera: str = "front", instruction: 
     except gym.error.Error as e:
         raise ConfigError(f"gym/{id}: gymnasium could not make it ({e}); check the id with "
                           "`python -c 'import gymnasium; gymnasium.pprint_registry()'`") from e
+    except TypeError as e:  # a keyword the environment's constructor does not take
+        raise ConfigError(f"gym/{id}: bad option ({e}); reverie takes size, camera, instruction and "
+                          "action_repeat, everything else goes to gymnasium.make") from e
     return GymToReverie(env, size=size, camera=camera, instruction=instruction,
                         action_repeat=action_repeat, name=id)
 

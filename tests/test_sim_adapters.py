@@ -97,6 +97,8 @@ def test_dmc_bad_names():
             make(name)
     with pytest.raises(ConfigError, match="camera"):
         make("dmc/reacher-easy", camera=9)
+    with pytest.raises(ConfigError, match="unknown dmc option"):
+        make("dmc/reacher-easy", image_size=(64, 64))
 
 
 # --- gymnasium -> reverie ---------------------------------------------------------------------
@@ -195,9 +197,11 @@ def test_gym_classic_control_needs_pygame():
         check_matches_spec(env, env.reset(seed=0))
 
 
-def test_gym_bad_id():
+def test_gym_bad_id_and_option():
     with pytest.raises(ConfigError, match="gymnasium could not make it"):
         make("gym/NoSuchEnv-v9")
+    with pytest.raises(ConfigError, match="bad option"):
+        make("gym/reverie_test/Dot-v0", colour="red")
 
 
 # --- reverie -> gymnasium ---------------------------------------------------------------------
