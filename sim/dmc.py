@@ -72,6 +72,7 @@ class DMCEnv:
                  camera: int | str | None = None, action_repeat: int = 2,
                  instruction: str | None = None, seed: int | None = None, render: bool = True,
                  fast_render: bool = False):
+        import mujoco
         from dm_control import suite  # imported here so reverie works without dm_control installed
 
         if (domain, task) not in suite.ALL_TASKS:
@@ -86,9 +87,9 @@ class DMCEnv:
         self._size = (int(size[0]), int(size[1]))
         self._repeat = int(action_repeat)
         self._render = bool(render)  # False: state-only observations (for speed benchmarks, state agents)
-        # The suite's look (2048^2 shadow map, 4x multisampling) costs ~25 ms a 64x64 frame under
-        # software GL; without shadows, reflections and multisampling a frame is ~5x cheaper, at
-        # the price of images that differ from the published pixel benchmarks (see benchmarks/sim.py).
+        # The suite's look (2048^2 shadow map, 4x multisampling) costs ~25 ms of CPU a 64x64 frame
+        # under software GL; without shadows, reflections and multisampling ~3 ms, at the price of
+        # images that differ from the published pixel benchmarks (see benchmarks/sim.py).
         self._scene_callback = None
         if fast_render:
             self._physics.model.vis.quality.offsamples = 0  # read when the GL context is made
@@ -96,7 +97,8 @@ class DMCEnv:
 
         model = self._physics.model
         camera = DEFAULT_CAMERA.get(domain, 0) if camera is None else camera
-        camera_id = model.name2id(camera, "camera") if isinstance(camera, str) else int(camera)
+        camera_id = int(camera) if not isinstance(camera, str) else (
+            mujoco.mj_name2id(model.ptr, mujoco.mjtObj.mjOBJ_CAMERA, camera))  # -1 if no such name
         if not 0 <= camera_id < model.ncam:
             raise ConfigError(f"{domain}-{task} has cameras 0..{model.ncam - 1}; camera={camera!r} is not one")
         self._camera_id = camera_id

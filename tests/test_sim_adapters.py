@@ -97,6 +97,9 @@ def test_dmc_bad_names():
             make(name)
     with pytest.raises(ConfigError, match="camera"):
         make("dmc/reacher-easy", camera=9)
+    with pytest.raises(ConfigError, match="camera"):
+        make("dmc/reacher-easy", camera="nope")
+    assert "image/hand" in make("dmc/reacher-easy", camera="hand", render=True).observation_spec()
     with pytest.raises(ConfigError, match="unknown dmc option"):
         make("dmc/reacher-easy", image_size=(64, 64))
 
