@@ -1,4 +1,4 @@
-"""Import a LeRobot dataset folder: the current v3 layout, or the early Arrow layout.
+"""Import a LeRobot dataset folder: the current v3 layout, v2.x (see V2), or the early Arrow layout.
 
 v3 (codebase_version "v3.0"):
   meta/info.json                       fps, robot_type, features, data_path / video_path templates
@@ -13,13 +13,16 @@ early (fixtures/lerobot_v1):
   train/data-*.arrow                   the frame table as an Arrow IPC stream (HF `datasets` cache)
   videos/<key>_episode_000000.mp4      the image column holds {path, timestamp} into these
 
-Both share the frame table: observation.state, action, timestamp, episode_index, frame_index and
+All share the frame table: observation.state, action, timestamp, episode_index, frame_index and
 optionally next.reward / next.success / next.done. `next.*` at frame t describe the transition out
 of t, so reward goes to row t+1 (the row arriving at o_{t+1}); row 0 gets 0 and the last frame's
 `next.reward` is dropped because the observation it leads to was never recorded. An episode counts
 as a success if any `next.success` is set, and its last row is then terminal (the task ended); a
 plain `next.done` is the recording stopping, not the task ending. The table's action at the last
-frame is kept with `action_mask` True: LeRobot records the command sent there.
+frame is kept with `action_mask` True: LeRobot records the command sent there. An episode's task
+strings become its instruction (several are joined with "; "); the early layout has none, so
+instruction= supplies it. Cameras: observation.images.<name> -> image/<name>, and the lone
+observation.image -> image/front.
 """
 
 from __future__ import annotations
@@ -51,11 +54,16 @@ def read(srcs: list[str], opts: dict[str, str], existing: dict[str, ArraySpec] |
         raise StoreError(f"{root} does not exist or is not a folder; pass a LeRobot dataset folder "
                          f"(with meta/info.json, or meta_data/info.json and train/*.arrow)")
     if (root / "meta" / "info.json").exists():
-        layout = V3(root)
+        version = str(json.loads((root / "meta" / "info.json").read_text()).get("codebase_version", ""))
+        layouts = {"v2": V2, "v3": V3}
+        if version[:2] not in layouts:
+            raise StoreError(f"{root} is a LeRobot {version or 'unversioned'} dataset; this importer reads v3, "
+                             f"v2.x and the early Arrow layout. Convert it with LeRobot's conversion scripts first")
+        layout = layouts[version[:2]](root)
     elif (root / "meta_data" / "info.json").exists() and list((root / "train").glob("*.arrow")):
         layout = Early(root)
     else:
-        raise StoreError(f"{root} is not a LeRobot dataset: found neither meta/info.json (v3) nor "
+        raise StoreError(f"{root} is not a LeRobot dataset: found neither meta/info.json (v2, v3) nor "
                          f"meta_data/info.json with train/*.arrow (early layout)")
     return layout.source(opts, existing)
 
@@ -67,8 +75,11 @@ class Layout:
 
     def __init__(self, root: Path):
         self.root = root
-        self.info = json.loads(self.info_path.read_text())
-        self.fps = float(self.info["fps"])
+        try:
+            self.info = json.loads(self.info_path.read_text())
+            self.fps = float(self.info["fps"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"{self.info_path} is unreadable or states no fps ({e!r}); the dataset is damaged") from e
 
     def source(self, opts, existing) -> Source:
         sample = self.first_table()
@@ -79,12 +90,11 @@ class Layout:
                 raise StoreError(f"{self.root}: no column {col!r} in the frame table (columns: "
                                  f"{sample.column_names}); pass state=/action= with existing columns")
         self.cameras = self.camera_keys(sample)
-        size = parse_size(opts.get("size"))
-        self.size = size
+        self.size = parse_size(opts.get("size"))
         if existing is not None:
             schema = existing
         else:
-            cams = {_camera_name(k): size or self.native_size(k) for k in self.cameras}
+            cams = {_camera_name(k): self.size or self.native_size(k) for k in self.cameras}
             schema = schema_for(cams, max(1, _width(sample, self.state_cols)),
                                 max(1, _width(sample, self.action_cols)), units=f"as in LeRobot {self.root.name}")
         self.schema = schema
@@ -190,10 +200,6 @@ class V3(Layout):
 
     def __init__(self, root: Path):
         super().__init__(root)
-        version = str(self.info.get("codebase_version", ""))
-        if not version.startswith("v3"):
-            raise StoreError(f"{root} is a LeRobot {version or 'unversioned'} dataset; this importer reads v3.0 "
-                             f"and the early Arrow layout. Convert it with LeRobot's v3.0 conversion script first")
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -204,30 +210,57 @@ class V3(Layout):
         for f in files:  # skip the many per-episode `stats/...` columns: only the index is needed
             names = [n for n in pq.read_schema(f).names if not n.startswith("stats/")]
             tables.append(pq.read_table(f, columns=names))
-        self.meta = pa.concat_tables(tables, promote_options="default").sort_by("episode_index")
-        self.video_keys = [k for k, v in self.info.get("features", {}).items() if v.get("dtype") == "video"]
+        self.rows = pa.concat_tables(tables, promote_options="default").sort_by("episode_index").to_pylist()
         self._files = {}
 
-    def num_episodes(self) -> int:
-        return self.meta.num_rows
-
-    def data_file(self, chunk: int, file: int):
+    def data_file(self, path: Path):
         import pyarrow.parquet as pq
 
-        template = self.info.get("data_path", "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet")
-        path = self.root / template.format(chunk_index=chunk, file_index=file)
         if path not in self._files:
             if not path.exists():
                 raise StoreError(f"{path} is missing; the dataset's episode metadata points at it")
             self._files = {path: pq.read_table(path)}  # keep one file: episodes come in file order
         return self._files[path]
 
+    def episode_table(self, row: dict):
+        """The frame-table rows of one episode."""
+        import pyarrow.compute as pc
+
+        template = self.info.get("data_path", "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet")
+        path = self.root / template.format(chunk_index=row["data/chunk_index"], file_index=row["data/file_index"])
+        table = self.data_file(path)
+        return table.filter(pc.equal(table["episode_index"], row["episode_index"]))
+
+    def video_file(self, key: str, row: dict) -> Path:
+        template = self.info.get("video_path", "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4")
+        return self.root / template.format(video_key=key, chunk_index=row[f"videos/{key}/chunk_index"],
+                                           file_index=row[f"videos/{key}/file_index"])
+
+    def video_start(self, key: str, row: dict) -> float:
+        return float(row[f"videos/{key}/from_timestamp"])
+
+    def task_table(self) -> dict[int, str]:
+        """task_index -> task string. pandas writes the strings as its index: a `task` column, or
+        `__index_level_0__` when the index had no name."""
+        import pyarrow.parquet as pq
+
+        path = self.root / "meta" / "tasks.parquet"
+        if not path.exists():
+            return {}
+        tasks = pq.read_table(path).to_pydict()
+        return dict(zip(tasks["task_index"], tasks.get("task") or tasks.get("__index_level_0__") or []))
+
+    # Shared by v2 and v3 ---------------------------------------------------------------------------
+    def num_episodes(self) -> int:
+        return len(self.rows)
+
     def first_table(self):
-        row = self.meta.slice(0, 1).to_pylist()[0]
-        return self.data_file(row["data/chunk_index"], row["data/file_index"])
+        return self.episode_table(self.rows[0])
 
     def camera_keys(self, table) -> list[str]:
-        images = [k for k, v in self.info.get("features", {}).items() if v.get("dtype") == "image"]
+        features = self.info.get("features", {})
+        self.video_keys = [k for k, v in features.items() if v.get("dtype") == "video"]
+        images = [k for k, v in features.items() if v.get("dtype") == "image"]
         return self.video_keys + [k for k in images if k in table.column_names]
 
     def native_size(self, key: str) -> tuple[int, int]:
@@ -236,17 +269,9 @@ class V3(Layout):
             return shape[1], shape[2]
         return shape[0], shape[1]
 
-    def video_path(self, key: str, row: dict) -> Path:
-        template = self.info.get("video_path", "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4")
-        return self.root / template.format(video_key=key, chunk_index=row[f"videos/{key}/chunk_index"],
-                                           file_index=row[f"videos/{key}/file_index"])
-
     def episodes(self):
-        import pyarrow.compute as pc
-
-        for row in self.meta.to_pylist():
-            table = self.data_file(row["data/chunk_index"], row["data/file_index"])
-            part = table.filter(pc.equal(table["episode_index"], row["episode_index"]))
+        for row in self.rows:
+            part = self.episode_table(row)
             if part.num_rows != row["length"]:
                 raise StoreError(f"{self.root}: episode {row['episode_index']} has {part.num_rows} rows in its data "
                                  f"file but its metadata says {row['length']}; the dataset is incomplete")
@@ -254,24 +279,65 @@ class V3(Layout):
             frames = {}
             for key in self.cameras:
                 if key in self.video_keys:
-                    frames[_camera_name(key)] = self.frames_at(self.video_path(key, row), times,
-                                                               start=float(row[f"videos/{key}/from_timestamp"]))
+                    frames[_camera_name(key)] = self.frames_at(self.video_file(key, row), times,
+                                                               start=self.video_start(key, row))
                 else:  # an `image` feature: encoded PNG/JPEG bytes in the table itself
                     frames[_camera_name(key)] = np.stack([_decode_image(c, self.size) for c in part[key].to_pylist()])
-            yield self.to_episode(part, frames, list(row.get("tasks") or self.task_strings(part)),
-                                  row["episode_index"])
+            tasks = list(row.get("tasks") or [])
+            if not tasks and "task_index" in part.column_names:  # fall back on the frames' task_index
+                lookup = self.task_table()
+                tasks = [lookup[i] for i in dict.fromkeys(_column(part, "task_index").tolist()) if i in lookup]
+            yield self.to_episode(part, frames, tasks, row["episode_index"])
 
-    def task_strings(self, part) -> list[str]:
-        """Fallback when episode metadata lists no tasks: the frames' task_index into tasks.parquet."""
-        if "task_index" not in part.column_names or not (self.root / "meta" / "tasks.parquet").exists():
-            return []
+
+class V2(V3):
+    """LeRobot v2.0/v2.1: one parquet and one video per episode, episode and task lists in JSON lines.
+
+      meta/episodes.jsonl   {"episode_index", "tasks", "length"} per line
+      meta/tasks.jsonl      {"task_index", "task"} per line
+      data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet
+      videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4
+    """
+
+    version = "v2"
+
+    def __init__(self, root: Path):
+        Layout.__init__(self, root)
+        self.rows = sorted(_jsonl(root / "meta" / "episodes.jsonl"), key=lambda r: r["episode_index"])
+        self.chunks_size = int(self.info.get("chunks_size", 1000))
+
+    def _path(self, template: str, row: dict, **keys) -> Path:
+        ep = row["episode_index"]
+        return self.root / template.format(episode_chunk=ep // self.chunks_size, episode_index=ep, **keys)
+
+    def episode_table(self, row: dict):
         import pyarrow.parquet as pq
 
-        tasks = pq.read_table(self.root / "meta" / "tasks.parquet").to_pydict()
-        # pandas writes the task strings as its index: a `task` column or `__index_level_0__`.
-        names = tasks.get("task") or tasks.get("__index_level_0__") or []
-        lookup = dict(zip(tasks["task_index"], names))
-        return [lookup[i] for i in dict.fromkeys(_column(part, "task_index").tolist()) if i in lookup]
+        template = self.info.get("data_path", "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet")
+        path = self._path(template, row)
+        if not path.exists():
+            raise StoreError(f"{path} is missing; meta/episodes.jsonl lists episode {row['episode_index']}")
+        return pq.read_table(path)
+
+    def video_file(self, key: str, row: dict) -> Path:
+        template = self.info.get("video_path") or "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+        return self._path(template, row, video_key=key)
+
+    def video_start(self, key: str, row: dict) -> float:
+        return 0.0  # one video per episode
+
+    def task_table(self) -> dict[int, str]:
+        path = self.root / "meta" / "tasks.jsonl"
+        return {r["task_index"]: r["task"] for r in _jsonl(path)} if path.exists() else {}
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        raise StoreError(f"{path} is missing; the LeRobot dataset is incomplete")
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{path} is not valid JSON lines ({e}); the file is damaged") from e
 
 
 def _decode_image(cell: dict, size) -> np.ndarray:

@@ -287,10 +287,37 @@ def test_lerobot_v3_task_index_and_image_features(fixtures_dir, tmp_path):
                                                             np.full(61, 7)], 1))
 
 
-def test_lerobot_v2_is_refused_with_the_fix(tmp_path):
+def test_lerobot_v2_layout(fixtures_dir, tmp_path):
+    """v2.1: per-episode parquet and video, JSON-lines metadata; built from the early pusht fixture."""
+    import pyarrow.parquet as pq
+
+    src, root = fixtures_dir / "lerobot_v1" / "pusht", tmp_path / "v21"
+    table = arrow_table(src)
+    (root / "data" / "chunk-000").mkdir(parents=True)
+    (root / "videos" / "chunk-000" / "observation.image").mkdir(parents=True)
+    (root / "meta").mkdir()
+    pq.write_table(table.drop_columns(["observation.image"]), root / "data" / "chunk-000" / "episode_000000.parquet")
+    shutil.copy(next((src / "videos").glob("*.mp4")),
+                root / "videos" / "chunk-000" / "observation.image" / "episode_000000.mp4")
+    (root / "meta" / "episodes.jsonl").write_text(json.dumps(
+        {"episode_index": 0, "tasks": ["push the T onto the target"], "length": table.num_rows}) + "\n")
+    (root / "meta" / "info.json").write_text(json.dumps({
+        "codebase_version": "v2.1", "fps": 10, "chunks_size": 1000,
+        "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+        "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
+        "features": {"observation.image": {"dtype": "video", "shape": [96, 96, 3]}}}))
+    run("lerobot", [str(root)], str(tmp_path / "o.zarr"))
+    store = EpisodeStore.open(tmp_path / "o.zarr", mode="r")
+    ep, t = store.episode(0), table.to_pydict()
+    assert store.num_frames == 161 and store.meta(0).instruction == "push the T onto the target"
+    np.testing.assert_array_equal(ep["state"], np.array(t["observation.state"], np.float32))
+    np.testing.assert_array_equal(ep["image/front"], decoded_frames(next((src / "videos").glob("*.mp4"))))
+
+
+def test_unknown_lerobot_version_is_refused_with_the_fix(tmp_path):
     (tmp_path / "meta").mkdir()
-    (tmp_path / "meta" / "info.json").write_text(json.dumps({"codebase_version": "v2.1", "fps": 30}))
-    with pytest.raises(StoreError, match="v2.1.*v3.0 conversion"):
+    (tmp_path / "meta" / "info.json").write_text(json.dumps({"codebase_version": "v4.0", "fps": 30}))
+    with pytest.raises(StoreError, match="LeRobot v4.0 dataset.*conversion scripts"):
         run("lerobot", [str(tmp_path)], str(tmp_path / "o.zarr"))
 
 
