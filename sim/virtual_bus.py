@@ -4,8 +4,9 @@
 each with the time it is due, exactly as the servos on a real bus would answer:
 
 - instruction packets are decoded per protocol; a packet whose CRC/checksum fails gets no reply;
-- PING, READ, WRITE, SYNC_READ, SYNC_WRITE (and BULK_READ on Dynamixel) act on one control-table
-  memory per servo, laid out and initialised per the model's published table;
+- PING, READ, WRITE, REG_WRITE/ACTION, SYNC_READ, SYNC_WRITE (and BULK_READ on Dynamixel) act on
+  one control-table memory per servo, laid out and initialised per the model's published table;
+  other instructions get Dynamixel's "instruction error" status, or silence on Feetech;
 - each reply leaves after the request's own wire time, then the servo's Return_Delay_Time
   (x 2 us, factory default), then its own wire time; sync/bulk read replies follow one another;
 - Goal_Position drives the physics actuator of the joint (clamped to the position limits);
@@ -86,6 +87,7 @@ class VirtualServo:
         self.set("ID", servo_id)
         if family == "dynamixel":
             self.set("Firmware_Version", model.firmware)
+        self.registered: tuple[int, bytes] | None = None  # REG_WRITE held until ACTION
         self.set("Present_Voltage", SUPPLY.get(model.name, 120))
         self.set("Present_Temperature", 30)
 
@@ -136,7 +138,10 @@ class VirtualBus:
         tables = ft_table.MODELS if protocol == "feetech" else dxl_table.MODELS
         models = tuple(models or DEFAULT_MODELS[protocol])
         if len(models) != len(ids):
-            raise ValueError(f"{len(ids)} servo ids but {len(models)} models")
+            raise ValueError(f"{len(ids)} servo ids but {len(models)} models: give one model per id")
+        unknown = [m for m in models if m not in tables]
+        if unknown:
+            raise ValueError(f"unknown {protocol} model(s) {unknown}: choose from {sorted(tables)}")
         self.protocol, self.physics, self.baudrate = protocol, physics, int(baudrate)
         self.proto = ft if protocol == "feetech" else dxl
         self.faults = faults or Faults()
@@ -276,11 +281,17 @@ class VirtualBus:
             servo = self._servo(packet.id)
             data = servo.read(p[0], p[1]) if servo else None
             return [self._status(servo, 0, data)] if data is not None else []
-        if packet.instruction == I.WRITE and len(p) >= 2:
+        if (packet.instruction in (I.WRITE, I.REG_WRITE) and len(p) >= 2) or packet.instruction == I.ACTION:
             replies = []
             for servo in self._targets(packet.id):
                 # A write to read-only memory is ignored; Feetech's error byte has no code for it.
-                self._write(servo, p[0], p[1:])
+                if packet.instruction == I.WRITE:
+                    self._write(servo, p[0], p[1:])
+                elif packet.instruction == I.REG_WRITE:
+                    servo.registered = (p[0], bytes(p[1:]))
+                elif servo.registered is not None:
+                    self._write(servo, *servo.registered)
+                    servo.registered = None
                 if not broadcast and self._answers(servo, packet.instruction):
                     replies.append(self._status(servo))
             return replies
@@ -317,7 +328,17 @@ class VirtualBus:
                 reply = self._status(servo, 0, data) if data is not None else self._status(servo, 0x07)
             elif packet.instruction == I.WRITE and len(p) >= 3:
                 reply = self._status(servo, 0 if self._write(servo, u16(p, 0), p[2:]) else 0x07)
-            elif packet.instruction in (I.READ, I.WRITE):
+            elif packet.instruction == I.REG_WRITE and len(p) >= 3:
+                servo.registered = (u16(p, 0), bytes(p[2:]))
+                servo.set("Registered_Instruction", 1)
+                reply = self._status(servo)
+            elif packet.instruction == I.ACTION:
+                # ACTION without a pending REG_WRITE is an instruction error (e-manual, error 0x02).
+                ok = servo.registered is not None and self._write(servo, *servo.registered)
+                reply = self._status(servo, 0 if ok else 0x02 if servo.registered is None else 0x07)
+                servo.registered = None
+                servo.set("Registered_Instruction", 0)
+            elif packet.instruction in (I.READ, I.WRITE, I.REG_WRITE):
                 reply = self._status(servo, 0x05)  # data length error
             else:
                 reply = self._status(servo, 0x02)  # instruction error: not emulated

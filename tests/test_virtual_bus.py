@@ -117,6 +117,24 @@ def test_dynamixel_errors_bulk_read_and_status_return_level(physics):
     assert len(bus.receive(dxl.read(5, 65, 1), 1.0)) == 1
 
 
+def test_registered_write_waits_for_action(physics):
+    bus = make("dynamixel", physics)
+    [(_, s)] = ask(bus, dxl.instruction_packet(4, dxl.Instruction.ACTION))
+    assert s.error == 0x02  # ACTION with nothing registered
+    before = bus.servos[3].get("LED")
+    [(_, s)] = ask(bus, dxl.instruction_packet(4, dxl.Instruction.REG_WRITE, dxl.u16(65) + b"\x01"))
+    assert s.error == 0 and bus.servos[3].get("LED") == before == 0
+    assert bus.servos[3].get("Registered_Instruction") == 1
+    assert bus.receive(dxl.instruction_packet(dxl.BROADCAST_ID, dxl.Instruction.ACTION), 1.0) == []
+    assert bus.servos[3].get("LED") == 1 and bus.servos[3].get("Registered_Instruction") == 0
+
+    bus = make("feetech", physics)
+    ask(bus, ft.instruction_packet(2, ft.Instruction.REG_WRITE, bytes((41, 7))))
+    assert bus.servos[1].get("Acceleration") == 0
+    assert bus.receive(ft.instruction_packet(ft.BROADCAST_ID, ft.Instruction.ACTION), 1.0) == []
+    assert bus.servos[1].get("Acceleration") == 7
+
+
 def test_faults(physics):
     bus = make("dynamixel", physics, drop=1.0)
     assert bus.receive(dxl.ping(1), 1.0) == [] and bus.stats["dropped"] == 1
