@@ -25,11 +25,14 @@ class Dynamics(nn.Module):
     def __init__(self, latent_tokens: int, latent_dim: int, action_dim: int, dim: int = 128,
                  depth: int = 8, heads: int = 4, kv_heads: int | None = None, registers: int = 4,
                  agents: int = 1, time_every: int = 4, k_max: int = 64, instruction_dim: int = 384,
-                 softcap: float = 50.0, qk_norm: bool = True, v_pred: bool = False):
+                 softcap: float = 50.0, qk_norm: bool = True, v_pred: bool = False,
+                 feat: str = "agent"):
         super().__init__()
+        if feat not in ("agent", "pooled"):
+            raise ValueError(f"feat={feat!r}: choose agent or pooled")
         assert k_max & (k_max - 1) == 0, "k_max must be a power of two"
         self.s, self.r, self.g, self.a = latent_tokens, registers, agents, action_dim
-        self.k_max, self.v_pred = k_max, v_pred
+        self.k_max, self.v_pred, self.feat = k_max, v_pred, feat
         self.n = self.s + self.r + 1 + 1 + self.g  # tokens per frame
         std = 1 / math.sqrt(dim)
         self.z_in = nn.Linear(latent_dim, dim)
@@ -69,12 +72,14 @@ class Dynamics(nn.Module):
     def forward(self, z: Tensor, tau_idx: Tensor, d_idx: Tensor, action: Tensor, action_mask: Tensor,
                 instr: Tensor, segments: Tensor | None = None, cache: list[KV] | None = None,
                 t0: int = 0) -> tuple[Tensor, Tensor, list[KV]]:
-        """-> (network output (B, T, S, C): x-hat, or v-hat when v_pred; agent feats (B, T, D);
+        """-> (network output (B, T, S, C): x-hat, or v-hat when v_pred; features (B, T, D): mean
+        agent-token output (feat=agent) or mean latent-token output (feat=pooled);
         cache extended by these frames)."""
         x = self.tokens(z, tau_idx, d_idx, action, action_mask, instr)
         y, new_cache = self.transformer(x, self.space_mask, segments, cache, t0)
         out = self.out(y[:, :, : self.s])
-        agent = y[:, :, self.n - self.g:].mean(2)  # (B, T, D)
+        agent = y[:, :, self.n - self.g:] if self.feat == "agent" else y[:, :, : self.s]
+        agent = agent.mean(2)  # (B, T, D)
         return out, agent, new_cache
 
     def predict_x(self, z: Tensor, tau: Tensor, d_idx: Tensor, *args, **kw) -> tuple[Tensor, Tensor, list[KV]]:

@@ -85,16 +85,12 @@ def shortcut_loss(model: Dynamics, z1: Tensor, action: Tensor, action_mask: Tens
     err = flow_err
     boot_err = torch.zeros_like(flow_err)
     if not flow.all():
-        with torch.no_grad():
-            dh = torch.where(flow, d, d / 2)  # half step (flow rows: unused, kept on a valid index)
-            dh4 = dh[..., None, None]
-            x1, _, _ = model.predict_x(z_tau, tau, d_index(dh), action, action_mask, instr, segments)
-            b1 = (x1 - z_tau) / (1 - tau4)
-            zp = z_tau + b1 * dh4
-            tau2 = tau + dh
-            x2, _, _ = model.predict_x(zp, tau2, d_index(dh), action, action_mask, instr, segments)
-            b2 = (x2 - zp) / (1 - tau2[..., None, None]).clamp(min=1 / k_max)
-            v_tgt = (b1 + b2) / 2  # (B, T, S, C)
+        dh = torch.where(flow, d, d / 2)  # half step (flow rows: unused, kept on a valid index)
+
+        def predict(z: Tensor, tau_: Tensor) -> Tensor:
+            return model.predict_x(z, tau_, d_index(dh), action, action_mask, instr, segments)[0]
+
+        v_tgt = bootstrap_velocity(predict, z_tau, tau, dh, k_max)  # (B, T, S, C)
         if model.v_pred:
             boot_err = (out - v_tgt).pow(2).mean((2, 3))
         else:  # (1 - tau)^2 || (x_hat - z_tau)/(1 - tau) - v ||^2 == || x_hat - z_tau - (1 - tau) v ||^2
@@ -108,6 +104,18 @@ def shortcut_loss(model: Dynamics, z1: Tensor, action: Tensor, action_mask: Tens
                "dyn_boot_mse": (boot_err * ~flow).sum().item() / nb.item(),
                "dyn_boot_frac": (~flow).float().mean().item()}
     return loss, agent, metrics
+
+
+@torch.no_grad()
+def bootstrap_velocity(predict, z_tau: Tensor, tau: Tensor, dh: Tensor, k_max: int) -> Tensor:
+    """sg((b1 + b2) / 2): the mean velocity of two half steps of size dh (B, T) taken by the model.
+    predict(z (B, T, S, C), tau (B, T)) -> x-hat at half-step size dh."""
+    tau4, dh4 = tau[..., None, None], dh[..., None, None]
+    b1 = (predict(z_tau, tau) - z_tau) / (1 - tau4)
+    zp = z_tau + b1 * dh4
+    tau2 = tau + dh
+    b2 = (predict(zp, tau2) - zp) / (1 - tau2[..., None, None]).clamp(min=1 / k_max)
+    return (b1 + b2) / 2
 
 
 @torch.no_grad()

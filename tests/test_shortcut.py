@@ -1,0 +1,220 @@
+"""Shortcut forcing (objective, sampler) and the `shortcut` backend: tiny sizes, seconds."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from reverie.config import compose
+from reverie.world_model.backend import DataSpec, WorldModel, build, load_backends, model_config, replay_policy
+from reverie.world_model.dynamics import Dynamics
+from reverie.world_model.shortcut import (RunningRMS, bootstrap_velocity, context_pass, generate_frame,
+                                          sample_levels, shortcut_loss)
+
+B, T, J, A = 2, 8, 5, 4
+
+
+def make_model(*overrides):
+    cfg = compose("train_wm", ["world_model=shortcut", "preset=tiny", "data=unused", *overrides])
+    torch.manual_seed(0)
+    return build("shortcut", model_config(cfg), DataSpec((16, 16, 3), J, A))
+
+
+def make_batch(t=T):
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "image": torch.rand(B, t, 16, 16, 3, generator=g),
+        "state": torch.randn(B, t, J, generator=g),
+        "action": torch.rand(B, t, A, generator=g) * 2 - 1,
+        "action_mask": torch.ones(B, t, dtype=torch.bool),
+        "reward": torch.rand(B, t, generator=g),
+        "is_first": torch.zeros(B, t, dtype=torch.bool),
+        "is_last": torch.zeros(B, t, dtype=torch.bool),
+        "is_terminal": torch.zeros(B, t, dtype=torch.bool),
+        "instruction_embedding": torch.nn.functional.normalize(torch.randn(B, 384, generator=g), dim=-1),
+    }
+    batch["is_first"][:, 0] = True
+    return batch
+
+
+def test_levels_on_the_step_grid():
+    tau, d = sample_levels(64, 32, 16, True, "cpu")
+    steps = 1 / d
+    assert set(steps.unique().tolist()) == {1.0, 2.0, 4.0, 8.0, 16.0}  # all powers up to k_max
+    assert torch.allclose(tau * steps, (tau * steps).round())          # tau on d's grid
+    assert (tau <= 1 - d + 1e-6).all() and (tau >= 0).all()
+    tau, d = sample_levels(8, 8, 16, False, "cpu")                      # shortcut off: d_min only
+    assert (d == 1 / 16).all()
+
+
+def test_bootstrap_target_toy_cases():
+    # All data at one point m: the ideal x-predictor always answers m; two half steps then move
+    # straight toward m, so the bootstrap velocity is (m - z_tau) / (1 - tau) and x-space target m.
+    m = torch.full((1, 3, 2, 2), 0.7)
+    z_tau = torch.randn(1, 3, 2, 2)
+    tau = torch.tensor([[0.0, 0.25, 0.5]])
+    dh = torch.tensor([[0.5, 0.25, 0.25]])
+    v = bootstrap_velocity(lambda z, t: m.expand_as(z), z_tau, tau, dh, 8)
+    assert torch.allclose(z_tau + (1 - tau[..., None, None]) * v, m, atol=1e-6)
+    # A predictor that answers x = c z (not ideal): b1 = (c - 1) z / (1 - tau), z' = z + b1 dh,
+    # b2 = (c - 1) z' / (1 - tau - dh), target (b1 + b2) / 2, computed by hand.
+    c = 0.5
+    v = bootstrap_velocity(lambda z, t: c * z, z_tau, tau, dh, 8)
+    t4, h4 = tau[..., None, None], dh[..., None, None]
+    b1 = (c - 1) * z_tau / (1 - t4)
+    zp = z_tau + b1 * h4
+    b2 = (c - 1) * zp / (1 - t4 - h4)
+    assert torch.allclose(v, (b1 + b2) / 2, atol=1e-6)
+
+
+class Oracle(torch.nn.Module):
+    """A stand-in for Dynamics whose x-prediction is exact for data concentrated at `m`."""
+
+    def __init__(self, m: torch.Tensor, k_max=8, v_pred=False):
+        super().__init__()
+        self.m, self.k_max, self.v_pred, self.s = m, k_max, v_pred, m.shape[-2]
+        self.out = torch.nn.Linear(1, m.shape[-1])
+        self.calls = []
+
+    def forward(self, z, tau_idx, d_idx, action, action_mask, instr, segments=None, cache=None, t0=0):
+        self.calls.append((tau_idx.clone(), d_idx.clone()))
+        tau = tau_idx.float()[..., None, None] / self.k_max
+        out = self.m.expand_as(z) if not self.v_pred else (self.m - z) / (1 - tau).clamp(min=1e-6)
+        return out, z.mean((2, 3))[..., None].expand(*z.shape[:2], 3), cache
+
+    predict_x = Dynamics.predict_x
+
+
+def test_shortcut_loss_is_zero_for_the_exact_predictor_and_weights_ramp():
+    m = torch.full((1, 1, 3, 2), 0.3)
+    z1 = m.expand(4, 6, 3, 2)
+    instr = torch.zeros(4, 384)
+    act, am = torch.zeros(4, 6, 1), torch.ones(4, 6, dtype=torch.bool)
+    for v_pred in (False, True):
+        model = Oracle(m, v_pred=v_pred)
+        loss, _, metrics = shortcut_loss(model, z1, act, am, instr)
+        assert loss.item() < 1e-10 and metrics["dyn_boot_frac"] > 0
+        assert len(model.calls) == 3  # main pass + two half-step passes
+        d_main, d_half = model.calls[0][1], model.calls[1][1]
+        boot = d_main < 3  # d > d_min = 1/8
+        assert torch.equal(d_half[boot], d_main[boot] + 1)  # half steps: log2(1/d) + 1
+
+
+def test_sampler_with_exact_predictor_lands_on_data_and_context_is_noised():
+    m = torch.full((1, 1, 3, 2), 0.3)
+    model = Oracle(m, k_max=64)
+    instr = torch.zeros(2, 384)
+    for steps in (1, 2, 4, 64):
+        model.calls.clear()
+        z, feat, _ = generate_frame(model, None, 0, torch.zeros(2, 1, 1), torch.ones(2, 1, dtype=torch.bool),
+                                    instr, steps=steps, ctx_noise=0.1)
+        assert torch.allclose(z, m.expand(2, 1, 3, 2), atol=1e-5)
+        assert len(model.calls) == steps + 1  # K denoising passes + one context pass
+        taus = [c[0][0, 0].item() for c in model.calls]
+        assert taus[:-1] == [round(k * 64 / steps) for k in range(steps)]
+        assert taus[-1] == round(0.9 * 64)  # context pass at signal level 1 - ctx_noise
+        assert model.calls[0][1][0, 0].item() == int(math.log2(steps))
+    with pytest.raises(Exception, match="power of two"):
+        generate_frame(model, None, 0, torch.zeros(2, 1, 1), torch.ones(2, 1, dtype=torch.bool), instr, steps=3)
+
+
+def test_running_rms_normalises():
+    rms = RunningRMS(decay=0.9)
+    for _ in range(200):
+        out = rms(torch.tensor(5.0))
+    assert abs(out.item() - 1.0) < 1e-3
+    rms.eval()
+    assert abs(rms(torch.tensor(10.0)).item() - 2.0) < 1e-2  # eval: uses the estimate, no update
+
+
+def test_backend_interface_shapes_and_stages():
+    assert "shortcut" in load_backends()
+    model = make_model()
+    assert isinstance(model, WorldModel) and model.current_stage() == "tokenizer"
+    batch = make_batch()
+    loss, metrics = model.loss(batch)
+    loss.backward()
+    assert "loss/image" in metrics and model.tokenizer.patch_in.weight.grad is not None
+    assert model.dynamics.z_in.weight.grad is None  # stage 1 trains the tokenizer only
+    model.zero_grad()
+    model.updates.fill_(10)  # tiny preset: tokenizer_steps 10, then dynamics
+    assert model.current_stage() == "dynamics"
+    loss, metrics = model.loss(batch)
+    loss.backward()
+    for key in ("dyn", "reward", "cont", "state"):
+        assert f"loss/{key}" in metrics
+    assert model.tokenizer.patch_in.weight.grad is None  # frozen tokenizer
+    assert model.dynamics.z_in.weight.grad.abs().sum() > 0
+    model.eval()
+    ctx = {k: (v[:, :5] if k != "instruction_embedding" else v) for k, v in batch.items()}
+    state, feat = model.observe(ctx)
+    assert feat.shape == (B, 5, model.feat_dim)
+    traj = model.imagine(state, replay_policy(batch["action"][:, 4:]), 3)
+    assert traj["feat"].shape == (B, 4, model.feat_dim) and traj["action"].shape == (B, 3, A)
+    assert traj["reward"].shape == (B, 3) and traj["cont"].shape == (B, 3)
+    assert torch.allclose(traj["feat"][:, 0], feat[:, -1])
+    frames = model.decode(traj["state"])
+    assert frames.shape == (B, 4, 16, 16, 3) and frames.min() >= 0 and frames.max() <= 1
+    assert model.decode(state).shape == (B, 16, 16, 3)
+    assert model.decode_state(traj["state"]).shape == (B, 4, J)
+    # the sliding window keeps the cache at `context` frames (tiny: seq_len - 1 = 7)
+    traj = model.imagine(state, lambda f: torch.zeros(B, A), 6)
+    assert traj["feat"].shape == (B, 7, model.feat_dim)
+
+
+def test_observe_cache_continues_like_one_long_forward():
+    """Frames generated from observe's KV cache see the context exactly as a full forward would."""
+    model = make_model()
+    model.eval()
+    batch = make_batch(6)
+    torch.manual_seed(3)
+    z, prev, prev_mask, seg, instr = model._encode_context(batch)
+    zp = model.pack_z(z)
+    torch.manual_seed(4)
+    feat_full, _ = context_pass(model.dynamics, zp, None, 0, prev, prev_mask, instr, 0.0, seg)
+    torch.manual_seed(4)
+    _, cache = context_pass(model.dynamics, zp[:, :5], None, 0, prev[:, :5], prev_mask[:, :5], instr, 0.0,
+                            seg[:, :5])
+    feat_last, _ = context_pass(model.dynamics, zp[:, 5:], cache, 5, prev[:, 5:], prev_mask[:, 5:], instr,
+                                0.0, seg)
+    assert torch.allclose(feat_full[:, 5:], feat_last, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [[], ["world_model.v_pred=true", "world_model.shortcut=false",
+                                            "world_model.registers=0", "world_model.time_every=1",
+                                            "world_model.feat=pooled", "world_model.softcap=0"]])
+def test_dynamics_loss_decreases_on_a_tiny_batch(overrides):
+    model = make_model("world_model.stage=dynamics", *overrides)
+    batch = make_batch()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    errs = []
+    for _ in range(40):
+        loss, metrics = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        errs.append(metrics["loss/dyn"])
+    assert np.mean(errs[-5:]) < 0.7 * np.mean(errs[:5]), errs
+
+
+def test_tokenizer_loss_decreases_on_a_tiny_batch():
+    model = make_model("world_model.stage=tokenizer")
+    batch = make_batch()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    mses = []
+    for _ in range(40):
+        loss, metrics = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mses.append(metrics["loss/image"])
+    assert np.mean(mses[-5:]) < 0.7 * np.mean(mses[:5]), mses
+
+
+def test_config_errors_name_the_fix():
+    with pytest.raises(Exception, match="stage"):
+        make_model("world_model.stage=nope")
+    cfg = compose("train_wm", ["world_model=shortcut", "preset=tiny", "data=unused"])
+    with pytest.raises(Exception, match="image_size"):
+        build("shortcut", model_config(cfg), DataSpec((32, 32, 3), J, A))

@@ -1,0 +1,228 @@
+"""The `shortcut` backend (Dreamer 4): causal tokenizer + shortcut-forcing dynamics transformer.
+
+Two stages, one model: `stage: tokenizer` trains the masked autoencoder; `stage: dynamics` trains the
+dynamics transformer and the heads on the frozen tokenizer's latents (its weights come from
+`tokenizer: RUN_DIR`, or from the same checkpoint on resume); `stage: both` (default) trains the
+tokenizer for `tokenizer_steps` optimiser steps and then the dynamics, in one `reverie train-wm` run.
+
+Features: the agent-token output (`feat: agent`; the agent tokens carry the instruction, read every
+token, and are read by none) or the mean of the latent-token outputs (`feat: pooled`), taken from
+the pass that runs a frame as slightly noised context. Heads on the features: reward (symexp
+two-hot), continue (Bernoulli) and joint state (symlog MSE, a probe used by evaluation). Every loss
+term is divided by a running RMS of itself.
+
+The state a rollout continues from: the KV cache of the time-attention layers (`k`, `v`, batch-major),
+segment ids of the cached frames, the frame counter, the last latents `z` (B, L, C) and feature.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reverie.errors import ConfigError
+from reverie.world_model.backend import DataSpec, Policy, State, WorldModel, register
+from reverie.world_model.dynamics import Dynamics
+from reverie.world_model.networks import MLP, TwoHot, symexp, symlog
+from reverie.world_model.shortcut import RunningRMS, context_pass, generate_frame, shortcut_loss
+from reverie.world_model.tokenizer import Tokenizer
+from reverie.world_model.transformer import KV, trim_cache
+
+STAGES = ("both", "tokenizer", "dynamics")
+
+
+@register("shortcut")
+class ShortcutWorldModel(WorldModel):
+    def __init__(self, cfg, spec: DataSpec):
+        super().__init__(cfg, spec)
+        c = cfg
+        if c.stage not in STAGES:
+            raise ConfigError(f"world_model.stage={c.stage!r}: choose one of {STAGES}")
+        h, w, _ = spec.image_shape
+        if (h, w) != (c.image_size, c.image_size):
+            raise ConfigError(f"shortcut model built for {c.image_size}x{c.image_size} images, the data "
+                              f"has {h}x{w}; set the preset's image_size or record at that size")
+        if c.latents % c.pack:
+            raise ConfigError(f"latents={c.latents} must be divisible by pack={c.pack}")
+        self.stage, self.steps_tok = c.stage, int(c.get("tokenizer_steps", 0))
+        self.pack, self.lat, self.bneck = c.pack, c.latents, c.bottleneck
+        self.steps, self.ctx_noise, self.shortcut = c.sampling_steps, c.ctx_noise, c.shortcut
+        self.single_frac = c.single_frac
+        self.context = int(c.context or c.seq_len - 1)  # RoPE distances stay within training's
+        self.tokenizer = Tokenizer(spec.image_shape, c.patch, c.latents, c.bottleneck, c.tok_dim,
+                                   c.tok_depth, c.tok_heads, c.tok_kv_heads, c.time_every,
+                                   c.softcap, c.qk_norm, c.tok_drop_max)
+        self.dynamics = Dynamics(c.latents // c.pack, c.bottleneck * c.pack, spec.action_dim, c.dim,
+                                 c.depth, c.heads, c.kv_heads, c.registers, c.agents, c.time_every,
+                                 c.k_max, spec.instruction_dim, c.softcap, c.qk_norm, c.v_pred,
+                                 feat=c.feat)
+        self.feat_dim = c.dim
+        self.twohot = TwoHot(c.reward_bins, c.bins_range)
+        self.reward_head = MLP(c.dim, c.reward_bins, c.head_units, c.head_layers, zero_out=True)
+        self.cont_head = MLP(c.dim, 1, c.head_units, c.head_layers)
+        self.state_head = MLP(c.dim, spec.state_dim, c.head_units, c.head_layers)
+        self.scales = dict(c.loss_scales)
+        self.norms = nn.ModuleDict({k: RunningRMS(c.rms_decay) if c.rms_norm else nn.Identity()
+                                    for k in ("image", "dyn", "reward", "cont", "state")})
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # training loss() calls
+        self.register_buffer("tok_loaded", torch.zeros((), dtype=torch.bool))
+
+    # ----- helpers ------------------------------------------------------------------------------
+    def current_stage(self) -> str:
+        if self.stage != "both":
+            return self.stage
+        return "tokenizer" if int(self.updates) < self.steps_tok else "dynamics"
+
+    def _load_tokenizer(self) -> None:
+        """stage=dynamics: copy the tokenizer weights of `cfg.tokenizer` (once; checkpoints keep them)."""
+        if self.tok_loaded or self.stage != "dynamics" or not self.cfg.get("tokenizer"):
+            return
+        from safetensors.torch import load_file
+
+        from reverie.world_model.checkpoint import find
+
+        weights = load_file(find(Path(self.cfg.tokenizer)) / "model.safetensors")
+        tok = {k[len("tokenizer."):]: v for k, v in weights.items() if k.startswith("tokenizer.")}
+        if not tok:
+            raise ConfigError(f"{self.cfg.tokenizer} holds no shortcut tokenizer weights; pass a run "
+                              "trained with world_model=shortcut world_model.stage=tokenizer")
+        self.tokenizer.load_state_dict(tok)
+        self.tok_loaded.fill_(True)
+
+    def _image(self, batch) -> Tensor:
+        img = batch["image"]
+        return img.float() / 255 if img.dtype == torch.uint8 else img.float()
+
+    def pack_z(self, z: Tensor) -> Tensor:
+        """(..., L, C) tokenizer latents -> (..., L/pack, C*pack) dynamics tokens."""
+        return z.reshape(*z.shape[:-2], self.lat // self.pack, self.bneck * self.pack)
+
+    def unpack_z(self, z: Tensor) -> Tensor:
+        return z.reshape(*z.shape[:-2], self.lat, self.bneck)
+
+    @staticmethod
+    def _prev_action(batch, single: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """-> a_{t-1} (B, T, A), its mask (B, T) (False at is_first, row 0 and single images),
+        segment ids (B, T) from is_first."""
+        action, mask, first = batch["action"], batch["action_mask"].bool(), batch["is_first"].bool()
+        prev = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
+        prev_mask = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, :-1]], 1) & ~first
+        seg = first.long().cumsum(1)
+        if single is not None:
+            prev_mask = prev_mask & ~single[:, None]
+        return prev, prev_mask, seg
+
+    def _single_segments(self, seg: Tensor) -> tuple[Tensor, Tensor]:
+        """A fraction `single_frac` of items become single images: every frame its own segment."""
+        b, t = seg.shape
+        single = torch.rand(b, device=seg.device) < self.single_frac
+        return torch.where(single[:, None], torch.arange(t, device=seg.device).expand(b, t), seg), single
+
+    def _norm(self, name: str, value: Tensor) -> Tensor:
+        return self.scales.get(name, 1.0) * self.norms[name](value)
+
+    # ----- the interface ------------------------------------------------------------------------
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        stage = self.current_stage()
+        if self.training:
+            self.updates += 1
+        img = self._image(batch)
+        seg = batch["is_first"].bool().long().cumsum(1)
+        seg, single = self._single_segments(seg)
+        if stage == "tokenizer":
+            mse, metrics = self.tokenizer.loss(img, seg)
+            total = self._norm("image", mse)
+            return total, {"loss/total": total.item(), "loss/image": mse.item(),
+                           **{f"tokenizer/{k}": v for k, v in metrics.items()}}
+        self._load_tokenizer()
+        with torch.no_grad():
+            z = self.pack_z(self.tokenizer.encode(img))  # (B, T, S, C') clean latents
+        prev, prev_mask, _ = self._prev_action(batch, single)
+        instr = batch["instruction_embedding"].to(z.dtype)
+        dyn, feat, metrics = shortcut_loss(self.dynamics, z, prev, prev_mask, instr, seg, self.shortcut)
+        terms = {"dyn": dyn}
+        terms["reward"] = self.twohot.loss(self.reward_head(feat), batch["reward"]).mean()
+        terms["cont"] = F.binary_cross_entropy_with_logits(
+            self.cont_head(feat).squeeze(-1).float(), 1.0 - batch["is_terminal"].float())
+        terms["state"] = (self.state_head(feat).float() - symlog(batch["state"].float())).square().mean()
+        total = sum(self._norm(k, v) for k, v in terms.items())
+        out = {"loss/total": total.item(), **{f"loss/{k}": v.item() for k, v in terms.items()},
+               **{f"dynamics/{k}": v for k, v in metrics.items()}}
+        return total, out
+
+    def _encode_context(self, batch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        img = self._image(batch)
+        z = self.tokenizer.encode(img)  # (B, T, L, C)
+        prev, prev_mask, seg = self._prev_action(batch)
+        return z, prev, prev_mask, seg, batch["instruction_embedding"].to(z.dtype)
+
+    @torch.no_grad()
+    def observe(self, batch: dict[str, Tensor]) -> tuple[State, Tensor]:
+        z, prev, prev_mask, seg, instr = self._encode_context(batch)
+        t = z.shape[1]
+        feat, cache = context_pass(self.dynamics, self.pack_z(z), None, 0, prev, prev_mask, instr,
+                                   self.ctx_noise, seg)
+        if t > self.context:  # generation reads a sliding window of the last `context` frames
+            cache, seg = trim_cache(cache, self.context), seg[:, -self.context:]
+        state = self._state(cache, seg, t, z[:, -1], feat[:, -1], instr)
+        return state, feat
+
+    def _state(self, cache: list[KV], seg: Tensor, t: int, z: Tensor, feat: Tensor, instr: Tensor) -> State:
+        b = z.shape[0]
+        n = self.dynamics.n
+        k = torch.stack([kv[0] for kv in cache], 0)  # (Ltime, B*N, G, Tc, E)
+        v = torch.stack([kv[1] for kv in cache], 0)
+        k = k.view(k.shape[0], b, n, *k.shape[2:]).transpose(0, 1)  # (B, Ltime, N, G, Tc, E)
+        v = v.view(v.shape[0], b, n, *v.shape[2:]).transpose(0, 1)
+        return {"k": k, "v": v, "seg": seg, "t": torch.full((b,), t, device=z.device),
+                "z": z, "feat": feat, "instr": instr}
+
+    @staticmethod
+    def _cache(state: State) -> list[KV]:
+        k, v = state["k"].transpose(0, 1), state["v"].transpose(0, 1)  # (Ltime, B, N, G, Tc, E)
+        return [(ki.flatten(0, 1), vi.flatten(0, 1)) for ki, vi in zip(k, v)]
+
+    @torch.no_grad()
+    def imagine(self, state: State, policy: Policy, horizon: int, steps: int | None = None) -> dict:
+        steps = steps or self.steps
+        cache, seg, t0 = self._cache(state), state["seg"], int(state["t"][0])
+        instr, feat = state["instr"], state["feat"]
+        b = feat.shape[0]
+        feats, zs, actions = [feat], [state["z"]], []
+        on = torch.ones(b, 1, dtype=torch.bool, device=feat.device)
+        for _ in range(horizon):
+            action = policy(feat)  # (B, A)
+            actions.append(action)
+            seg = torch.cat([seg, seg[:, -1:]], 1)  # the new frame continues the last episode
+            z, agent, cache = generate_frame(self.dynamics, cache, t0, action[:, None].to(instr.dtype),
+                                             on, instr, steps, self.ctx_noise, self.shortcut, seg)
+            t0 += 1
+            if self.context and seg.shape[1] > self.context:  # sliding context window
+                cache, seg = trim_cache(cache, self.context), seg[:, -self.context:]
+            feat = agent[:, 0]
+            feats.append(feat)
+            zs.append(self.unpack_z(z[:, 0]))
+        feat = torch.stack(feats, 1)  # (B, H+1, F)
+        return {"feat": feat,
+                "action": torch.stack(actions, 1) if actions else feat.new_zeros(b, 0, self.spec.action_dim),
+                "reward": self.twohot.mean(self.reward_head(feat[:, 1:])),                # (B, H)
+                "cont": torch.sigmoid(self.cont_head(feat[:, 1:]).squeeze(-1).float()),  # (B, H)
+                "state": {"z": torch.stack(zs, 1), "feat": feat}}
+
+    @torch.no_grad()
+    def decode(self, state: State) -> Tensor:
+        """z (B, L, C) -> (B, H, W, 3); z (B, T, L, C) -> (B, T, H, W, 3), decoded causally in time."""
+        z = state["z"]
+        if z.dim() == 3:
+            return self.tokenizer.decode(z[:, None])[:, 0].clamp(0, 1)
+        lead = z.shape[:-3]
+        img = self.tokenizer.decode(z.reshape(-1, *z.shape[-3:])).clamp(0, 1)
+        return img.reshape(*lead, *img.shape[1:])
+
+    def decode_state(self, state: State) -> Tensor:
+        """Predicted joint state (..., J) from the features (probe used by evaluation)."""
+        return symexp(self.state_head(state["feat"]).float())
