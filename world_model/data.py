@@ -140,14 +140,22 @@ def collate(windows: list[dict], image_key: str, image_size: int, language: Lang
         tokens = []
         for w, text in zip(windows, texts):
             table = language.tokens(text)                                       # (L, D)
-            start = int(w.get("start", 0))
+            start = int(w.get("start", 0))  # windows without a start index stream from their first row
             tokens.append(table[(start + np.arange(t)) % len(table)])
         batch["lang_token"] = torch.from_numpy(np.stack(tokens)).to(device)      # (B, T, D)
     return batch
 
 
 class TrainData:
-    """Endless training batches for one rank: seeded, resumable (`get_state` / `set_state`)."""
+    """Endless training batches for one rank, drawn with reverie.datasets.sampler.
+
+    workers=0: one in-process WindowSampler whose generator is seeded by (seed, rank) and saved in
+    checkpoints, so a resumed run draws exactly the windows an uninterrupted run would.
+    workers>0: a DataLoader over WindowDataset (each worker its own generator); resuming reseeds
+    from (seed, rank, step) instead of restoring the stream.
+    Held-out episodes are rejected as they are drawn (they are a small fraction), which keeps the
+    sampler's weighting (`weights`, by source or instruction) over the training episodes.
+    """
 
     def __init__(self, cfg, mcfg, rank: int = 0, world: int = 1, device: torch.device | str = "cpu"):
         from reverie.datasets.sampler import WindowSampler
@@ -160,26 +168,53 @@ class TrainData:
         self.batch_size, self.length = int(mcfg.batch_size), int(mcfg.seq_len)
         self.device = torch.device(device)
         self.language = Language()
-        episodes = [split_episodes(s.num_episodes, float(cfg.holdout))[0] for s in self.stores]
-        self.sampler = WindowSampler(self.stores, length=self.length, episodes=episodes,
-                                     keys=[self.image_key, *ROW_KEYS], seed=cfg.seed)
-        if len(self.sampler) == 0:
-            raise ConfigError(f"no training window of {self.length} steps in {self.paths}: episodes are "
-                              "shorter than the preset's seq_len; record longer episodes or lower "
-                              f"preset.<backend>.seq_len")
-        self.rng = np.random.default_rng([int(cfg.seed), rank])
-        self.rank, self.world = rank, world
+        self.held = {(s, e) for s, store in enumerate(self.stores)
+                     for e in split_episodes(store.num_episodes, float(cfg.holdout))[1]}
+        self.keys = [self.image_key, *ROW_KEYS]
+        self.weights = _plain(cfg.get("weights"))
+        self.seed, self.rank, self.workers = int(cfg.seed), rank, int(cfg.workers)
+        self.sampler = WindowSampler(self.stores, self.length, self.keys, self.weights,
+                                     seed=np.random.SeedSequence([self.seed, rank]))
+        trainable = [(s, e) for s, st in enumerate(self.stores) for e in range(st.num_episodes)
+                     if (s, e) not in self.held and st.meta(e).length >= self.length]
+        if not trainable:
+            raise ConfigError(
+                f"no training episode of at least {self.length} steps in {self.paths} after holding out "
+                f"{len(self.held)}: record more or longer episodes, lower holdout=, or lower "
+                f"preset.<backend>.seq_len")
+        self._stream = None
+
+    def _draw(self) -> dict:
+        if self.workers <= 0:
+            return self.sampler.sample()
+        return next(self._stream)
 
     def next(self) -> dict[str, Tensor]:
-        idx = self.rng.integers(0, len(self.sampler), self.batch_size)
-        windows = [self.sampler[int(i)] for i in idx]
+        windows = []
+        while len(windows) < self.batch_size:
+            w = self._draw()
+            if (w["store"], w["episode"]) not in self.held:
+                windows.append(w)
         return collate(windows, self.image_key, self.image_size, self.language, self.dynalang, self.device)
 
+    def start_stream(self, step: int = 0) -> None:
+        """With workers > 0: (re)start the DataLoader stream, seeded by (seed, rank, step)."""
+        if self.workers <= 0:
+            return
+        from reverie.datasets.sampler import WindowDataset
+
+        dataset = WindowDataset(self.paths, self.length, self.keys, self.weights,
+                                seed=self.seed * 1_000_003 + self.rank * 7919 + step)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + step)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.workers,
+                                             generator=g, persistent_workers=True)
+        self._stream = _forever(loader)
+
     def get_state(self) -> dict:
-        return self.rng.bit_generator.state
+        return self.sampler.rng.bit_generator.state
 
     def set_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
+        self.sampler.rng.bit_generator.state = state
 
     def gather_state(self) -> dict[str, dict]:
         """Every rank's sampler RNG state, keyed by rank (collective under torch.distributed)."""
@@ -191,6 +226,16 @@ class TrainData:
         torch.distributed.all_gather_object(states, self.get_state())
         return {str(r): s for r, s in enumerate(states)}
 
+
+def _forever(loader):
+    while True:
+        yield from loader
+
+
+def _plain(value):
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
 
 def write_toy_store(path, episodes: int = 6, length: int = 24, size: int = 16, video_episodes: int = 1,

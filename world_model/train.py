@@ -57,6 +57,7 @@ class Trainer:
             self.data.set_state(state["data_rng"][str(self.rank)] if self.world > 1
                                 else state["data_rng"]["0"])
             log.info("resumed %s at step %d", resume_from, self.step)
+        self.data.start_stream(self.step)  # workers > 0 only
         self.writer = None
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
