@@ -69,87 +69,89 @@ def is_image(arr) -> bool:
 def read(srcs: list[str], opts: dict[str, str], existing: dict[str, ArraySpec] | None) -> Source:
     if len(srcs) != 1:
         raise StoreError(f"`data import zarr-replay` takes one replay buffer, got {len(srcs)}: {srcs}")
-    root = open_buffer(srcs[0])
+    src, name = srcs[0], Path(srcs[0]).name
+    root = open_buffer(src)
     if "data" not in root or "meta" not in root or "episode_ends" not in root["meta"]:
-        raise StoreError(f"{srcs[0]} is not a replay buffer: it needs data/<key> arrays and meta/episode_ends "
+        raise StoreError(f"{src} is not a replay buffer: it needs data/<key> arrays and meta/episode_ends "
                          f"(found {sorted(root.keys())})")
-    data = root["data"]
-    arrays = {name: arr for name, arr in data.arrays()}
+    arrays = dict(root["data"].arrays())
     ends = np.asarray(root["meta"]["episode_ends"][:], np.int64)
     if not len(ends):
-        raise StoreError(f"{srcs[0]}: meta/episode_ends is empty, the buffer holds no episodes")
-    n = int(ends[-1])
+        raise StoreError(f"{src}: meta/episode_ends is empty, the buffer holds no episodes")
     if np.any(np.diff(ends) <= 0) or ends[0] <= 0:
-        raise StoreError(f"{srcs[0]}: meta/episode_ends {ends[:8]}... is not strictly increasing; the buffer is damaged")
-    short = [k for k, a in arrays.items() if a.shape[0] < n]
+        raise StoreError(f"{src}: meta/episode_ends {ends[:8]}... is not strictly increasing; the buffer is damaged")
+    short = [k for k, a in arrays.items() if a.shape[0] < ends[-1]]
     if short:
-        raise StoreError(f"{srcs[0]}: data/{short[0]} has {arrays[short[0]].shape[0]} rows but episode_ends "
-                         f"reaches {n}; the buffer is truncated")
+        raise StoreError(f"{src}: data/{short[0]} has {arrays[short[0]].shape[0]} rows but episode_ends "
+                         f"reaches {ends[-1]}; the buffer is truncated")
 
-    def need(key: str):
-        if key not in arrays:
-            raise StoreError(f"{srcs[0]} has no data/{key} (keys: {sorted(arrays)}); pass an existing key")
-        return arrays[key]
-
-    # Images: explicit src:camera pairs, or every array shaped like frames.
-    if "images" in opts:
-        pairs = [p.split(":", 1) if ":" in p else (p, camera_name(p)) for p in opts["images"].split(",") if p]
-        images = {cam: need(src) for src, cam in pairs}
-    else:
-        images = {camera_name(k): a for k, a in sorted(arrays.items()) if is_image(a)}
+    keys = select_keys(arrays, opts, src)
+    images = {cam: arrays[k] for cam, k in keys["images"].items()}
+    state = [arrays[k] for k in keys["state"]]
+    action = arrays[keys["action"]] if keys["action"] else None
+    times = arrays[keys["timestamp"]] if keys["timestamp"] else None
     if not images and existing is None:
-        raise StoreError(f"{srcs[0]} has no image arrays (keys: {sorted(arrays)}); name one with images=<key>:<camera>")
-
-    if "state" in opts:
-        state_keys = opts["state"].split("+")
-    else:
-        umi = sorted((k for k in arrays if UMI_STATE.match(k)),
-                     key=lambda k: (int(UMI_STATE.match(k)[1]), UMI_ORDER[UMI_STATE.match(k)[2]]))
-        state_keys = next(([k] for k in STATE_KEYS if k in arrays), umi)
-    state_arrays = [need(k) for k in state_keys]
-    action = need(opts["action"]) if "action" in opts else arrays.get("action")
-    time_key = opts.get("timestamp", "timestamp" if "timestamp" in arrays else None)
-    times = need(time_key) if time_key else None
-    if times is None:
-        try:
-            fps = float(opts["fps"])
-        except (KeyError, ValueError) as e:
-            raise ReverieError(f"{srcs[0]} stores no timestamps; pass fps=<Hz>, the rate it was recorded at "
-                               f"(10 for diffusion-policy PushT), so rows get t = i / fps") from e
-    else:
-        fps = float(opts["fps"]) if "fps" in opts else _rate(times, ends)
+        raise StoreError(f"{src} has no image arrays (keys: {sorted(arrays)}); name one with images=<key>:<camera>")
+    try:
+        fps = float(opts["fps"]) if "fps" in opts else (_rate(times, ends) if times is not None else None)
+    except ValueError as e:
+        raise ReverieError(f"fps={opts['fps']!r} is not a number; pass the recording rate in Hz") from e
+    if fps is None:
+        raise ReverieError(f"{src} stores no timestamps; pass fps=<Hz>, the rate it was recorded at "
+                           f"(10 for diffusion-policy PushT), so rows get t = i / fps")
 
     size = parse_size(opts.get("size"))
-    width = lambda arrs: int(sum(np.prod(a.shape[1:], dtype=int) for a in arrs))  # noqa: E731
     if existing is not None:
         schema = existing
     else:
         cams = {cam: size or _hw(a) for cam, a in images.items()}
-        schema = schema_for(cams, max(1, width(state_arrays)), max(1, width([action] if action is not None else [])),
-                            units=f"as in replay buffer {Path(srcs[0]).name}")
+        schema = schema_for(cams, max(1, _width(state)), max(1, _width([action] if action is not None else [])),
+                            units=f"as in replay buffer {name}")
 
     def episodes():
-        start = 0
-        for i, end in enumerate(ends):
-            sl, n = slice(start, int(end)), int(end) - start
-            t = _read(times, sl, np.float64).reshape(-1) if times is not None else np.arange(n) / fps
-            state = (np.concatenate([_read(a, sl, np.float32).reshape(n, -1) for a in state_arrays], 1)
-                     if state_arrays else None)
-            act = _read(action, sl, np.float32).reshape(n, -1) if action is not None else None
-            frames = {cam: _frames(_read(a, sl), size, cam) for cam, a in images.items()}
-            note = f"replay buffer {Path(srcs[0]).name} episode {i}"
+        for i, (start, end) in enumerate(zip(np.r_[0, ends[:-1]], ends)):
+            rows, length = slice(int(start), int(end)), int(end - start)
+            t = _read(times, rows, np.float64).reshape(-1) if times is not None else np.arange(length) / fps
+            s = np.concatenate([_read(a, rows, np.float32).reshape(length, -1) for a in state], 1) if state else None
+            a = _read(action, rows, np.float32).reshape(length, -1) if action is not None else None
+            frames = {cam: _frames(_read(arr, rows), size, cam) for cam, arr in images.items()}
+            note = f"replay buffer {name} episode {i}"
             if times is None:
                 note += f"; timestamps are i/{fps:g} Hz (the buffer stores none)"
-            yield Episode(make_rows(schema, t, frames, state=state, action=act),
+            yield Episode(make_rows(schema, t, frames, state=s, action=a),
                           instruction=opts.get("instruction", ""), notes=note)
-            start = int(end)
 
     return Source(schema=schema, fps=fps, robot=opts.get("robot", "unknown"), source="teleop",
                   episodes=episodes(), num_episodes=len(ends),
-                  attrs={"imported_from": "zarr replay buffer", "replay_buffer": srcs[0],
-                         "replay_keys": {"state": state_keys, "action": "action" if action is not None else None,
-                                         "images": {cam: a.basename for cam, a in images.items()},
-                                         "timestamp": time_key}})
+                  attrs={"imported_from": "zarr replay buffer", "replay_buffer": src, "replay_keys": keys})
+
+
+def select_keys(arrays: dict, opts: dict[str, str], src: str) -> dict:
+    """Which data/<key> arrays become images, state, action and timestamps (see the module doc)."""
+    def need(key: str) -> str:
+        if key not in arrays:
+            raise StoreError(f"{src} has no data/{key} (keys: {sorted(arrays)}); pass an existing key")
+        return key
+
+    if "images" in opts:
+        pairs = [p.split(":", 1) if ":" in p else (p, camera_name(p)) for p in opts["images"].split(",") if p]
+        images = {cam: need(key) for key, cam in pairs}
+    else:
+        images = {camera_name(k): k for k, a in sorted(arrays.items()) if is_image(a)}
+    if "state" in opts:
+        state = [need(k) for k in opts["state"].split("+") if k]
+    else:
+        umi = sorted((k for k in arrays if UMI_STATE.match(k)),
+                     key=lambda k: (int(UMI_STATE.match(k)[1]), UMI_ORDER[UMI_STATE.match(k)[2]]))
+        state = next(([k] for k in STATE_KEYS if k in arrays), umi)
+    action = need(opts["action"]) if "action" in opts else ("action" if "action" in arrays else None)
+    timestamp = need(opts["timestamp"]) if "timestamp" in opts else ("timestamp" if "timestamp" in arrays else None)
+    return {"images": images, "state": state, "action": action, "timestamp": timestamp}
+
+
+def _width(arrays: list) -> int:
+    """Columns once each (N, ...) array is flattened to (N, D) and they are concatenated."""
+    return int(sum(np.prod(a.shape[1:], dtype=int) for a in arrays))
 
 
 def _read(arr, sl: slice, dtype=None) -> np.ndarray:

@@ -232,8 +232,9 @@ def _describe(schema: dict[str, ArraySpec]) -> str:
 
 
 USAGE = """usage: reverie data import <kind> SRC [SRC ...] OUT [key=value ...]
-kinds: video (MP4/WebM/MKV files or a folder of them), lerobot (a LeRobot dataset folder, early Arrow or v3
-Parquet layout), zarr-replay (a diffusion-policy / UMI replay buffer, zarr format 2 or 3).
+kinds: video (MP4/WebM/MKV files or a folder of them), lerobot (a LeRobot dataset folder: v3 or v2.x
+Parquet, or the early Arrow layout), zarr-replay (a diffusion-policy / UMI replay buffer, zarr format 2 or 3,
+a folder or .zarr.zip).
 OUT is created, or appended to when it already is a store with the same keys and shapes."""
 
 
