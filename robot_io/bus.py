@@ -166,7 +166,8 @@ class ServoBus:
         return self._serial is not None and self._serial.is_open
 
     def connect(self) -> None:
-        """Open the port and ping every configured servo; raise naming what is missing."""
+        """Open the port and ping every servo in `models`; raise naming what is missing or wrong.
+        With no models configured it only opens the port (models are then learnt on first use)."""
         if self.is_connected:
             return
         self._open()
