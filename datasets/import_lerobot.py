@@ -125,13 +125,15 @@ class Layout:
     def frames_at(self, path: Path, times: np.ndarray, start: float = 0.0) -> np.ndarray:
         """Frames of `path` nearest to `start + times` (seconds), checked to lie within tolerance."""
         tol = TOLERANCE_FRAMES / self.fps
-        t, frames = decode(path, self.size, start + times.min() - tol, start + times.max() + tol)
-        gap = np.abs(t[None, :] - (start + times)[:, None])  # (rows, decoded frames); one episode's span
-        idx = gap.argmin(1)
-        err = gap[np.arange(len(times)), idx]
+        want = start + times
+        t, frames = decode(path, self.size, want.min() - tol, want.max() + tol)  # t ascends
+        after = np.searchsorted(t, want).clip(0, len(t) - 1)  # first decoded frame at or after each time
+        before = (after - 1).clip(0)
+        idx = np.where(np.abs(t[before] - want) <= np.abs(t[after] - want), before, after)
+        err = np.abs(t[idx] - want)
         if err.max() > tol:
             i = int(err.argmax())
-            raise StoreError(f"{path}: no frame within {tol * 1000:.0f} ms of t={start + times[i]:.4f}s "
+            raise StoreError(f"{path}: no frame within {tol * 1000:.0f} ms of t={want[i]:.4f}s "
                              f"(nearest {t[idx[i]]:.4f}s); the video does not match the table's timestamps")
         return frames[idx]
 

@@ -273,6 +273,21 @@ def test_lerobot_v3_layout_with_shared_video_file(fixtures_dir, tmp_path):
     assert store.meta(0).success is False and store.meta(1).success is True
     assert store.episode(1)["is_terminal"][-1] and not store.episode(0)["is_terminal"].any()
 
+    # Episode 1's video offset half a frame off: its frames cannot be matched, so it fails, naming the
+    # video, while episode 0, already committed, stays readable.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta_file = root / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    meta = pq.read_table(meta_file)
+    col = "videos/observation.image/from_timestamp"
+    meta = meta.set_column(meta.schema.get_field_index(col), col, pa.array([0.0, split / 10 + 0.05]))
+    pq.write_table(meta, meta_file)
+    bad = tmp_path / "bad.zarr"
+    with pytest.raises(StoreError, match="(?s)file-000.mp4: no frame within 25 ms.*1 episode.s. of this import were committed"):
+        run("lerobot", [str(root)], str(bad), ["size=native"])
+    np.testing.assert_array_equal(EpisodeStore.open(bad, mode="r").episode(0)["state"], state[:split])
+
 
 def test_lerobot_v3_task_index_and_image_features(fixtures_dir, tmp_path):
     build_v3(fixtures_dir / "lerobot_v1" / "pusht", tmp_path / "ds", split=100, episode_tasks=False)
