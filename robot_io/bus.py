@@ -421,6 +421,8 @@ class ServoBus:
                     if status.id in expect and status.id not in got:
                         got[status.id] = status
                         self.stats.replies += 1
+                if reader.crc_errors > crc_before and len(received) >= expected_bytes and not reader.buffer:
+                    break  # every expected byte came and a frame was bad: retry now, not after timeout_s
         except _PORT_ERRORS as e:
             self.close()
             raise HardwareError(
