@@ -77,8 +77,8 @@ def format_summary(s: dict) -> str:
         *([f"  ... and {len(s['instructions']) - 20} more"] if len(s["instructions"]) > 20 else []),
         "success       " + (f"{s['success']['successes']}/{s['success']['labelled']} labelled episodes "
                             f"({100 * rate:.0f}%)" if rate is not None else "no episode labelled"),
-        "interrupted   " + (f"{s['interrupted_frames']} frames past the last committed episode (dropped on "
-                            f"the next write)" if s["interrupted_frames"] else "none"),
+        "interrupted   " + (f"{s['interrupted_frames']} frames past the last committed episode (truncated "
+                            f"when the store is next opened for appending)" if s["interrupted_frames"] else "none"),
         f"size on disk  {_human(s['bytes_on_disk'])}",
     ]
     return "\n".join(lines)
@@ -86,8 +86,8 @@ def format_summary(s: dict) -> str:
 
 def _human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
 
