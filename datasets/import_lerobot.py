@@ -40,6 +40,8 @@ from reverie.specs import ArraySpec
 OPTIONS = {
     "state": "table column(s) for state, joined with + (default: observation.state)",
     "action": "table column(s) for action, joined with + (default: action)",
+    "cameras": "key:camera pairs, comma-separated, e.g. observation.images.top:front; only these are "
+               "imported (default: every camera, observation.images.<name> -> image/<name>)",
 }
 
 # A camera frame must lie within this fraction of a frame period of the table's timestamp.
@@ -89,12 +91,19 @@ class Layout:
             if col not in sample.column_names:
                 raise StoreError(f"{self.root}: no column {col!r} in the frame table (columns: "
                                  f"{sample.column_names}); pass state=/action= with existing columns")
-        self.cameras = self.camera_keys(sample)
+        found = self.camera_keys(sample)
+        self.cameras = {k: _camera_name(k) for k in found}  # source key -> store camera name
+        if "cameras" in opts:
+            pairs = [p.split(":", 1) if ":" in p else (p, _camera_name(p)) for p in opts["cameras"].split(",") if p]
+            missing = [k for k, _ in pairs if k not in found]
+            if missing:
+                raise StoreError(f"{self.root} has no camera {missing[0]!r}; its cameras are {found}")
+            self.cameras = dict(pairs)
         self.size = parse_size(opts.get("size"))
         if existing is not None:
             schema = existing
         else:
-            cams = {_camera_name(k): self.size or self.native_size(k) for k in self.cameras}
+            cams = {cam: self.size or self.native_size(k) for k, cam in self.cameras.items()}
             schema = schema_for(cams, max(1, _width(sample, self.state_cols)),
                                 max(1, _width(sample, self.action_cols)), units=f"as in LeRobot {self.root.name}")
         self.schema = schema
@@ -102,7 +111,7 @@ class Layout:
         return Source(schema=schema, fps=self.fps, robot=self.info.get("robot_type") or "unknown",
                       source="teleop", episodes=self.episodes(), num_episodes=self.num_episodes(),
                       attrs={"imported_from": f"lerobot {self.version}", "lerobot_root": str(self.root),
-                             "lerobot_cameras": {_camera_name(k): k for k in self.cameras}})
+                             "lerobot_cameras": {cam: k for k, cam in self.cameras.items()}})
 
     def to_episode(self, table, frames: dict[str, np.ndarray], tasks: list[str], index: int) -> Episode:
         n = table.num_rows
@@ -183,13 +192,13 @@ class Early(Layout):
             rows = np.flatnonzero(ep_index == ep)
             part = table.take(rows)
             frames = {}
-            for key in self.cameras:
+            for key, cam in self.cameras.items():
                 refs = part[key].to_pylist()
                 paths = {r["path"] for r in refs}
                 if len(paths) != 1:
                     raise StoreError(f"{self.root}: episode {ep} of {key} spans several videos {sorted(paths)}")
                 times = np.array([r["timestamp"] for r in refs], np.float64)
-                frames[_camera_name(key)] = self.frames_at(self.root / paths.pop(), times)
+                frames[cam] = self.frames_at(self.root / paths.pop(), times)
             yield self.to_episode(part, frames, [], int(ep))
 
 
@@ -279,12 +288,11 @@ class V3(Layout):
                                  f"file but its metadata says {row['length']}; the dataset is incomplete")
             times = _column(part, "timestamp").astype(np.float64)
             frames = {}
-            for key in self.cameras:
+            for key, cam in self.cameras.items():
                 if key in self.video_keys:
-                    frames[_camera_name(key)] = self.frames_at(self.video_file(key, row), times,
-                                                               start=self.video_start(key, row))
+                    frames[cam] = self.frames_at(self.video_file(key, row), times, start=self.video_start(key, row))
                 else:  # an `image` feature: encoded PNG/JPEG bytes in the table itself
-                    frames[_camera_name(key)] = np.stack([_decode_image(c, self.size) for c in part[key].to_pylist()])
+                    frames[cam] = np.stack([_decode_image(c, self.size) for c in part[key].to_pylist()])
             tasks = list(row.get("tasks") or [])
             if not tasks and "task_index" in part.column_names:  # fall back on the frames' task_index
                 lookup = self.task_table()

@@ -336,6 +336,16 @@ def test_unknown_lerobot_version_is_refused_with_the_fix(tmp_path):
         run("lerobot", [str(tmp_path)], str(tmp_path / "o.zarr"))
 
 
+def test_lerobot_camera_selection_and_renaming(fixtures_dir, tmp_path):
+    root = fixtures_dir / "lerobot_v1" / "aloha_sim_insertion_human"
+    with pytest.raises(StoreError, match="no camera 'observation.images.wrist'.*observation.images.top"):
+        run("lerobot", [str(root)], str(tmp_path / "o.zarr"), ["cameras=observation.images.wrist"])
+    build_v3(fixtures_dir / "lerobot_v1" / "pusht", tmp_path / "ds", split=100, episode_tasks=False)
+    run("lerobot", [str(tmp_path / "ds")], str(tmp_path / "o.zarr"), ["cameras=observation.image:overhead", "size=8x8"])
+    store = EpisodeStore.open(tmp_path / "o.zarr", mode="r")
+    assert [k for k in store.keys if k.startswith("image/")] == ["image/overhead"]  # the wrist images are left out
+
+
 def test_appending_video_to_an_imported_store(fixtures_dir, videos, tmp_path):
     out = tmp_path / "mixed.zarr"
     run("lerobot", [str(fixtures_dir / "lerobot_v1" / "pusht")], str(out))
