@@ -1,0 +1,49 @@
+"""Agent checkpoints: `agent.safetensors` (weights) + `agent.json` (sizes, world model, stage, step).
+
+Like world-model checkpoints, loading never unpickles. An agent records the world-model run it was
+trained on, so `reverie eval policy=AGENT` and `reverie export policy=AGENT` need nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from reverie.errors import ConfigError
+from reverie.policy.agent import Agent
+
+SIZE_KEYS = ("feat_dim", "action_dim", "instr_dim", "units", "layers", "min_std", "max_std")
+
+
+def save(out: Path, agent: Agent, info: dict) -> Path:
+    """Atomic: written to `<out>.tmp` and renamed, so an interrupted save keeps the old agent."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in agent.state_dict().items()}, tmp / "agent.safetensors")
+    (tmp / "agent.json").write_text(json.dumps(info, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def find(path: str | Path) -> Path:
+    path = Path(path)
+    for candidate in (path, path / "agent"):
+        if (candidate / "agent.safetensors").exists() and (candidate / "agent.json").exists():
+            return candidate
+    raise ConfigError(f"no agent in {path}: expected {path}/agent.safetensors and agent.json "
+                      "(written by `reverie train-agent`)")
+
+
+def load(path: str | Path) -> tuple[Agent, dict]:
+    path = find(path)
+    info = json.loads((path / "agent.json").read_text())
+    agent = Agent(**{k: info["sizes"][k] for k in SIZE_KEYS})
+    agent.load_state_dict(load_file(path / "agent.safetensors"))
+    return agent.eval(), info

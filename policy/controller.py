@@ -1,0 +1,62 @@
+"""Controllers that act in an environment from observations (see policy/rollout.py).
+
+`AgentController` runs an agent on a world model online: each observation is filtered into the
+model's latent state (`observe` over one row, continuing from the carried state with the previous
+action), and the actor acts on the resulting feature. This is exactly what the exported ONNX policy
+computes, one step at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from reverie.policy.agent import Agent
+from reverie.world_model.data import Language, collate
+
+ROW_DEFAULTS = {"reward": np.float32(0.0), "is_last": np.bool_(False), "is_terminal": np.bool_(False),
+                "action_mask": np.bool_(False)}
+
+
+class AgentController:
+    def __init__(self, wm, agent: Agent, image_key: str, image_size: int, deterministic: bool = True,
+                 language: Language | None = None, seed: int = 0):
+        self.wm, self.agent = wm.eval(), agent.eval()
+        self.image_key, self.image_size = image_key, image_size
+        self.deterministic = deterministic
+        self.language = language or Language()
+        self.generator = torch.Generator().manual_seed(seed)
+        self.instruction = ""
+        self.state = None
+        self.prev_action = None
+
+    def reset(self, instruction: str) -> None:
+        self.instruction, self.state, self.prev_action = instruction, None, None
+
+    def set_instruction(self, instruction: str) -> None:
+        """Change the task mid-episode; the latent state carries on."""
+        self.instruction = instruction
+
+    def batch(self, observation: dict) -> dict[str, torch.Tensor]:
+        """One observation -> a one-row batch (B=1, T=1) in the world model's contract."""
+        row = {self.image_key: observation[self.image_key][None],
+               "state": np.asarray(observation["state"], np.float32)[None],
+               "action": np.zeros((1, self.wm.spec.action_dim), np.float32),
+               "is_first": np.array([self.state is None]),
+               "instruction": self.instruction}
+        row.update({k: np.array([v]) for k, v in ROW_DEFAULTS.items()})
+        batch = collate([row], self.image_key, self.image_size, self.language, False, self.wm.device)
+        if self.prev_action is not None:
+            batch["prev_action"] = self.prev_action                             # (1, A)
+            batch["prev_action_mask"] = torch.ones(1, dtype=torch.bool)
+        return batch
+
+    @torch.no_grad()
+    def act(self, observation: dict) -> np.ndarray:
+        batch = self.batch(observation)
+        self.state, feat = self.wm.observe(batch, self.state)                  # feat (1, 1, F)
+        dist = self.agent.policy(feat[:, -1], batch["instruction_embedding"])
+        action = dist.mode() if self.deterministic else dist.sample(self.generator)
+        action = action.clamp(-1.0, 1.0)
+        self.prev_action = action
+        return action[0].cpu().numpy().astype(np.float32)

@@ -1,0 +1,135 @@
+"""`reverie improve rounds=R env=arm/touch wm=WM_RUN agent=AGENT prior=BC_AGENT data=STORE[,..] out=DIR`
+
+Corrective data rounds (Dreamer 4): each round k
+  1. deploys the current policy in the environment and records its episodes into a new store
+     (source=policy, round=k, success labels from the environment);
+  2. fine-tunes the world model on all data so far (the demos plus every round's episodes);
+  3. continues imagination RL from the current agent with a weaker prior (beta * prior_decay^k);
+  4. evaluates, and appends a row to the per-round table (improve.md / improve.json / improve.png).
+Every round's store, world model and agent are kept under `out/round_<k>/`.
+On a real robot, an operator takes over with teleop during step 1 and those segments are recorded
+as source=correction by `reverie record`/`reverie deploy record=...`; this command drives the sim.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from reverie.config import compose, show, split_args
+from reverie.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def record_rollouts(controller, env_name: str, episodes: int, store_path: Path, round_index: int,
+                    seed: int, env_kwargs: dict | None = None, progress: bool = True) -> dict:
+    """Run the policy and commit each episode to a new store; returns the success summary."""
+    from tqdm import tqdm
+
+    from reverie.datasets.store import EpisodeStore, make_schema
+    from reverie.policy.evaluate import summarize
+    from reverie.policy.rollout import run_episode
+    from reverie.sim.registry import make
+
+    env = make(env_name, **(env_kwargs or {}))
+    spec = env.observation_spec()
+    cams = {k.split("/", 1)[1]: tuple(s.shape[:2]) for k, s in spec.items() if k.startswith("image/")}
+    store = EpisodeStore.create(str(store_path), make_schema(cams, spec["state"].shape[0],
+                                                             env.action_spec().shape[0]),
+                                fps=float(getattr(getattr(env, "cfg", None), "control_hz", 10.0)),
+                                robot=env_name)
+    results = []
+    for i in tqdm(range(episodes), desc=f"round {round_index}: deploy", disable=not progress, unit="ep"):
+        result = run_episode(env, controller, seed=seed + i, record_steps=True)
+        store.add_episode(result.steps, instruction=result.instruction, source="policy",
+                          round=round_index, success=result.success)
+        results.append(result)
+    env.close()
+    return summarize(results)
+
+
+def improve(cfg) -> dict:
+    from reverie.policy import train as agent_train
+    from reverie.policy.evaluate import evaluate, plot
+    from reverie.policy.loading import load_controller
+    from reverie.world_model import checkpoint as wm_checkpoint
+    from reverie.world_model.train import Trainer
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wm_run, agent_dir = str(cfg.wm), str(cfg.agent)
+    prior = str(cfg.prior or cfg.agent)
+    _, wm_cfg, wm_info = wm_checkpoint.load_model(wm_run)
+    stores = list(cfg.data) if cfg.data else list(wm_info["stores"])
+    env_kwargs = OmegaConf.to_container(cfg.env_kwargs) if cfg.env_kwargs else {}
+    rows = {}
+    if cfg.eval_start:
+        rows["round 0"] = evaluate(load_controller(agent_dir), cfg.env, int(cfg.eval_episodes),
+                                   list(cfg.suites), env_kwargs=env_kwargs, progress=cfg.progress)
+    for k in range(1, int(cfg.rounds) + 1):
+        rdir = out / f"round_{k}"
+        # 1. deploy and record
+        store_path = rdir / "policy.zarr"
+        if store_path.exists():
+            raise ConfigError(f"{store_path} exists: each round writes a new store; pass a new out=")
+        deployed = record_rollouts(load_controller(agent_dir), cfg.env, int(cfg.episodes), store_path, k,
+                                   seed=int(cfg.seed) + 1000 * k, env_kwargs=env_kwargs,
+                                   progress=cfg.progress)
+        stores.append(str(store_path))
+        # 2. fine-tune the world model on everything
+        prev_step = json.loads((wm_checkpoint.find(wm_run) / "trainer.json").read_text())["step"]
+        # The saved, resolved training config keeps backend and size preset; only data and run change.
+        ft_cfg = OmegaConf.merge(wm_cfg, {"data": list(stores), "out": str(rdir / "wm"), "resume": wm_run,
+                                          "steps": prev_step + int(cfg.wm_steps), "seed": int(cfg.seed) + k,
+                                          "progress": bool(cfg.progress)})
+        Trainer(ft_cfg).run()
+        wm_run = str(rdir / "wm")
+        # 3. more imagination RL with a weaker prior
+        beta = float(cfg.beta) * float(cfg.prior_decay) ** k
+        rl_overrides = ["stage=rl", f"wm={wm_run}", f"init={agent_dir}", f"prior={prior}",
+                        f"data=[{','.join(repr(s) for s in stores)}]", f"out={rdir}",
+                        f"steps={int(cfg.rl_steps)}", f"rl.beta={beta}", f"seed={int(cfg.seed) + k}",
+                        f"progress={cfg.progress}"]
+        agent_dir = str(agent_train.train(compose("train_agent", rl_overrides)))
+        # 4. evaluate
+        report = evaluate(load_controller(agent_dir), cfg.env, int(cfg.eval_episodes), list(cfg.suites),
+                          env_kwargs=env_kwargs, progress=cfg.progress)
+        rows[f"round {k}"] = report | {"deployed": deployed, "beta": beta, "agent": agent_dir,
+                                       "world_model": wm_run, "store": str(store_path)}
+        _write_table(rows, out)
+    _write_table(rows, out)
+    plot({name: r[cfg.suites[0]] for name, r in rows.items()}, out / "improve.png",
+         f"success per round ({cfg.suites[0]})")
+    return rows
+
+
+def _write_table(rows: dict, out: Path) -> None:
+    (out / "improve.json").write_text(json.dumps(rows, indent=1, default=str))
+    suites = [s for s in next(iter(rows.values())) if isinstance(next(iter(rows.values()))[s], dict)
+              and "success_rate" in next(iter(rows.values()))[s]]
+    lines = ["| round | " + " | ".join(f"{s} success [95% CI]" for s in suites) + " | deployed success |",
+             "|---|" + "---|" * (len(suites) + 1)]
+    for name, r in rows.items():
+        cells = [f"{100 * r[s]['success_rate']:.1f}% [{100 * r[s]['ci95'][0]:.0f}, {100 * r[s]['ci95'][1]:.0f}]"
+                 for s in suites]
+        dep = r.get("deployed")
+        lines.append(f"| {name} | " + " | ".join(cells) + " | "
+                     + (f"{100 * dep['success_rate']:.1f}% of {dep['episodes']}" if dep else "-") + " |")
+    (out / "improve.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str]) -> int:
+    from reverie.world_model.data import parse_data_arg
+
+    positional, overrides = split_args(argv)
+    if "--help" in positional or "-h" in positional:
+        print(__doc__)
+        print(show(compose("improve", ["wm=WM", "agent=AGENT"])))
+        return 0
+    rows = improve(compose("improve", parse_data_arg(overrides)))
+    print((Path(compose("improve", parse_data_arg(overrides)).out) / "improve.md").read_text())
+    return 0 if rows else 1

@@ -1,0 +1,38 @@
+"""Load any trained policy folder as a controller (see policy/rollout.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reverie.errors import ConfigError
+
+
+def _agent(path: Path):
+    from reverie.policy import checkpoint
+    from reverie.policy.controller import AgentController
+    from reverie.world_model import checkpoint as wm_checkpoint
+    from reverie.world_model.backend import model_config
+
+    agent, info = checkpoint.load(path)
+    wm, wm_cfg, _ = wm_checkpoint.load_model(info["world_model"])
+    return AgentController(wm, agent, info["image_key"], int(model_config(wm_cfg).image_size))
+
+
+def _scratch(path: Path):
+    from reverie.policy.scratch_bc import ScratchController, load
+
+    policy, info = load(path)
+    return ScratchController(policy, info["image_key"])
+
+
+# marker file -> loader; a folder may hold an agent directly or under agent/
+KINDS = {"agent.json": _agent, "agent/agent.json": _agent, "scratch_bc.json": _scratch}
+
+
+def load_controller(path: str | Path):
+    path = Path(path)
+    for marker, loader in KINDS.items():
+        if (path / marker).exists():
+            return loader(path / Path(marker).parent if "/" in marker else path)
+    raise ConfigError(f"no policy in {path}: expected a folder written by `reverie train-agent` "
+                      "(agent.json) or the behaviour-cloning baseline (scratch_bc.json)")

@@ -1,0 +1,69 @@
+"""Run a controller in an environment and collect what an honest evaluation needs.
+
+A controller is anything with `reset(instruction: str)` and `act(observation) -> action (A,)`;
+the same loop serves scripted baselines, behaviour cloning and world-model agents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Protocol
+
+import numpy as np
+
+from reverie.specs import Env
+
+
+class Controller(Protocol):
+    def reset(self, instruction: str) -> None: ...
+
+    def act(self, observation: dict) -> np.ndarray: ...
+
+
+@dataclasses.dataclass
+class EpisodeResult:
+    instruction: str
+    success: bool
+    ret: float
+    length: int
+    frames: list[np.ndarray] | None = None  # (H, W, 3) uint8 per step, when recorded
+    steps: dict[str, np.ndarray] | None = None  # store rows, when recorded
+
+
+def run_episode(env: Env, controller: Controller, seed: int, instruction: str | None = None,
+                record_frames: bool = False, record_steps: bool = False,
+                image_key: str = "image/front") -> EpisodeResult:
+    ts = env.reset(seed=seed, instruction=instruction)
+    instruction = ts.observation["instruction"]
+    controller.reset(instruction)
+    frames, rows, ret, success = [], [], 0.0, False
+    while True:
+        if record_frames:
+            frames.append(ts.observation[image_key])
+        action = np.zeros(env.action_spec().shape, np.float32) if ts.last() else \
+            np.clip(np.asarray(controller.act(ts.observation), np.float32), -1.0, 1.0)
+        if record_steps:
+            rows.append(_row(ts, action, image_key))
+        if ts.last():
+            break
+        ts = env.step(action)
+        ret += float(ts.reward or 0.0)
+        success = success or bool(ts.info.get("success", False))
+    steps = {k: np.stack([r[k] for r in rows]) for k in rows[0]} if record_steps else None
+    return EpisodeResult(instruction, success, ret, len(frames) or len(rows), frames or None, steps)
+
+
+def _row(ts, action: np.ndarray, image_key: str) -> dict[str, np.ndarray]:
+    """One store row under the convention of CONTRIBUTING.md (a_t sent after o_t)."""
+    row = {k: np.asarray(v) for k, v in ts.observation.items() if k.startswith("image/")}
+    row.update(
+        state=np.asarray(ts.observation["state"], np.float32),
+        action=action.astype(np.float32),
+        action_mask=np.bool_(not ts.last()),
+        reward=np.float32(ts.reward or 0.0),
+        is_first=np.bool_(ts.first()), is_last=np.bool_(ts.last()),
+        is_terminal=np.bool_(ts.last() and ts.discount == 0.0),
+        timestamp=np.float64(ts.info.get("timestamp", time.time())),
+    )
+    return row

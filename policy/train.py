@@ -1,0 +1,177 @@
+"""`reverie train-agent stage=<bc|rl> wm=WM_RUN [data=STORE,...] out=AGENT_DIR [init=AGENT_DIR]`
+
+stage=bc  behaviour cloning on world-model features: the frozen world model filters each window,
+          the actor learns a_t from feat_t (and the instruction), the reward head learns r_t.
+stage=rl  reinforcement learning purely in imagination (Dreamer 4): start from dataset contexts,
+          roll the frozen world model forward with the actor, TD(lambda) returns from the agent's
+          reward head and slow critic, PMPO on the sign of the advantage plus a reverse KL to the
+          frozen behaviour-cloning prior. No environment interaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from reverie.config import compose, show, split_args
+from reverie.errors import ConfigError
+from reverie.policy import checkpoint
+from reverie.policy.agent import Agent
+from reverie.policy.data import AgentData
+from reverie.policy.pmpo import pmpo_loss
+from reverie.policy.returns import lambda_returns, trajectory_weights
+from reverie.world_model import checkpoint as wm_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def bc_step(wm, agent: Agent, batch: dict, optimizer) -> dict[str, float]:
+    with torch.no_grad():
+        _, feat = wm.observe(batch)                                        # (B, T, F)
+    instr = batch["instruction_embedding"]                                 # (B, 384)
+    mask = batch["action_mask"].float()                                    # (B, T)
+    logp = agent.policy(feat, instr).log_prob(batch["action"])             # (B, T)
+    bc = -(logp * mask).sum() / mask.sum().clamp(min=1.0)
+    reward = agent.twohot.loss(agent.reward_logits(feat, instr), batch["reward"]).mean()
+    loss = bc + reward
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad = torch.nn.utils.clip_grad_norm_(agent.parameters(), 100.0)
+    optimizer.step()
+    with torch.no_grad():
+        mode_err = (agent.policy(feat, instr).mode() - batch["action"]).abs().mean(-1)
+        mae = float((mode_err * mask).sum() / mask.sum().clamp(min=1.0))
+    return {"bc/nll": float(bc.detach()), "bc/action_mae": mae, "bc/reward_loss": float(reward.detach()),
+            "bc/grad_norm": float(grad.detach())}
+
+
+def rl_step(wm, agent: Agent, prior: Agent, batch: dict, actor_opt, value_opt, c) -> dict[str, float]:
+    instr = batch["instruction_embedding"]                                 # (B, 384)
+    with torch.no_grad():
+        state, _ = wm.observe(batch)
+        traj = wm.imagine(state, lambda f: agent.policy(f, instr).sample(), c.horizon)
+        feat, action, cont = traj["feat"], traj["action"], traj["cont"]    # (B,H+1,F) (B,H,A) (B,H)
+        reward = agent.predict_reward(feat[:, 1:], instr)                  # (B, H)
+        slow = agent.predict_value(feat, instr, slow=True)                 # (B, H+1)
+        ret = lambda_returns(reward, cont, slow, c.gamma, c.lam)           # (B, H)
+        weight = trajectory_weights(cont, c.gamma)                         # (B, H)
+    start = feat[:, :-1]                                                   # (B, H, F)
+    value_logits = agent.value_logits(start, instr)
+    value = agent.twohot.mean(value_logits)
+    advantage = ret - value.detach()
+    dist = agent.policy(start, instr)
+    kl = dist.kl(prior.policy(start, instr))                               # (B, H)
+    actor_loss, metrics = pmpo_loss(dist.log_prob(action).flatten(), advantage.flatten(),
+                                    kl.flatten(), weight.flatten(), c.alpha, c.beta)
+    # Critic: two-hot regression to the returns, regularised toward the slow critic (DreamerV3).
+    value_loss = (weight * (agent.twohot.loss(value_logits, ret)
+                            + agent.twohot.loss(value_logits, slow[:, :-1]))).mean()
+    actor_opt.zero_grad(set_to_none=True)
+    value_opt.zero_grad(set_to_none=True)
+    (actor_loss + value_loss).backward()
+    torch.nn.utils.clip_grad_norm_(agent.actor.parameters(), 100.0)
+    torch.nn.utils.clip_grad_norm_(agent.value.parameters(), 100.0)
+    actor_opt.step()
+    value_opt.step()
+    agent.update_slow_value(c.slow_rate)
+    metrics |= {"rl/return": float(ret.mean()), "rl/reward": float(reward.mean()),
+                "rl/value": float(value.detach().mean()), "rl/advantage_abs": float(advantage.detach().abs().mean()),
+                "rl/cont": float(cont.mean()), "rl/entropy": float(dist.entropy().detach().mean()),
+                "rl/actor_loss": float(actor_loss.detach()), "rl/value_loss": float(value_loss.detach())}
+    return metrics
+
+
+def train(cfg) -> Path:
+    torch.manual_seed(int(cfg.seed))
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    wm, wm_cfg, wm_info = wm_checkpoint.load_model(cfg.wm)
+    wm.requires_grad_(False)
+    stage = str(cfg.stage)
+    if stage not in STAGES:
+        raise ConfigError(f"stage={stage!r}: choose one of {sorted(STAGES)}")
+    sc = cfg[stage]
+    data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size),
+                     seq_len=int(sc.seq_len if stage == "bc" else sc.context))
+    if cfg.init:
+        agent, init_info = checkpoint.load(cfg.init)
+        if agent.feat_dim != wm.feat_dim:
+            raise ConfigError(f"init={cfg.init} was trained on features of size {agent.feat_dim}, "
+                              f"the world model {cfg.wm} has {wm.feat_dim}; use a matching agent")
+    else:
+        if stage == "rl":
+            raise ConfigError("stage=rl needs init=<behaviour-cloning agent> (its frozen copy is the prior); "
+                              "run `reverie train-agent stage=bc ...` first")
+        agent, init_info = Agent(wm.feat_dim, wm.spec.action_dim, wm.spec.instruction_dim,
+                                 **OmegaConf.to_container(cfg.agent)), {}
+    agent.train()
+    steps = int(cfg.steps if cfg.steps is not None else sc.steps)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(show(cfg))
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    writer = SummaryWriter(str(out / "tb"))
+    history = []
+    step_fn = STAGES[stage](cfg, wm, agent, init_info)
+    bar = tqdm(total=steps, desc=f"train-agent {stage}", unit="step", dynamic_ncols=True,
+               disable=not cfg.progress)
+    tick = time.perf_counter()
+    for step in range(1, steps + 1):
+        metrics = step_fn(data.next())
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == steps:
+            metrics["perf/steps_per_s"] = cfg.log_every / max(time.perf_counter() - tick, 1e-9)
+            tick = time.perf_counter()
+            history.append({"step": step, **metrics})
+            for k, v in metrics.items():
+                writer.add_scalar(k, v, step)
+            key = "bc/nll" if stage == "bc" else "rl/return"
+            bar.set_postfix({key.split("/")[1]: f"{metrics[key]:.3g}"})
+    bar.close()
+    writer.close()
+    sizes = {"feat_dim": agent.feat_dim, "action_dim": agent.action_dim,
+             "instr_dim": agent.instr_dim, **OmegaConf.to_container(cfg.agent)}
+    info = {"stage": stage, "steps": steps, "world_model": str(Path(cfg.wm).resolve()),
+            "backend": wm_info["backend"], "image_key": data.image_key, "sizes": sizes,
+            "stores": data.paths, "holdout": float(cfg.holdout),
+            "prior": str(cfg.prior or cfg.init or ""), "history": history,
+            "lineage": [*init_info.get("lineage", []), {"stage": stage, "steps": steps}]}
+    path = checkpoint.save(out / "agent", agent, info)
+    log.info("agent saved to %s", path)
+    return path
+
+
+def _bc(cfg, wm, agent, init_info):
+    opt = torch.optim.Adam(agent.parameters(), lr=float(cfg.bc.lr), eps=1e-6)
+    return lambda batch: bc_step(wm, agent, batch, opt)
+
+
+def _rl(cfg, wm, agent, init_info):
+    prior, _ = checkpoint.load(cfg.prior or cfg.init)
+    prior.requires_grad_(False)
+    actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=float(cfg.rl.lr), eps=1e-6)
+    value_opt = torch.optim.Adam(agent.value.parameters(), lr=float(cfg.rl.value_lr), eps=1e-6)
+    return lambda batch: rl_step(wm, agent, prior, batch, actor_opt, value_opt, cfg.rl)
+
+
+STAGES = {"bc": _bc, "rl": _rl}
+
+
+def main(argv: list[str]) -> int:
+    from reverie.world_model.data import parse_data_arg
+
+    positional, overrides = split_args(argv)
+    if "--help" in positional or "-h" in positional:
+        print(__doc__)
+        print(show(compose("train_agent", ["wm=WM_RUN"])))
+        return 0
+    if positional:
+        raise ConfigError(f"unexpected arguments {positional}; train-agent takes key=value overrides")
+    train(compose("train_agent", parse_data_arg(overrides)))
+    return 0

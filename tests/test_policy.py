@@ -1,0 +1,127 @@
+"""End to end at the `tiny` preset: sim demos -> world model -> BC -> imagination RL -> evaluation
+-> one corrective round, plus the behaviour-cloning-from-scratch baseline."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from reverie.config import compose
+from reverie.errors import ConfigError
+
+ENV_KW = {"time_limit": 12}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from reverie.policy import train as agent_train
+    from reverie.sim.demos import record
+    from reverie.world_model.train import Trainer
+
+    root = tmp_path_factory.mktemp("policy")
+    store = root / "demos.zarr"
+    record(compose("sim_demos", ["task=touch", "episodes=4", "skill=1.0", f"out={store}", "time_limit=30"]))
+    Trainer(compose("train_wm", ["preset=tiny", f"data={store}", f"out={root / 'wm'}", "steps=4",
+                                 "progress=false", "holdout=0.25"])).run()
+    common = [f"wm={root / 'wm'}", "progress=false", "log_every=1", "holdout=0.25", "bc.seq_len=6", "rl.context=4"]
+    bc = agent_train.train(compose("train_agent", ["stage=bc", f"out={root / 'bc'}", "steps=4", *common]))
+    rl = agent_train.train(compose("train_agent", ["stage=rl", f"init={bc}", f"out={root / 'rl'}", "steps=3",
+                                                   "rl.batch_size=4", "rl.horizon=4", *common]))
+    return {"root": root, "store": store, "wm": root / "wm", "bc": bc, "rl": rl}
+
+
+def test_bc_and_rl_write_agents_with_lineage(trained):
+    info = json.loads((trained["rl"] / "agent.json").read_text())
+    assert info["stage"] == "rl" and [s["stage"] for s in info["lineage"]] == ["bc", "rl"]
+    assert info["prior"] == str(trained["bc"])
+    assert all(np.isfinite(h["rl/return"]) for h in info["history"])
+    bc_hist = json.loads((trained["bc"] / "agent.json").read_text())["history"]
+    assert len(bc_hist) == 4 and all(np.isfinite(h["bc/nll"]) for h in bc_hist)
+
+
+def test_rl_changes_the_actor_but_not_the_world_model(trained):
+    from reverie.policy import checkpoint
+
+    bc, _ = checkpoint.load(trained["bc"])
+    rl, _ = checkpoint.load(trained["rl"])
+    diff = [float((a - b).abs().max().detach()) for a, b in zip(bc.actor.parameters(), rl.actor.parameters())]
+    assert max(diff) > 0
+    # the reward head is not trained in imagination (rewards come from the data)
+    for a, b in zip(bc.reward.parameters(), rl.reward.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_rl_without_a_prior_is_refused(trained):
+    from reverie.policy import train as agent_train
+
+    with pytest.raises(ConfigError, match="stage=bc"):
+        agent_train.train(compose("train_agent", ["stage=rl", f"wm={trained['wm']}",
+                                                  f"out={trained['root'] / 'x'}", "progress=false"]))
+
+
+def test_evaluate_reports_wilson_intervals_per_suite(trained, tmp_path):
+    from reverie.policy.evaluate import evaluate, write_report
+    from reverie.policy.loading import load_controller
+
+    report = evaluate(load_controller(trained["rl"]), "arm/touch", episodes=2,
+                      suites=["train", "heldout", "shifted"], env_kwargs=ENV_KW, videos=1, out=tmp_path,
+                      progress=False)
+    assert set(report) == {"train", "heldout", "shifted"}
+    for suite in report.values():
+        lo, hi = suite["ci95"]
+        assert suite["episodes"] == 2 and 0 <= lo <= suite["success_rate"] <= hi <= 1
+    write_report(report, tmp_path, "test")
+    assert (tmp_path / "eval.png").stat().st_size > 0 and "| heldout |" in (tmp_path / "eval.md").read_text()
+    assert list(tmp_path.glob("train_ep000_*.gif"))
+
+
+def test_controller_is_deterministic_and_continues_state(trained):
+    from reverie.policy.loading import load_controller
+    from reverie.sim.registry import make
+
+    env = make("arm/touch", **ENV_KW)
+    ts = env.reset(seed=3)
+    c = load_controller(trained["rl"])
+    torch.manual_seed(0)
+    c.reset(ts.observation["instruction"])
+    a1 = [c.act(ts.observation) for _ in range(2)]
+    assert c.prev_action is not None and a1[0].shape == (6,) and np.all(np.abs(a1[0]) <= 1)
+    env.close()
+
+
+def test_one_corrective_round_keeps_each_rounds_data(trained, tmp_path):
+    from reverie.datasets.store import EpisodeStore
+    from reverie.policy.improve import improve
+
+    rows = improve(compose("improve", [
+        f"wm={trained['wm']}", f"agent={trained['rl']}", f"prior={trained['bc']}", f"out={tmp_path}",
+        "rounds=1", "episodes=2", "wm_steps=2", "rl_steps=2", "eval_episodes=2", "progress=false",
+        "+env_kwargs.time_limit=12"]))
+    assert list(rows) == ["round 1"]
+    store = EpisodeStore.open(tmp_path / "round_1" / "policy.zarr")
+    assert store.num_episodes == 2
+    assert {store.meta(i).source for i in range(2)} == {"policy"} and store.meta(0).round == 1
+    assert (tmp_path / "round_1" / "wm" / "checkpoint" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "round_1" / "agent" / "agent.json").read_text())["stage"] == "rl"
+    assert rows["round 1"]["beta"] == pytest.approx(0.15)
+    assert "| round 1 |" in (tmp_path / "improve.md").read_text()
+
+
+def test_behaviour_cloning_from_scratch_trains_and_acts(trained, tmp_path):
+    from omegaconf import OmegaConf
+
+    from reverie.policy.data import AgentData
+    from reverie.policy.loading import load_controller
+    from reverie.policy.scratch_bc import save, train_scratch_bc
+    from reverie.world_model import checkpoint as wm_checkpoint
+
+    _, wm_cfg, wm_info = wm_checkpoint.load_model(trained["wm"])
+    cfg = compose("train_agent", [f"wm={trained['wm']}", "holdout=0.25"])
+    data = AgentData(cfg, wm_cfg, wm_info, batch_size=4, seq_len=2)
+    policy, history = train_scratch_bc(data, steps=3, progress=False, cnn_depth=4, units=32, layers=1)
+    save(tmp_path / "scratch", policy, {"image_key": "image/front", "history": history})
+    c = load_controller(tmp_path / "scratch")
+    c.reset("touch the red cube")
+    action = c.act({"image/front": np.zeros((64, 64, 3), np.uint8), "state": np.zeros(6, np.float32)})
+    assert action.shape == (6,) and np.all(np.abs(action) <= 1)
