@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from reverie.datasets.importers import Episode, Source, make_rows, parse_size, resize, schema_for
+from reverie.datasets.importers import Episode, Source, parse_size, resize, schema_for, stream_rows
 from reverie.errors import ReverieError, StoreError
 from reverie.specs import ArraySpec
 
 EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
+
+BLOCK_BYTES = 64 << 20  # decoded frames handed to the store at a time
 
 OPTIONS = {
     "camera": "camera name the frames are stored under, image/<camera> (default: front)",
@@ -33,14 +35,21 @@ def decode(path: Path, size: tuple[int, int] | None, start: float = -np.inf,
            end: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
     """Frames of the first video stream with presentation time in [start, end] seconds.
 
-    Returns (times (T,) float64 seconds, frames (T, H, W, 3) uint8). Frames are resized as they are
-    decoded so a long 640x480 clip never sits in memory at full size.
+    Returns (times (T,) float64 seconds, frames (T, H, W, 3) uint8), resized to `size` (None: as is).
     """
+    blocks = list(decode_blocks(path, size, start, end))
+    return np.concatenate([t for t, _ in blocks]), np.concatenate([f for _, f in blocks])
+
+
+def decode_blocks(path: Path, size: tuple[int, int] | None, start: float = -np.inf, end: float = np.inf):
+    """decode() in blocks of about BLOCK_BYTES, so an hour of video never sits in memory at once.
+
+    Frames are resized as they are decoded: a 640x480 stream is held at the store's size."""
     import av
 
     if not Path(path).is_file():
-        raise StoreError(f"video {path} is missing; the dataset refers to it, so restore the file")
-    times, frames = [], []
+        raise StoreError(f"video {path} is missing; check the path (or restore the file the dataset refers to)")
+    times, frames, held, count = [], [], 0, 0
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -61,13 +70,19 @@ def decode(path: Path, size: tuple[int, int] | None, start: float = -np.inf,
                     break
                 times.append(t)
                 frames.append(resize(frame.to_ndarray(format="rgb24"), size))
+                held += frames[-1].nbytes
+                if held >= BLOCK_BYTES:
+                    count += len(frames)
+                    yield np.asarray(times, np.float64), np.stack(frames)
+                    times, frames, held = [], [], 0
     except av.FFmpegError as e:
         raise StoreError(f"cannot decode video {path}: {e}; the file is corrupt, truncated or not a video. "
                          f"Check it plays (ffprobe {path}) or leave it out of the import") from e
-    if not frames:
+    if frames:
+        yield np.asarray(times, np.float64), np.stack(frames)
+    elif not count:
         raise StoreError(f"{path}: no video frames between {start:.3f}s and {end:.3f}s; "
                          f"the file is empty or the requested span lies outside it")
-    return np.asarray(times, np.float64), np.stack(frames)
 
 
 def probe(path: Path) -> tuple[float, tuple[int, int]]:
@@ -123,9 +138,9 @@ def read(srcs: list[str], opts: dict[str, str], existing: dict[str, ArraySpec] |
 
     def episodes():
         for path in files:
-            times, frames = decode(path, size)
-            yield Episode(make_rows(schema, times, {camera: frames}),
-                          instruction=opts.get("instruction", ""), notes=f"video {path.name}")
+            blocks = ((times, {camera: frames}) for times, frames in decode_blocks(path, size))
+            yield Episode(stream_rows(schema, blocks), instruction=opts.get("instruction", ""),
+                          notes=f"video {path.name}")
 
     return Source(schema=schema, fps=fps, robot=opts.get("robot", "unknown"), source="video",
                   episodes=episodes(), num_episodes=len(files),

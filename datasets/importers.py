@@ -43,7 +43,9 @@ DEFAULT_SIZE = (64, 64)
 
 @dataclasses.dataclass
 class Episode:
-    steps: dict[str, np.ndarray]  # key -> (T, ...) rows, every key of the schema
+    # key -> (T, ...) rows for every key of the schema; or an iterator of such blocks (see stream_rows)
+    # for episodes too long to hold in memory.
+    steps: dict[str, np.ndarray] | Iterator[dict[str, np.ndarray]]
     instruction: str = ""
     success: bool | None = None
     notes: str = ""
@@ -83,11 +85,14 @@ def make_rows(
     action: np.ndarray | None = None,
     reward: np.ndarray | None = None,
     terminal: bool = False,
+    first: bool = True,
+    last: bool = True,
 ) -> dict[str, np.ndarray]:
     """Assemble one episode's rows. `images` maps camera -> (T, H, W, 3) uint8.
 
     Missing state/action are zeros; a missing action also clears `action_mask`, so models know the
     zeros are not commands. `terminal` marks the last row as the task's end (not a time limit).
+    `first`/`last` say whether these rows start/end the episode (False for a block in the middle).
     """
     n = len(timestamp)
     if n == 0:
@@ -98,8 +103,8 @@ def make_rows(
     rows["action"] = np.zeros((n, *schema["action"].shape), np.float32) if action is None else action
     rows["action_mask"] = np.full(n, action is not None)
     rows["reward"] = np.zeros(n, np.float32) if reward is None else np.asarray(reward, np.float32)
-    rows["is_first"] = np.arange(n) == 0
-    rows["is_last"] = np.arange(n) == n - 1
+    rows["is_first"] = (np.arange(n) == 0) & first
+    rows["is_last"] = (np.arange(n) == n - 1) & last
     rows["is_terminal"] = rows["is_last"] & terminal
     for key, spec in schema.items():
         if key not in rows:
@@ -110,6 +115,19 @@ def make_rows(
             raise StoreError(f"`{key}` rows have shape {rows[key].shape[1:]} but the store expects {spec.shape}; "
                              f"import into a new store, or pass size=/state and action options that match")
     return {k: rows[k] for k in schema}
+
+
+def stream_rows(schema: dict[str, ArraySpec], blocks: Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]):
+    """(timestamps, images) blocks of one episode -> row blocks. One block of lookahead tells which
+    block is the last, so only its final row gets is_last."""
+    blocks = iter(blocks)
+    current, first = next(blocks, None), True
+    if current is None:
+        raise StoreError("an episode with no frames cannot be imported; check the source is not empty")
+    for upcoming in blocks:
+        yield make_rows(schema, *current, first=first, last=False)
+        current, first = upcoming, False
+    yield make_rows(schema, *current, first=first, last=True)
 
 
 def parse_size(text: str | None, default: tuple[int, int] | None = DEFAULT_SIZE) -> tuple[int, int] | None:
@@ -209,8 +227,15 @@ def run(kind: str, srcs: list[str], out: str, overrides: list[str] = ()) -> list
 
     try:
         for ep in tqdm(source.episodes, total=source.num_episodes, desc=f"import {kind}", unit="ep"):
-            added.append(store.add_episode(ep.steps, instruction=ep.instruction, source=label,
-                                           success=ep.success, notes=ep.notes))
+            if isinstance(ep.steps, dict):
+                added.append(store.add_episode(ep.steps, instruction=ep.instruction, source=label,
+                                               success=ep.success, notes=ep.notes))
+                continue
+            # Streamed: the writer spills rows to disk as they come; an error discards the episode.
+            with store.episode_writer(ep.instruction, label, notes=ep.notes) as writer:
+                for block in ep.steps:
+                    writer.add_block(block)
+                added.append(writer.commit(ep.success))
     except ReverieError as e:
         # Episodes are committed one by one: say what is already safely in OUT.
         raise type(e)(f"{e}\n({len(added)} episode(s) of this import were committed to {out} before the error; "

@@ -66,9 +66,12 @@ def videos(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
     return folder, made
 
 
-def test_video_folder_imports_one_action_free_episode_per_file(videos, tmp_path):
+def test_video_folder_imports_one_action_free_episode_per_file(videos, tmp_path, monkeypatch):
     import cv2
 
+    from reverie.datasets import import_video
+
+    monkeypatch.setattr(import_video, "BLOCK_BYTES", 5 * 64 * 64 * 3)  # stream in blocks of 5 frames
     folder, made = videos
     out = tmp_path / "v.zarr"
     assert cli.main(["data", "import", "video", str(folder), str(out), "instruction=stack the cubes"]) == 0
