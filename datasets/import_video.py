@@ -4,7 +4,8 @@ One file is one episode. Frames keep the video's own presentation times (pts * t
 timestamps: variable-rate phone footage stays honest instead of being forced onto a fixed grid.
 There is no action (zeros, `action_mask` False) and no proprioception (state zeros: the schema keeps
 the arm's widths so video and robot episodes batch together), so these episodes teach a world model
-what the world does, not what the robot commanded.
+what the world does, not what the robot commanded. Each file streams into the store in blocks of
+about BLOCK_BYTES, so long or high-resolution videos never sit in memory whole.
 
 `decode()` is shared with the LeRobot importer, whose camera streams are MP4 files too.
 """
