@@ -107,9 +107,13 @@ def test_corrupt_video_names_the_file_and_writes_nothing(videos, tmp_path):
     (bad / "b.webm").unlink()
     (bad / "broken.mp4").write_bytes(data[: len(data) // 3])  # truncated: the index (moov) is lost
     out = tmp_path / "v.zarr"
-    with pytest.raises(StoreError, match="broken.mp4"):
+    with pytest.raises(StoreError, match="cannot open video .*broken.mp4.*corrupt, truncated or not a video"):
         run("video", [str(bad)], str(out))
     assert not out.exists()  # every file is probed before the store is created
+    (tmp_path / "fake.mkv").write_text("plain text with a video extension")
+    with pytest.raises(StoreError, match="fake.mkv"):
+        run("video", [str(folder / "a.mp4"), str(tmp_path / "fake.mkv")], str(out))
+    assert not out.exists()
 
 
 def test_failed_import_into_a_store_leaves_it_intact(videos, tmp_path):
