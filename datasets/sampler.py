@@ -68,17 +68,24 @@ class ChunkCache:
         self._items: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
         self.hits = self.misses = 0
 
-    def read(self, name: tuple, array, chunk: int, start: int, stop: int, limit: int) -> np.ndarray:
-        """Rows [start, stop) of `array` whose time chunks are `chunk` rows; rows past `limit` unread."""
+    def read(self, name: tuple, array, chunk: int, start: int, stop: int, limit: int,
+             out: np.ndarray | None = None) -> np.ndarray:
+        """Rows [start, stop) of `array`, whose time chunks are `chunk` rows long and valid below
+        `limit`, copied into `out` (a new array if None)."""
         if self.max_bytes <= 0:
             self.misses += 1
-            return array[start:stop]
+            rows = array[start:stop]
+            if out is None:
+                return rows
+            out[...] = rows
+            return out
         first, last = start // chunk, (stop - 1) // chunk
         blocks = {}
         for c in range(first, last + 1):
-            if (name, c) in self._items:
+            block = self._items.get((name, c))
+            if block is not None:
                 self._items.move_to_end((name, c))
-                blocks[c] = self._items[(name, c)]
+                blocks[c] = block
         missing = [c for c in range(first, last + 1) if c not in blocks]
         self.hits += len(blocks)
         self.misses += len(missing)
@@ -88,8 +95,12 @@ class ChunkCache:
             for c in missing:
                 blocks[c] = rows[c * chunk - lo:(c + 1) * chunk - lo]
                 self._put((name, c), blocks[c])
-        parts = [blocks[c][max(start - c * chunk, 0):stop - c * chunk] for c in range(first, last + 1)]
-        return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
+        if out is None:
+            out = np.empty((stop - start, *array.shape[1:]), array.dtype)
+        for c in range(first, last + 1):
+            lo, hi = max(start, c * chunk), min(stop, (c + 1) * chunk)
+            out[lo - start:hi - start] = blocks[c][lo - c * chunk:hi - c * chunk]
+        return out
 
     def _put(self, key: tuple, block: np.ndarray) -> None:
         if key in self._items:
@@ -103,10 +114,11 @@ class ChunkCache:
 
 class WindowSampler:
     """Draws windows of `length` rows. sample() -> {key: (T, ...), "instruction": str, "episode": int,
-    "store": int}; "episode" indexes the episode within store number "store"."""
+    "store": int}; "episode" indexes the episode within store number "store". sample_batch(B) draws B
+    windows at once into (B, T, ...) arrays (vectorised draws and low-dim gathers)."""
 
     def __init__(self, stores, length: int, keys: Sequence[str] | None = None,
-                 weights: Mapping[str, Mapping[str, float]] | None = None, seed: int | None = 0,
+                 weights: Mapping[str, Mapping[str, float]] | None = None, seed=0,
                  cache_bytes: int = 256 << 20):
         if int(length) < 1:
             raise StoreError(f"window length must be >= 1, got {length}")
@@ -115,35 +127,42 @@ class WindowSampler:
         self.keys = common_keys(self.stores, keys)
         self.rng = np.random.default_rng(seed)
         self.cache = ChunkCache(cache_bytes)
+        spec = self.stores[0].schema
+        self._shapes = {key: (spec[key].shape, np.dtype(spec[key].dtype)) for key in self.keys}
+        self._image_keys = [k for k in self.keys if is_image_key(k)]
+        self._lowdim_keys = [k for k in self.keys if not is_image_key(k)]
         self._lowdim = [{k: v for k, v in s.lowdim().items() if k in self.keys} for s in self.stores]
+        # Per store and image key: (zarr array, rows per chunk, committed rows), looked up once.
+        self._images = [{k: (s.array(k), s.chunk_frames(k), s.num_frames) for k in self._image_keys}
+                        for s in self.stores]
         self._build_index(weights)
 
     def _build_index(self, weights) -> None:
         rows = []  # (store, episode, first row, number of window starts, instruction, category)
         field, table = self._parse_weights(weights)
-        skipped = 0
+        longest = 0
         for si, store in enumerate(self.stores):
             for ei in range(store.num_episodes):
                 meta = store.meta(ei)
-                if meta.length < self.length:
-                    skipped += 1
-                    continue
-                rows.append((si, ei, meta.start, meta.length - self.length + 1, meta.instruction,
-                             getattr(meta, field) if field else ""))
+                longest = max(longest, meta.length)
+                if meta.length >= self.length:
+                    rows.append((si, ei, meta.start, meta.length - self.length + 1, meta.instruction,
+                                 getattr(meta, field) if field else ""))
+        skipped = sum(len(s) for s in self.stores) - len(rows)
         if skipped:
             log.info("skipping %d episodes shorter than the window length %d", skipped, self.length)
         if not rows:
-            raise StoreError(f"no episode has at least {self.length} rows; lower the window length "
-                             f"(longest: {max((s.meta(i).length for s in self.stores for i in range(len(s))), default=0)})")
-        self._store, self._episode, self._start, n_windows = (np.array([r[k] for r in rows]) for k in range(4))
+            raise StoreError(f"no episode has at least {self.length} rows (longest: {longest}); "
+                             "lower the window length")
+        self._store, self._episode, self._start, self._n_starts = (np.array([r[k] for r in rows]) for k in range(4))
         self._instruction = [r[4] for r in rows]
-        mass = n_windows.astype(np.float64)
+        mass = self._n_starts.astype(np.float64)
         if field:  # each category gets its weight's share; windows uniform within a category
             categories = np.array([r[5] for r in rows], dtype=object)
             for cat in set(categories):
                 members = categories == cat
-                w = float(table.get(cat, table.get("*", 1.0)))
-                mass[members] *= w / mass[members].sum()
+                weight = float(table.get(cat, table.get("*", 1.0)))
+                mass[members] *= weight / mass[members].sum()
         if mass.sum() <= 0:
             raise StoreError(f"weights {weights} leave no episode to sample; give some category a weight > 0")
         self._cdf = np.cumsum(mass) / mass.sum()
@@ -163,33 +182,49 @@ class WindowSampler:
     @property
     def num_windows(self) -> int:
         """Number of distinct windows (window starts) over all eligible episodes."""
-        return int(sum(self.stores[s].meta(e).length - self.length + 1 for s, e in zip(self._store, self._episode)))
+        return int(self._n_starts.sum())
+
+    def _draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """n random windows -> (index rows into the episode table, global start rows)."""
+        rows = np.searchsorted(self._cdf, self.rng.random(n), side="right").clip(max=len(self._cdf) - 1)
+        offsets = (self.rng.random(n) * self._n_starts[rows]).astype(np.int64)
+        return rows, self._start[rows] + offsets
 
     def sample(self) -> dict:
-        j = min(int(np.searchsorted(self._cdf, self.rng.random(), side="right")), len(self._cdf) - 1)
-        si, ei = int(self._store[j]), int(self._episode[j])
-        n_starts = self.stores[si].meta(ei).length - self.length + 1
-        start = int(self._start[j]) + int(self.rng.integers(n_starts))
-        return self.window(si, start) | {"instruction": self._instruction[j], "episode": ei, "store": si}
+        rows, starts = self._draw(1)
+        j, start = int(rows[0]), int(starts[0])
+        si = int(self._store[j])
+        out = {key: self._read(si, key, start) for key in self.keys}
+        return out | {"instruction": self._instruction[j], "episode": int(self._episode[j]), "store": si}
 
-    def window(self, store: int, start: int) -> dict[str, np.ndarray]:
-        """key -> (T, ...) rows [start, start + T) of one store (global row index)."""
-        stop, s = start + self.length, self.stores[store]
-        out = {}
-        for key in self.keys:
-            if is_image_key(key):
-                out[key] = self.cache.read((store, key), s.array(key), s.chunk_frames(key), start, stop, s.num_frames)
-            else:
-                out[key] = self._lowdim[store][key][start:stop].copy()
-        return out
+    def _read(self, si: int, key: str, start: int, out: np.ndarray | None = None) -> np.ndarray:
+        stop = start + self.length
+        if key in self._lowdim[si]:
+            rows = self._lowdim[si][key][start:stop]
+            if out is None:
+                return rows.copy()
+            out[...] = rows
+            return out
+        array, chunk, limit = self._images[si][key]
+        return self.cache.read((si, key), array, chunk, start, stop, limit, out)
 
     def sample_batch(self, batch_size: int) -> dict:
         """{key: (B, T, ...)} plus "instruction" (list of B str), "episode" and "store" (B,) int."""
-        samples = [self.sample() for _ in range(batch_size)]
-        batch = {key: np.stack([s[key] for s in samples]) for key in self.keys}
-        batch["instruction"] = [s["instruction"] for s in samples]
-        batch["episode"] = np.array([s["episode"] for s in samples])
-        batch["store"] = np.array([s["store"] for s in samples])
+        rows, starts = self._draw(batch_size)
+        stores = self._store[rows]
+        batch = {key: np.empty((batch_size, self.length, *shape), dtype) for key, (shape, dtype) in self._shapes.items()}
+        steps = np.arange(self.length)
+        for si in np.unique(stores):
+            mine = np.flatnonzero(stores == si)
+            index = starts[mine, None] + steps  # (b, T) rows: one fancy-index gather per key
+            for key in self._lowdim_keys:
+                batch[key][mine] = self._lowdim[si][key][index]
+            for key in self._image_keys:
+                for b in mine:
+                    self._read(int(si), key, int(starts[b]), batch[key][b])
+        batch["instruction"] = [self._instruction[j] for j in rows]
+        batch["episode"] = self._episode[rows].copy()
+        batch["store"] = stores.copy()
         return batch
 
     def __iter__(self) -> Iterator[dict]:

@@ -12,17 +12,26 @@ Result shape per statistic: the key's shape for low-dim keys (() for scalars), (
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 STAT_NAMES = ("mean", "std", "min", "max", "p01", "p99")
 
 
 def image_histogram(frames: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) uint8 -> (C, 256) int64 counts per channel, in one bincount pass."""
-    channels = frames.shape[-1]
-    # Offset channel c by 256 * c so one bincount counts all channels at once.
-    flat = frames.reshape(-1, channels).astype(np.int64) + 256 * np.arange(channels)
-    return np.bincount(flat.ravel(), minlength=256 * channels).reshape(channels, 256)
+    """(N, H, W, C) uint8 -> (C, 256) int64 counts per channel.
+
+    cv2.calcHist reads uint8 in place (~15x faster than np.bincount, which widens every pixel to
+    int64 first); it counts in float32, exact below 2**24, so it sees at most 2**23 pixels a call.
+    """
+    channels, width = frames.shape[-1], frames.shape[-2]
+    rows = np.ascontiguousarray(frames).reshape(-1, width, channels)  # one tall image
+    step = max(1, (1 << 23) // width)
+    hist = np.zeros((channels, 256), np.int64)
+    for r in range(0, len(rows), step):
+        for c in range(channels):
+            hist[c] += cv2.calcHist([rows[r:r + step]], [c], None, [256], [0, 256]).reshape(256).astype(np.int64)
+    return hist
 
 
 def from_histogram(hist: np.ndarray) -> dict[str, np.ndarray]:
