@@ -1,0 +1,142 @@
+"""The results table: what each stage of reverie adds, on the sim arm, same data and seeds per row.
+
+    .venv/bin/python benchmarks/agent.py [--tasks touch push] [--preset cpu] [--episodes 40] [--quick]
+
+Per task: scripted demos at a skill where behaviour cloning often fails -> one world model ->
+  1. behaviour cloning from scratch (pixels + state + instruction, no world model)
+  2. behaviour cloning on world-model features
+  3. imagination RL with the behaviour-cloning prior
+  4. + one corrective round     5. + two corrective rounds
+Each row: success rate over the same evaluation seeds with a 95% Wilson interval. Targets (issue 7):
+RL >= BC + 15 points; each round >= +5; no row below BC. Writes benchmarks/results/agent.json and
+prints the table. Slow (tens of minutes per task on 2 cores at the cpu preset); not part of the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def run_task(task: str, args, root: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    from reverie.config import compose
+    from reverie.policy.data import AgentData
+    from reverie.policy.evaluate import evaluate
+    from reverie.policy.improve import improve
+    from reverie.policy.loading import load_controller
+    from reverie.policy.scratch_bc import ScratchController, train_scratch_bc
+    from reverie.policy.train import train
+    from reverie.sim.demos import record
+    from reverie.world_model import checkpoint as wm_checkpoint
+    from reverie.world_model.train import Trainer
+
+    root.mkdir(parents=True, exist_ok=True)
+    times, rows = {}, {}
+    env_kwargs = {"time_limit": args.time_limit}
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        out = fn()
+        times[name] = round(time.perf_counter() - start, 1)
+        print(f"[{task}] {name}: {times[name]:.0f} s", flush=True)
+        return out
+
+    def score(name, controller):
+        rows[name] = evaluate(controller, f"arm/{task}", args.eval_episodes, ["train"], seed=50_000,
+                              env_kwargs=env_kwargs, progress=False)["train"]
+        print(f"[{task}] {name}: {100 * rows[name]['success_rate']:.1f}% "
+              f"[{100 * rows[name]['ci95'][0]:.0f}, {100 * rows[name]['ci95'][1]:.0f}]", flush=True)
+
+    store = root / "demos.zarr"
+    demo_rate = timed("demos", lambda: record(compose("sim_demos", [
+        f"task={task}", f"episodes={args.demos}", f"skill={args.skill}", f"time_limit={args.time_limit}",
+        f"out={store}", "seed=0"])))
+    wm = root / "wm"
+    wm_steps = [f"steps={args.wm_steps}"] if args.wm_steps else []
+    timed("world model", lambda: Trainer(compose("train_wm", [
+        f"world_model={args.backend}", f"preset={args.preset}", f"data={store}", f"out={wm}", "seed=0",
+        "progress=false", *wm_steps])).run())
+    common = [f"wm={wm}", "seed=0", "progress=false"]
+
+    _, wm_cfg, wm_info = wm_checkpoint.load_model(wm)
+    data = AgentData(compose("train_agent", common), wm_cfg, wm_info, batch_size=16, seq_len=16)
+    scratch, _ = timed("bc from scratch", lambda: train_scratch_bc(data, steps=args.bc_steps, progress=False))
+    score("bc from scratch", ScratchController(scratch, "image/front"))
+
+    bc = timed("bc on world-model features", lambda: train(compose("train_agent", [
+        "stage=bc", f"out={root / 'bc'}", f"steps={args.bc_steps}", *common])))
+    score("bc on world-model features", load_controller(bc))
+    rl = timed("imagination rl", lambda: train(compose("train_agent", [
+        "stage=rl", f"init={bc}", f"out={root / 'rl'}", f"steps={args.rl_steps}", *common])))
+    score("imagination rl with prior", load_controller(rl))
+
+    agent, wm_run = rl, wm
+    for k in (1, 2):
+        result = timed(f"round {k}", lambda: improve(compose("improve", [
+            f"wm={wm_run}", f"agent={agent}", f"prior={bc}", f"env=arm/{task}", f"out={root / f'improve{k}'}",
+            "rounds=1", f"episodes={args.round_episodes}", f"wm_steps={args.round_wm_steps}",
+            f"rl_steps={args.round_rl_steps}", "eval_episodes=1", "progress=false", f"seed={k}",
+            f"+env_kwargs.time_limit={args.time_limit}", f"beta={0.3 * 0.5 ** (k - 1)}"]))["round 1"])
+        agent, wm_run = Path(result["agent"]), Path(result["world_model"])
+        score(f"+ {k} corrective round{'s' if k > 1 else ''}", load_controller(agent))
+    return {"demo_success": demo_rate, "rows": rows, "seconds": times}
+
+
+def table(results: dict) -> str:
+    lines = []
+    for task, r in results["tasks"].items():
+        base = r["rows"]["bc on world-model features"]["success_rate"]
+        lines += [f"arm/{task} (demos at skill {results['args']['skill']}: "
+                  f"{100 * r['demo_success']:.0f}% success)",
+                  f"  {'row':<30} {'success':>8} {'95% CI':>14} {'vs BC':>7}"]
+        for name, s in r["rows"].items():
+            lines.append(f"  {name:<30} {100 * s['success_rate']:>7.1f}% "
+                         f"[{100 * s['ci95'][0]:>4.0f}, {100 * s['ci95'][1]:>4.0f}] "
+                         f"{100 * (s['success_rate'] - base):>+6.1f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=["touch", "push"])
+    p.add_argument("--backend", default="rssm")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--skill", type=float, default=0.5)
+    p.add_argument("--demos", type=int, default=60)
+    p.add_argument("--time-limit", type=int, default=60)
+    p.add_argument("--wm-steps", type=int, default=0, help="0: the preset's steps")
+    p.add_argument("--bc-steps", type=int, default=1500)
+    p.add_argument("--rl-steps", type=int, default=300)
+    p.add_argument("--round-episodes", type=int, default=30)
+    p.add_argument("--round-wm-steps", type=int, default=300)
+    p.add_argument("--round-rl-steps", type=int, default=150)
+    p.add_argument("--eval-episodes", type=int, default=40)
+    p.add_argument("--out", default="runs/bench_agent")
+    p.add_argument("--quick", action="store_true", help="tiny preset, a few steps: checks the harness only")
+    args = p.parse_args()
+    if args.quick:
+        args.preset, args.demos, args.wm_steps, args.bc_steps, args.rl_steps = "tiny", 4, 5, 5, 3
+        args.round_episodes, args.round_wm_steps, args.round_rl_steps, args.eval_episodes = 2, 2, 2, 2
+        args.time_limit = 20
+    results = {"args": vars(args), "tasks": {}}
+    for task in args.tasks:
+        results["tasks"][task] = run_task(task, args, Path(args.out) / task)
+    print(table(results))
+    if not args.quick:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "agent.json").write_text(json.dumps(results, indent=1))
+        print(f"wrote {RESULTS / 'agent.json'}")
+
+
+if __name__ == "__main__":
+    main()
