@@ -59,8 +59,8 @@ class ArmPhysics:
         self.data = mujoco.MjData(self.model)
         m = self.model
         jid = [m.joint(n).id for n in JOINT_NAMES]
-        self._qadr = m.jnt_qposadr[jid]  # (6,)
-        self._vadr = m.jnt_dofadr[jid]  # (6,)
+        self.qpos_adr = m.jnt_qposadr[jid]  # (6,) indices of the joints in data.qpos
+        self.dof_adr = m.jnt_dofadr[jid]  # (6,) indices in data.qvel and Jacobian columns
         self._finger_qadr = m.jnt_qposadr[[m.joint("finger_left").id, m.joint("finger_right").id]]
         self.actuators = np.array([m.actuator(n).id for n in JOINT_NAMES])
         self.lower = m.jnt_range[jid, 0].copy()  # (6,) radians
@@ -102,7 +102,7 @@ class ArmPhysics:
                 return [(float(x), float(y), float(w)) for (x, y), w in zip(xy, yaw)]
 
     def _set_joints(self, q: np.ndarray) -> None:
-        self.data.qpos[self._qadr] = q
+        self.data.qpos[self.qpos_adr] = q
         self.data.qpos[self._finger_qadr] = FINGER_OFFSET + FINGER_GAIN * q[5]
 
     # --- servos ----------------------------------------------------------------------------------
@@ -119,13 +119,13 @@ class ArmPhysics:
         mujoco.mj_step(self.model, self.data, nstep=n)
 
     def qpos(self) -> np.ndarray:
-        return self.data.qpos[self._qadr].copy()  # (6,) radians
+        return self.data.qpos[self.qpos_adr].copy()  # (6,) radians
 
     def qvel(self) -> np.ndarray:
-        return self.data.qvel[self._vadr].copy()  # (6,) rad/s
+        return self.data.qvel[self.dof_adr].copy()  # (6,) rad/s
 
     def gripper_opening(self) -> float:
-        q = self.data.qpos[self._qadr[5]]
+        q = self.data.qpos[self.qpos_adr[5]]
         return float(np.clip((q - self.lower[5]) / (self.upper[5] - self.lower[5]), 0.0, 1.0))
 
     @property

@@ -57,7 +57,7 @@ class IK:
     def __init__(self, env: ArmEnv):
         phys = env.phys
         self.model, self.data = phys.model, mujoco.MjData(phys.model)  # scratch data, never stepped
-        self.qadr, self.vadr, self.site = phys._qadr[:5], phys._vadr[:5], phys.grasp_site
+        self.qadr, self.vadr, self.site = phys.qpos_adr[:5], phys.dof_adr[:5], phys.grasp_site
         self.lower, self.upper = phys.lower[:5], phys.upper[:5]
 
     def solve(self, q0: np.ndarray, pos: np.ndarray, yaw: float, iters: int = 12) -> np.ndarray:

@@ -24,6 +24,11 @@ DIRECTIONS = {"left": np.array([0.0, 1.0]), "right": np.array([0.0, -1.0]), "for
 PUSH_DISTANCE = 0.05  # metres the cube must travel along the direction
 PUSH_SIDEWAYS = 0.04  # metres it may drift across it
 LIFT_HEIGHT = 0.05  # metres the cube's bottom must clear the table, held by the gripper
+# A touch is deliberate: gripper contact on TOUCH_STEPS consecutive control steps, with the cube still
+# within TOUCH_DISPLACEMENT of where it started (a flailing arm brushes and knocks cubes; it does not
+# rest on one).
+TOUCH_STEPS = 3
+TOUCH_DISPLACEMENT = 0.02
 
 # The first train template of each task is the canonical phrasing used in the issue and the docs.
 TEMPLATES = {
@@ -114,11 +119,15 @@ def parse_instruction(text: str) -> Goal:
 
 
 class TaskTracker:
-    """Success and rewards of one episode's goal, measured from privileged sim state."""
+    """Success and rewards of one episode's goal, measured from privileged sim state.
+
+    `success()` is called once per control step (touch counts consecutive steps of contact).
+    """
 
     def __init__(self, goal: Goal, phys: ArmPhysics):
         self.goal, self.phys = goal, phys
         self.start = phys.cube_pos(goal.colour)  # (3,) where the target cube began
+        self.touch_steps = 0
 
     def displacement(self) -> np.ndarray:
         return self.phys.cube_pos(self.goal.colour) - self.start  # (3,)
@@ -126,7 +135,9 @@ class TaskTracker:
     def success(self) -> bool:
         g, phys = self.goal, self.phys
         if g.task == "touch":
-            return phys.touching(g.colour)
+            still = np.linalg.norm(self.displacement()) < TOUCH_DISPLACEMENT
+            self.touch_steps = self.touch_steps + 1 if phys.touching(g.colour) and still else 0
+            return self.touch_steps >= TOUCH_STEPS
         if g.task == "push":
             d = self.displacement()[:2]
             along = float(d @ DIRECTIONS[g.direction])

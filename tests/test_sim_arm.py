@@ -154,6 +154,17 @@ def test_success_detectors(phys):
     assert not lift.success()
 
 
+def test_touch_must_rest_on_the_cube(phys, monkeypatch):
+    phys.reset(seed=0)
+    touch = tasks.TaskTracker(tasks.Goal("touch", "green"), phys)
+    monkeypatch.setattr(phys, "touching", lambda colour: colour == "green")
+    assert [touch.success() for _ in range(tasks.TOUCH_STEPS)] == [False] * (tasks.TOUCH_STEPS - 1) + [True]
+    knocked = tasks.TaskTracker(tasks.Goal("touch", "green"), phys)
+    phys.data.qpos[phys._cube_qadr["green"]] += 2 * tasks.TOUCH_DISPLACEMENT  # knocked away, not touched
+    phys.step(0.002)
+    assert not any(knocked.success() for _ in range(3))
+
+
 # --- ArmEnv -------------------------------------------------------------------------------------------
 def test_specs_match_observations(env):
     ts = env.reset(seed=0)
