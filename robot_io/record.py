@@ -221,7 +221,7 @@ def main(argv: list[str]) -> int:
     arm = arm_from_command(cfg)
     teleop = make_teleop(cfg, arm)
     robot = Robot(arm, cameras=build_cameras(arm.cameras), control_hz=plan.fps)
-    store, recorder = None, None
+    store, recorder, before = None, None, 0
     try:
         teleop.connect()
         robot.connect()
@@ -231,24 +231,27 @@ def main(argv: list[str]) -> int:
         if TerminalKeys.available():
             with TerminalKeys(teleop.press):
                 recorder.run()
+        elif plan.start == "key":
+            raise ConfigError("stdin is not a terminal, so no key can start an episode: pass start=auto")
         else:
-            if plan.start == "key":
-                raise ConfigError("stdin is not a terminal, so no keys can start episodes: use start=auto")
             recorder.run()
+        summary = f"recorded {len(recorder.results)} episode(s) into {cfg.out} ({store.num_episodes} in total)"
     except KeyboardInterrupt:
-        print(f"interrupted: {_kept(store, before if store else 0, cfg.out)}; the unfinished episode was "
-              f"discarded", file=sys.stderr)
+        print(f"interrupted: {_kept(store, before, cfg.out)}; the unfinished episode was discarded",
+              file=sys.stderr)
         return 130
     except HardwareError as e:
-        raise HardwareError(f"recording stopped: {e}\n{_kept(store, before if store else 0, cfg.out)}; "
-                            f"the unfinished episode was discarded") from e
+        raise HardwareError(f"recording stopped: {e}\n{_kept(store, before, cfg.out)}; the unfinished "
+                            f"episode was discarded") from e
     finally:
-        robot.disconnect()
+        outcome = robot.disconnect()
+        if outcome:
+            print(f"{arm.name}: {outcome}", file=sys.stderr)
         teleop.close()
         if store is not None:
             store.close()
+    print(summary)
     low = [r for r in recorder.results if r.report.below_target]
-    print(f"recorded {len(recorder.results)} episode(s) into {cfg.out} ({store.num_episodes} in total)")
     if low:
         print(f"WARNING: {len(low)} episode(s) ran below {plan.fps:g} Hz; see the reports above")
     return 0

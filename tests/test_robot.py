@@ -7,11 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from reverie.robot_io.bus import ServoBus
 from reverie.robot_io.calibrate import main as calibrate_main
 from reverie.robot_io.camera_setup import build_cameras
 from reverie.robot_io.config import load_arm
-from reverie.robot_io.robot import Robot
+from reverie.robot_io.robot import Robot, make_bus
 from reverie.robot_io.teleop import Event, KeyboardTeleop, LeaderFollower
 from reverie.robot_io.virtual_robot import VirtualArm
 from reverie.specs import StepType
@@ -30,7 +29,7 @@ def _robot(virtual, name="so101_virtual", **kwargs):
 
 def _torque(virtual, arm_name="so101_virtual"):
     arm = load_arm(arm_name, port=virtual.link)
-    with ServoBus(virtual.link, arm.protocol, models={j.id: j.model for j in arm.joints}) as bus:
+    with make_bus(arm) as bus:
         return bus.sync_read("Torque_Enable", arm.ids)
 
 
@@ -176,7 +175,7 @@ def test_calibrate_command_records_middle_and_range_with_scripted_input(so101, t
     arm = load_arm("so101_virtual", port=so101.link)
     lines = []
     # The command and the "hand" share one bus object: a pty serves one client at a time.
-    hand = ServoBus(so101.link, "feetech", models={j.id: j.model for j in arm.joints})
+    hand = make_bus(arm)
     monkeypatch.setattr("reverie.robot_io.calibrate.make_bus", lambda a, role="arm": hand)
 
     def prompt(text):

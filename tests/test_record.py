@@ -1,0 +1,143 @@
+"""Recording through the virtual serial robot: keyboard teleop driven from code, a simulated
+leader arm (a second virtual bus), operator events, loop reports, Ctrl-C."""
+
+import numpy as np
+import pytest
+
+from reverie.cli import main as cli
+from reverie.datasets.store import EpisodeStore
+from reverie.robot_io.camera_setup import build_cameras
+from reverie.robot_io.config import load_arm
+from reverie.robot_io.loop_report import loop_report
+from reverie.robot_io.record import Plan, Recorder, open_or_create_store
+from reverie.robot_io.robot import Robot, make_bus
+from reverie.robot_io.teleop import Event, KeyboardTeleop
+from reverie.robot_io.virtual_robot import VirtualArm
+
+
+@pytest.fixture(scope="module")
+def so101(tmp_path_factory):
+    with VirtualArm("feetech", link=tmp_path_factory.mktemp("rec") / "so101") as v:
+        yield v
+
+
+class ScriptedKeys(KeyboardTeleop):
+    """The operator, played by code: `script[(episode, step)]` lists the keys pressed just before
+    the recorder asks for that step's target (the episode counter advances on each begin())."""
+
+    def __init__(self, arm, script, interrupt_at=None):
+        super().__init__(arm)
+        self.script, self.interrupt_at = script, interrupt_at
+        self.episode, self.step = -1, 0
+
+    def begin(self, present):
+        super().begin(present)
+        self.episode, self.step = self.episode + 1, 0
+
+    def target(self, present):
+        if (self.episode, self.step) == self.interrupt_at:
+            raise KeyboardInterrupt
+        for key in self.script.get((self.episode, self.step), "q"):  # default: pan left
+            self.press(key)
+        self.step += 1
+        return super().target(present)
+
+
+def _arm(virtual, **kw):
+    return load_arm("so101_virtual", port=virtual.link, cameras=virtual.camera_config(), **kw)
+
+
+def _torque_off(virtual):
+    arm = load_arm("so101_virtual", port=virtual.link)
+    with make_bus(arm) as bus:
+        return set(bus.sync_read("Torque_Enable", arm.ids).values()) == {0}
+
+
+def test_three_keyboard_episodes_with_operator_events_make_a_readable_store(so101, tmp_path, capsys):
+    arm = _arm(so101)
+    script = {
+        # A key pressed while step s is computed is handled before row s + 1.
+        (0, 3): "+", (0, 8): " ",          # success, then stop: rows 0-9
+        (1, 2): "x",                       # re-record: this try is discarded
+        (2, 2): "c", (2, 5): "c-",         # correction segment over rows 3-5, then failure
+        (3, 1): "w",                       # unlabelled, runs to the step limit
+    }
+    teleop = ScriptedKeys(arm, script)
+    robot = Robot(arm, cameras=build_cameras(arm.cameras), control_hz=30)
+    out = tmp_path / "demos.zarr"
+    robot.connect()
+    try:
+        store = open_or_create_store(str(out), robot, 30.0)
+        plan = Plan("pan to the left", episodes=3, fps=30.0, max_steps=12, start="auto")
+        results = Recorder(robot, teleop, store, plan).run()
+        store.close()
+    finally:
+        robot.disconnect()
+    assert _torque_off(so101)
+    assert [r.success for r in results] == [True, False, None]
+    assert [r.steps for r in results] == [10, 12, 12]
+
+    store = EpisodeStore.open(out)
+    assert store.num_episodes == 3 and store.robot == "so101_virtual" and store.fps == 30.0
+    for i, steps in enumerate((10, 12, 12)):
+        ep, meta = store.episode(i), store.meta(i)
+        assert meta.instruction == "pan to the left" and meta.source == "teleop" and meta.length == steps
+        assert ep["image/front"].shape == (steps, 64, 64, 3) and ep["image/front"].max() > 0
+        assert np.all(np.diff(ep["timestamp"]) > 0)  # measured, increasing
+        assert ep["action_mask"][:-1].all() and not ep["action_mask"][-1]
+        assert ep["is_first"][0] and ep["is_last"][-1] and ep["is_last"].sum() == 1
+        assert np.all(np.abs(ep["action"]) <= 1.0)
+        assert ep["action"][:-1, 0].mean() > 0.5  # the pan key pressed every step
+        assert ep["state"][-1, 0] > ep["state"][0, 0] + 0.1  # and the arm followed it
+    assert store.meta(0).success is True and store.meta(1).success is False and store.meta(2).success is None
+    np.testing.assert_array_equal(store.episode(1)["correction"],
+                                  [False] * 3 + [True] * 3 + [False] * 6)
+
+    printed = capsys.readouterr().out
+    assert "episode 2 discarded; recording it again" in printed
+    assert printed.count("Hz (target 30 Hz)") == 3 and "dropped frames: front" in printed
+
+    assert cli(["data", "info", str(out)]) == 0
+    assert "3" in capsys.readouterr().out
+
+
+def test_loop_report_flags_a_slow_loop_and_repeated_frames():
+    stamps = np.cumsum(np.full(30, 1 / 18))  # 18 Hz against a 30 Hz target
+    frames = {"front": [(i // 2, 0.001) for i in range(30)]}  # every frame shown twice
+    report = loop_report(stamps, 30.0, frames)
+    assert report.below_target and abs(report.achieved_hz - 18) < 0.01
+    assert report.dropped_frames == {"front": 15} and report.late_steps == 29  # each over 1.5 periods
+    text = "\n".join(report.lines())
+    assert "WARNING: loop ran at 18.0 Hz, below the 30 Hz target" in text and "stale or repeated" in text
+    steady = loop_report(np.arange(30) / 30, 30.0, {"front": [(i, 0.001) for i in range(30)]})
+    assert not steady.below_target and steady.dropped_frames == {"front": 0} and len(steady.lines()) == 1
+
+
+def _cli_args(virtual, out, *extra):
+    return ["record", f"robot.port={virtual.link}", f"robot.cameras.front.path={virtual.frames_prefix}.front",
+            "instruction=reach", "fps=30", "episode_s=0.4", "start=auto", f"out={out}", *extra]
+
+
+def test_record_command_with_a_simulated_leader_arm(so101, tmp_path, capsys):
+    out = tmp_path / "leader.zarr"
+    with VirtualArm("feetech", link=tmp_path / "leader", camera_fps=0) as leader:
+        code = cli(_cli_args(so101, out, "teleop=leader", f"leader_port={leader.link}", "episodes=2"))
+    assert code == 0, capsys.readouterr().err
+    store = EpisodeStore.open(out)
+    assert store.num_episodes == 2
+    ep = store.episode(1)
+    assert ep["action_mask"][:-1].all() and np.abs(ep["action"][:-1]).max() > 0.05  # the limp leader moved
+    assert "recorded 2 episode(s)" in capsys.readouterr().out
+    assert _torque_off(so101)
+
+
+def test_ctrl_c_mid_episode_keeps_committed_episodes_and_parks_the_arm(so101, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "interrupted.zarr"
+    monkeypatch.setattr("reverie.robot_io.record.make_teleop",
+                        lambda cfg, arm: ScriptedKeys(arm, {}, interrupt_at=(1, 5)))
+    assert cli(_cli_args(so101, out, "episodes=3")) == 130
+    err = capsys.readouterr().err
+    assert "1 new episode(s) committed" in err and "unfinished episode was discarded" in err
+    store = EpisodeStore.open(out)
+    assert store.num_episodes == 1 and store.num_frames == store.meta(0).length == 12
+    assert _torque_off(so101)

@@ -1,0 +1,103 @@
+"""Faults and bad input on the virtual serial robot: each gives a HardwareError/ConfigError naming
+the cause and the fix, leaves the arm safe (torque off, or never enabled), and loses no committed
+episode. Faults are injected by `reverie sim serve-bus` options (sim/virtual_bus.py)."""
+
+import numpy as np
+import pytest
+
+from reverie.cli import main as cli
+from reverie.datasets.store import EpisodeStore
+from reverie.errors import ConfigError, HardwareError
+from reverie.robot_io.bus import ServoAlarm
+from reverie.robot_io.config import load_arm
+from reverie.robot_io.robot import Robot, make_bus
+from reverie.robot_io.virtual_robot import VirtualArm
+
+
+def _robot(virtual, arm="so101_virtual"):
+    return Robot(load_arm(arm, port=virtual.link))
+
+
+def _connect_error(tmp_path, protocol="feetech", arm="so101_virtual", **faults) -> tuple[str, Robot]:
+    with VirtualArm(protocol, link=tmp_path / "arm", camera_fps=0, **faults) as v:
+        robot = _robot(v, arm)
+        with pytest.raises(HardwareError) as e:
+            robot.connect()
+    assert not robot._torque  # never enabled: a limp arm cannot be driven anywhere
+    return str(e.value), robot
+
+
+def test_corrupt_replies_name_the_checksum(tmp_path):
+    # Koch (Dynamixel 2.0): a ping reply carries data, so the damaged byte fails the CRC.
+    message, _ = _connect_error(tmp_path, "dynamixel", "koch_virtual", corrupt=1.0)
+    assert "failed its checksum" in message and "after 4 tries" in message and "baudrate" in message
+
+
+def test_occasional_corruption_is_retried_transparently(tmp_path):
+    with VirtualArm("feetech", link=tmp_path / "arm", camera_fps=0, corrupt=0.01, seed=3) as v:
+        robot = _robot(v)
+        robot.connect()
+        try:
+            robot.reset(instruction="noisy line")
+            for _ in range(15):
+                robot.step(np.zeros(6, np.float32))
+            assert robot.bus.stats.crc_errors > 0 and robot.bus.stats.retries > 0
+        finally:
+            assert "torque released" in robot.disconnect()
+
+
+def test_reply_timeouts_say_how_long_was_waited(tmp_path):
+    # Replies held back far longer than the virtual arm's timeout_s = 0.1, so none arrives in time.
+    message, _ = _connect_error(tmp_path, delay_ms=5000)
+    assert "gave no reply to PING" in message and "100 ms timeout" in message
+
+
+def test_no_servo_answering_points_at_baud_rate_and_power(tmp_path):
+    # A pty has no baud rate, so a wrong baud is emulated by what it causes: no servo answers.
+    message, _ = _connect_error(tmp_path, drop=1.0)
+    assert "no servo answered" in message and "Baud_Rate" in message and "power" in message
+
+
+def test_missing_servo_id_names_the_id_and_its_joint(tmp_path):
+    message, _ = _connect_error(tmp_path, ids=[1, 2, 3, 4, 5], models=["sts3215"] * 5)
+    assert "servo id(s) [6] did not answer" in message and "joint gripper" in message
+
+
+def test_servo_alarm_bits_name_the_servo_and_leave_torque_off(tmp_path):
+    with VirtualArm("feetech", link=tmp_path / "arm", camera_fps=0, alarm_ids=[3]) as v:
+        robot = _robot(v)
+        with pytest.raises(HardwareError, match=r"servo 3 \(joint elbow_flex\) reports overload"):
+            robot.connect()
+        arm = robot.arm
+        with make_bus(arm) as bus:
+            with pytest.raises(ServoAlarm) as alarm:
+                bus.sync_read("Torque_Enable", arm.ids)
+        assert set(alarm.value.values.values()) == {0}
+
+
+def test_inverted_limits_stop_before_the_arm_is_touched(tmp_path, capsys):
+    arm_file = tmp_path / "bent.yaml"
+    arm_file.write_text("base: so101_virtual\njoints:\n"
+                        "  - {name: shoulder_pan, id: 1, limits: [-1.9, 1.9]}\n"
+                        "  - {name: elbow_flex, id: 3, limits: [1.6, -1.6]}\n")
+    with pytest.raises(ConfigError, match=r"joint 'elbow_flex'.*inverted.*swap them"):
+        load_arm(arm_file)
+    out = tmp_path / "never.zarr"
+    code = cli(["record", f"robot_file={arm_file}", "instruction=x", "start=auto", f"out={out}"])
+    assert code == 2 and "inverted" in capsys.readouterr().err and not out.exists()
+
+
+def test_port_vanishing_mid_recording_keeps_committed_episodes(tmp_path, capsys):
+    out = tmp_path / "vanish.zarr"
+    with VirtualArm("feetech", link=tmp_path / "arm", disconnect_after_s=7) as v:
+        code = cli(["record", f"robot.port={v.link}", f"robot.cameras.front.path={v.frames_prefix}.front",
+                    "instruction=reach", "episodes=50", "episode_s=0.3", "start=auto", f"out={out}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "recording stopped" in err and "unplugged" in err
+    assert "committed to" in err and "are intact" in err and "unfinished episode was discarded" in err
+    assert "could not reach the safe pose" in err  # the port is gone: said, not hidden
+    store = EpisodeStore.open(out)
+    assert store.num_episodes >= 1
+    assert store.num_frames == sum(store.meta(i).length for i in range(store.num_episodes))
+    assert f"{store.num_episodes} in total" in err
