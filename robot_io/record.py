@@ -8,7 +8,9 @@ same safety filter a policy's actions go through. After each episode it prints t
 rate, jitter and dropped camera frames, with a warning when below target.
 
 Operator keys (terminal): Enter start, Space stop and keep, x discard and record again, + success,
-- failure, c toggle a correction segment (stored per row in `correction`), Esc quit after this one.
+- failure, c toggle a correction segment (stored per row in `correction`), Esc stop, keep this
+episode and quit. Rows hold `timestamp` (when the joints were read) and `capture_time/<camera>`
+(when each image was captured), both measured.
 With start=auto episodes begin right after the home move, for scripted runs.
 
 Interruptions: episodes are committed one by one, so Ctrl-C, a crash or an unplugged port never
@@ -62,6 +64,8 @@ def record_schema(robot) -> dict[str, ArraySpec]:
     cameras = {k.split("/", 1)[1]: tuple(s.shape[:2]) for k, s in obs.items() if k.startswith("image/")}
     schema = make_schema(cameras, state_dim=obs["state"].shape[0], action_dim=robot.action_spec().shape[0])
     schema["correction"] = ArraySpec((), "bool", units="True while the operator marked a correction")
+    for camera in cameras:  # `timestamp` is when the joints were read; each image has its own time
+        schema[f"capture_time/{camera}"] = ArraySpec((), "float64", units="s, when the camera frame was captured")
     return schema
 
 
@@ -177,6 +181,8 @@ class Recorder:
         row.update(action=action, action_mask=known, reward=np.float32(ts.reward if t else 0.0),
                    is_first=t == 0, is_last=last, is_terminal=False,
                    timestamp=np.float64(ts.info["timestamp"]), correction=correction)
+        for key, (_, _, capture_time) in ((k, v) for k, v in ts.info.items() if k.startswith("frame/")):
+            row[f"capture_time/{key[6:]}"] = np.float64(capture_time)
         return row
 
 
@@ -244,9 +250,9 @@ def main(argv: list[str]) -> int:
         raise HardwareError(f"recording stopped: {e}\n{_kept(store, before, cfg.out)}; the unfinished "
                             f"episode was discarded") from e
     finally:
-        outcome = robot.disconnect()
-        if outcome:
-            print(f"{arm.name}: {outcome}", file=sys.stderr)
+        robot.disconnect()
+        if robot.parked:
+            print(f"{arm.name}: {robot.parked}", file=sys.stderr)
         teleop.close()
         if store is not None:
             store.close()

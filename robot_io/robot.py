@@ -14,7 +14,10 @@ connect() never prompts: calibration is `reverie robot calibrate`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import sys
 import threading
 import time
 
@@ -102,6 +105,7 @@ class Robot:
         self._watchdog: Watchdog | None = None
         self._connected = False
         self._closed = False
+        self.parked = ""  # what the last disconnect or fault did with the arm, for messages
         self._torque = False
         self._state: np.ndarray | None = None
         self._goal: np.ndarray | None = None
@@ -154,8 +158,7 @@ class Robot:
         if self._bus is None or self._closed:
             return ""
         outcome = self._release(move=True)
-        if outcome:
-            log.info("%s: %s", self.arm.name, outcome)
+        log.debug("%s: %s", self.arm.name, outcome)
         return outcome
 
     close = disconnect
@@ -314,6 +317,11 @@ class Robot:
 
     def _release(self, move: bool) -> str:
         """Best effort: safe pose, torque off, close bus and cameras. Returns what happened."""
+        with _ctrl_c_deferred(self.arm.name):
+            self.parked = self._release_now(move)
+        return self.parked
+
+    def _release_now(self, move: bool) -> str:
         self._connected = False
         if self._watchdog is not None:
             self._watchdog.stop()
@@ -368,12 +376,38 @@ class _FaultGuard:
         if error is None:
             return False
         if isinstance(error, (ReverieError, KeyboardInterrupt)):
-            outcome = self.robot._release(move=True)
+            try:
+                outcome = self.robot._release(move=True)
+            except KeyboardInterrupt:  # pressed again while parking: parking finished, report it
+                log.debug("interrupted while %s: %s", self.doing, self.robot.parked)
+                raise
             if isinstance(error, KeyboardInterrupt):
-                log.warning("interrupted while %s: %s", self.doing, outcome)
+                log.debug("interrupted while %s: %s", self.doing, outcome)
                 return False
             raise HardwareError(f"{error}\n(while {self.doing} on {self.robot.arm.name!r}; {outcome})") from error
         return False
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred(name: str):
+    """A second Ctrl-C while the arm is being parked would abort the move half-way and leave torque
+    on; hold it until parking is done (seconds at most), then raise it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+
+    def later(signum, frame):
+        pressed.append(signum)
+        print(f"\n{name}: parking the arm safely first; Ctrl-C takes effect in a moment", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, later)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def _first_line(e: BaseException) -> str:

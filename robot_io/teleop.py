@@ -27,7 +27,7 @@ class Event(enum.Enum):
     SUCCESS = "label the episode a success"
     FAILURE = "label the episode a failure"
     CORRECTION = "toggle a correction segment (operator takes over)"
-    QUIT = "stop after this episode"
+    QUIT = "stop this episode (kept) and quit"
 
 
 # Operator keys, the same for every device. Chosen away from the joint keys below.

@@ -1,6 +1,12 @@
 """Recording through the virtual serial robot: keyboard teleop driven from code, a simulated
 leader arm (a second virtual bus), operator events, loop reports, Ctrl-C."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
@@ -12,7 +18,7 @@ from reverie.robot_io.loop_report import loop_report
 from reverie.robot_io.record import Plan, Recorder, open_or_create_store
 from reverie.robot_io.robot import Robot, make_bus
 from reverie.robot_io.teleop import Event, KeyboardTeleop
-from reverie.robot_io.virtual_robot import VirtualArm
+from reverie.robot_io.virtual_robot import LAUNCH, VirtualArm
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +90,8 @@ def test_three_keyboard_episodes_with_operator_events_make_a_readable_store(so10
         assert meta.instruction == "pan to the left" and meta.source == "teleop" and meta.length == steps
         assert ep["image/front"].shape == (steps, 64, 64, 3) and ep["image/front"].max() > 0
         assert np.all(np.diff(ep["timestamp"]) > 0)  # measured, increasing
+        skew = ep["capture_time/front"] - ep["timestamp"]
+        assert np.all(np.diff(ep["capture_time/front"]) >= 0) and np.all(np.abs(skew) < 0.5)
         assert ep["action_mask"][:-1].all() and not ep["action_mask"][-1]
         assert ep["is_first"][0] and ep["is_last"][-1] and ep["is_last"].sum() == 1
         assert np.all(np.abs(ep["action"]) <= 1.0)
@@ -99,6 +107,22 @@ def test_three_keyboard_episodes_with_operator_events_make_a_readable_store(so10
 
     assert cli(["data", "info", str(out)]) == 0
     assert "3" in capsys.readouterr().out
+
+
+def test_enter_starts_and_esc_ends_recording(so101, tmp_path):
+    arm = _arm(so101)
+    teleop = ScriptedKeys(arm, {(0, 4): "\x1b"})
+    robot = Robot(arm, cameras=build_cameras(arm.cameras))
+    robot.connect()
+    try:
+        store = open_or_create_store(str(tmp_path / "keys.zarr"), robot, 30.0)
+        teleop.press("\r")  # Enter: the recorder waits for it before moving the arm
+        plan = Plan("wait for me", episodes=5, fps=30.0, max_steps=50, start="key", start_timeout_s=30)
+        results = Recorder(robot, teleop, store, plan, say=lambda line: None).run()
+        assert [r.steps for r in results] == [6] and store.num_episodes == 1  # Esc kept it, then quit
+        store.close()
+    finally:
+        robot.disconnect()
 
 
 def test_loop_report_flags_a_slow_loop_and_repeated_frames():
@@ -131,13 +155,28 @@ def test_record_command_with_a_simulated_leader_arm(so101, tmp_path, capsys):
     assert _torque_off(so101)
 
 
-def test_ctrl_c_mid_episode_keeps_committed_episodes_and_parks_the_arm(so101, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_mid_episode_keeps_committed_episodes_and_parks_the_arm(so101, tmp_path):
+    """A real SIGINT to a `reverie record` process, pressed twice (the second lands while parking)."""
     out = tmp_path / "interrupted.zarr"
-    monkeypatch.setattr("reverie.robot_io.record.make_teleop",
-                        lambda cfg, arm: ScriptedKeys(arm, {}, interrupt_at=(1, 5)))
-    assert cli(_cli_args(so101, out, "episodes=3")) == 130
-    err = capsys.readouterr().err
-    assert "1 new episode(s) committed" in err and "unfinished episode was discarded" in err
+    args = _cli_args(so101, out, "episodes=20", "episode_s=1")[1:]
+    record = subprocess.Popen([sys.executable, "-c", LAUNCH, "record", *args], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = []
+    for line in record.stdout:  # the first episode is committed: interrupt the second mid-way
+        lines.append(line)
+        if "committed as #0" in line:
+            time.sleep(0.5)
+            record.send_signal(signal.SIGINT)
+            time.sleep(0.2)
+            record.send_signal(signal.SIGINT)
+            break
+    lines += record.stdout.readlines()
+    assert record.wait(timeout=60) == 130, "".join(lines)
+    text = "".join(lines)
+    assert "1 new episode(s) committed" in text and "unfinished episode was discarded" in text
+    assert "arm moved to its safe pose; torque released" in text
     store = EpisodeStore.open(out)
-    assert store.num_episodes == 1 and store.num_frames == store.meta(0).length == 12
+    assert store.num_episodes == 1 and store.num_frames == store.meta(0).length == 30
     assert _torque_off(so101)
