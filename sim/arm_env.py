@@ -32,6 +32,7 @@ class ArmEnvConfig:
     preset: str = "nominal"  # nominal | randomized | shifted
     image_size: tuple[int, int] = (64, 64)  # (height, width)
     cameras: tuple[str, ...] = ("front",)  # front, wrist
+    render: bool = True  # False: no image/* observations (state-only agents, physics benchmarks)
     control_hz: float = 10.0
     # Per-step joint limits (rad) at 10 Hz: ~1.5 rad/s for the arm, well under the STS3215's no-load
     # ~4.7 rad/s, so the servos track; the gripper may open or close fully in about 5 steps.
@@ -49,7 +50,8 @@ class ArmEnv:
         self.phys = ArmPhysics(cfg.preset, seed=cfg.seed, image_size=cfg.image_size, cameras=cfg.cameras)
         self._max_delta = np.asarray(cfg.max_delta, np.float64)  # (6,)
         self._rng = np.random.default_rng(cfg.seed)
-        self._obs_spec = {f"image/{c}": ArraySpec((*cfg.image_size, 3), "uint8", 0, 255) for c in cfg.cameras}
+        self._rendered = cfg.cameras if cfg.render else ()
+        self._obs_spec = {f"image/{c}": ArraySpec((*cfg.image_size, 3), "uint8", 0, 255) for c in self._rendered}
         self._obs_spec["state"] = ArraySpec((6,), "float32", units="rad (joints 0-4), opening 0-1 (gripper)")
         self._obs_spec["instruction"] = TextSpec()
         self._act_spec = ArraySpec((6,), "float32", -1.0, 1.0, units=f"{cfg.action_mode} joint targets")
@@ -143,7 +145,7 @@ class ArmEnv:
         return 2.0 * (self._target - lo) / (hi - lo) - 1.0
 
     def _observe(self, success: bool) -> tuple[dict, dict]:
-        obs = {f"image/{c}": self.phys.render(c) for c in self.cfg.cameras}
+        obs = {f"image/{c}": self.phys.render(c) for c in self._rendered}
         stamp = time.time()  # captured with the images
         state = self.phys.qpos()
         state[5] = self.phys.gripper_opening()

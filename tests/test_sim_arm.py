@@ -254,6 +254,10 @@ def test_registry_options_and_errors():
     ts = e.step(np.zeros(6, np.float32))
     assert 0.0 <= ts.reward < 1.0
     e.close()
+    blind = make("arm/push", render=False)
+    ts = blind.reset(seed=0)
+    assert set(ts.observation) == set(blind.observation_spec()) == {"state", "instruction"}
+    blind.close()
     with pytest.raises(ConfigError, match="arm task"):
         make("arm/juggle")
     with pytest.raises(ConfigError, match="valid options"):
