@@ -90,6 +90,7 @@ class Trainer:
                    unit="step", dynamic_ncols=True, disable=self.rank != 0 or not cfg.progress)
         frames = self.mcfg.batch_size * self.mcfg.seq_len * self.world
         tick, tick_step = time.perf_counter(), self.step
+        deadline = time.monotonic() + 60 * float(cfg.minutes) if cfg.minutes else None
         while self.step < self.steps:
             batch = self.data.next()
             metrics = self.train_step(batch)
@@ -107,8 +108,12 @@ class Trainer:
                         self.writer.add_scalar(k, v, self.step)
             if self.writer and cfg.image_every and (self.step % cfg.image_every == 0 or self.step == 1):
                 self.log_images(batch)
-            if self.step % cfg.save_every == 0 or self.step == self.steps:
+            out_of_time = deadline is not None and _agree(time.monotonic() > deadline, self.device)
+            if self.step % cfg.save_every == 0 or self.step == self.steps or out_of_time:
                 self.save()
+            if out_of_time:
+                log.info("time budget of %s minutes reached at step %d", cfg.minutes, self.step)
+                break
         bar.close()
         if self.writer:
             self.writer.close()
@@ -139,6 +144,15 @@ class Trainer:
         grid = grid.permute(1, 0, 2, 3).reshape(grid.shape[1], -1, 3)           # (2H, t*W, 3)
         self.writer.add_image("real_vs_openloop", grid.clamp(0, 1).cpu().numpy(), self.step,
                               dataformats="HWC")
+
+
+def _agree(flag: bool, device: torch.device) -> bool:
+    """True on every rank if it is True on any (so all ranks stop at the same step)."""
+    if not distributed.is_distributed():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def _resolve_run_dir(cfg) -> tuple[Path, Path | None]:
