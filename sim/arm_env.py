@@ -120,12 +120,17 @@ class ArmEnv:
 
     @property
     def commanded(self) -> np.ndarray:
-        """(6,) servo targets in radians after the last action (privileged: scripted teleoperator)."""
-        return self._target.copy()
+        """(6,) servo targets in radians once every action sent so far has landed, including those
+        still held back by action latency (privileged: the scripted teleoperator plans from it)."""
+        target = self._target
+        for action in self._pending:
+            target = self._command(action, target)
+        return target.copy()
 
     # --- internals ------------------------------------------------------------------------------
-    def _command(self, action: np.ndarray) -> np.ndarray:
-        """Action (6,) in [-1, 1] -> servo targets (6,) radians."""
+    def _command(self, action: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
+        """Action (6,) in [-1, 1] -> servo targets (6,) radians, relative to `previous` targets."""
+        previous = self._target if previous is None else previous
         lo, hi = self.phys.lower, self.phys.upper
         if self.cfg.action_mode == "absolute":
             return lo + (action + 1.0) * 0.5 * (hi - lo)
@@ -133,7 +138,7 @@ class ArmEnv:
         # pose against gravity; the lead over the measured angle is bounded so a blocked joint (a
         # closed gripper on a cube, an arm pressing the table) does not wind up without limit.
         q = self.phys.qpos()
-        target = self._target + action * self._max_delta
+        target = previous + action * self._max_delta
         target = np.clip(target, q - 2 * self._max_delta, q + 2 * self._max_delta)
         return np.clip(target, lo, hi)
 

@@ -238,12 +238,15 @@ def test_instruction_given_at_reset_sets_the_goal(env):
 def test_latency_delays_actions():
     e = make_arm_env("touch", preset="shifted", image_size=(16, 16))  # shifted: 3 steps of latency
     e.reset(seed=0)
-    start = e.commanded
+    start = e.phys.targets()
     moves = []
     for _ in range(4):
         e.step(np.array([1, 0, 0, 0, 0, 0], np.float32))
-        moves.append(e.commanded[0] - start[0])
+        moves.append(e.phys.targets()[0] - start[0])
     assert moves[:3] == [0.0, 0.0, 0.0] and moves[3] > 0
+    # What the servos will hold once the delayed actions land: four steps of +max_delta (clipped to
+    # the lead bound around the measured angle), ahead of what they hold now.
+    assert e.commanded[0] > e.phys.targets()[0] + 0.2
     e.close()
 
 
