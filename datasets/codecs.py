@@ -41,7 +41,7 @@ class ImageCodec(ArrayBytesCodec):
     is_fixed_size = False
 
     format: str = "jpeg"
-    quality: int = 95
+    quality: int = 90
 
     def __post_init__(self):
         if self.format not in _FORMATS:

@@ -25,8 +25,10 @@ power-loss durability would need fsync, which we leave to the filesystem.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import fcntl
+import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -126,6 +128,7 @@ class EpisodeStore:
         self._hist = {key: group[f"meta/stats/{key}"] for key in self.schema if is_image_key(key)}
         self._ends_array = group["meta/episode_ends"]
         self._writer: EpisodeWriter | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # background frame writes
         self._lowdim: dict[str, np.ndarray] | None = None  # committed low-dim rows, loaded on first use
         self._load()
 
@@ -139,6 +142,7 @@ class EpisodeStore:
             raise StoreError(f"image_codec must be 'lossless' or 'lossy', got {image_codec!r}")
         if not (np.isfinite(fps) and fps > 0):
             raise StoreError(f"fps must be a positive number, got {fps!r}")
+        attrs = _json_attrs(attrs or {})
         store, path = _resolve(path_or_url, read_only=False)
         if path is not None and path.exists():
             raise StoreError(f"{path} already exists; open it with EpisodeStore.open(path, mode='a') "
@@ -165,7 +169,7 @@ class EpisodeStore:
         # store with missing arrays.
         group.attrs.update({
             "format": FORMAT, "schema_version": SCHEMA_VERSION, "fps": float(fps), "robot": str(robot),
-            "image_codec": image_codec, "keys": schema_to_json(schema), "attrs": dict(attrs or {}),
+            "image_codec": image_codec, "keys": schema_to_json(schema), "attrs": attrs,
         })
         return cls.open(path_or_url, mode="a")
 
@@ -182,8 +186,9 @@ class EpisodeStore:
             group = zarr.open_group(store, mode="r" if mode == "r" else "r+")
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError,
                 ValueError) as e:
-            raise StoreError(f"{url} is not a zarr group, so not a reverie episode store; point at the "
-                             "store's root folder (<name>.zarr)") from e
+            where = "is not a zarr group" if path is not None else "holds no zarr group (missing, or not a store)"
+            raise StoreError(f"{url} {where}, so not a reverie episode store; point at the store's root "
+                             "(<name>.zarr) or create one with EpisodeStore.create") from e
         attrs = dict(group.attrs)
         if attrs.get("format") != FORMAT:
             hint = ("it looks like a diffusion-policy/UMI replay buffer: convert it with "
@@ -208,8 +213,16 @@ class EpisodeStore:
         """Release the writer lock (mode 'a'). An open episode writer is discarded."""
         if self._writer is not None:
             self._writer.discard()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         _unlock(self._lock)
         self._lock = None
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._pool is None:  # one thread: blocks of one episode must land in order
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reverie-store-writer")
+        return self._pool
 
     def __del__(self) -> None:
         _unlock(getattr(self, "_lock", None))  # a store dropped without close() must not keep the lock
@@ -283,7 +296,7 @@ class EpisodeStore:
 
     def update_attrs(self, values: Mapping) -> None:
         self._require_append("update attributes")
-        self._group.attrs["attrs"] = {**self.attrs, **dict(values)}
+        self._group.attrs["attrs"] = {**self.attrs, **_json_attrs(values)}
 
     @property
     def keys(self) -> list[str]:
@@ -445,6 +458,15 @@ class EpisodeStore:
         self._group.attrs["stats"] = {"episodes": self.num_episodes, "keys": stats_lib.to_json(stats)}
 
 
+def _json_attrs(values: Mapping) -> dict:
+    """User attributes go into zarr.json, so they must be plain JSON (no numpy scalars)."""
+    try:
+        return json.loads(json.dumps(dict(values)))
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"store attrs must be JSON-serialisable ({e}); convert numpy values with "
+                         ".item() or .tolist()") from None
+
+
 def _append_row(arr: zarr.Array, i: int, value) -> None:
     arr.resize((i + 1, *arr.shape[1:]))
     arr[i] = value
@@ -469,8 +491,10 @@ def _unlock(fd: int | None) -> None:
 
 
 class EpisodeWriter:
-    """Streams one episode into the store. Rows are validated on add and buffered; full buffers
-    (~FLUSH_BYTES) go to disk, so long episodes never sit in RAM. Only commit() makes them visible."""
+    """Streams one episode into the store. Rows are validated on add and buffered; a full buffer
+    (~FLUSH_BYTES) is handed to a background thread that compresses and writes it past the committed
+    end while add() fills a second buffer, so long episodes never sit in RAM and a control loop calling
+    add() does not stall on compression. Only commit() makes the rows visible."""
 
     def __init__(self, store: EpisodeStore, instruction: str, source: str, round: int, notes: str):
         try:
@@ -484,17 +508,22 @@ class EpisodeWriter:
             raise StoreError(f"round must be a non-negative integer, got {round!r}")
         self.store, self.instruction, self.source, self.round, self.notes = store, instruction, source, int(round), notes
         self.start = store.num_frames
-        self.length = 0  # rows added (flushed + buffered)
-        self._flushed = 0
+        self.length = 0  # rows added (handed to the background writer + buffered)
+        self._submitted = 0  # rows handed to the background writer
         frame_bytes = sum(int(np.prod(s.shape, dtype=np.int64)) * np.dtype(s.dtype).itemsize
                           for s in store.schema.values())
         self._capacity = max(1, FLUSH_BYTES // frame_bytes)
-        self._buffer = {key: np.empty((self._capacity, *s.shape), s.dtype) for key, s in store.schema.items()}
+        self._buffer = self._new_buffer()
+        self._spare: dict[str, np.ndarray] | None = None  # second buffer, made on the first flush
         self._buffered = 0
+        self._pending: concurrent.futures.Future | None = None
         self._lowdim_blocks: dict[str, list[np.ndarray]] = {k: [] for k in store.schema if not is_image_key(k)}
         self.histograms = {key: np.zeros((3, 256), np.int64) for key in store.schema if is_image_key(key)}
         self._ended = False  # a row with is_last was added
         self._open = True
+
+    def _new_buffer(self) -> dict[str, np.ndarray]:
+        return {key: np.empty((self._capacity, *s.shape), s.dtype) for key, s in self.store.schema.items()}
 
     def __enter__(self) -> "EpisodeWriter":
         return self
@@ -506,13 +535,16 @@ class EpisodeWriter:
     def add(self, step: Mapping[str, Any]) -> None:
         """Append one row: key -> value of that key's per-step shape and dtype."""
         self._check_open()
+        if self._pending is not None and self._pending.done():
+            self._wait()  # report a failed background write at once, not one buffer later
         schema = self.store.schema
         missing, unknown = [k for k in schema if k not in step], [k for k in step if k not in schema]
         if missing or unknown:
             raise StoreError(f"step keys do not match the schema: missing {missing}, unknown {unknown}; "
                              f"the store holds {list(schema)}")
         row = {key: _coerce(spec, step[key], key) for key, spec in schema.items()}
-        self._check_flags(self.length, bool(row["is_first"]), bool(row["is_last"]), bool(row.get("is_terminal", False)))
+        self._ended = self._check_flags(self.length, self._ended, row["is_first"], row["is_last"],
+                                        row.get("is_terminal", False))
         for key, value in row.items():
             self._buffer[key][self._buffered] = value
         self._buffered += 1
@@ -530,9 +562,11 @@ class EpisodeWriter:
         total = len(steps["is_first"])
         block = {key: _coerce(ArraySpec((total, *spec.shape), spec.dtype), steps[key], key)
                  for key, spec in schema.items()}
-        for t in range(total):
-            self._check_flags(self.length + t, bool(block["is_first"][t]), bool(block["is_last"][t]),
-                              bool(block["is_terminal"][t]) if "is_terminal" in block else False)
+        ended = self._ended
+        terminal = block.get("is_terminal", np.zeros(total, bool))
+        for t in range(total):  # all rows checked before any is buffered
+            ended = self._check_flags(self.length + t, ended, block["is_first"][t], block["is_last"][t], terminal[t])
+        self._ended = ended
         t = 0
         while t < total:
             n = min(self._capacity - self._buffered, total - t)
@@ -544,31 +578,53 @@ class EpisodeWriter:
             if self._buffered == self._capacity:
                 self._flush()
 
-    def _check_flags(self, row: int, is_first: bool, is_last: bool, is_terminal: bool) -> None:
-        if self._ended:
+    @staticmethod
+    def _check_flags(row: int, ended: bool, is_first, is_last, is_terminal) -> bool:
+        """Episode structure: is_first on row 0 only, nothing after is_last, terminal implies last."""
+        if ended:
             raise StoreError(f"row {row} was added after the row with is_last=True; commit the episode first")
-        if is_first != (row == 0):
-            raise StoreError(f"is_first must be True on the first row only (row {row} has is_first={is_first})")
+        if bool(is_first) != (row == 0):
+            raise StoreError(f"is_first must be True on the first row only (row {row} has is_first={bool(is_first)})")
         if is_terminal and not is_last:
             raise StoreError(f"row {row} has is_terminal=True but is_last=False; a terminal row ends "
                              "the episode, so set is_last too")
-        self._ended = is_last
+        return bool(is_last)
 
     def _flush(self) -> None:
-        """Write buffered rows past the committed end (invisible until commit)."""
-        n, row = self._buffered, self.start + self._flushed
+        """Hand the buffered rows to the background writer and switch to the spare buffer."""
+        self._wait()  # the previous block is on disk: its buffer is free and rows land in order
+        n = self._buffered
         if not n:
             return
-        for key, arr in self.store._data.items():
-            block = self._buffer[key][:n]
-            arr.resize((row + n, *arr.shape[1:]))
-            arr[row:row + n] = block
-            if key in self.histograms:
-                self.histograms[key] += stats_lib.image_histogram(block)
-            else:
-                self._lowdim_blocks[key].append(block.copy())
-        self._flushed += n
+        block = {key: buf[:n] for key, buf in self._buffer.items()}
+        self._buffer, self._spare = (self._spare if self._spare is not None else self._new_buffer()), self._buffer
+        self._pending = self.store._executor().submit(self._write, block, self.start + self._submitted)
+        self._submitted += n
         self._buffered = 0
+
+    def _write(self, block: dict[str, np.ndarray], row: int) -> None:
+        """(background thread) rows [row, row + n) of every key, past the committed end."""
+        n = len(block["is_first"])
+        for key, arr in self.store._data.items():
+            arr.resize((row + n, *arr.shape[1:]))
+            arr[row:row + n] = block[key]
+            if key in self.histograms:
+                self.histograms[key] += stats_lib.image_histogram(block[key])
+            else:
+                self._lowdim_blocks[key].append(block[key].copy())
+
+    def _wait(self) -> None:
+        """Wait for the background write; if it failed, drop the episode and say why."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except Exception as e:
+            self.discard()
+            raise StoreError(f"writing this episode's frames to {self.store.url} failed ({type(e).__name__}: {e}); "
+                             "the episode was discarded and committed episodes are intact. Fix the cause "
+                             "(disk space? permissions?) and record it again") from e
 
     def lowdim_rows(self, key: str) -> np.ndarray:
         return np.concatenate(self._lowdim_blocks[key])
@@ -582,6 +638,7 @@ class EpisodeWriter:
             raise StoreError("the last row must have is_last=True; set it on the final step (the store does "
                              "not edit rows), or discard() the episode")
         self._flush()
+        self._wait()  # every row on disk before any meta row: data first
         index = self.store._commit(self, success)
         self._close()
         return index
@@ -590,6 +647,10 @@ class EpisodeWriter:
         """Drop this episode: rows already written past the committed end are truncated."""
         if not self._open:
             return
+        self._open = False
+        if self._pending is not None:
+            concurrent.futures.wait([self._pending])  # its error, if any, is moot: the rows go anyway
+            self._pending = None
         for arr in self.store._data.values():
             if arr.shape[0] > self.start:
                 arr.resize((self.start, *arr.shape[1:]))
@@ -597,7 +658,7 @@ class EpisodeWriter:
 
     def _close(self) -> None:
         self._open = False
-        self._buffer = {}
+        self._buffer = self._spare = {}
         self.store._writer = None
 
     def _check_open(self) -> None:

@@ -1,6 +1,5 @@
 """Episode store: round trips, metadata, statistics, codecs, recovery of interrupted writes, bad input."""
 
-import gc
 import json
 import logging
 
@@ -143,8 +142,9 @@ def test_interrupted_episode_reported_and_truncated(tmp_path, small_flush, caplo
     for t in range(30):  # flushes several blocks past the committed end, then "crashes"
         writer.add({key: value[t] for key, value in episode(40, 1).items()})
     assert store.array("state").shape[0] > 12
-    del store, writer  # dropped without commit or discard, like a killed process: the lock goes,
-    gc.collect()       # the rows past the committed end stay
+    writer._wait()  # its rows are on disk; now abandon it like a killed process would: the lock
+    store._writer = None  # goes, the rows past the committed end stay
+    store.close()
 
     with caplog.at_level(logging.WARNING):
         reader = EpisodeStore.open(path, mode="r")
@@ -274,3 +274,29 @@ def test_bad_episode_structure_rejected(tmp_path):
     assert store.num_episodes == 0 and store.array("state").shape[0] == 0
     with pytest.raises(StoreError, match="read-only"):
         EpisodeStore.open(tmp_path / "s.zarr", mode="r").episode_writer("a", "scripted")
+
+
+def test_failed_background_write_discards_episode(tmp_path, small_flush, monkeypatch):
+    store = EpisodeStore.create(tmp_path / "s.zarr", SCHEMA, fps=10.0, robot="x")
+    good = episode(6)
+    store.add_episode(good, instruction="a", source="scripted")
+    real_write, calls = store_mod.EpisodeWriter._write, []
+
+    def write_then_fail(self, block, row):
+        calls.append(row)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_write(self, block, row)
+
+    monkeypatch.setattr(store_mod.EpisodeWriter, "_write", write_then_fail)
+    writer = store.episode_writer("b", "teleop")
+    bad = episode(40, 1)
+    with pytest.raises(StoreError, match="No space left.*discarded.*intact"):
+        for t in range(40):
+            writer.add({key: value[t] for key, value in bad.items()})
+        writer.commit()
+    monkeypatch.setattr(store_mod.EpisodeWriter, "_write", real_write)
+    assert store.num_episodes == 1 and store.array("state").shape[0] == 6
+    assert_same(store.episode(0), good)
+    store.add_episode(episode(5, 2), instruction="c", source="scripted")  # the store goes on
+    assert store.num_frames == 11

@@ -134,8 +134,6 @@ def test_crash_after_every_write_of_a_commit(tmp_path, monkeypatch):
     """Deterministic complement to the random kills: stop a commit at each of its writes, both before
     the write and between growing the array's shape and writing the value, then reopen. The episode
     must appear exactly when its episode_ends value landed, and never half."""
-    import gc
-
     import reverie.datasets.store as store_mod
 
     sys.path.insert(0, str(tmp_path))
@@ -173,8 +171,8 @@ def test_crash_after_every_write_of_a_commit(tmp_path, monkeypatch):
             pass
         monkeypatch.setattr(store_mod, "_append_row", real_append)
         monkeypatch.setattr(store_mod.EpisodeStore, "_update_stats", real_stats)
-        del store, writer  # like a killed process: lock released, nothing cleaned up
-        gc.collect()
+        store._writer = None  # abandon it like a killed process: lock released, nothing cleaned up
+        store.close()
         store, seeds = check_all(path, tmp_path)
         # Only the episode_ends value (the last append) commits; a crash in the stats update after it
         # keeps the episode, and stats() notices the stale cache and recomputes.
