@@ -236,9 +236,10 @@ class WindowDataset(torch.utils.data.IterableDataset):
     """Windows as a torch IterableDataset, for a DataLoader with any number of workers.
 
     Stores are opened inside each worker (zarr handles do not survive fork well) and each worker
-    draws from its own generator seeded by (seed, torch's worker seed): torch derives worker seeds
-    from its global RNG once per epoch, so epochs differ and `torch.manual_seed` makes runs
-    repeatable. `samples_per_epoch` windows are split across workers; each worker has its own cache.
+    draws from its own generator seeded by (seed, epoch, torch's worker seed): torch derives worker
+    seeds from its global RNG, so `torch.manual_seed` makes runs repeatable, and the epoch term keeps
+    persistent workers from repeating themselves. `samples_per_epoch` windows per epoch are split
+    across workers; each worker keeps its own sampler and image cache.
     """
 
     def __init__(self, stores, length: int, keys=None, weights=None, seed: int = 0,
@@ -250,20 +251,24 @@ class WindowDataset(torch.utils.data.IterableDataset):
         self.keys = WindowSampler(self.urls, length, keys, weights, seed, cache_bytes=0).keys
         self.length, self.weights, self.seed = length, weights, seed
         self.samples_per_epoch, self.cache_bytes = int(samples_per_epoch), cache_bytes
-        self.epoch = 0  # main-process iterations only (workers are re-created per epoch)
+        self.epoch = 0  # iterations of this process's copy
+        self._sampler: WindowSampler | None = None  # per process, kept across epochs (its cache too)
+        self._pid = -1
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
-        if info is None:
-            worker, workers, entropy = 0, 1, [self.seed, self.epoch]
-            self.epoch += 1
-        else:
-            worker, workers, entropy = info.id, info.num_workers, [self.seed, info.seed]
-        sampler = WindowSampler(self.urls, self.length, self.keys, self.weights,
-                                np.random.SeedSequence(entropy), self.cache_bytes)
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        # The epoch counter lives in this process's copy: persistent workers keep their torch seed
+        # across epochs, so without it every epoch would repeat the first one's windows.
+        entropy = [self.seed, self.epoch] + ([] if info is None else [info.seed])
+        self.epoch += 1
+        if self._sampler is None or self._pid != os.getpid():  # opened here, after any fork
+            self._sampler = WindowSampler(self.urls, self.length, self.keys, self.weights, 0, self.cache_bytes)
+            self._pid = os.getpid()
+        self._sampler.rng = np.random.default_rng(np.random.SeedSequence(entropy))
         count = self.samples_per_epoch // workers + (worker < self.samples_per_epoch % workers)
         for _ in range(count):
-            yield sampler.sample()
+            yield self._sampler.sample()
 
     def __len__(self) -> int:
         return self.samples_per_epoch

@@ -105,6 +105,9 @@ def test_dataloader_with_workers(tmp_path):
     assert len(set(two.tolist())) > 12  # workers draw different windows, not copies of each other
     assert torch.equal(two, stamps(2))  # torch.manual_seed makes the stream repeatable
     assert len(stamps(0)) == 24
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2, persistent_workers=True)
+    first, second = ([float(s["timestamp"][0]) for s in loader] for _ in range(2))
+    assert len(first) == 24 and first != second  # persistent workers do not replay the last epoch
 
 
 def test_chunk_cache_reads_like_zarr(tmp_path):
