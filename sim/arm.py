@@ -13,14 +13,21 @@ so the virtual servo bus can drive it from goal-position writes exactly as the e
 
 from __future__ import annotations
 
+import os
 import pathlib
+import sys
 import weakref
 
-import mujoco
-import numpy as np
+# Headless Linux (no display): render through EGL, unless the user chose a backend. MuJoCo reads this
+# when it is first imported, so it only helps if nothing imported mujoco before us.
+if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    os.environ.setdefault("MUJOCO_GL", "egl")
 
-from reverie.errors import ConfigError
-from reverie.sim import randomization
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+from reverie.errors import ConfigError, HardwareError  # noqa: E402
+from reverie.sim import randomization  # noqa: E402
 
 ASSET = pathlib.Path(__file__).parent / "assets" / "so101.xml"
 JOINT_NAMES = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
@@ -158,7 +165,11 @@ class ArmPhysics:
         if camera not in self.cameras:
             raise ConfigError(f"camera {camera!r} not enabled: pass cameras={list(self.cameras) + [camera]}")
         if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, *self.image_size)
+            try:
+                self._renderer = mujoco.Renderer(self.model, *self.image_size)
+            except mujoco.FatalError as e:
+                raise HardwareError(f"cannot open an OpenGL context for the sim cameras ({e}); on a machine "
+                                    f"without a display set MUJOCO_GL=egl (or osmesa) before starting") from e
             # Shadows and reflections triple the cost of a 64x64 frame under software GL.
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False

@@ -1,7 +1,7 @@
 """`reverie sim demos`: record scripted-teleoperator episodes of the sim arm into an episode store.
 
     reverie sim demos task=lift episodes=50 skill=1.0 out=demos/lift.zarr
-    reverie sim demos task=all episodes=200 skill=0.5 preset=randomized out=demos/mixed.zarr
+    reverie sim demos task=all episodes=200 skill=0.5 randomization=randomized out=demos/mixed.zarr
 
 Rows follow the store convention: row t holds o_t, the reward received on arriving at o_t, and the
 action a_t the teleoperator sent after seeing o_t; the final row's action is zeros, masked out.
@@ -65,7 +65,7 @@ def record(cfg: DictConfig) -> float:
         raise ConfigError("no output store: pass out=PATH.zarr (e.g. out=demos/lift.zarr)")
     if int(cfg.episodes) < 1:
         raise ConfigError(f"episodes={cfg.episodes}: record at least one episode (e.g. episodes=50)")
-    env = make_arm_env(cfg.task, preset=cfg.preset, image_size=tuple(cfg.image_size), cameras=tuple(cfg.cameras),
+    env = make_arm_env(cfg.task, preset=cfg.randomization, image_size=tuple(cfg.image_size), cameras=tuple(cfg.cameras),
                        control_hz=float(cfg.control_hz), time_limit=int(cfg.time_limit),
                        instruction_set=cfg.instruction_set)
     teleop = ScriptedTeleop(env, skill=float(cfg.skill))
@@ -77,7 +77,7 @@ def record(cfg: DictConfig) -> float:
             seed = int(cfg.seed) + i
             rows, success = run_episode(env, teleop, seed=seed)
             with store.episode_writer(instruction=env.instruction, source="scripted", round=0,
-                                      notes=f"skill={cfg.skill} seed={seed} preset={cfg.preset}") as writer:
+                                      notes=f"skill={cfg.skill} seed={seed} preset={cfg.randomization}") as writer:
                 for row in episode_rows(rows, env.cfg.cameras):
                     writer.add(row)
                 writer.commit(success=success)

@@ -82,11 +82,10 @@ def run_viewer(env, teleop: KeyboardTeleop) -> None:
     """Drive `env` from the keyboard in the MuJoCo passive viewer, at the env's control rate."""
     import os
 
-    import mujoco.viewer
-
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise HardwareError("no display for the MuJoCo viewer (DISPLAY is unset): run on a desktop session, "
                             "or drive KeyboardTeleop from code")
+    import mujoco.viewer
     ts = env.reset()
     print(f"instruction: {env.instruction}\n{__doc__}")
     period = 1.0 / env.cfg.control_hz

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from reverie.errors import ConfigError
+from reverie.errors import ConfigError, HardwareError
 from reverie.sim.arm_env import make_arm_env
-from reverie.sim.keyboard_teleop import KEYMAP, KeyboardTeleop
+from reverie.sim.keyboard_teleop import KEYMAP, KeyboardTeleop, main as keyboard_main, run_viewer
 from reverie.sim.scripted_teleop import ScriptedTeleop, run_episode
 from reverie.sim.tasks import TASKS
 
@@ -109,3 +109,14 @@ def test_keyboard_drives_the_env_headless():
     moved = env.phys.qpos() - start
     assert moved[0] > 0.3 and moved[5] > 0.3 and np.abs(moved[1:5]).max() < 0.05
     env.close()
+
+
+def test_viewer_without_a_display_says_so(monkeypatch, capsys):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    env = make_arm_env("touch", image_size=(16, 16))
+    with pytest.raises(HardwareError, match="display"):
+        run_viewer(env, KeyboardTeleop())
+    env.close()
+    assert keyboard_main(["task=lift"]) == 2 and "display" in capsys.readouterr().err
+    assert keyboard_main(["task=lift", "speed=3"]) == 2 and "unknown option" in capsys.readouterr().err

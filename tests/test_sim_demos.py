@@ -55,6 +55,13 @@ def test_append_and_its_checks(store_path, tmp_path):
     store = EpisodeStore.open(copy)
     assert [tasks.parse_instruction(store.meta(i).instruction).task for i in range(2)] == ["lift", "push"]
     store.close()
+    demos.main(["demos", "task=touch", "episodes=1", f"out={copy}", "image_size=[32,32]", "append=true",
+                "randomization=shifted", "instruction_set=heldout"])
+    store = EpisodeStore.open(copy)
+    assert store.num_episodes == 3 and "preset=shifted" in store.meta(2).notes
+    assert store.meta(2).instruction in [tasks.render(t, tasks.parse_instruction(store.meta(2).instruction))
+                                         for t in tasks.TEMPLATES["touch"]["heldout"]]
+    store.close()
     with pytest.raises(ConfigError, match="image_size"):
         demos.main(["demos", "episodes=1", f"out={copy}", "append=true"])  # 64x64 into a 32x32 store
     with pytest.raises(StoreError, match="already exists"):
