@@ -19,7 +19,7 @@ from reverie.config import compose, split_args
 from reverie.errors import ConfigError, HardwareError
 from reverie.robot_io.calibration import RangeRecorder, make_calibration, read_ticks, save_calibration
 from reverie.robot_io.config import ArmConfig, arm_from_command
-from reverie.robot_io.robot import connect_bus, make_bus
+from reverie.robot_io.arm_bus import connect_bus, make_bus
 
 log = logging.getLogger(__name__)
 POLL_S = 0.02

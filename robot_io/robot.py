@@ -24,72 +24,13 @@ import time
 import numpy as np
 
 from reverie.errors import HardwareError, ReverieError
-from reverie.robot_io.bus import ServoAlarm, ServoBus
+from reverie.robot_io.arm_bus import connect_bus, first_line, make_bus
+from reverie.robot_io.bus import ServoAlarm
 from reverie.robot_io.config import ArmConfig
 from reverie.robot_io.safety import SafetyFilter, Watchdog
 from reverie.specs import ArraySpec, StepType, TextSpec, TimeStep
 
 log = logging.getLogger(__name__)
-
-
-def make_bus(arm: ArmConfig, role: str = "arm") -> ServoBus:
-    if not arm.port:
-        raise HardwareError(f"{role} {arm.name!r} has no port: pass port=/dev/ttyACM0 (Linux) or "
-                            f"/dev/tty.usbmodem... (macOS); `ls /dev/tty*` before and after plugging it in")
-    # No `models=`: the bus would check them inside connect() with messages that cannot name our
-    # joints; connect_bus() pings every id itself, and the bus learns each model from its answer.
-    return ServoBus(arm.port, protocol=arm.protocol, baudrate=arm.baudrate, timeout_s=arm.timeout_s,
-                    retries=arm.retries)
-
-
-def connect_bus(bus, arm: ArmConfig, role: str = "arm") -> None:
-    """Open the port, then ping every configured id and compare its model with the config. Errors
-    name the servo, its joint, what went wrong on the wire and what to check."""
-    bus.connect()
-    try:
-        _verify_servos(bus, arm, role)
-    except BaseException:
-        bus.close()
-        raise
-
-
-def _verify_servos(bus, arm: ArmConfig, role: str) -> None:
-    silent, alarms, wrong = [], [], []
-    for j in arm.joints:
-        try:
-            got = bus.ping(j.id)
-        except ServoAlarm as e:  # it answered, but flags overload/overheating/voltage
-            alarms.append(f"servo {j.id} (joint {j.name}) reports {e.description}")
-            continue
-        except HardwareError as e:
-            silent.append((j, e))
-            continue
-        want = bus.family.models[j.model].number if j.model in bus.family.models else None
-        if want is None:
-            raise HardwareError(f"arm {arm.name!r}, joint {j.name}: unknown {arm.protocol} model "
-                                f"{j.model!r}; known: {sorted(bus.family.models)}")
-        if got != want:
-            actual = bus.family.by_number.get(got)
-            wrong.append(f"id {j.id} (joint {j.name}) is model number {got} "
-                         f"({actual.name if actual else 'unknown'}), the config says {j.model} ({want})")
-    where = f"{role} {arm.name!r} on {arm.port}"
-    if silent and len(silent) == len(arm.joints):
-        raise HardwareError(
-            f"no servo answered on {where} at {arm.baudrate} baud: {_first_line(silent[0][1])}. Check "
-            f"that the arm is powered, that the port is its bus adapter, that baudrate matches the "
-            f"servos' Baud_Rate (SO-101 and Koch arms are set to 1000000) and that protocol="
-            f"{arm.protocol} is right")
-    if silent:
-        lines = "; ".join(f"id {j.id} (joint {j.name}): {_first_line(e)}" for j, e in silent)
-        raise HardwareError(
-            f"servo id(s) {[j.id for j, _ in silent]} did not answer on {where} while the others did "
-            f"({lines}). Check that servo's cable in the daisy chain and that its ID is set")
-    if wrong:
-        raise HardwareError(f"wrong servo model on {where}: " + "; ".join(wrong) +
-                            ". Fix `model:` in the arm config or fit the right servo")
-    if alarms:
-        raise HardwareError(f"hardware alarm on {where}: " + "; ".join(alarms) + ". Power the arm "
-                            f"off, check for a blocked joint, the supply voltage and temperature, then retry")
 
 
 class Robot:
@@ -332,7 +273,7 @@ class Robot:
                 self.move_to(self.arm.safe_pose, what="safe pose", timeout_s=5.0, stopping=True)
                 notes.append("arm moved to its safe pose")
             except ReverieError as e:
-                notes.append(f"could not reach the safe pose ({_first_line(e)})")
+                notes.append(f"could not reach the safe pose ({first_line(e)})")
         if self._torque:
             failed = []
             for servo_id in self.arm.ids:  # one by one: a servo that fails must not keep the rest on
@@ -344,7 +285,7 @@ class Robot:
                     failed.append((servo_id, e))
             if failed:
                 ids = [i for i, _ in failed]
-                notes.append(f"could not release torque on servo(s) {ids} ({_first_line(failed[0][1])}): "
+                notes.append(f"could not release torque on servo(s) {ids} ({first_line(failed[0][1])}): "
                              f"they may still hold their last goal; support the arm and switch its power off")
             else:
                 notes.append("torque released")
@@ -408,7 +349,3 @@ def _ctrl_c_deferred(name: str):
         signal.signal(signal.SIGINT, previous)
     if pressed:
         raise KeyboardInterrupt
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__

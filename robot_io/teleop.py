@@ -141,7 +141,7 @@ class LeaderFollower:
         self._connected = False
 
     def connect(self) -> None:
-        from reverie.robot_io.robot import connect_bus, make_bus
+        from reverie.robot_io.arm_bus import connect_bus, make_bus
 
         if self._bus is None:
             self._bus = make_bus(self.leader, role="leader arm")

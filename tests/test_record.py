@@ -16,8 +16,9 @@ from reverie.robot_io.camera_setup import build_cameras
 from reverie.robot_io.config import load_arm
 from reverie.robot_io.loop_report import loop_report
 from reverie.robot_io.record import Plan, Recorder, open_or_create_store
-from reverie.robot_io.robot import Robot, make_bus
-from reverie.robot_io.teleop import Event, KeyboardTeleop
+from reverie.robot_io.arm_bus import make_bus
+from reverie.robot_io.robot import Robot
+from reverie.robot_io.teleop import KeyboardTeleop
 from reverie.robot_io.virtual_robot import LAUNCH, VirtualArm
 
 

@@ -10,7 +10,8 @@ import pytest
 from reverie.robot_io.calibrate import main as calibrate_main
 from reverie.robot_io.camera_setup import build_cameras
 from reverie.robot_io.config import load_arm
-from reverie.robot_io.robot import Robot, make_bus
+from reverie.robot_io.arm_bus import make_bus
+from reverie.robot_io.robot import Robot
 from reverie.robot_io.teleop import Event, KeyboardTeleop, LeaderFollower
 from reverie.robot_io.virtual_robot import VirtualArm
 from reverie.specs import StepType
