@@ -152,11 +152,15 @@ class ArmEnv:
     def _observe(self, success: bool) -> tuple[dict, dict]:
         obs = {f"image/{c}": self.phys.render(c) for c in self._rendered}
         stamp = time.time()  # captured with the images
+        variation = self.phys.variation
+        if variation.image_noise > 0:  # sensor noise: the same for every camera model
+            for key in [k for k in obs if k.startswith("image/")]:
+                noisy = obs[key] + self._rng.normal(0.0, variation.image_noise, obs[key].shape)
+                obs[key] = np.clip(noisy, 0, 255).astype(np.uint8)
         state = self.phys.qpos()
         state[5] = self.phys.gripper_opening()
-        noise = self.phys.variation.state_noise
-        if noise > 0:
-            state[:5] += self._rng.normal(0.0, noise, 5)
+        if variation.state_noise > 0:
+            state[:5] += self._rng.normal(0.0, variation.state_noise, 5)
         obs["state"] = state.astype(np.float32)
         obs["instruction"] = self.instruction
         g = self.goal

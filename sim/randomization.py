@@ -2,8 +2,8 @@
 
 A preset is a set of ranges; `sample` draws one concrete `Variation` per episode and `apply` writes
 it into the MuJoCo model (colours, table texture, lights, camera pose, friction, masses, servo gains).
-Two entries are not model parameters and are applied by the environment instead: action latency
-(in control steps) and observation noise (radians on the joint state).
+Three entries are not model parameters and are applied by the environment instead: action latency
+(in control steps) and observation noise (radians on the joint state, pixel levels on the images).
 
 `shifted` is a single fixed variant chosen outside every `randomized` range (dimmer light, a table
 texture never seen in training, a camera moved further than the jitter, heavier cubes, softer servos,
@@ -39,6 +39,7 @@ class Variation:
     gain_scale: float = 1.0  # servo kp (and kv, so the loop's damping ratio is kept)
     latency_steps: int = 0  # control steps between an action and its effect (env)
     state_noise: float = 0.0  # std of Gaussian noise on the joint state, radians (env)
+    image_noise: float = 0.0  # std of Gaussian noise on every pixel, in 0-255 levels (env)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Ranges:
     gain_scale: tuple[float, float] = (0.75, 1.25)
     latency_steps: tuple[int, int] = (0, 2)
     state_noise: tuple[float, float] = (0.0, 0.01)
+    image_noise: tuple[float, float] = (0.0, 4.0)
 
 
 RANDOMIZED = Ranges()
@@ -72,6 +74,7 @@ SHIFTED = Variation(
     gain_scale=0.6,
     latency_steps=3,
     state_noise=0.02,
+    image_noise=8.0,
 )
 PRESETS = ("nominal", "randomized", "shifted")
 
@@ -106,6 +109,7 @@ def sample(preset: str, rng: np.random.Generator, ranges: Ranges = RANDOMIZED) -
         gain_scale=uni(r.gain_scale),
         latency_steps=int(rng.integers(r.latency_steps[0], r.latency_steps[1] + 1)),
         state_noise=uni(r.state_noise),
+        image_noise=uni(r.image_noise),
     )
 
 

@@ -95,7 +95,8 @@ def test_randomized_preset_varies_within_ranges_and_shifted_lies_outside():
     rng = np.random.default_rng(0)
     r = randomization.RANDOMIZED
     draws = [randomization.sample("randomized", rng) for _ in range(50)]
-    for field in ("light_scale", "friction_scale", "mass_scale", "gain_scale", "latency_steps"):
+    for field in ("light_scale", "friction_scale", "mass_scale", "gain_scale", "latency_steps", "state_noise",
+                  "image_noise"):
         values = np.array([getattr(v, field) for v in draws])
         lo, hi = getattr(r, field)
         assert values.min() >= lo and values.max() <= hi and values.std() > 0, field
@@ -103,7 +104,7 @@ def test_randomized_preset_varies_within_ranges_and_shifted_lies_outside():
     s = randomization.SHIFTED
     assert s.table_material not in r.table_materials
     assert s.latency_steps > r.latency_steps[1]
-    for field in ("light_scale", "friction_scale", "mass_scale", "gain_scale"):
+    for field in ("light_scale", "friction_scale", "mass_scale", "gain_scale", "state_noise", "image_noise"):
         lo, hi = getattr(r, field)
         assert not lo <= getattr(s, field) <= hi, field
     assert np.abs(s.camera_shift).max() > r.camera_shift
@@ -247,6 +248,11 @@ def test_latency_delays_actions():
     # What the servos will hold once the delayed actions land: four steps of +max_delta (clipped to
     # the lead bound around the measured angle), ahead of what they hold now.
     assert e.commanded[0] > e.phys.targets()[0] + 0.2
+    # Shifted also adds sensor noise: 8 grey levels per pixel, 0.02 rad per joint.
+    ts = e.reset(seed=0)
+    noise = ts.observation["image/front"].astype(np.float64) - e.phys.render("front")
+    assert 5 < noise.std() < 10
+    assert 0 < np.abs(ts.observation["state"][:5] - e.phys.qpos()[:5]).max() < 0.1
     e.close()
 
 
