@@ -9,10 +9,18 @@ import torch
 from reverie.config import compose
 from reverie.world_model.backend import DataSpec, WorldModel, build, load_backends, model_config, replay_policy
 from reverie.world_model.dynamics import Dynamics
-from reverie.world_model.shortcut import (RunningRMS, bootstrap_velocity, context_pass, generate_frame,
-                                          sample_levels, shortcut_loss)
+from reverie.world_model.shortcut import (RunningRMS, bootstrap_velocity, generate_frame, sample_levels,
+                                          shortcut_loss)
 
 B, T, J, A = 2, 8, 5, 4
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and leave the other core to the rest of the suite)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def make_model(*overrides):
@@ -163,22 +171,30 @@ def test_backend_interface_shapes_and_stages():
     assert traj["feat"].shape == (B, 7, model.feat_dim)
 
 
-def test_observe_cache_continues_like_one_long_forward():
-    """Frames generated from observe's KV cache see the context exactly as a full forward would."""
+def test_online_observe_one_row_at_a_time_equals_one_long_observe():
+    """observe(batch, state) continues both KV caches (tokenizer and dynamics) exactly."""
     model = make_model()
     model.eval()
+    model.ctx_noise = 0.0  # deterministic context pass
     batch = make_batch(6)
-    torch.manual_seed(3)
-    z, prev, prev_mask, seg, instr = model._encode_context(batch)
-    zp = model.pack_z(z)
-    torch.manual_seed(4)
-    feat_full, _ = context_pass(model.dynamics, zp, None, 0, prev, prev_mask, instr, 0.0, seg)
-    torch.manual_seed(4)
-    _, cache = context_pass(model.dynamics, zp[:, :5], None, 0, prev[:, :5], prev_mask[:, :5], instr, 0.0,
-                            seg[:, :5])
-    feat_last, _ = context_pass(model.dynamics, zp[:, 5:], cache, 5, prev[:, 5:], prev_mask[:, 5:], instr,
-                                0.0, seg)
-    assert torch.allclose(feat_full[:, 5:], feat_last, atol=1e-5)
+    batch["is_first"][1, 3] = True  # item 1 starts a new episode at row 3
+    state_full, feat_full = model.observe(batch)
+    state, feats = None, []
+    for t in range(6):
+        row = {k: (v[:, t:t + 1] if k != "instruction_embedding" else v) for k, v in batch.items()}
+        if t > 0:
+            row["prev_action"], row["prev_action_mask"] = batch["action"][:, t - 1], batch["action_mask"][:, t - 1]
+        state, feat = model.observe(row, state)
+        feats.append(feat)
+    assert torch.allclose(torch.cat(feats, 1), feat_full, atol=1e-4)
+    for key in ("k", "tk", "seg", "z", "feat"):
+        assert torch.allclose(state[key].float(), state_full[key].float(), atol=1e-4), key
+    # the new episode of item 1 does not see its old frames: changing them leaves its features
+    batch2 = {k: v.clone() for k, v in batch.items()}
+    batch2["image"][1, :3] = torch.rand(3, 16, 16, 3)
+    _, feat2 = model.observe(batch2)
+    assert torch.allclose(feat2[1, 3:], feat_full[1, 3:], atol=1e-5)
+    assert not torch.allclose(feat2[1, :3], feat_full[1, :3], atol=1e-4)
 
 
 @pytest.mark.parametrize("overrides", [[], ["world_model.v_pred=true", "world_model.shortcut=false",
@@ -186,10 +202,10 @@ def test_observe_cache_continues_like_one_long_forward():
                                             "world_model.feat=pooled", "world_model.softcap=0"]])
 def test_dynamics_loss_decreases_on_a_tiny_batch(overrides):
     model = make_model("world_model.stage=dynamics", *overrides)
-    batch = make_batch()
+    batch = make_batch(4)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     errs = []
-    for _ in range(40):
+    for _ in range(30):
         loss, metrics = model.loss(batch)
         opt.zero_grad()
         loss.backward()
@@ -200,10 +216,10 @@ def test_dynamics_loss_decreases_on_a_tiny_batch(overrides):
 
 def test_tokenizer_loss_decreases_on_a_tiny_batch():
     model = make_model("world_model.stage=tokenizer")
-    batch = make_batch()
+    batch = make_batch(2)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     mses = []
-    for _ in range(40):
+    for _ in range(30):
         loss, metrics = model.loss(batch)
         opt.zero_grad()
         loss.backward()
@@ -218,3 +234,48 @@ def test_config_errors_name_the_fix():
     cfg = compose("train_wm", ["world_model=shortcut", "preset=tiny", "data=unused"])
     with pytest.raises(Exception, match="image_size"):
         build("shortcut", model_config(cfg), DataSpec((32, 32, 3), J, A))
+
+
+# ----- end to end with the trainer, checkpoints and evaluation (tiny preset, synthetic store) -----
+
+@pytest.fixture(scope="module")
+def toy_store(tmp_path_factory):
+    from reverie.world_model.data import write_toy_store
+
+    return str(write_toy_store(tmp_path_factory.mktemp("data") / "toy.zarr", episodes=5, length=20))
+
+
+def train(store, out, *extra):
+    from reverie.world_model.train import Trainer
+
+    cfg = compose("train_wm", ["world_model=shortcut", "preset=tiny", f"data={store}", f"out={out}",
+                               "progress=false", "log_every=2", "image_every=0", "save_every=100",
+                               "threads=1", "preset.shortcut.tokenizer_steps=3", *extra])
+    return Trainer(cfg).run()
+
+
+def test_tiny_two_stage_run_trains_checkpoints_resumes_and_evaluates(toy_store, tmp_path):
+    from reverie.world_model import checkpoint
+    from reverie.world_model.evaluate import evaluate
+
+    full = train(toy_store, tmp_path / "full", "steps=5")  # 3 tokenizer steps, then 2 dynamics steps
+    assert int(full.model.updates) == 5 and full.model.current_stage() == "dynamics"
+    train(toy_store, tmp_path / "split", "steps=2")        # interrupted inside the tokenizer stage
+    resumed = train(toy_store, tmp_path / "split", "steps=5", "resume=true")
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    model, _, trainer = checkpoint.load_model(tmp_path / "full")
+    assert trainer["backend"] == "shortcut" and isinstance(model, WorldModel)
+    results = evaluate(compose("eval_wm", [f"checkpoint={tmp_path / 'full'}", "windows=2", "context=3",
+                                           "horizon=4", "batch_size=2"]))
+    assert len(results["per_horizon"]["mse/model"]) == 4 and "follows_actions" in results
+    assert all(np.isfinite(results["per_horizon"]["mse/model"]))
+
+
+def test_separate_stages_load_the_frozen_tokenizer(toy_store, tmp_path):
+    tok = train(toy_store, tmp_path / "tok", "steps=2", "world_model.stage=tokenizer")
+    dyn = train(toy_store, tmp_path / "dyn", "steps=2", "world_model.stage=dynamics",
+                f"world_model.tokenizer={tmp_path / 'tok'}")
+    assert bool(dyn.model.tok_loaded)
+    for (k, a), b in zip(tok.model.tokenizer.state_dict().items(), dyn.model.tokenizer.state_dict().values()):
+        assert torch.equal(a, b), k  # loaded, then frozen through dynamics training

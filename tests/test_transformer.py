@@ -1,5 +1,6 @@
 """Space x time transformer, tokenizer and dynamics: shapes, causality, KV cache, attention masks."""
 
+import pytest
 import torch
 
 from reverie.world_model.dynamics import Dynamics
@@ -7,6 +8,14 @@ from reverie.world_model.tokenizer import Tokenizer, patchify, unpatchify
 from reverie.world_model.transformer import Attention, SpaceTimeTransformer, rope, trim_cache
 
 torch.manual_seed(0)
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and leave the other core to the rest of the suite)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_layer_pattern_and_shapes():

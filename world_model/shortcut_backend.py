@@ -53,8 +53,10 @@ class ShortcutWorldModel(WorldModel):
         self.steps, self.ctx_noise, self.shortcut = c.sampling_steps, c.ctx_noise, c.shortcut
         self.single_frac = c.single_frac
         self.context = int(c.context or c.seq_len - 1)  # RoPE distances stay within training's
+        self.tok_seq_len = int(c.get("tok_seq_len") or 0)
         self.tokenizer = Tokenizer(spec.image_shape, c.patch, c.latents, c.bottleneck, c.tok_dim,
-                                   c.tok_depth, c.tok_heads, c.tok_kv_heads, c.time_every,
+                                   c.tok_depth, c.tok_heads, c.tok_kv_heads,
+                                   c.get("tok_time_every") or c.time_every,
                                    c.softcap, c.qk_norm, c.tok_drop_max)
         self.dynamics = Dynamics(c.latents // c.pack, c.bottleneck * c.pack, spec.action_dim, c.dim,
                                  c.depth, c.heads, c.kv_heads, c.registers, c.agents, c.time_every,
@@ -70,12 +72,26 @@ class ShortcutWorldModel(WorldModel):
                                     for k in ("image", "dyn", "reward", "cont", "state")})
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # training loss() calls
         self.register_buffer("tok_loaded", torch.zeros((), dtype=torch.bool))
+        self._set_trainable()
+        self.register_load_state_dict_post_hook(lambda module, keys: module._set_trainable())
+
+    # Export sets this: observed frames enter the context with the noise at its mean (zero) instead of
+    # a random draw, so observe is a pure function that the ONNX policy reproduces. Off for training.
+    deterministic = False
 
     # ----- helpers ------------------------------------------------------------------------------
     def current_stage(self) -> str:
         if self.stage != "both":
             return self.stage
         return "tokenizer" if int(self.updates) < self.steps_tok else "dynamics"
+
+    def _set_trainable(self) -> None:
+        """Only the current stage's parameters require grad (the optimiser and DDP then skip the
+        rest; a resumed run finds optimiser state for exactly the trainable ones)."""
+        self._trainable = self.current_stage()
+        tok = self._trainable == "tokenizer"
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.startswith("tokenizer.") == tok)
 
     def _load_tokenizer(self) -> None:
         """stage=dynamics: copy the tokenizer weights of `cfg.tokenizer` (once; checkpoints keep them)."""
@@ -106,11 +122,14 @@ class ShortcutWorldModel(WorldModel):
 
     @staticmethod
     def _prev_action(batch, single: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """-> a_{t-1} (B, T, A), its mask (B, T) (False at is_first, row 0 and single images),
-        segment ids (B, T) from is_first."""
+        """-> a_{t-1} (B, T, A), its mask (B, T) (False at is_first and single images; row 0 uses the
+        batch's `prev_action` / `prev_action_mask` when continuing a rollout, else unknown),
+        segment ids (B, T) counted from is_first."""
         action, mask, first = batch["action"], batch["action_mask"].bool(), batch["is_first"].bool()
-        prev = torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
-        prev_mask = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, :-1]], 1) & ~first
+        a0 = batch.get("prev_action", torch.zeros_like(action[:, 0]))[:, None].to(action.dtype)
+        m0 = batch.get("prev_action_mask", torch.zeros_like(mask[:, 0]))[:, None].bool()
+        prev = torch.cat([a0, action[:, :-1]], 1)
+        prev_mask = torch.cat([m0, mask[:, :-1]], 1) & ~first
         seg = first.long().cumsum(1)
         if single is not None:
             prev_mask = prev_mask & ~single[:, None]
@@ -128,12 +147,17 @@ class ShortcutWorldModel(WorldModel):
     # ----- the interface ------------------------------------------------------------------------
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         stage = self.current_stage()
+        if stage != self._trainable:  # stage=both switched to the dynamics
+            self._set_trainable()
         if self.training:
             self.updates += 1
         img = self._image(batch)
         seg = batch["is_first"].bool().long().cumsum(1)
         seg, single = self._single_segments(seg)
         if stage == "tokenizer":
+            if self.tok_seq_len and img.shape[1] > self.tok_seq_len:  # shorter clips: cheaper steps
+                i = int(torch.randint(0, img.shape[1] - self.tok_seq_len + 1, ()))
+                img, seg = img[:, i:i + self.tok_seq_len], seg[:, i:i + self.tok_seq_len]
             mse, metrics = self.tokenizer.loss(img, seg)
             total = self._norm("image", mse)
             return total, {"loss/total": total.item(), "loss/image": mse.item(),
@@ -155,41 +179,41 @@ class ShortcutWorldModel(WorldModel):
         return total, out
 
     def _encode_context(self, batch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        img = self._image(batch)
-        z = self.tokenizer.encode(img)  # (B, T, L, C)
+        z = self.tokenizer.encode(self._image(batch))  # (B, T, L, C)
         prev, prev_mask, seg = self._prev_action(batch)
         return z, prev, prev_mask, seg, batch["instruction_embedding"].to(z.dtype)
 
     @torch.no_grad()
-    def observe(self, batch: dict[str, Tensor]) -> tuple[State, Tensor]:
-        z, prev, prev_mask, seg, instr = self._encode_context(batch)
-        t = z.shape[1]
-        feat, cache = context_pass(self.dynamics, self.pack_z(z), None, 0, prev, prev_mask, instr,
-                                   self.ctx_noise, seg)
-        if t > self.context:  # generation reads a sliding window of the last `context` frames
-            cache, seg = trim_cache(cache, self.context), seg[:, -self.context:]
-        state = self._state(cache, seg, t, z[:, -1], feat[:, -1], instr)
+    def observe(self, batch: dict[str, Tensor], state: State | None = None) -> tuple[State, Tensor]:
+        """Encode and run the rows as (slightly noised) context. With `state`, continue its rollout
+        (online control, e.g. one row at a time) through both KV caches, tokenizer and dynamics."""
+        prev, prev_mask, seg = self._prev_action(batch)
+        instr = batch["instruction_embedding"]
+        b, t = prev.shape[:2]
+        t0, tok_cache, dyn_cache = 0, None, None
+        if state is not None:  # segment ids continue; a row with is_first starts a new one
+            t0 = int(state["t"][0])
+            tok_cache, dyn_cache = _unpack(state["tk"], state["tv"]), _unpack(state["k"], state["v"])
+            seg = torch.cat([state["seg"], state["seg"][:, -1:] + seg], 1)  # (B, Tc + T)
+        z, tok_cache = self.tokenizer.encode(self._image(batch), None, seg, tok_cache, t0, return_cache=True)
+        instr = instr.to(z.dtype)
+        zp = self.pack_z(z)
+        feat, dyn_cache = context_pass(self.dynamics, zp, dyn_cache, t0, prev, prev_mask, instr,
+                                       self.ctx_noise, seg,
+                                       noise=torch.zeros_like(zp) if self.deterministic else None)
+        if seg.shape[1] > self.context:  # generation reads a sliding window of the last frames
+            tok_cache, dyn_cache = trim_cache(tok_cache, self.context), trim_cache(dyn_cache, self.context)
+            seg = seg[:, -self.context:]
+        n_tok, n_dyn = self.tokenizer.n_patch + self.tokenizer.n_lat, self.dynamics.n
+        state = {**_pack(dyn_cache, b, n_dyn, "k", "v"), **_pack(tok_cache, b, n_tok, "tk", "tv"),
+                 "seg": seg, "t": torch.full((b,), t0 + t, device=z.device), "z": z[:, -1],
+                 "feat": feat[:, -1], "instr": instr}
         return state, feat
-
-    def _state(self, cache: list[KV], seg: Tensor, t: int, z: Tensor, feat: Tensor, instr: Tensor) -> State:
-        b = z.shape[0]
-        n = self.dynamics.n
-        k = torch.stack([kv[0] for kv in cache], 0)  # (Ltime, B*N, G, Tc, E)
-        v = torch.stack([kv[1] for kv in cache], 0)
-        k = k.view(k.shape[0], b, n, *k.shape[2:]).transpose(0, 1)  # (B, Ltime, N, G, Tc, E)
-        v = v.view(v.shape[0], b, n, *v.shape[2:]).transpose(0, 1)
-        return {"k": k, "v": v, "seg": seg, "t": torch.full((b,), t, device=z.device),
-                "z": z, "feat": feat, "instr": instr}
-
-    @staticmethod
-    def _cache(state: State) -> list[KV]:
-        k, v = state["k"].transpose(0, 1), state["v"].transpose(0, 1)  # (Ltime, B, N, G, Tc, E)
-        return [(ki.flatten(0, 1), vi.flatten(0, 1)) for ki, vi in zip(k, v)]
 
     @torch.no_grad()
     def imagine(self, state: State, policy: Policy, horizon: int, steps: int | None = None) -> dict:
         steps = steps or self.steps
-        cache, seg, t0 = self._cache(state), state["seg"], int(state["t"][0])
+        cache, seg, t0 = _unpack(state["k"], state["v"]), state["seg"], int(state["t"][0])
         instr, feat = state["instr"], state["feat"]
         b = feat.shape[0]
         feats, zs, actions = [feat], [state["z"]], []
@@ -226,3 +250,19 @@ class ShortcutWorldModel(WorldModel):
     def decode_state(self, state: State) -> Tensor:
         """Predicted joint state (..., J) from the features (probe used by evaluation)."""
         return symexp(self.state_head(state["feat"]).float())
+
+
+def _pack(cache: list[KV], b: int, n: int, kname: str, vname: str) -> State:
+    """KV cache [(B*N, G, Tc, E)] per time layer -> batch-major tensors (B, layers, N, G, Tc, E)."""
+    if not cache:
+        return {kname: torch.zeros(b, 0), vname: torch.zeros(b, 0)}
+    k, v = torch.stack([kv[0] for kv in cache], 1), torch.stack([kv[1] for kv in cache], 1)
+    return {kname: k.view(b, n, *k.shape[1:]).transpose(1, 2),
+            vname: v.view(b, n, *v.shape[1:]).transpose(1, 2)}
+
+
+def _unpack(k: Tensor, v: Tensor) -> list[KV]:
+    if k.dim() == 2:
+        return []
+    k, v = k.transpose(0, 1), v.transpose(0, 1)  # (layers, B, N, G, Tc, E)
+    return [(ki.flatten(0, 1), vi.flatten(0, 1)) for ki, vi in zip(k, v)]

@@ -80,16 +80,20 @@ class Tokenizer(nn.Module):
         self.register_buffer("enc_mask", block_mask(self.n_patch, latents, False, True), persistent=False)
         self.register_buffer("dec_mask", block_mask(self.n_patch, latents, True, False), persistent=False)
 
-    def encode(self, img: Tensor, drop: Tensor | None = None, segments: Tensor | None = None) -> Tensor:
-        """img (B, T, H, W, 3) in [0, 1]; drop (B, T, P) bool patches to mask -> z (B, T, L, C)."""
+    def encode(self, img: Tensor, drop: Tensor | None = None, segments: Tensor | None = None,
+               cache: list | None = None, t0: int = 0, return_cache: bool = False):
+        """img (B, T, H, W, 3) in [0, 1]; drop (B, T, P) bool patches to mask -> z (B, T, L, C)
+        (and the encoder's KV cache extended by these frames when return_cache: online encoding
+        of one frame at a time continues from it)."""
         b, t = img.shape[:2]
         x = self.patch_in(patchify(img, self.p) * 2 - 1)  # (B, T, P, D)
         if drop is not None:
             x = torch.where(drop[..., None], self.mask_token.to(x.dtype), x)
         x = x + self.patch_pos
         lat = self.lat_tokens.expand(b, t, -1, -1).to(x.dtype)
-        y, _ = self.encoder(torch.cat([x, lat], 2), self.enc_mask, segments)  # (B, T, P + L, D)
-        return torch.tanh(self.to_z(y[:, :, self.n_patch:]))
+        y, cache = self.encoder(torch.cat([x, lat], 2), self.enc_mask, segments, cache, t0)  # (B, T, P + L, D)
+        z = torch.tanh(self.to_z(y[:, :, self.n_patch:]))
+        return (z, cache) if return_cache else z
 
     def decode(self, z: Tensor, segments: Tensor | None = None) -> Tensor:
         """z (B, T, L, C) -> images (B, T, H, W, 3), unclamped (about [0, 1])."""

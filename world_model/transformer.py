@@ -138,7 +138,9 @@ class SpaceTimeTransformer(nn.Module):
         time_pos = torch.arange(t0, t0 + t, device=x.device)
         kpos = torch.arange(t0 - tc, t0 + t, device=x.device)
         time_mask = kpos[None, :] <= time_pos[:, None]  # (T, Tc + T) causal
-        if segments is not None:
+        if self.n_time == 0:
+            time_mask = None
+        elif segments is not None:
             same = segments[:, None, :] == segments[:, tc:, None]  # (B, T, Tc + T)
             time_mask = (time_mask & same)[:, None].expand(b, n, t, tc + t).reshape(b * n, 1, t, tc + t)
         elif t == 1:
@@ -159,6 +161,6 @@ class SpaceTimeTransformer(nn.Module):
 
 def trim_cache(cache: list[KV], max_frames: int) -> list[KV]:
     """Keep the last `max_frames` frames of a KV cache (sliding context window)."""
-    if max_frames <= 0 or cache[0][0].shape[2] <= max_frames:
+    if not cache or max_frames <= 0 or cache[0][0].shape[2] <= max_frames:
         return cache
     return [(k[:, :, -max_frames:], v[:, :, -max_frames:]) for k, v in cache]
