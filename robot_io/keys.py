@@ -17,6 +17,22 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
+def split_keys(chunk: str) -> list[str]:
+    """Single keys of one read. Arrow and function keys arrive as escape sequences (ESC [ ... or
+    ESC O x) and are dropped, since none is ours; a lone ESC is the Esc key."""
+    keys, i = [], 0
+    while i < len(chunk):
+        if chunk[i] == "\x1b" and i + 1 < len(chunk) and chunk[i + 1] in "[O":
+            i += 2
+            while i < len(chunk) and not ("@" <= chunk[i] <= "~"):  # parameters, up to the final byte
+                i += 1
+            i += 1
+            continue
+        keys.append(chunk[i])
+        i += 1
+    return keys
+
+
 class TerminalKeys:
     def __init__(self, on_key: Callable[[str], None], stream=None):
         self.on_key = on_key
@@ -58,10 +74,7 @@ class TerminalKeys:
             ready, _, _ = select.select([fd], [], [], 0.05)
             if not ready:
                 continue
-            chunk = os.read(fd, 32).decode(errors="ignore")
-            if chunk.startswith("\x1b") and len(chunk) > 1:
-                continue  # arrow and function keys arrive as escape sequences: not ours
-            for key in chunk:
+            for key in split_keys(os.read(fd, 64).decode(errors="ignore")):
                 try:
                     self.on_key(key)
                 except Exception:  # a bad handler must not kill key input mid-recording

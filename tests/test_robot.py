@@ -12,6 +12,7 @@ from reverie.robot_io.camera_setup import build_cameras
 from reverie.robot_io.config import load_arm
 from reverie.robot_io.arm_bus import make_bus
 from reverie.robot_io.robot import Robot
+from reverie.robot_io.keys import TerminalKeys
 from reverie.robot_io.teleop import Event, KeyboardTeleop, LeaderFollower
 from reverie.robot_io.virtual_robot import VirtualArm
 from reverie.specs import StepType
@@ -152,6 +153,32 @@ def test_keyboard_teleop_keys_move_targets_within_limits_and_queue_operator_even
         teleop.press(key)
     assert teleop.events.drain() == [Event.START, Event.SUCCESS, Event.CORRECTION, Event.STOP,
                                      Event.FAILURE, Event.RERECORD, Event.QUIT]
+
+
+def test_terminal_keys_reach_the_teleop_and_the_terminal_is_restored():
+    import os
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+    stream = os.fdopen(slave, "r")
+    before = termios.tcgetattr(slave)
+    teleop = KeyboardTeleop(load_arm("so101"))
+    try:
+        assert TerminalKeys.available(stream)
+        with TerminalKeys(teleop.press, stream=stream):
+            assert not termios.tcgetattr(slave)[3] & termios.ICANON  # keys arrive without Enter
+            os.write(master, b"+\x1b[A ")  # success, an arrow key (ignored), stop
+            deadline = time.monotonic() + 5
+            events = []
+            while len(events) < 2 and time.monotonic() < deadline:
+                events += teleop.events.drain()
+                time.sleep(0.01)
+        assert events == [Event.SUCCESS, Event.STOP]
+        assert termios.tcgetattr(slave) == before
+    finally:
+        stream.close()
+        os.close(master)
 
 
 def test_leader_arm_positions_become_follower_targets(so101, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from reverie.cli import main as cli
 from reverie.datasets.store import EpisodeStore
 from reverie.errors import ConfigError, HardwareError
-from reverie.robot_io.bus import ServoAlarm
+from reverie.robot_io.bus import ServoAlarm, ServoBus
 from reverie.robot_io.config import load_arm
 from reverie.robot_io.arm_bus import make_bus
 from reverie.robot_io.robot import Robot
@@ -106,3 +106,48 @@ def test_port_vanishing_mid_recording_keeps_committed_episodes(tmp_path, capsys)
     assert store.num_episodes >= 1
     assert store.num_frames == sum(store.meta(i).length for i in range(store.num_episodes))
     assert f"{store.num_episodes} in total" in err
+
+
+class AlarmingBus(ServoBus):
+    """The real bus to the virtual robot, except that after `healthy` position reads every reply
+    carries an overload alarm, as a real STS3215 does once it overloads mid-episode (serve-bus can
+    only inject alarms from the start, which connect() already refuses)."""
+
+    def __init__(self, *args, healthy: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.healthy = healthy
+
+    def _alarm(self, what, values=None):
+        raise ServoAlarm(f"servo 3 reports a hardware alarm in its reply to {what}: overload", 3, "overload",
+                         values or {})
+
+    def sync_read(self, name, ids):
+        values = super().sync_read(name, ids)
+        if name == "Present_Position":
+            self.healthy -= 1
+            if self.healthy < 0:
+                self._alarm(f"SYNC_READ {name}", values)
+        return values
+
+    def write(self, servo_id, name, value):
+        super().write(servo_id, name, value)
+        if self.healthy < 0:
+            self._alarm(f"WRITE {name}")
+
+
+def test_alarm_mid_episode_parks_the_arm_and_releases_torque(tmp_path):
+    with VirtualArm("feetech", link=tmp_path / "arm", camera_fps=0) as v:
+        arm = load_arm("so101_virtual", port=v.link)
+        bus = AlarmingBus(v.link, "feetech", timeout_s=arm.timeout_s, retries=arm.retries, healthy=10**6)
+        robot = Robot(arm, bus=bus)
+        robot.connect()
+        robot.reset(instruction="lift something heavy")
+        bus.healthy = 3  # steps 1-3 read cleanly, step 4 meets the alarm
+        with pytest.raises(HardwareError, match="overload") as e:
+            for _ in range(10):
+                robot.step(np.ones(6, np.float32))
+        assert "while step 4" in str(e.value) and "arm moved to its safe pose; torque released" in str(e.value)
+        with make_bus(arm) as check:
+            assert set(check.sync_read("Torque_Enable", arm.ids).values()) == {0}
+            near = arm.ticks_to_values(check.sync_read("Present_Position", arm.ids))
+        np.testing.assert_allclose(near[:5], arm.safe_pose[:5], atol=0.3)  # parked (then limp)
