@@ -76,19 +76,21 @@ class ImageCodec(ArrayBytesCodec):
         return header + b"".join(parts)
 
     @staticmethod
-    def decode_frames(data: bytes | np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """chunk bytes -> (T, H, W, 3) uint8 RGB, T, H, W taken from `shape`."""
+    def decode_frames(data: bytes | np.ndarray, shape: tuple[int, ...], start: int = 0,
+                      stop: int | None = None) -> np.ndarray:
+        """chunk bytes -> frames [start, stop) as (stop - start, H, W, 3) uint8 RGB; `shape` is the
+        chunk's (T, H, W, 3). Frames outside the range are skipped without decoding."""
         raw = np.frombuffer(data, np.uint8)
         n = int(raw[:4].view("<u4")[0])
-        lengths = raw[4:4 + 4 * n].view("<u4")
-        out = np.empty(shape, np.uint8)
-        offset = 4 + 4 * n
-        for t, length in enumerate(lengths):
-            frame = cv2.imdecode(raw[offset:offset + int(length)], cv2.IMREAD_COLOR)
+        lengths = raw[4:4 + 4 * n].view("<u4").astype(np.int64)
+        offsets = 4 + 4 * n + np.concatenate([[0], np.cumsum(lengths)])
+        stop = n if stop is None else stop
+        out = np.empty((stop - start, *shape[1:]), np.uint8)
+        for t in range(start, stop):
+            frame = cv2.imdecode(raw[offsets[t]:offsets[t + 1]], cv2.IMREAD_COLOR)
             if frame is None or frame.shape != tuple(shape[1:]):
                 raise ValueError(f"corrupt image chunk: frame {t} did not decode to {tuple(shape[1:])}")
-            out[t] = frame[..., ::-1]  # BGR -> RGB
-            offset += int(length)
+            out[t - start] = frame[..., ::-1]  # BGR -> RGB
         return out
 
     def validate(self, *, shape, dtype, chunk_grid) -> None:

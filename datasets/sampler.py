@@ -6,9 +6,10 @@ window's first row only when that row is the episode's first. Models reset their
 at every window start anyway, so a window that starts mid-episode simply begins from a fresh state.
 
 Reading. Low-dimensional keys are loaded into memory once per store (EpisodeStore.lowdim). Images are
-read per window: all rows of the window's missing chunks come from zarr in one call and are kept,
-decoded, in a small LRU cache (`cache_bytes`), because zarr pays ~1 ms per call and per chunk decode
-and a T=32 window of 64x64 frames spans one or two 32-frame chunks.
+read per window, chunk by chunk (a T=32 window of 64x64 frames spans one or two 32-frame chunks):
+ChunkReader decodes a local store's chunk files directly, since zarr costs ~1 ms per call, and decoded
+chunks stay in a small LRU cache (`cache_bytes`, per process). benchmarks/store.py measures both paths
+against numpy memmaps.
 
 Weighting. `weights={"source": {"teleop": 2, "video": 1}}` (or `{"instruction": {...}}`) gives each
 category a share of the samples proportional to its weight, whatever its size; "*" sets the weight of
@@ -25,10 +26,15 @@ import collections
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
+import numcodecs
 import numpy as np
 import torch.utils.data
+from zarr.codecs import BytesCodec, ZstdCodec
+from zarr.storage import LocalStore
 
+from reverie.datasets.codecs import ImageCodec
 from reverie.datasets.schema import is_image_key
 from reverie.datasets.store import EpisodeStore
 from reverie.errors import StoreError
@@ -60,51 +66,82 @@ def common_keys(stores: Sequence[EpisodeStore], keys: Sequence[str] | None = Non
     return list(keys)
 
 
+class ChunkReader:
+    """Time-chunks of one image array. For arrays the store writes itself on a local disk (bytes+zstd,
+    or the reverie.image codec) it reads the chunk file and decodes it directly, and for JPEG chunks
+    decodes only the frames asked for: zarr's own path costs about a millisecond per call, most of a
+    64x64 window's read time. Anything else (remote stores, other codecs) goes through zarr."""
+
+    def __init__(self, array):
+        self.array, self.chunk_shape = array, tuple(array.chunks)
+        self.chunk = self.chunk_shape[0]
+        self.fill = np.zeros(self.chunk_shape, array.dtype) + array.fill_value
+        self._zstd = None
+        self._dir = None
+        codecs = getattr(array.metadata, "codecs", ())
+        if isinstance(array.store, LocalStore) and getattr(array.metadata, "zarr_format", 2) == 3:
+            if len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], ZstdCodec):
+                self._zstd = numcodecs.Zstd()
+                self._dir = Path(array.store.root) / array.path
+            elif len(codecs) == 1 and isinstance(codecs[0], ImageCodec):
+                self._dir = Path(array.store.root) / array.path
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) (any range), one zarr call on the fallback path."""
+        if self._dir is None:
+            return self.array[start:stop]
+        first, last = start // self.chunk, (stop - 1) // self.chunk
+        parts = [self.chunk_rows(c, max(start - c * self.chunk, 0), min(stop - c * self.chunk, self.chunk))
+                 for c in range(first, last + 1)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def chunk_rows(self, c: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Rows [lo, hi) of chunk c, relative to the chunk's first row."""
+        hi = self.chunk if hi is None else hi
+        if self._dir is None:
+            return self.array[c * self.chunk + lo:c * self.chunk + hi]
+        key = self.array.metadata.encode_chunk_key((c,) + (0,) * (len(self.chunk_shape) - 1))
+        try:
+            data = (self._dir / key).read_bytes()
+        except FileNotFoundError:  # zarr leaves chunks equal to the fill value unwritten
+            return self.fill[lo:hi]
+        if self._zstd is None:
+            return ImageCodec.decode_frames(data, self.chunk_shape, lo, hi)
+        return np.frombuffer(self._zstd.decode(data), self.array.dtype).reshape(self.chunk_shape)[lo:hi]
+
+
 class ChunkCache:
-    """LRU cache of decoded time-chunks of zarr arrays, bounded in bytes."""
+    """LRU cache of decoded time-chunks, bounded in bytes; max_bytes=0 reads straight through."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes, self.bytes = int(max_bytes), 0
         self._items: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
         self.hits = self.misses = 0
 
-    def read(self, name: tuple, array, chunk: int, start: int, stop: int, limit: int,
+    def read(self, name: tuple, reader: ChunkReader, start: int, stop: int,
              out: np.ndarray | None = None) -> np.ndarray:
-        """Rows [start, stop) of `array`, whose time chunks are `chunk` rows long and valid below
-        `limit`, copied into `out` (a new array if None)."""
+        """Rows [start, stop) of the reader's array, copied into `out` (a new array if None)."""
+        if out is None:
+            out = np.empty((stop - start, *reader.chunk_shape[1:]), reader.array.dtype)
         if self.max_bytes <= 0:
             self.misses += 1
-            rows = array[start:stop]
-            if out is None:
-                return rows
-            out[...] = rows
+            out[...] = reader.rows(start, stop)
             return out
-        first, last = start // chunk, (stop - 1) // chunk
-        blocks = {}
-        for c in range(first, last + 1):
+        chunk = reader.chunk
+        for c in range(start // chunk, (stop - 1) // chunk + 1):
             block = self._items.get((name, c))
-            if block is not None:
+            if block is None:
+                self.misses += 1
+                block = np.ascontiguousarray(reader.chunk_rows(c))
+                self._put((name, c), block)
+            else:
+                self.hits += 1
                 self._items.move_to_end((name, c))
-                blocks[c] = block
-        missing = [c for c in range(first, last + 1) if c not in blocks]
-        self.hits += len(blocks)
-        self.misses += len(missing)
-        if missing:  # one zarr call for the missing run (at most two chunks for a typical window)
-            lo, hi = missing[0] * chunk, min((missing[-1] + 1) * chunk, limit)
-            rows = array[lo:hi]
-            for c in missing:
-                blocks[c] = rows[c * chunk - lo:(c + 1) * chunk - lo]
-                self._put((name, c), blocks[c])
-        if out is None:
-            out = np.empty((stop - start, *array.shape[1:]), array.dtype)
-        for c in range(first, last + 1):
             lo, hi = max(start, c * chunk), min(stop, (c + 1) * chunk)
-            out[lo - start:hi - start] = blocks[c][lo - c * chunk:hi - c * chunk]
+            out[lo - start:hi - start] = block[lo - c * chunk:hi - c * chunk]
         return out
 
     def _put(self, key: tuple, block: np.ndarray) -> None:
-        if key in self._items:
-            return
         self._items[key] = block
         self.bytes += block.nbytes
         while self.bytes > self.max_bytes and len(self._items) > 1:
@@ -132,9 +169,7 @@ class WindowSampler:
         self._image_keys = [k for k in self.keys if is_image_key(k)]
         self._lowdim_keys = [k for k in self.keys if not is_image_key(k)]
         self._lowdim = [{k: v for k, v in s.lowdim().items() if k in self.keys} for s in self.stores]
-        # Per store and image key: (zarr array, rows per chunk, committed rows), looked up once.
-        self._images = [{k: (s.array(k), s.chunk_frames(k), s.num_frames) for k in self._image_keys}
-                        for s in self.stores]
+        self._readers = [{k: ChunkReader(s.array(k)) for k in self._image_keys} for s in self.stores]
         self._build_index(weights)
 
     def _build_index(self, weights) -> None:
@@ -205,8 +240,7 @@ class WindowSampler:
                 return rows.copy()
             out[...] = rows
             return out
-        array, chunk, limit = self._images[si][key]
-        return self.cache.read((si, key), array, chunk, start, stop, limit, out)
+        return self.cache.read((si, key), self._readers[si][key], start, stop, out)
 
     def sample_batch(self, batch_size: int) -> dict:
         """{key: (B, T, ...)} plus "instruction" (list of B str), "episode" and "store" (B,) int."""

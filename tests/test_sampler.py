@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from reverie.datasets.sampler import ChunkCache, WindowDataset, WindowSampler
+from reverie.datasets.sampler import ChunkCache, ChunkReader, WindowDataset, WindowSampler
 from reverie.datasets.store import EpisodeStore, make_schema
 from reverie.errors import StoreError
 
@@ -110,9 +110,17 @@ def test_dataloader_with_workers(tmp_path):
     assert len(first) == 24 and first != second  # persistent workers do not replay the last epoch
 
 
-def test_chunk_cache_reads_like_zarr(tmp_path):
-    store = make_store(tmp_path / "s.zarr", [50, 50])
-    arr, cache = store.array("image/front"), ChunkCache(max_bytes=10**6)
-    for start, stop in [(0, 5), (30, 70), (31, 33), (95, 100), (0, 100)]:
-        np.testing.assert_array_equal(cache.read(("k",), arr, 32, start, stop, 100), arr[start:stop])
-    assert cache.hits > 0
+@pytest.mark.parametrize("codec", ["lossless", "lossy"])
+def test_chunk_reader_and_cache_read_like_zarr(tmp_path, codec):
+    local = make_store(tmp_path / "s.zarr", [50, 50], codec=codec)
+    remote = make_store(f"memory://sampler/{codec}.zarr", [50, 50], codec=codec)  # zarr fallback path
+    for store in (local, remote):
+        arr = store.array("image/front")
+        reader = ChunkReader(arr)
+        assert (reader._dir is not None) == (store is local)
+        cached, direct = ChunkCache(max_bytes=10**6), ChunkCache(max_bytes=0)
+        for start, stop in [(0, 5), (30, 70), (31, 33), (95, 100), (0, 100), (64, 96)]:
+            want = arr[start:stop]
+            np.testing.assert_array_equal(cached.read(("k",), reader, start, stop), want)
+            np.testing.assert_array_equal(direct.read(("k",), reader, start, stop), want)
+        assert cached.hits > 0
