@@ -65,7 +65,7 @@ def train_scratch_bc(data, steps: int, lr: float = 3e-4, progress: bool = True,
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 100.0)
         opt.step()
         if step % 25 == 0 or step == steps:
-            history.append({"step": step, "bc/nll": float(loss)})
+            history.append({"step": step, "bc/nll": float(loss.detach())})
     return policy.eval(), history
 
 
