@@ -224,6 +224,9 @@ def main(argv: list[str]) -> int:
     from reverie.robot_io.keys import TerminalKeys
     from reverie.robot_io.robot import Robot
 
+    keys = TerminalKeys.available()
+    if plan.start == "key" and not keys:
+        raise ConfigError("stdin is not a terminal, so no key can start an episode: pass start=auto")
     arm = arm_from_command(cfg)
     teleop = make_teleop(cfg, arm)
     robot = Robot(arm, cameras=build_cameras(arm.cameras), control_hz=plan.fps)
@@ -234,19 +237,19 @@ def main(argv: list[str]) -> int:
         store = open_or_create_store(cfg.out, robot, plan.fps)
         before = store.num_episodes
         recorder = Recorder(robot, teleop, store, plan)
-        if TerminalKeys.available():
+        if keys:
             with TerminalKeys(teleop.press):
                 recorder.run()
-        elif plan.start == "key":
-            raise ConfigError("stdin is not a terminal, so no key can start an episode: pass start=auto")
         else:
             recorder.run()
         summary = f"recorded {len(recorder.results)} episode(s) into {cfg.out} ({store.num_episodes} in total)"
     except KeyboardInterrupt:
-        print(f"interrupted: {_kept(store, before, cfg.out)}; the unfinished episode was discarded",
-              file=sys.stderr)
+        kept = f"{_kept(store, before, cfg.out)}; the unfinished episode was discarded" if store else "nothing recorded"
+        print(f"interrupted: {kept}", file=sys.stderr)
         return 130
     except HardwareError as e:
+        if store is None:
+            raise  # nothing was recorded yet: the error alone says it all
         raise HardwareError(f"recording stopped: {e}\n{_kept(store, before, cfg.out)}; the unfinished "
                             f"episode was discarded") from e
     finally:
@@ -264,6 +267,4 @@ def main(argv: list[str]) -> int:
 
 
 def _kept(store, before: int, out: str) -> str:
-    if store is None:
-        return f"nothing was written to {out}"
     return f"{store.num_episodes - before} new episode(s) committed to {out} are intact ({store.num_episodes} in total)"
