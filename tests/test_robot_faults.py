@@ -68,6 +68,14 @@ def test_missing_servo_id_names_the_id_and_its_joint(tmp_path):
     assert "servo id(s) [6] did not answer" in message and "joint gripper" in message
 
 
+def test_wrong_servo_model_names_both_models(tmp_path):
+    # A Koch whose shoulder servos are XL330s instead of the configured XL430-W250.
+    message, _ = _connect_error(tmp_path, "dynamixel", "koch_virtual", models=["xl330-m288"] * 6)
+    assert "wrong servo model" in message
+    assert "id 1 (joint shoulder_pan) is model number 1200 (xl330-m288), the config says xl430-w250 (1060)" in message
+    assert "id 3" not in message
+
+
 def test_servo_alarm_bits_name_the_servo_and_leave_torque_off(tmp_path):
     with VirtualArm("feetech", link=tmp_path / "arm", camera_fps=0, alarm_ids=[3]) as v:
         robot = _robot(v)
