@@ -105,6 +105,15 @@ class ArmConfig:
     def upper(self) -> np.ndarray:
         return np.array([j.limits[1] for j in self.joints], np.float64)
 
+    def to_dict(self) -> dict:
+        """Plain data (JSON/YAML-ready, calibration included); `arm_from_mapping` reads it back.
+        For bundle manifests and run records, so a deployment knows the exact limits it ran with."""
+        data = dataclasses.asdict(self)
+        data["joints"] = [{**j, "limits": list(j["limits"]), "range_ticks": list(j["range_ticks"])}
+                          for j in data["joints"]]
+        data.update(home_pose=list(self.home_pose), safe_pose=list(self.safe_pose), cameras=dict(self.cameras))
+        return data
+
     def ticks_to_values(self, ticks: Mapping[int, float]) -> np.ndarray:
         return np.array([j.to_value(ticks[j.id]) for j in self.joints], np.float64)
 
@@ -189,6 +198,11 @@ def arm_from_mapping(raw: Mapping[str, Any], calibration: Mapping[str, Any] | No
     if not joints_raw:
         raise ConfigError(f"arm {name!r}: no joints listed; add a `joints:` list to the arm YAML")
     calibration = calibration if calibration is not None else _calibration_file(raw.get("calibration"))
+    if calibration is not None:
+        uncalibrated = [j.get("name") for j in joints_raw if j.get("name") not in calibration.get("joints", {})]
+        if uncalibrated:
+            raise ConfigError(f"arm {name!r}: the calibration has no entry for joints {uncalibrated}; was it "
+                              f"made for another arm? Run `reverie robot calibrate` for this one")
     defaults = raw.get("joint_defaults") or {}
     joints = []
     for j in joints_raw:

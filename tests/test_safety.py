@@ -111,3 +111,16 @@ def test_calibration_overrides_nominal_offsets():
     arm = arm_from_mapping(_raw(), calibration=calib)
     assert arm.joints[0].to_value(2148) == 0.0
     assert arm.joints[0].to_ticks(10.0) == 3000  # kept inside the measured mechanical range
+
+
+def test_arm_config_round_trips_through_plain_data():
+    import json
+
+    arm = load_arm("koch_virtual")
+    again = arm_from_mapping(json.loads(json.dumps(arm.to_dict())))
+    assert again == arm
+
+
+def test_calibration_for_another_arm_is_refused():
+    with pytest.raises(ConfigError, match=r"no entry for joints \['a'\]"):
+        arm_from_mapping(_raw(), calibration={"joints": {"b": {"zero_ticks": 2048, "range_ticks": [0, 4095]}}})
