@@ -127,6 +127,30 @@ def bench_write(root: pathlib.Path, eps, hw, codec: str, content: str) -> tuple[
     return row, store
 
 
+def bench_paced(root: pathlib.Path, ep: dict[str, np.ndarray], codec: str, hz: float = 30.0) -> dict:
+    """add() latency when frames arrive at a camera's rate, as in recording: background flushes then
+    run between frames, so a control loop never waits on compression."""
+    hw = ep["image/front"].shape[1:3]
+    store = EpisodeStore.create(root / f"paced_{codec}.zarr", make_schema({"front": hw}, 6, 6), fps=hz,
+                                robot="aloha", image_codec=codec)
+    writer, add_ms = store.episode_writer("insert the peg", "teleop"), []
+    tick = time.perf_counter()
+    for t in range(len(ep["state"])):
+        tick += 1.0 / hz
+        time.sleep(max(0.0, tick - time.perf_counter()))
+        step = {key: value[t] for key, value in ep.items()}
+        a = time.perf_counter()
+        writer.add(step)
+        add_ms.append(1e3 * (time.perf_counter() - a))
+    a = time.perf_counter()
+    writer.commit()
+    commit_ms = 1e3 * (time.perf_counter() - a)
+    store.close()
+    return {"size": f"{hw[0]}x{hw[1]}", "codec": codec, "hz": hz, "frames": len(add_ms),
+            "add_ms_median": float(np.median(add_ms)), "add_ms_p99": float(np.percentile(add_ms, 99)),
+            "add_ms_max": float(np.max(add_ms)), "commit_ms": commit_ms}
+
+
 def memmaps(root: pathlib.Path, store: EpisodeStore) -> dict[str, np.ndarray]:
     out = {}
     for key in store.keys:
@@ -191,10 +215,11 @@ def main() -> None:
 
     frames = load_frames(n480 if args.quick else 500)
     photos = photo_frames(16 if args.quick else 32)
+    n_paced = 48 if args.quick else 150
     small = np.stack([cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA) for f in frames])
     small = np.concatenate([small] * (n64 // len(small) + 1))[:n64]
     root = pathlib.Path(tempfile.mkdtemp(prefix="reverie_store_bench_"))
-    writes, reads = [], []
+    writes, reads, paced = [], [], []
     try:
         for codec in ("lossless", "lossy"):
             row, store = bench_write(root, episodes(small, 250), (64, 64), codec, "sim")
@@ -204,6 +229,7 @@ def main() -> None:
             writes.append(row)
             reads.append(bench_reads(root, store, batches480))
             writes.append(bench_write(root, episodes(photos, len(photos)), (480, 640), codec, "photo")[0])
+            paced.append(bench_paced(root, episodes(frames[:n_paced], n_paced)[0], codec))
             shutil.rmtree(root)
             root.mkdir()
     finally:
@@ -217,7 +243,7 @@ def main() -> None:
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_average_1m": os.getloadavg()[0]},
         "frames_source": {"sim": VIDEO.name, "photo": "matplotlib sample_data/grace_hopper.jpg crops"}, "window": {"batch": B, "length": T},
-        "writes": writes, "reads": reads,
+        "writes": writes, "reads": reads, "paced_add": paced,
         "targets": {"write_fps_64x64": 1000, "write_fps_480x640": 60, "read_ratio_max": 2.0},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -239,6 +265,10 @@ def main() -> None:
               f"{pair('cached_batches_per_s'):>13} {r['cache_hit_rate']:>5.2f} "
               f"{r['memmap_over_uncached_wall']:>7.1f}/{r['memmap_over_uncached_cpu']:<9.1f} "
               f"{r['memmap_over_cached_wall']:>7.2f}/{r['memmap_over_cached_cpu']:<7.2f}")
+    print(f"\nadd() latency with frames arriving at a camera's rate (ms):")
+    for r in paced:
+        print(f"{r['size']:<8} {r['codec']:<9} {r['hz']:.0f} Hz x {r['frames']}: median {r['add_ms_median']:.2f}, "
+              f"p99 {r['add_ms_p99']:.2f}, max {r['add_ms_max']:.1f}; commit {r['commit_ms']:.0f}")
     print(f"\nload average {result['machine']['load_average_1m']:.2f} on {result['machine']['cores']} cores; "
           f"wrote {args.out}")
 

@@ -130,6 +130,7 @@ class EpisodeStore:
         self._writer: EpisodeWriter | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # background frame writes
         self._lowdim: dict[str, np.ndarray] | None = None  # committed low-dim rows, loaded on first use
+        self._hist_total: dict[str, np.ndarray] | None = None  # (3, 256) pixel counts over committed episodes
         self._load()
 
     # ----------------------------------------------------------------------------------- create/open
@@ -285,7 +286,7 @@ class EpisodeStore:
 
     def refresh(self) -> None:
         """Re-read the episode table, e.g. to follow a recording made by another process (mode 'r')."""
-        self._lowdim = None
+        self._lowdim = self._hist_total = None
         self._load()
 
     # ------------------------------------------------------------------------------------ reading
@@ -377,8 +378,10 @@ class EpisodeStore:
 
     def _compute_stats(self) -> dict[str, dict[str, np.ndarray]]:
         out = {key: stats_lib.from_rows(rows) for key, rows in self.lowdim().items()}
-        for key, hist in self._hist.items():
-            out[key] = stats_lib.from_histogram(hist[: self.num_episodes].sum(0)) if self.num_episodes else {}
+        if self.num_episodes:
+            if self._hist_total is None:  # summed once per session, then kept current by commits
+                self._hist_total = {key: hist[: self.num_episodes].sum(0) for key, hist in self._hist.items()}
+            out.update({key: stats_lib.from_histogram(total) for key, total in self._hist_total.items()})
         return {key: s for key, s in out.items() if s}
 
     def _check_keys(self, keys) -> list[str]:
@@ -433,6 +436,7 @@ class EpisodeStore:
         self._meta_rows = {field: v[:n] for field, v in self._meta_rows.items()}
         if self._lowdim is not None:
             self._lowdim = {key: v[: last.start] for key, v in self._lowdim.items()}
+        self._hist_total = None  # deletions are rare: re-sum on the next statistics update
         self._update_stats()
         return last
 
@@ -450,6 +454,8 @@ class EpisodeStore:
             self._meta_rows[field] = np.append(self._meta_rows[field], value)
         if self._lowdim is not None:
             self._lowdim = {key: np.concatenate([v, writer.lowdim_rows(key)]) for key, v in self._lowdim.items()}
+        if self._hist_total is not None:
+            self._hist_total = {key: total + writer.histograms[key] for key, total in self._hist_total.items()}
         self._update_stats()
         return i
 

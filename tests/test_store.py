@@ -87,6 +87,8 @@ def test_stats_exact_and_current(tmp_path):
     eps = [episode(30, 0), episode(50, 1), episode(20, 2)]
     for ep in eps:
         store.add_episode(ep, instruction="a", source="scripted")
+    all_pixels = np.concatenate([e["image/front"] for e in eps]).reshape(-1, 3)
+    np.testing.assert_allclose(store.stats()["image/front"]["mean"], all_pixels.mean(0), rtol=1e-5)
     store.delete_last_episode()  # statistics follow deletions too
     stats = store.stats()
     state = np.concatenate([e["state"] for e in eps[:2]]).astype(np.float64)
