@@ -1,0 +1,209 @@
+"""Dreamer 4 `shortcut` backend: speed rows (side by side with the RSSM) and quality vs sampling steps.
+
+    .venv/bin/python benchmarks/world_model_shortcut.py [preset=cpu] [threads=1] [checkpoint=RUN data=STORE]
+    .venv/bin/python benchmarks/world_model_shortcut.py mask-half SRC.zarr DST.zarr
+
+Speed (random weights, the preset's sizes, one process): tokenizer and dynamics training frames/s,
+generation frames/s at batch 1 for K in {1, 2, 4, 8, 64} sampling steps, imagination steps/s at batch
+256 (K = 4), and the RSSM's imagination steps/s at batch 256 measured in the same run (ratio).
+Quality (with checkpoint=RUN): open-loop image MSE per horizon for each K against copy-last-frame on
+held-out windows, the K=4 / K=64 error and speed ratios, and whether predictions follow the actions:
+the predicted joint state under the recorded actions a vs the negated actions -a should move apart
+along the commanded direction (sign agreement of state(a) - state(-a) with the cumulative action).
+`mask-half` writes a copy of a store whose every other episode is action-free (the video ablation).
+Writes benchmarks/results/world_model_shortcut.json and prints a table; `shortcut_rows()` is what
+benchmarks/world_model.py calls to add these rows to its own table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).parent / "results" / "world_model_shortcut.json"
+KS = (1, 2, 4, 8, 64)
+
+
+def _batch(b: int, t: int, size: int, j: int, a: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.rand(b, t, size, size, 3, generator=g), "state": torch.randn(b, t, j, generator=g),
+             "action": torch.rand(b, t, a, generator=g) * 2 - 1, "action_mask": torch.ones(b, t, dtype=torch.bool),
+             "reward": torch.zeros(b, t), "is_first": torch.zeros(b, t, dtype=torch.bool),
+             "is_last": torch.zeros(b, t, dtype=torch.bool), "is_terminal": torch.zeros(b, t, dtype=torch.bool),
+             "instruction_embedding": torch.nn.functional.normalize(torch.randn(b, 384, generator=g), dim=-1)}
+    batch["is_first"][:, 0] = True
+    return batch
+
+
+def _timed(fn, reps: int) -> float:
+    fn()  # warm-up
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t) / reps
+
+
+def _build(backend: str, preset: str, j: int = 6, a: int = 6):
+    from reverie.config import compose
+    from reverie.world_model.backend import DataSpec, build, model_config
+
+    cfg = compose("train_wm", [f"world_model={backend}", f"preset={preset}", "data=unused"])
+    mcfg = model_config(cfg)
+    torch.manual_seed(0)
+    return build(backend, mcfg, DataSpec((mcfg.image_size,) * 2 + (3,), j, a)), mcfg
+
+
+def shortcut_rows(preset: str = "cpu", reps: int = 2, horizon: int = 4) -> dict:
+    """Speed rows of the shortcut backend and the RSSM's imagination rate, measured side by side."""
+    model, mcfg = _build("shortcut", preset)
+    b, t, size = mcfg.batch_size, mcfg.seq_len, mcfg.image_size
+    batch = _batch(b, t, size, 6, 6)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    rows: dict[str, float] = {}
+    for stage in ("tokenizer", "dynamics"):
+        model.updates.fill_(0 if stage == "tokenizer" else 1 << 40)
+        model.stage = stage
+        model._set_trainable()
+
+        def step():
+            loss, _ = model.loss(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        frames = b * (min(model.tok_seq_len or t, t) if stage == "tokenizer" else t)
+        rows[f"train_{stage}_frames_per_s"] = frames / _timed(step, reps)
+    model.eval()
+    policy = lambda f: torch.zeros(f.shape[0], 6)  # noqa: E731
+    ctx = {k: (v[:1, :4] if k != "instruction_embedding" else v[:1]) for k, v in batch.items()}
+    with torch.no_grad():
+        state, _ = model.observe(ctx)
+        for k in KS:
+            sec = _timed(lambda: model.imagine(state, policy, horizon, steps=k), reps)
+            rows[f"generate_K{k}_frames_per_s"] = horizon / sec
+        big = _batch(256, 4, size, 6, 6)
+        state, _ = model.observe(big)
+        rows["imagine_b256_steps_per_s"] = 256 * horizon / _timed(lambda: model.imagine(state, policy, horizon), 1)
+        rssm, _ = _build("rssm", preset)
+        rssm.eval()
+        rstate, _ = rssm.observe(_batch(256, 4, rssm.cfg.image_size, 6, 6))
+        rows["rssm_imagine_b256_steps_per_s"] = 256 * 16 / _timed(lambda: rssm.imagine(rstate, policy, 16), 1)
+    rows["imagine_ratio_to_rssm"] = rows["imagine_b256_steps_per_s"] / rows["rssm_imagine_b256_steps_per_s"]
+    rows["K4_speedup_over_K64"] = rows["generate_K4_frames_per_s"] / rows["generate_K64_frames_per_s"]
+    rows["params_tokenizer_M"] = sum(p.numel() for p in model.tokenizer.parameters()) / 1e6
+    rows["params_dynamics_M"] = sum(p.numel() for p in model.dynamics.parameters()) / 1e6
+    return rows
+
+
+@torch.no_grad()
+def quality_vs_steps(checkpoint: str, data: str | None = None, context: int = 8, horizon: int = 16,
+                     windows: int = 48, batch_size: int = 16, seed: int = 0) -> dict:
+    """Open-loop MSE per horizon for each K, copy-last baseline, and the action-direction test."""
+    from reverie.world_model import checkpoint as ckpt
+    from reverie.world_model.backend import replay_policy
+    from reverie.world_model.data import Language, collate, data_paths, open_stores
+    from reverie.world_model.evaluate import eval_windows
+
+    model, _, trainer = ckpt.load_model(checkpoint)
+    paths = data_paths(data) if data else trainer["stores"]
+    image_key = trainer.get("image_key", "image/front")
+    wins = eval_windows(open_stores(paths), float(trainer.get("holdout", 0.1)), "holdout",
+                        context + horizon, windows, slice(context - 1, context + horizon - 1), image_key)
+    language = Language()
+    batches = [collate(wins[i:i + batch_size], image_key, int(model.cfg.image_size), language, False, "cpu")
+               for i in range(0, len(wins), batch_size)]
+    out: dict = {"checkpoint": str(checkpoint), "step": trainer["step"], "windows": len(wins),
+                 "context": context, "horizon": horizon, "mse": {}, "seconds": {}}
+    copy, agree, corr = [], [], []
+    rec = torch.cat([(model.tokenizer.decode(model.tokenizer.encode(b["image"])).clamp(0, 1) - b["image"])
+                     .square().mean((-3, -2, -1)).flatten() for b in batches])
+    out["tokenizer_recon_mse"] = float(rec.mean())
+    out["tokenizer_recon_psnr"] = float(10 * torch.log10(1 / rec.clamp(min=1e-10)).mean())
+    for k in KS:
+        torch.manual_seed(seed)
+        mses, sec = [], 0.0
+        for batch in batches:
+            c = context
+            ctx = {n: (v[:, :c] if v.dim() > 1 and v.shape[1] == c + horizon else v) for n, v in batch.items()}
+            state, _ = model.observe(ctx)
+            actions = batch["action"][:, c - 1:c + horizon - 1]
+            t0 = time.perf_counter()
+            traj = model.imagine(state, replay_policy(actions), horizon, steps=k)
+            sec += time.perf_counter() - t0
+            real = batch["image"][:, c:]
+            pred = model.decode(traj["state"])[:, 1:]
+            mses.append((pred - real).square().mean((-3, -2, -1)))  # (B, H)
+            if k == KS[0]:
+                copy.append((batch["image"][:, c - 1:c] - real).square().mean((-3, -2, -1)))
+            if k == 4:  # actions matter: recorded a vs negated -a from the same start
+                neg = model.imagine(state, replay_policy(-actions), horizon, steps=k)
+                ds = model.decode_state(traj["state"])[:, 1:] - model.decode_state(neg["state"])[:, 1:]
+                cum = actions.cumsum(1)  # (B, H, A) commanded displacement (joint-delta actions)
+                j = min(ds.shape[-1], cum.shape[-1])
+                big = cum[..., :j].abs() > 0.5
+                agree.append(((torch.sign(ds[..., :j]) == torch.sign(cum[..., :j])) & big).sum() / big.sum().clamp(min=1))
+                corr.append(torch.corrcoef(torch.stack([ds[..., :j].flatten(), cum[..., :j].flatten()]))[0, 1])
+        out["mse"][f"K{k}"] = torch.cat(mses).mean(0).tolist()
+        out["seconds"][f"K{k}"] = sec
+    out["mse"]["copy_last"] = torch.cat(copy).mean(0).tolist()
+    m4, m64, base = (np.array(out["mse"][n]) for n in ("K4", "K64", "copy_last"))
+    out["K4_beats_copy_last_every_horizon"] = bool((m4 < base).all())
+    out["K4_over_K64_mse"] = float(m4.mean() / m64.mean())
+    out["K64_over_K4_seconds"] = out["seconds"]["K64"] / out["seconds"]["K4"]
+    out["action_sign_agreement"] = float(torch.stack(agree).mean())
+    out["action_state_corr"] = float(torch.stack(corr).mean())
+    return out
+
+
+def mask_half(src: str, dst: str) -> str:
+    """Copy a store, making every other episode action-free (action 0, action_mask False, source video)."""
+    from reverie.datasets.store import EpisodeStore
+
+    s = EpisodeStore.open(src, "r")
+    d = EpisodeStore.create(dst, s.schema, fps=s.fps, robot=s.robot)
+    for i, (ep, meta) in enumerate(s.iter_episodes()):
+        if i % 2 == 1:
+            ep = {**ep, "action": np.zeros_like(ep["action"]), "action_mask": np.zeros_like(ep["action_mask"])}
+        d.add_episode(ep, meta.instruction, "video" if i % 2 == 1 else meta.source, meta.round, meta.success)
+    d.close()
+    return dst
+
+
+def table(rows: dict, quality: dict | None) -> str:
+    lines = [f"{k:<34} {v:>10.2f}" for k, v in rows.items()]
+    if quality:
+        lines.append(f"open-loop MSE per horizon (step {quality['step']}, {quality['windows']} held-out windows):")
+        lines.append("  h " + " ".join(f"{n:>9}" for n in quality["mse"]))
+        for h in range(quality["horizon"]):
+            lines.append(f"{h + 1:>3} " + " ".join(f"{quality['mse'][n][h]:>9.5f}" for n in quality["mse"]))
+        for key in ("tokenizer_recon_mse", "tokenizer_recon_psnr", "K4_beats_copy_last_every_horizon", "K4_over_K64_mse", "K64_over_K4_seconds",
+                    "action_sign_agreement", "action_state_corr"):
+            lines.append(f"{key:<34} {quality[key]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["mask-half"]:
+        print(mask_half(argv[1], argv[2]))
+        return 0
+    args = dict(a.split("=", 1) for a in argv)
+    torch.set_num_threads(int(args.get("threads", 1)))
+    rows = shortcut_rows(args.get("preset", "cpu")) if args.get("speed", "true") == "true" else {}
+    quality = quality_vs_steps(args["checkpoint"], args.get("data")) if "checkpoint" in args else None
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    result = previous | ({"speed": rows, "preset": args.get("preset", "cpu"),
+                          "threads": torch.get_num_threads()} if rows else {})
+    if quality:
+        result.setdefault("quality", {})[args.get("name", quality["checkpoint"])] = quality
+    RESULTS.write_text(json.dumps(result, indent=1))
+    print(table(rows, quality))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
