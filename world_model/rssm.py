@@ -85,8 +85,15 @@ class RSSM(WorldModel):
         probs = F.softmax(logits.float().reshape(-1, self.stoch, self.classes), -1)
         return (1 - self.unimix) * probs + self.unimix / self.classes
 
+    # Export and evaluation set this: latents become the most likely class instead of a sample, so
+    # a control step is a pure function (the ONNX policy reproduces it). Off for training.
+    deterministic = False
+
     def _sample(self, probs: Tensor) -> Tensor:
-        """(B, S, C) probabilities -> straight-through one-hot sample (B, S, C)."""
+        """(B, S, C) probabilities -> straight-through one-hot sample (B, S, C); one-hot argmax when
+        `deterministic`."""
+        if self.deterministic:
+            return F.one_hot(probs.argmax(-1), self.classes).to(probs.dtype)
         idx = torch.multinomial(probs.reshape(-1, self.classes), 1).reshape(probs.shape[:-1])
         onehot = F.one_hot(idx, self.classes).to(probs.dtype)
         return onehot + probs - probs.detach()

@@ -144,13 +144,14 @@ def generate_frame(model: Dynamics, cache: list[KV] | None, t0: int, action: Ten
 
 def context_pass(model: Dynamics, z: Tensor, cache: list[KV] | None, t0: int, action: Tensor,
                  action_mask: Tensor, instr: Tensor, ctx_noise: float = 0.1,
-                 segments: Tensor | None = None) -> tuple[Tensor, list[KV]]:
-    """Run frames z (B, T, S, C) as slightly noised context: -> agent feats (B, T, D), cache + them."""
+                 segments: Tensor | None = None, noise: Tensor | None = None) -> tuple[Tensor, list[KV]]:
+    """Run frames z (B, T, S, C) as slightly noised context: -> agent feats (B, T, D), cache + them.
+    `noise` (like z) replaces the random draw (zeros: the deterministic context of exported policies)."""
     b, t = z.shape[:2]
     k_max = model.k_max
     tau_i = round((1 - ctx_noise) * k_max)
     tau = tau_i / k_max
-    zc = tau * z + (1 - tau) * torch.randn_like(z)
+    zc = tau * z + (1 - tau) * (torch.randn_like(z) if noise is None else noise)
     _, agent, cache = model(zc, torch.full((b, t), tau_i, device=z.device),
                             torch.full((b, t), int(math.log2(k_max)), device=z.device),
                             action, action_mask, instr, segments, cache=cache, t0=t0)

@@ -1,0 +1,262 @@
+"""`reverie export policy=CHECKPOINT out=BUNDLE [robot=sim|<arm>] [data=STORE]`: write a bundle.
+
+    policy.onnx        one control step (export/policy_module.py), batch 1, opset >= 18
+    text_encoder.onnx  MiniLM + mean pooling + L2 norm; input_ids/attention_mask int64 (N, L)
+    tokenizer.json     the encoder's tokenizer (from reverie.language.model_dir())
+    manifest.json      specs, action scaling, joint limits, control rate, state tensors, versions,
+                       parity errors, sha256 of every file (export/manifest.py, docs/bundle.md)
+
+The export verifies itself before it writes the manifest: over `parity_steps` recorded rows the
+ONNX actions must match PyTorch within `tolerance`, and so must the instruction embeddings; otherwise
+it fails and leaves no manifest, so the runtime refuses the half-written folder.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from reverie.config import compose, show, split_args
+from reverie.errors import BundleError, ConfigError
+from reverie.export import manifest as manifest_lib
+from reverie.export import parity
+from reverie.export.policy_module import PolicyStep, RSSMStep, ScratchStep, ShortcutStep
+
+log = logging.getLogger(__name__)
+
+# onnxruntime >= 1.16 reads IR version 10 (ONNX 1.16); newer exporters may write a later IR that an
+# older robot-side runtime rejects, so the bundle pins it.
+IR_VERSION = 10
+PACKAGES = ("reverie", "torch", "onnx", "onnxruntime", "onnxscript", "tokenizers", "numpy")
+
+
+# ----- loading the policy -----------------------------------------------------------------------
+def load_policy(path: Path) -> tuple[object, PolicyStep.__class__, dict]:
+    """-> (PyTorch controller, a function image_hw -> step module, info) for an agent or scratch_bc folder."""
+    from reverie.policy.loading import load_controller
+
+    controller = load_controller(path)
+    if hasattr(controller, "wm"):
+        from reverie.policy import checkpoint
+
+        _, info = checkpoint.load(path if (path / "agent.json").exists() else path / "agent")
+        wm = controller.wm
+        # Deterministic latents: argmax categories (RSSM) / noise-free context (shortcut).
+        wm.deterministic = True
+        kinds = {"rssm": RSSMStep, "shortcut": ShortcutStep}
+        if info["backend"] not in kinds:
+            raise BundleError(f"world-model backend {info['backend']!r} has no exporter; "
+                              f"exportable backends: {sorted(kinds)}")
+        cls = kinds[info["backend"]]
+        return controller, lambda hw: cls(wm, controller.agent, hw), {**info, "kind": info["backend"]}
+    import json
+
+    info = json.loads((path / "scratch_bc.json").read_text())
+    return controller, lambda hw: ScratchStep(controller.policy, hw), {**info, "kind": "scratch_bc"}
+
+
+def parity_stores(cfg, info: dict) -> list:
+    from reverie.world_model.data import data_paths, open_stores
+
+    data = cfg.data or info.get("stores")
+    if not data:
+        raise ConfigError("the parity check needs recorded episodes and this checkpoint names no "
+                          "training stores: pass data=STORE")
+    return open_stores(data_paths(data))
+
+
+# ----- robot: action scaling, joint limits, rate ------------------------------------------------
+def robot_section(cfg, store) -> dict:
+    """What the actions mean on the target: the sim arm's ArmEnvConfig, or a robot_io arm config."""
+    name = str(cfg.robot)
+    if name == "sim":
+        from reverie.sim.arm import JOINT_NAMES
+        from reverie.sim.arm_env import ArmEnvConfig
+
+        sim = ArmEnvConfig()
+        hz = float(cfg.control_hz or store.fps)
+        return {"kind": "sim", "name": "sim/so101", "joint_names": list(JOINT_NAMES),
+                "action_mode": sim.action_mode, "action_scale": list(sim.max_delta),
+                "action_units": "sim servo-target radians per control step at action 1.0",
+                "control_hz": hz}
+    from omegaconf import OmegaConf
+
+    from reverie.robot_io.config import arm_from_mapping
+
+    raw = OmegaConf.to_container(compose("arm", [f"robot={name}"]).robot, resolve=True)
+    arm = arm_from_mapping(raw)
+    hz = float(cfg.control_hz or arm.control_hz)
+    raw["control_hz"] = hz
+    return {"kind": "arm", "name": arm.name, "protocol": arm.protocol, "joint_names": arm.names,
+            "action_mode": arm.action_mode, "action_scale": arm.vector("action_scale").tolist(),
+            "action_units": "joint radians (gripper: opening) per control step at action 1.0",
+            "joint_limits": {"lower": arm.lower.tolist(), "upper": arm.upper.tolist()},
+            "max_step": arm.vector("max_step").tolist(), "max_velocity": arm.vector("max_velocity").tolist(),
+            "control_hz": hz, "config": raw}
+
+
+# ----- writing the graphs -----------------------------------------------------------------------
+def _save(program, path: Path) -> None:
+    import onnx
+
+    program.save(str(path))
+    model = onnx.load(str(path))
+    model.ir_version = min(model.ir_version, IR_VERSION)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def export_policy(step: PolicyStep, path: Path, opset: int) -> None:
+    step.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        program = torch.onnx.export(step, step.example_inputs(), input_names=step.input_names(),
+                                    output_names=step.output_names(), dynamo=True, opset_version=opset,
+                                    verbose=False)
+    _save(program, path)
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder, self.model = encoder, encoder.model  # registered, so export sees the weights
+
+    def forward(self, input_ids, attention_mask):
+        return self.encoder.forward(input_ids, attention_mask)  # (N, 384) pooled, unit norm
+
+
+def export_text_encoder(path: Path, opset: int, cache: Path | None) -> None:
+    """The sentence encoder with dynamic batch and length. The graph depends only on the packaged
+    weights and the exporter, so a copy keyed by both is reused (each export re-checks its parity)."""
+    from reverie.language import default_encoder, model_dir
+
+    weights = model_dir() / "model.safetensors"
+    key = f"{manifest_lib.sha256(weights)[:16]}-torch{torch.__version__}-opset{opset}.onnx"
+    if cache is not None and (cache / key).exists():
+        shutil.copyfile(cache / key, path)
+        return
+    enc = default_encoder()
+    batch = enc.tokenizer(["pick up the red cube", "push"], padding=True, return_tensors="pt")
+    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("length", max=512)}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            _Encoder(enc).eval(), (batch["input_ids"], batch["attention_mask"]),
+            input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
+            dynamic_shapes={"input_ids": dims, "attention_mask": dims}, dynamo=True,
+            opset_version=opset, verbose=False)
+    _save(program, path)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / (key + ".tmp")
+        shutil.copyfile(path, tmp)
+        tmp.replace(cache / key)
+
+
+def versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# ----- the command ------------------------------------------------------------------------------
+def export(cfg) -> Path:
+    if cfg.policy in (None, "???") or cfg.out in (None, "???"):
+        raise ConfigError("pass policy=CHECKPOINT (an agent or scratch_bc folder) and out=BUNDLE")
+    if int(cfg.opset) < 18:
+        raise ConfigError(f"opset={cfg.opset}: the exporter needs opset 18 or later")
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    for name in ("onnx_ir", "onnxscript"):  # their per-pass INFO lines would bury ours
+        logging.getLogger(name).setLevel(logging.WARNING)
+    policy_path, out = Path(cfg.policy), Path(cfg.out)
+    controller, make_step, info = load_policy(policy_path)
+    image_key = str(info["image_key"])
+    stores = parity_stores(cfg, info)
+    if image_key not in stores[0].schema:
+        raise ConfigError(f"{stores[0]} has no {image_key!r} (keys {sorted(stores[0].schema)}); "
+                          "pass data= with the store the policy was trained on")
+    image_shape = tuple(stores[0].schema[image_key].shape)                  # (H, W, 3)
+    step = make_step(image_shape[:2])
+    robot = robot_section(cfg, stores[0])
+    if len(robot["joint_names"]) != step.action_dim:
+        raise ConfigError(f"robot={cfg.robot} has {len(robot['joint_names'])} joints, the policy "
+                          f"acts on {step.action_dim}; pass the robot the policy was trained for")
+
+    if out.exists():
+        if not cfg.overwrite:
+            raise ConfigError(f"{out} exists; pass overwrite=true or another out=")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    log.info("exporting %s policy to %s", info["kind"], out / "policy.onnx")
+    export_policy(step, out / "policy.onnx", int(cfg.opset))
+    log.info("exporting the instruction encoder")
+    cache = Path(str(cfg.encoder_cache)).expanduser() if cfg.encoder_cache else None
+    export_text_encoder(out / "text_encoder.onnx", int(cfg.opset), cache)
+    from reverie.language import model_dir
+    shutil.copyfile(model_dir() / "tokenizer.json", out / "tokenizer.json")
+
+    tol = float(cfg.tolerance)
+    log.info("parity check over %d recorded steps", int(cfg.parity_steps))
+    action_err, rows, n_eps, texts = parity.action_parity(
+        controller, step, out / "policy.onnx", stores, image_key, int(cfg.parity_steps))
+    embed_err = parity.embedding_parity(out, texts)
+    result = parity.ParityResult(rows, n_eps, action_err, embed_err, len(texts))
+    if rows < int(cfg.parity_steps):
+        raise BundleError(f"parity check: the stores hold only {rows} rows, {cfg.parity_steps} asked; "
+                          "record more episodes or lower parity_steps (no manifest written)")
+    if not (action_err <= tol and embed_err <= tol):
+        raise BundleError(f"parity check failed: max action error {action_err:.3g}, max embedding error "
+                          f"{embed_err:.3g}, tolerance {tol:g} over {rows} steps; the bundle in {out} "
+                          "has no manifest and will be refused. Report this with the checkpoint.")
+    content = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "policy": {"kind": info["kind"], "checkpoint": str(policy_path.resolve()),
+                   "world_model": info.get("world_model"), "stage": info.get("stage"),
+                   "steps": info.get("steps"), "model_image_size": int(step.size)},
+        "observation": {"image_key": image_key,
+                        "image": {"shape": list(image_shape), "dtype": "uint8"},
+                        "state": {"shape": [step.state_dim], "dtype": "float32"},
+                        "instruction": {"max_chars": int(cfg.max_instruction_chars),
+                                        "embedding_dim": 384, "max_tokens": 128}},
+        "action": {"shape": [step.action_dim], "dtype": "float32", "minimum": -1.0, "maximum": 1.0},
+        "control_hz": robot["control_hz"],
+        "robot": robot,
+        "state_tensors": [s.to_json() for s in step.state_specs()],
+        "onnx": {"policy": {"file": "policy.onnx", "inputs": step.input_names(),
+                            "outputs": step.output_names()},
+                 "text_encoder": {"file": "text_encoder.onnx", "inputs": ["input_ids", "attention_mask"],
+                                  "outputs": ["sentence_embedding"]},
+                 "opset": int(cfg.opset), "ir_version": IR_VERSION},
+        "parity": result.to_json(tol),
+        "versions": versions(),
+    }
+    manifest_lib.write(out, content)
+    print(f"bundle {out}: {info['kind']} policy, image {image_shape[0]}x{image_shape[1]}, "
+          f"{robot['control_hz']:g} Hz, parity over {rows} steps: action {action_err:.2e}, "
+          f"embedding {embed_err:.2e} (tolerance {tol:g})")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    words, overrides = split_args(argv)
+    if "--help" in words or "-h" in words:
+        print(__doc__)
+        print(show(compose("export", ["policy=P", "out=B"])))
+        return 0
+    if words:
+        raise ConfigError(f"unexpected arguments {words}; export takes key=value overrides")
+    from reverie.world_model.data import parse_data_arg
+
+    export(compose("export", parse_data_arg(overrides)))
+    return 0

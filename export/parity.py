@@ -1,0 +1,90 @@
+"""Export's self-check: the ONNX graphs against PyTorch on recorded data.
+
+Actions: recorded episodes are replayed through `AgentController` / `ScratchController` (PyTorch,
+deterministic latents) and through policy.onnx in onnxruntime, carrying the state tensors exactly as
+the runtime does (initial values at each episode start, `next_*` fed back). Halfway through every
+episode the instruction switches to another episode's, so the check also covers a mid-episode change.
+Both sides get the same PyTorch instruction embedding, so action errors are the policy graph's own.
+
+Embeddings: text_encoder.onnx (through the bundle's tokenizer.json) against reverie.language.embed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reverie.export.text_encoder import TextEncoder, session
+
+
+@dataclasses.dataclass
+class ParityResult:
+    steps: int
+    episodes: int
+    max_action_error: float
+    max_embedding_error: float
+    instructions: int
+
+    def to_json(self, tolerance: float) -> dict:
+        return dataclasses.asdict(self) | {"tolerance": tolerance}
+
+
+def episodes(stores, image_key: str, limit: int):
+    """Yield (instruction, {image, state}) episodes from the stores in order until `limit` rows."""
+    rows = 0
+    for store in stores:
+        for i in range(store.num_episodes):
+            meta = store.meta(i)
+            ep = store.episode(i, keys=[image_key, "state"])
+            yield meta.instruction, ep
+            rows += len(ep["state"])
+            if rows >= limit:
+                return
+
+
+def action_parity(controller, step, onnx_path: Path, stores, image_key: str, steps: int,
+                  threads: int = 1) -> tuple[float, int, int, set[str]]:
+    """-> (max |a_onnx - a_torch|, rows compared, episodes, instructions seen)."""
+    from reverie.language import embed
+
+    sess = session(onnx_path, threads)
+    names = step.input_names()
+    initial = [s.zeros().numpy() for s in step.state_specs()]
+    eps = list(episodes(stores, image_key, steps))
+    texts = [text for text, _ in eps]
+    worst, rows = 0.0, 0
+    for e, (text, ep) in enumerate(eps):
+        switch_to = texts[(e + 1) % len(texts)]
+        controller.reset(text)
+        carried, current = initial, text
+        n = len(ep["state"])
+        for t in range(n):
+            if t == n // 2 and switch_to != current:
+                current = switch_to
+                controller.set_instruction(current)
+            obs = {image_key: ep[image_key][t], "state": ep["state"][t]}
+            expected = controller.act(obs)                                      # (A,)
+            instr = embed([current]).astype(np.float32)                        # (1, 384)
+            feeds = [ep[image_key][t][None], np.asarray(ep["state"][t], np.float32)[None], instr, *carried]
+            out = sess.run(None, dict(zip(names, feeds)))
+            carried = out[1:]
+            worst = max(worst, float(np.abs(out[0][0] - expected).max()))
+            rows += 1
+            if rows >= steps:
+                return worst, rows, e + 1, set(texts)
+    return worst, rows, len(eps), set(texts)
+
+
+def embedding_parity(bundle: Path, instructions: set[str]) -> float:
+    """Max |e_onnx - e_torch| over the instructions, one batch of all of them (padding exercised),
+    plus a text longer than the encoder's 128-token window (truncation exercised)."""
+    from reverie.language import embed
+
+    texts = sorted(instructions) + ["pick up the red cube and put it down " * 30]
+    onnx_emb = TextEncoder(bundle).encode(texts)
+    with torch.no_grad():
+        torch_emb = embed(texts)
+    return float(np.abs(onnx_emb - torch_emb).max())

@@ -1,0 +1,234 @@
+"""One control step as a torch module with explicit state tensors: the graph inside policy.onnx.
+
+    step = build_step(controller_parts...)          # RSSMStep | ShortcutStep | ScratchStep
+    action, *next_state = step(image, state, instruction, *carried_state)
+
+Inputs (batch 1):  image uint8 (1, H, W, 3) at the camera's resolution (resized in the graph when the
+                   model was trained at another size, /255 folded in), state float32 (1, J),
+                   instruction float32 (1, 384) (unit-norm sentence embedding), then the carried
+                   state tensors named by `state_specs()`.
+Outputs:           action float32 (1, A) (the actor's mode, clipped to [-1, 1]), then the next value
+                   of every state tensor, in the same order, named `next_<name>`.
+
+A runtime starts an episode from the specs' initial values and feeds each `next_<name>` back as
+`<name>`. Every stateful step carries `is_first` (1 at the start of an episode, 0 after), so the
+first-step reset (latent state and previous action dropped) happens inside the graph exactly as
+`AgentController` does it when its state is None.
+
+The steps reuse the models' own modules and methods (RSSM.obs_step, Dynamics.tokens, Block, the
+agent's actor) so they compute what AgentController computes with deterministic latents; only the
+shortcut backend's growing KV cache becomes a fixed window with a validity mask, because an ONNX
+graph's state tensors have fixed shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reverie.errors import BundleError
+from reverie.world_model.networks import symlog
+from reverie.world_model.tokenizer import patchify
+
+
+@dataclasses.dataclass(frozen=True)
+class StateSpec:
+    """One carried tensor: its ONNX input name, shape (batch included), dtype and fill value at the
+    start of an episode."""
+
+    name: str
+    shape: tuple[int, ...]
+    initial: float = 0.0
+    dtype: str = "float32"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "initial": self.initial}
+
+    def zeros(self) -> Tensor:
+        return torch.full(self.shape, self.initial, dtype=torch.float32)
+
+
+def prepare_image(image: Tensor, size: int, clamp: bool = True) -> Tensor:
+    """uint8 (N, H, W, 3) -> float (N, size, size, 3) in [0, 1], resized like the training batches
+    (world_model/data.py collate: bilinear with antialiasing, then clamped)."""
+    x = image.float() / 255.0
+    if tuple(x.shape[1:3]) != (size, size):
+        x = F.interpolate(x.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", antialias=True)
+        x = x.permute(0, 2, 3, 1)
+        if clamp:
+            x = x.clamp(0, 1)
+    return x
+
+
+def _act(agent, feat: Tensor, instr: Tensor) -> Tensor:
+    """The deterministic action: the actor's mode, clipped like AgentController. (1, F) -> (1, A)."""
+    return agent.policy(feat, instr).mode().clamp(-1.0, 1.0)
+
+
+class PolicyStep(nn.Module):
+    """Base: `image_hw` is the camera resolution the bundle expects (the training store's)."""
+
+    kind = "base"
+
+    def __init__(self, image_hw: tuple[int, int], state_dim: int, action_dim: int):
+        super().__init__()
+        self.image_hw, self.state_dim, self.action_dim = tuple(image_hw), state_dim, action_dim
+
+    def state_specs(self) -> list[StateSpec]:
+        return []
+
+    def input_names(self) -> list[str]:
+        return ["image", "state", "instruction", *[s.name for s in self.state_specs()]]
+
+    def output_names(self) -> list[str]:
+        return ["action", *[f"next_{s.name}" for s in self.state_specs()]]
+
+    def example_inputs(self) -> tuple[Tensor, ...]:
+        h, w = self.image_hw
+        return (torch.zeros(1, h, w, 3, dtype=torch.uint8), torch.zeros(1, self.state_dim),
+                torch.zeros(1, 384), *[s.zeros() for s in self.state_specs()])
+
+
+class RSSMStep(PolicyStep):
+    """RSSM filter step + actor. State: deter (1, D), stoch (1, S, C), prev_action (1, A), is_first (1,)."""
+
+    kind = "rssm"
+
+    def __init__(self, wm, agent, image_hw):
+        super().__init__(image_hw, wm.spec.state_dim, wm.spec.action_dim)
+        if wm.dynalang:
+            raise BundleError("this world model reads per-step language tokens (dynalang: true), which the "
+                              "bundle format does not carry yet; export an agent on a model trained with "
+                              "world_model.dynalang=false")
+        self.wm, self.agent = wm, agent
+        self.size = int(wm.cfg.image_size)
+
+    def state_specs(self) -> list[StateSpec]:
+        wm = self.wm
+        return [StateSpec("deter", (1, wm.deter_dim)), StateSpec("stoch", (1, wm.stoch, wm.classes)),
+                StateSpec("prev_action", (1, self.action_dim)), StateSpec("is_first", (1,), 1.0)]
+
+    def forward(self, image, state, instruction, deter, stoch, prev_action, is_first):
+        wm = self.wm
+        first = is_first > 0.5                                                   # (1,) bool
+        img = prepare_image(image, self.size)                                    # (1, s, s, 3)
+        embed = torch.cat([wm.image_enc(img), wm.state_enc(symlog(state))], -1)  # (1, E)
+        # The mask bit says "a previous action is known"; obs_step zeroes it (and the state) at is_first.
+        action_in = wm._action_input(prev_action, torch.ones_like(first))        # (1, A + 1)
+        carried = {"deter": deter, "stoch": stoch, "instr": instruction}
+        post, _, _ = wm.obs_step(carried, action_in, embed, first)
+        action = _act(self.agent, wm.feat(post), instruction)                    # (1, A)
+        return action, post["deter"], post["stoch"], action, torch.zeros_like(is_first)
+
+
+def step_transformer(tr, x: Tensor, space_mask: Tensor, ks: Tensor, vs: Tensor, valid: Tensor,
+                     pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """SpaceTimeTransformer.forward for one new frame against a fixed window of W cached frames.
+
+    x (1, 1, N, D); ks, vs (Lt, N, G, W, E): rotated keys/values of the window, one per time block;
+    valid (1, W) float: 1 where a slot holds a frame of this episode (others are masked out, which
+    equals attending over the shorter cache PyTorch keeps); pos (1,) float: the frame's time index.
+    -> (1, 1, N, D), and the windows with this frame appended and the oldest slot dropped.
+    """
+    _, _, n, d = x.shape
+    space_pos = torch.arange(n, device=x.device)
+    keys_ok = torch.cat([valid > 0.5, torch.ones(1, 1, dtype=torch.bool, device=x.device)], -1)
+    time_mask = keys_ok[:, None, None, :]                                        # (1, 1, 1, W + 1)
+    new_k, new_v, ti = [], [], 0
+    for blk in tr.blocks:
+        if blk.time:
+            xt = x.permute(0, 2, 1, 3).reshape(n, 1, d)                          # (N, 1, D)
+            xt, (k, v) = blk(xt, pos, time_mask, (ks[ti], vs[ti]))               # k (N, G, W + 1, E)
+            x = xt.reshape(1, n, 1, d).permute(0, 2, 1, 3)
+            new_k.append(k[:, :, 1:])
+            new_v.append(v[:, :, 1:])
+            ti += 1
+        else:
+            xs, _ = blk(x.reshape(1, n, d), space_pos, space_mask)
+            x = xs.reshape(1, 1, n, d)
+    return tr.norm(x), torch.stack(new_k), torch.stack(new_v)
+
+
+def _window_shape(tr, n: int, window: int) -> tuple[int, ...]:
+    attn = next(b.attn for b in tr.blocks if b.time)
+    return (tr.n_time, n, attn.g, window, attn.e)
+
+
+class ShortcutStep(PolicyStep):
+    """Shortcut (Dreamer 4) step: tokenizer encoding of the frame and the dynamics context pass, both
+    against a sliding window of `context` cached frames, then the actor on the agent-token feature.
+    The context frame enters at the context signal level with the noise at its mean (zero), which is
+    what the world model's `deterministic` switch does in PyTorch.
+
+    State: tok_k/tok_v (Lt_tok, N_tok, G, W, E), dyn_k/dyn_v (Lt_dyn, N_dyn, G, W, E), valid (1, W),
+    t (1,) frame index, prev_action (1, A), is_first (1,).
+    """
+
+    kind = "shortcut"
+
+    def __init__(self, wm, agent, image_hw):
+        super().__init__(image_hw, wm.spec.state_dim, wm.spec.action_dim)
+        if wm.cfg.get("dynalang", False):
+            raise BundleError("dynalang shortcut models need per-step language tokens, which the bundle "
+                              "does not carry; export a model trained with world_model.dynalang=false")
+        tok, dyn = wm.tokenizer, wm.dynamics
+        if tok.encoder.n_time == 0 or dyn.transformer.n_time == 0:
+            raise BundleError("this shortcut model has no time-attention layers (time_every=0): it "
+                              "keeps no context, which the exporter does not handle; train with time_every>0")
+        self.wm, self.agent = wm, agent
+        self.size, self.window = int(wm.cfg.image_size), int(wm.context)
+        self.tau_i = round((1 - wm.ctx_noise) * dyn.k_max)          # context signal level index
+        self.d_i = int(math.log2(dyn.k_max))
+
+    def state_specs(self) -> list[StateSpec]:
+        tok, dyn, w = self.wm.tokenizer, self.wm.dynamics, self.window
+        tshape = _window_shape(tok.encoder, tok.n_patch + tok.n_lat, w)
+        dshape = _window_shape(dyn.transformer, dyn.n, w)
+        return [StateSpec("tok_k", tshape), StateSpec("tok_v", tshape), StateSpec("dyn_k", dshape),
+                StateSpec("dyn_v", dshape), StateSpec("valid", (1, w)), StateSpec("t", (1,)),
+                StateSpec("prev_action", (1, self.action_dim)), StateSpec("is_first", (1,), 1.0)]
+
+    def forward(self, image, state, instruction, tok_k, tok_v, dyn_k, dyn_v, valid, t, prev_action,
+                is_first):
+        wm, tok, dyn = self.wm, self.wm.tokenizer, self.wm.dynamics
+        keep = 1.0 - is_first                                          # (1,) 0 at an episode's start
+        valid = valid * keep[:, None]                                  # forget the last episode's frames
+        t = t * keep                                                   # frame index restarts at 0
+        img = prepare_image(image, self.size)[:, None]                 # (1, 1, s, s, 3)
+        # Tokenizer.encode for one frame (patch tokens + latent tokens through the causal encoder).
+        x = tok.patch_in(patchify(img, tok.p) * 2 - 1) + tok.patch_pos  # (1, 1, P, D)
+        lat = tok.lat_tokens.expand(1, 1, -1, -1).to(x.dtype)
+        y, tok_k, tok_v = step_transformer(tok.encoder, torch.cat([x, lat], 2), tok.enc_mask,
+                                           tok_k, tok_v, valid, t)
+        z = torch.tanh(tok.to_z(y[:, :, tok.n_patch:]))                # (1, 1, L, C)
+        # Dynamics context pass: a_{t-1} is known except at is_first.
+        zc = (self.tau_i / dyn.k_max) * wm.pack_z(z)
+        levels = torch.full((1, 1), self.tau_i, dtype=torch.long)
+        d_idx = torch.full((1, 1), self.d_i, dtype=torch.long)
+        tokens = dyn.tokens(zc, levels, d_idx, prev_action[:, None], (keep > 0.5)[:, None], instruction)
+        y, dyn_k, dyn_v = step_transformer(dyn.transformer, tokens, dyn.space_mask, dyn_k, dyn_v, valid, t)
+        feat = (y[:, :, dyn.n - dyn.g:] if dyn.feat == "agent" else y[:, :, :dyn.s]).mean(2)  # (1, 1, D)
+        action = _act(self.agent, feat[:, 0], instruction)
+        next_valid = torch.cat([valid[:, 1:], torch.ones_like(valid[:, :1])], 1)
+        return (action, tok_k, tok_v, dyn_k, dyn_v, next_valid, t + 1, action,
+                torch.zeros_like(is_first))
+
+
+class ScratchStep(PolicyStep):
+    """Behaviour cloning from scratch: stateless, one frame at a time (ScratchController)."""
+
+    kind = "scratch_bc"
+
+    def __init__(self, policy, image_hw):
+        s = policy.sizes
+        super().__init__(image_hw, s["state_dim"], s["action_dim"])
+        self.policy, self.size = policy, int(s["image_size"])
+
+    def forward(self, image, state, instruction):
+        # ScratchController resizes without clamping; so does its graph.
+        img = prepare_image(image, self.size, clamp=False)
+        return (self.policy(img, state, instruction).mode().clamp(-1.0, 1.0),)
