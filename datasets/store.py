@@ -121,12 +121,7 @@ class EpisodeStore:
         self.fps: float = float(attrs["fps"])
         self.robot: str = str(attrs["robot"])
         self.image_codec: str = str(attrs.get("image_codec", "lossless"))
-        # zarr by default compares every written chunk with the fill value to skip storing empty ones;
-        # that comparison cost 2/3 of the write time of 480x640 frames, and our chunks are rarely empty.
-        self._data = {key: group[f"data/{key}"].with_config({"write_empty_chunks": True}) for key in self.schema}
-        self._meta = {field: group[f"meta/episodes/{field}"] for field in META_FIELDS}
-        self._hist = {key: group[f"meta/stats/{key}"] for key in self.schema if is_image_key(key)}
-        self._ends_array = group["meta/episode_ends"]
+        self._open_arrays()
         self._writer: EpisodeWriter | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # background frame writes
         self._lowdim: dict[str, np.ndarray] | None = None  # committed low-dim rows, loaded on first use
@@ -145,7 +140,7 @@ class EpisodeStore:
             raise StoreError(f"fps must be a positive number, got {fps!r}")
         attrs = _json_attrs(attrs or {})
         store, path = _resolve(path_or_url, read_only=False)
-        if path is not None and path.exists():
+        if path is not None and path.exists() and not (path.is_dir() and not any(path.iterdir())):
             raise StoreError(f"{path} already exists; open it with EpisodeStore.open(path, mode='a') "
                              "or choose a new path")
         try:
@@ -234,6 +229,16 @@ class EpisodeStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _open_arrays(self) -> None:
+        """zarr handles for every array; they cache shapes, so refresh() makes new ones."""
+        group = self._group
+        # zarr by default compares every written chunk with the fill value to skip storing empty ones;
+        # that comparison cost 2/3 of the write time of 480x640 frames, and our chunks are rarely empty.
+        self._data = {key: group[f"data/{key}"].with_config({"write_empty_chunks": True}) for key in self.schema}
+        self._meta = {field: group[f"meta/episodes/{field}"] for field in META_FIELDS}
+        self._hist = {key: group[f"meta/stats/{key}"] for key in self.schema if is_image_key(key)}
+        self._ends_array = group["meta/episode_ends"]
+
     # ------------------------------------------------------------------------------------- recovery
     def _load(self) -> None:
         """Read the committed episode table; report (and in mode 'a' truncate) an interrupted tail."""
@@ -259,16 +264,22 @@ class EpisodeStore:
                              "Nothing was changed; restore the store from a copy")
         end = int(ends[n - 1]) if n else 0
         tail = max(data_len.values()) - end
-        if tail > 0 or len(ends) > n or max(extra_rows, default=0) > n:
+        interrupted = tail > 0 or len(ends) > n or max(extra_rows, default=0) > n
+        if interrupted:
             what = (f"{self.url}: an interrupted episode left {tail} frames past the last committed episode "
                     f"({n} episodes, {end} frames)")
             if self._mode == "a":
                 log.warning("%s; truncating them", what)
                 self._truncate(n, end)
+            elif self._path is not None and _appender_active(self._path):
+                log.debug("%s: an episode is being recorded (%d frames so far)", self.url, tail)
             else:
                 log.warning("%s; ignoring them (opening with mode='a' truncates them)", what)
-        if self._mode == "a" and self._path is not None:
-            for partial in self._path.rglob("*.partial"):  # temp files of writes killed mid-rename
+        stats_stale = (self._group.attrs.get("stats") or {}).get("episodes") != n
+        if self._mode == "a" and self._path is not None and (interrupted or stats_stale):
+            # A killed write can leave zarr's temp file (<chunk>.<uuid>.partial); only look for them
+            # after signs of a crash, since walking a large store takes a while.
+            for partial in self._path.rglob("*.partial"):
                 partial.unlink(missing_ok=True)
         self._ends = ends[:n].copy()
         self._meta_rows = {field: np.asarray(v[:n]) for field, v in meta.items()}
@@ -286,7 +297,11 @@ class EpisodeStore:
 
     def refresh(self) -> None:
         """Re-read the episode table, e.g. to follow a recording made by another process (mode 'r')."""
+        if self._writer is not None:
+            raise StoreError("refresh() is for readers; this store has an open episode writer")
         self._lowdim = self._hist_total = None
+        self._group = zarr.open_group(self._group.store, mode="r" if self._mode == "r" else "r+")  # fresh attrs
+        self._open_arrays()
         self._load()
 
     # ------------------------------------------------------------------------------------ reading
@@ -489,6 +504,18 @@ def _lock(path: Path) -> int:
         raise StoreError(f"{path} is open for appending by another process; close it there first "
                          "(reading with mode='r' is always allowed)") from None
     return fd
+
+
+def _appender_active(path: Path) -> bool:
+    """Whether another process holds the append lock (so rows past the end are a live recording)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _unlock(fd: int | None) -> None:

@@ -218,7 +218,8 @@ def test_missing_path_and_not_a_store(tmp_path):
     with pytest.raises(StoreError, match="zarr-replay"):
         EpisodeStore.open(tmp_path / "replay.zarr")
     with pytest.raises(StoreError, match="already exists"):
-        EpisodeStore.create(tmp_path / "folder", SCHEMA, fps=10.0, robot="x")
+        EpisodeStore.create(tmp_path / "replay.zarr", SCHEMA, fps=10.0, robot="x")
+    assert set(zarr.open_group(str(tmp_path / "replay.zarr"), mode="r").keys()) == {"meta", "data"}
     with pytest.raises(StoreError, match="mode"):
         EpisodeStore.open(tmp_path / "replay.zarr", mode="w")
 
@@ -302,3 +303,23 @@ def test_failed_background_write_discards_episode(tmp_path, small_flush, monkeyp
     assert_same(store.episode(0), good)
     store.add_episode(episode(5, 2), instruction="c", source="scripted")  # the store goes on
     assert store.num_frames == 11
+
+
+def test_reader_of_a_live_recording_sees_committed_episodes_quietly(tmp_path, small_flush, caplog):
+    store = EpisodeStore.create(tmp_path / "s.zarr", SCHEMA, fps=10.0, robot="x")
+    store.add_episode(episode(6), instruction="a", source="scripted")
+    writer = store.episode_writer("b", "teleop")
+    for t in range(30):
+        writer.add({key: value[t] for key, value in episode(40, 1).items()})
+    writer._wait()  # rows past the committed end are on disk while the recording goes on
+    with caplog.at_level(logging.WARNING):
+        reader = EpisodeStore.open(tmp_path / "s.zarr", mode="r")
+    assert reader.num_episodes == 1 and not caplog.records  # not reported as a crash
+    for t in range(30, 40):
+        writer.add({key: value[t] for key, value in episode(40, 1).items()})
+    writer.commit()
+    reader.refresh()
+    assert reader.num_episodes == 2 and reader.meta(1).length == 40
+    assert reader._group.attrs["stats"]["episodes"] == 2  # the writer's statistics, not recomputed
+    (tmp_path / "empty").mkdir()  # an empty folder is a fine place for a new store
+    EpisodeStore.create(tmp_path / "empty", SCHEMA, fps=10.0, robot="x").close()
