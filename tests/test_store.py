@@ -2,6 +2,8 @@
 
 import json
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -119,7 +121,13 @@ def test_lossy_images_readable_by_plain_zarr(tmp_path):
     mse = np.mean((got.astype(np.float64) - frames) ** 2)
     assert 10 * np.log10(255**2 / mse) > 38  # smooth gradients at q95 4:4:4: visually identical
     meta = json.loads((tmp_path / "s.zarr/data/image/front/zarr.json").read_text())
-    assert meta["codecs"][0]["name"] == "reverie.image"
+    assert meta["codecs"][0] == {"name": "reverie.image", "configuration": {"format": "jpeg", "quality": 90}}
+    # A fresh process needs nothing but `import reverie.datasets` to read it with plain zarr.
+    code = ("import sys, zarr, reverie.datasets; "
+            "print(zarr.open_array(sys.argv[1], mode='r')[:].mean())")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s.zarr/data/image/front")],
+                         capture_output=True, text=True, check=True).stdout
+    assert abs(float(out) - got.mean()) < 1e-9
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "webp"])
