@@ -90,6 +90,9 @@ class ArmPhysics:
         self.variation = randomization.sample(self.preset, self._rng)
         self.editor.apply(self.variation)
         mujoco.mj_resetData(self.model, self.data)
+        # Masses changed: recompute what the compiler derived from them (the constraint solver's
+        # inverse weights); with stale ones a heavier cube is launched off the table on contact.
+        mujoco.mj_setConst(self.model, self.data)
         self._set_joints(HOME)
         self.data.ctrl[self.actuators] = HOME
         for colour, (x, y, yaw) in zip(self.cube_names, self._cube_layout()):

@@ -119,6 +119,9 @@ def test_variations_reach_the_model_and_do_not_compound():
         v = p.variation
         np.testing.assert_allclose(p.model.actuator_gainprm[p.actuators, 0], kp0 * v.gain_scale)
         np.testing.assert_allclose(p.model.geom_rgba[p.editor.cube_geoms["red"], :3], v.cube_rgb["red"])
+        # Derived inverse weights follow the new mass (stale ones once launched pushed cubes off the table).
+        cube = p.cube_bodies["red"]
+        np.testing.assert_allclose(p.model.body_invweight0[cube, 0], 1 / p.model.body_mass[cube], rtol=1e-6)
     p.close()
 
 
