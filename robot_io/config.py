@@ -287,10 +287,9 @@ def _calibration_file(path) -> dict | None:
 
 
 def _plain(raw) -> dict:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-        if isinstance(raw, DictConfig):
-            return OmegaConf.to_container(raw, resolve=True)
-    except ImportError:  # the torch-free runtime may not ship omegaconf
-        pass
+    # Only a mapping that came from omegaconf needs it; plain dicts (the torch-free runtime builds
+    # arms from a bundle's manifest) must not import it.
+    if type(raw).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+        return OmegaConf.to_container(raw, resolve=True)
     return dict(raw)

@@ -1,0 +1,222 @@
+"""`reverie deploy bundle=BUNDLE robot=<sim|virtual link=PATH|feetech port=...|dynamixel port=...> instruction="..."`
+
+Runs an exported policy on a robot without torch (numpy, onnxruntime, tokenizers, pyserial, OpenCV).
+
+Options (key=value):
+  episodes=1        episodes to run; steps=N caps each (default: sim time limit 300, robots 300)
+  task=all seed=0   sim only: task family and scene seed of the first episode
+  link= frames=     robot=virtual: the serve-bus link, and its frame-file prefix (default <link>.frames)
+  port= camera= calibration=   feetech/dynamixel: serial port, OpenCV camera (index or path), calibration JSON
+  stdin=true        read new instructions from standard input, one per line
+  socket=PORT token=TOKEN      also accept them on 127.0.0.1:PORT (0: a free port), token required
+  record=STORE round=0         record the episodes into an episode store (source=policy)
+  threads=1         onnxruntime threads
+
+Before anything moves: the bundle's checksums and graph signatures, the instruction, and the robot's
+camera, joints and rate against the manifest. While running: the loop keeps the manifest's rate with
+deadlines measured on time.perf_counter, every action goes through the robot's safety limits, and
+any fault or non-finite action ends in a safe stop (robot: safe pose, then torque off).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+
+import numpy as np
+
+from reverie.errors import ConfigError, HardwareError, ReverieError
+from reverie.export.bundle import Bundle
+from reverie.export.instructions import InstructionChannel, SocketServer, StdinReader
+
+log = logging.getLogger(__name__)
+ROBOTS = ("sim", "virtual", "feetech", "dynamixel")
+KEYS = {"bundle", "robot", "instruction", "episodes", "steps", "task", "seed", "link", "frames", "port",
+        "camera", "calibration", "stdin", "socket", "token", "record", "round", "threads"}
+
+
+def parse(argv: list[str]) -> dict:
+    """key=value arguments (no hydra: the runtime path imports no config framework)."""
+    if any(a in ("-h", "--help") for a in argv):
+        return {"help": True}
+    args = {}
+    for a in argv:
+        key, eq, value = a.partition("=")
+        if not eq:
+            raise ConfigError(f"unexpected argument {a!r}: deploy takes key=value options ({', '.join(sorted(KEYS))})")
+        if key not in KEYS:
+            raise ConfigError(f"unknown option {key!r}; deploy takes {', '.join(sorted(KEYS))}")
+        args[key] = value
+    for key in ("bundle", "robot", "instruction"):
+        if key not in args:
+            raise ConfigError(f'missing {key}=...; usage: reverie deploy bundle=BUNDLE robot=sim instruction="..."')
+    if args["robot"] not in ROBOTS:
+        raise ConfigError(f"robot={args['robot']!r}: choose one of {', '.join(ROBOTS)}")
+    for key, default in (("episodes", 1), ("steps", 300), ("seed", 0), ("round", 0), ("threads", 1)):
+        try:
+            args[key] = int(args.get(key, default))
+        except ValueError as e:
+            raise ConfigError(f"{key}={args[key]!r} must be an integer") from e
+    if args["episodes"] < 1 or args["steps"] < 1:
+        raise ConfigError("episodes and steps must be at least 1")
+    args["stdin"] = str(args.get("stdin", "true")).lower() in ("1", "true", "yes")
+    return args
+
+
+@dataclasses.dataclass
+class EpisodeStats:
+    steps: int = 0
+    success: bool | None = None
+    misses: int = 0
+    periods: list = dataclasses.field(default_factory=list)   # s between consecutive observations
+    act_ms: list = dataclasses.field(default_factory=list)    # policy step latency
+    clamped: int = 0
+    instructions: int = 1
+    stopped: str = ""
+
+    def summary(self, hz: float) -> dict:
+        p = np.asarray(self.periods) if self.periods else np.zeros(1)
+        return {"steps": self.steps, "success": self.success, "rate_hz": float(1.0 / p.mean()) if p.mean() else 0.0,
+                "target_hz": hz, "jitter_ms": float(p.std() * 1e3), "period_p99_ms": float(np.percentile(p, 99) * 1e3),
+                "deadline_misses": self.misses, "miss_fraction": self.misses / max(self.steps, 1),
+                "policy_p50_ms": float(np.percentile(self.act_ms, 50)) if self.act_ms else 0.0,
+                "policy_p99_ms": float(np.percentile(self.act_ms, 99)) if self.act_ms else 0.0,
+                "clamped_steps": self.clamped, "instructions": self.instructions, "stopped": self.stopped}
+
+
+def make_target(bundle: Bundle, args: dict):
+    from reverie.export import targets
+
+    if args["robot"] == "sim":
+        return targets.SimTarget(bundle.manifest, task=args.get("task", "all"), seed=args["seed"],
+                                 time_limit=args["steps"])
+    return targets.arm_target(bundle.manifest, args["robot"], args)
+
+
+class Deployment:
+    """The control loop over a verified bundle, a connected target and an instruction channel."""
+
+    def __init__(self, bundle: Bundle, target, channel: InstructionChannel, recorder=None):
+        self.bundle, self.target, self.channel, self.recorder = bundle, target, channel, recorder
+        self.period = 1.0 / bundle.control_hz
+
+    def episode(self, max_steps: int) -> EpisodeStats:
+        stats = EpisodeStats()
+        text, embedding, version = self.channel.current()
+        self.bundle.reset()
+        obs = self.target.reset(text)                        # robots move to their home pose here
+        if self.recorder:
+            self.recorder.begin(text)
+            self.recorder.observe(obs, time.time())
+        last_obs = time.perf_counter()
+        deadline = last_obs + self.period
+        first_version = version
+        while True:
+            text, embedding, version = self.channel.current()  # a new instruction applies from here
+            tick = time.perf_counter()
+            action = self.bundle.act(obs[self.bundle.image_key], obs["state"], embedding)
+            stats.act_ms.append((time.perf_counter() - tick) * 1e3)
+            if not np.all(np.isfinite(action)):
+                raise HardwareError(f"the policy produced a non-finite action {action.tolist()} at step "
+                                    f"{stats.steps + 1}; stopping the arm (check the bundle's parity numbers)")
+            if self.recorder:
+                self.recorder.act(action)
+            if not self.target.paced:  # the sim returns at once: hold the command to its tick
+                now = time.perf_counter()
+                if now > deadline:
+                    stats.misses += 1
+                    deadline = now  # restart the schedule instead of bursting to catch up
+                else:
+                    time.sleep(deadline - now)
+                deadline += self.period
+            obs, done, info = self.target.step(action)     # robots: write, wait for the tick, observe
+            now = time.perf_counter()
+            stats.periods.append(now - last_obs)
+            last_obs = now
+            stats.misses += int(info.get("late", False))
+            stats.clamped += int(info.get("clamped", False))
+            stats.steps += 1
+            stats.instructions = version - first_version + 1
+            if "success" in info:
+                stats.success = bool(stats.success) or info["success"]
+            last = done or stats.steps >= max_steps
+            if self.recorder:
+                self.recorder.observe(obs, time.time(), info.get("reward", 0.0), last, info.get("terminal", False))
+            if last:
+                break
+        if self.recorder:
+            notes = "; ".join(f"instruction {v}: {t}" for v, t in self.channel.changes if v > first_version)
+            self.recorder.end(stats.success, notes)
+        return stats
+
+
+def print_episode(i: int, s: dict) -> None:
+    success = "n/a" if s["success"] is None else ("yes" if s["success"] else "no")
+    print(f"episode {i}: success {success}, {s['steps']} steps at {s['rate_hz']:.1f} Hz (target "
+          f"{s['target_hz']:g}), jitter {s['jitter_ms']:.2f} ms, p99 period {s['period_p99_ms']:.1f} ms, "
+          f"{s['deadline_misses']} deadline misses ({100 * s['miss_fraction']:.2f}%), policy step p50 "
+          f"{s['policy_p50_ms']:.2f} ms p99 {s['policy_p99_ms']:.2f} ms, {s['instructions']} instruction(s)",
+          flush=True)
+
+
+def deploy(args: dict) -> list[dict]:
+    """Verify, connect, check, run; always ends with the target stopped. Returns per-episode summaries."""
+    bundle = Bundle.load(args["bundle"], threads=args["threads"])       # BundleError before anything moves
+    channel = InstructionChannel(bundle.encoder.encode, bundle.max_chars)
+    channel.set(args["instruction"])                                    # ConfigError before anything moves
+    target = make_target(bundle, args)
+    server = recorder = None
+    results: list[dict] = []
+    try:
+        image, state_dim, action_dim, hz = target.connect()            # torque on where the arm is
+        bundle.check_robot(image, state_dim, action_dim, hz, what=args["robot"])
+        if args.get("socket") is not None:
+            server = SocketServer(channel, int(args["socket"]), args.get("token")).start()
+            print(f"instructions: 127.0.0.1:{server.port} token {server.token}", flush=True)
+        if args["stdin"]:
+            StdinReader(channel).start()
+        if args.get("record"):
+            from reverie.export.recording import Recorder
+
+            recorder = Recorder(args["record"], bundle.image_key, bundle.image_shape, bundle.state_dim,
+                                bundle.action_dim, bundle.control_hz, bundle.manifest["robot"]["name"],
+                                args["round"])
+        run = Deployment(bundle, target, channel, recorder)
+        for i in range(args["episodes"]):
+            stats = run.episode(args["steps"])
+            results.append(stats.summary(bundle.control_hz))
+            print_episode(i, results[-1])
+    except (ReverieError, KeyboardInterrupt) as e:
+        if recorder:
+            recorder.discard()
+        outcome = target.safe_stop()
+        log.error("safe stop: %s", outcome)
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise type(e)(f"{e}\n(safe stop: {outcome})") from e
+    finally:
+        if server:
+            server.stop()
+        if recorder:
+            recorder.close()
+        target.close()
+    return results
+
+
+def main(argv: list[str]) -> int:
+    args = parse(list(argv))
+    if args.get("help"):
+        print(__doc__)
+        return 0
+    results = deploy(args)
+    if len(results) > 1:
+        rates = [r["success"] for r in results if r["success"] is not None]
+        if rates:
+            print(f"success {sum(rates)}/{len(rates)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

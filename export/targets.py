@@ -1,0 +1,157 @@
+"""What a deployment drives: the sim arm env, or a servo-bus arm (virtual or physical) via robot_io.
+
+Both expose connect() -> (image shape, state dim, action dim, rate), reset(instruction) -> obs,
+step(action) -> (obs, done, info), safe_stop() -> what it did, and `paced`: whether step() itself
+waits for the control tick (robot_io.Robot does; the sim returns at once and the runtime paces it).
+Every action passes the robot's safety limits (robot_io/safety.py) before it reaches a joint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from reverie.errors import BundleError, ConfigError, HardwareError
+from reverie.robot_io.safety import SafetyFilter
+
+
+class SimTarget:
+    """The sim arm env at the bundle's camera, rate and action scaling. Safety in servo-target space:
+    joint ranges, at most the per-step delta from the previous target, at most twice it from where
+    the joint is (the env's own lead bound)."""
+
+    paced = False
+
+    def __init__(self, manifest: dict, task: str = "all", seed: int = 0, time_limit: int = 300):
+        from reverie.sim.arm_env import make_arm_env
+
+        robot = manifest["robot"]
+        camera = manifest["observation"]["image_key"].split("/", 1)[1]
+        h, w, _ = manifest["observation"]["image"]["shape"]
+        self.hz = float(manifest["control_hz"])
+        self.scale = np.asarray(robot["action_scale"], np.float64)                # (6,)
+        self.mode = robot["action_mode"]
+        self.env = make_arm_env(task, image_size=(h, w), cameras=(camera,), control_hz=self.hz,
+                                max_delta=tuple(self.scale), action_mode=self.mode, time_limit=time_limit)
+        phys = self.env.phys
+        self.safety = SafetyFilter(phys.lower, phys.upper, 2 * self.scale, self.scale * self.hz)
+        self.seed, self.episode = seed, 0
+        self.clamped = 0
+
+    def connect(self):
+        spec = self.env.observation_spec()
+        image = next(v for k, v in spec.items() if k.startswith("image/"))
+        return image.shape, spec["state"].shape[0], self.env.action_spec().shape[0], self.hz
+
+    def reset(self, instruction: str) -> dict:
+        try:
+            ts = self.env.reset(seed=self.seed + self.episode, instruction=instruction)
+        except ConfigError:
+            # The sim scores only phrasings it can parse; any other text still drives the policy.
+            ts = self.env.reset(seed=self.seed + self.episode)
+        self.episode += 1
+        return ts.observation
+
+    def _goal(self, action: np.ndarray, target: np.ndarray) -> np.ndarray:
+        if self.mode == "delta":
+            return target + action * self.scale
+        lo, hi = self.env.phys.lower, self.env.phys.upper
+        return lo + (action + 1.0) / 2.0 * (hi - lo)
+
+    def _action(self, goal: np.ndarray, target: np.ndarray) -> np.ndarray:
+        if self.mode == "delta":
+            return (goal - target) / self.scale
+        lo, hi = self.env.phys.lower, self.env.phys.upper
+        return 2.0 * (goal - lo) / (hi - lo) - 1.0
+
+    def step(self, action: np.ndarray):
+        target = self.env.commanded                                               # (6,) servo targets
+        goal = self._goal(np.clip(action, -1, 1), target)
+        safe, clamped = self.safety.filter(goal, self.env.phys.qpos(), target, 1.0 / self.hz)
+        self.clamped += clamped.any
+        ts = self.env.step(np.clip(self._action(safe, target), -1, 1).astype(np.float32))
+        return ts.observation, ts.last(), {"success": bool(ts.info.get("success")), "reward": ts.reward,
+                                           "terminal": ts.last() and ts.discount == 0.0}
+
+    def safe_stop(self) -> str:
+        return "sim: episode ended, arm holds its targets"
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class ArmTarget:
+    """A servo-bus arm through robot_io.Robot, which clamps every goal with its SafetyFilter, holds
+    position through its watchdog, and parks (safe pose, then torque off) on any fault."""
+
+    paced = True
+
+    def __init__(self, arm, hz: float):
+        from reverie.robot_io.camera_setup import build_cameras
+        from reverie.robot_io.robot import Robot
+
+        self.robot = Robot(arm, cameras=build_cameras(arm.cameras), control_hz=hz)
+        self.hz = hz
+
+    def connect(self):
+        self.robot.connect()  # checks every servo and enables torque where the arm is: no motion yet
+        spec = self.robot.observation_spec()
+        images = [v.shape for k, v in spec.items() if k.startswith("image/")]
+        if not images:
+            raise HardwareError(f"arm {self.robot.arm.name!r} has no camera configured; the policy needs "
+                                "one (robot=virtual serves one; on hardware pass camera=0 or a /dev/video path)")
+        return images[0], spec["state"].shape[0], self.robot.action_spec().shape[0], self.robot.control_hz
+
+    def reset(self, instruction: str) -> dict:
+        return self.robot.reset(instruction=instruction).observation  # moves to the home pose
+
+    def step(self, action: np.ndarray):
+        ts = self.robot.step(action)
+        return ts.observation, ts.last(), {"late": bool(ts.info.get("late")), "clamped": bool(ts.info.get("clamped"))}
+
+    def safe_stop(self) -> str:
+        return self.robot.disconnect() or "arm already stopped"
+
+    def close(self) -> None:
+        self.robot.disconnect()
+
+
+def arm_target(manifest: dict, robot: str, args: dict) -> ArmTarget:
+    """robot=virtual link=PATH | feetech port=... | dynamixel port=... -> an ArmTarget built from the
+    arm config the bundle was exported with (joints, limits, scaling), on this port."""
+    from reverie.robot_io.config import arm_from_mapping
+
+    section = manifest["robot"]
+    if section["kind"] != "arm":
+        raise BundleError(f"this bundle's actions are scaled for the simulator ({section['name']}), not "
+                          f"for a servo arm; deploy it with robot=sim, or re-export with robot=<arm> "
+                          f"(e.g. robot=so101_virtual for robot=virtual)")
+    config = dict(section["config"])
+    camera = manifest["observation"]["image_key"].split("/", 1)[1]
+    h, w, _ = manifest["observation"]["image"]["shape"]
+    if robot == "virtual":
+        link = args.get("link")
+        if not link:
+            raise ConfigError("robot=virtual needs link=PATH: the link of `reverie sim serve-bus link=PATH`")
+        port = link
+        prefix = args.get("frames") or f"{link}.frames"
+        config["cameras"] = {camera: {"type": "frame_file", "path": f"{prefix}.{camera}"}}
+    else:
+        port = args.get("port")
+        if not port:
+            raise ConfigError(f"robot={robot} needs port=...: /dev/ttyACM0 (Linux) or /dev/tty.usbmodem... (macOS)")
+        if robot != config["protocol"]:
+            raise BundleError(f"the bundle was exported for {section['name']} ({config['protocol']} servos), "
+                              f"not robot={robot}; use robot={config['protocol']} or re-export with robot=<arm>")
+        if args.get("camera") is not None:
+            source = args["camera"]
+            config["cameras"] = {camera: {"type": "opencv", "source": int(source) if str(source).isdigit() else source,
+                                          "width": w, "height": h}}
+    if not Path(port).exists():
+        raise HardwareError(f"port {port} does not exist: check the cable and `ls /dev/tty*`"
+                            + (" (is `reverie sim serve-bus` running with that link?)" if robot == "virtual" else ""))
+    config["port"] = str(port)
+    if args.get("calibration"):
+        config["calibration"] = args["calibration"]
+    return ArmTarget(arm_from_mapping(config), float(manifest["control_hz"]))
