@@ -77,7 +77,7 @@ class Bundle:
             problems.append(f"it runs at {control_hz:g} Hz, the policy was exported for {self.control_hz:g} Hz")
         if problems:
             raise BundleError(f"bundle {self.path} does not fit the {what}: " + "; ".join(problems)
-                              + ". Deploy on the robot it was exported for, or re-export with robot=<arm>.")
+                              + ". Deploy on the robot it was exported for, or re-export with arm=<arm config>.")
 
     def reset(self) -> None:
         """Initial state tensors: the start of an episode."""

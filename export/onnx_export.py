@@ -1,4 +1,4 @@
-"""`reverie export policy=CHECKPOINT out=BUNDLE [robot=sim|<arm>] [data=STORE]`: write a bundle.
+"""`reverie export policy=CHECKPOINT out=BUNDLE [arm=sim|<arm config>] [data=STORE]`: write a bundle.
 
     policy.onnx        one control step (export/policy_module.py), batch 1, opset >= 18
     text_encoder.onnx  MiniLM + mean pooling + L2 norm; input_ids/attention_mask int64 (N, L)
@@ -74,7 +74,7 @@ def parity_stores(cfg, info: dict) -> list:
 # ----- robot: action scaling, joint limits, rate ------------------------------------------------
 def robot_section(cfg, store) -> dict:
     """What the actions mean on the target: the sim arm's ArmEnvConfig, or a robot_io arm config."""
-    name = str(cfg.robot)
+    name = str(cfg.arm)
     if name == "sim":
         from reverie.sim.arm import JOINT_NAMES
         from reverie.sim.arm_env import ArmEnvConfig
@@ -190,8 +190,8 @@ def export(cfg) -> Path:
     step = make_step(image_shape[:2])
     robot = robot_section(cfg, stores[0])
     if len(robot["joint_names"]) != step.action_dim:
-        raise ConfigError(f"robot={cfg.robot} has {len(robot['joint_names'])} joints, the policy "
-                          f"acts on {step.action_dim}; pass the robot the policy was trained for")
+        raise ConfigError(f"arm={cfg.arm} has {len(robot['joint_names'])} joints, the policy "
+                          f"acts on {step.action_dim}; pass the arm the policy was trained for")
 
     if out.exists():
         if not cfg.overwrite:

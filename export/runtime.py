@@ -112,9 +112,12 @@ class Deployment:
             self.recorder.observe(obs, time.time())
         last_obs = time.perf_counter()
         deadline = last_obs + self.period
-        first_version = version
+        first_version = stats_version = version
         while True:
             text, embedding, version = self.channel.current()  # a new instruction applies from here
+            if version != stats_version:
+                print(f"step {stats.steps}: following instruction {version}: {text}", flush=True)
+                stats_version = version
             tick = time.perf_counter()
             action = self.bundle.act(obs[self.bundle.image_key], obs["state"], embedding)
             stats.act_ms.append((time.perf_counter() - tick) * 1e3)

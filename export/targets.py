@@ -125,8 +125,8 @@ def arm_target(manifest: dict, robot: str, args: dict) -> ArmTarget:
     section = manifest["robot"]
     if section["kind"] != "arm":
         raise BundleError(f"this bundle's actions are scaled for the simulator ({section['name']}), not "
-                          f"for a servo arm; deploy it with robot=sim, or re-export with robot=<arm> "
-                          f"(e.g. robot=so101_virtual for robot=virtual)")
+                          f"for a servo arm; deploy it with robot=sim, or re-export with arm=<arm config> "
+                          f"(e.g. arm=so101_virtual for robot=virtual)")
     config = dict(section["config"])
     camera = manifest["observation"]["image_key"].split("/", 1)[1]
     h, w, _ = manifest["observation"]["image"]["shape"]
@@ -143,7 +143,7 @@ def arm_target(manifest: dict, robot: str, args: dict) -> ArmTarget:
             raise ConfigError(f"robot={robot} needs port=...: /dev/ttyACM0 (Linux) or /dev/tty.usbmodem... (macOS)")
         if robot != config["protocol"]:
             raise BundleError(f"the bundle was exported for {section['name']} ({config['protocol']} servos), "
-                              f"not robot={robot}; use robot={config['protocol']} or re-export with robot=<arm>")
+                              f"not robot={robot}; use robot={config['protocol']} or re-export with arm=<arm config>")
         if args.get("camera") is not None:
             source = args["camera"]
             config["cameras"] = {camera: {"type": "opencv", "source": int(source) if str(source).isdigit() else source,
