@@ -672,7 +672,17 @@ class EpisodeWriter:
                              "not edit rows), or discard() the episode")
         self._flush()
         self._wait()  # every row on disk before any meta row: data first
-        index = self.store._commit(self, success)
+        before = self.store.num_episodes
+        try:
+            index = self.store._commit(self, success)
+        except Exception as e:
+            if self.store.num_episodes > before:  # episode_ends was written: the episode is in
+                self._close()
+                raise StoreError(f"episode {before} was committed, but updating the store statistics failed "
+                                 f"({type(e).__name__}: {e}); stats() recomputes them") from e
+            self.discard()  # never for a committed episode: that would drop committed rows
+            raise StoreError(f"committing the episode to {self.store.url} failed ({type(e).__name__}: {e}); "
+                             "it was discarded and committed episodes are intact") from e
         self._close()
         return index
 
@@ -684,9 +694,12 @@ class EpisodeWriter:
         if self._pending is not None:
             concurrent.futures.wait([self._pending])  # its error, if any, is moot: the rows go anyway
             self._pending = None
+        # Truncate to the committed end, not to self.start: an interrupt (Ctrl-C) that lands after
+        # episode_ends was written must not take a committed episode's rows with it.
+        end = self.store.num_frames
         for arr in self.store._data.values():
-            if arr.shape[0] > self.start:
-                arr.resize((self.start, *arr.shape[1:]))
+            if arr.shape[0] > end:
+                arr.resize((end, *arr.shape[1:]))
         self._close()
 
     def _close(self) -> None:

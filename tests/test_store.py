@@ -331,3 +331,53 @@ def test_reader_of_a_live_recording_sees_committed_episodes_quietly(tmp_path, sm
     assert reader._group.attrs["stats"]["episodes"] == 2  # the writer's statistics, not recomputed
     (tmp_path / "empty").mkdir()  # an empty folder is a fine place for a new store
     EpisodeStore.create(tmp_path / "empty", SCHEMA, fps=10.0, robot="x").close()
+
+
+def test_failed_commit_discards_but_never_loses_a_committed_episode(tmp_path, monkeypatch):
+    store = EpisodeStore.create(tmp_path / "s.zarr", SCHEMA, fps=10.0, robot="x")
+    good = episode(6)
+    store.add_episode(good, instruction="a", source="scripted")
+    real_append, calls = store_mod._append_row, []
+
+    def append_then_fail(arr, i, value):
+        calls.append(1)
+        if len(calls) == 3:  # a meta row: before the commit point
+            raise OSError(5, "Input/output error")
+        real_append(arr, i, value)
+
+    monkeypatch.setattr(store_mod, "_append_row", append_then_fail)
+    with pytest.raises(StoreError, match="discarded.*intact"):
+        store.add_episode(episode(8, 1), instruction="b", source="teleop")
+    monkeypatch.setattr(store_mod, "_append_row", real_append)
+    assert (store.num_episodes, store.array("state").shape[0]) == (1, 6)
+
+    def broken_stats(self):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store_mod.EpisodeStore, "_update_stats", broken_stats)  # after the commit point
+    second = episode(8, 2)
+    with pytest.raises(StoreError, match="was committed"):
+        store.add_episode(second, instruction="c", source="teleop")
+    monkeypatch.undo()
+    store.close()
+    store = EpisodeStore.open(tmp_path / "s.zarr", mode="a")
+    assert store.num_episodes == 2 and store.meta(1).instruction == "c"
+    assert_same(store.episode(0), good)
+    assert_same(store.episode(1), second)
+    np.testing.assert_allclose(store.stats()["reward"]["mean"],
+                               np.concatenate([good["reward"], second["reward"]]).mean(), rtol=1e-5)
+
+
+def test_interrupt_after_commit_point_keeps_the_episode(tmp_path, monkeypatch):
+    store = EpisodeStore.create(tmp_path / "s.zarr", SCHEMA, fps=10.0, robot="x")
+    ep = episode(7)
+
+    def interrupted(self):
+        raise KeyboardInterrupt  # Ctrl-C right after episode_ends was written
+
+    monkeypatch.setattr(store_mod.EpisodeStore, "_update_stats", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.add_episode(ep, instruction="a", source="teleop")  # the `with` block's discard runs
+    monkeypatch.undo()
+    assert store.num_episodes == 1 and store.array("state").shape[0] == 7
+    assert_same(store.episode(0), ep)

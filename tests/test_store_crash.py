@@ -126,8 +126,8 @@ def test_sigkill_writer_at_random_moments(tmp_path):
     assert sum(t > 0 for t in tails) >= 4 and next_seed >= 3, (tails, next_seed)
 
 
-class Crash(Exception):
-    pass
+class Crash(BaseException):
+    """Like a kill: not an Exception, so the writer's error handling does not run."""
 
 
 def test_crash_after_every_write_of_a_commit(tmp_path, monkeypatch):
