@@ -304,5 +304,9 @@ class WindowDataset(torch.utils.data.IterableDataset):
         for _ in range(count):
             yield self._sampler.sample()
 
+    def __getstate__(self) -> dict:
+        # Workers started by spawn or forkserver get a pickled copy: they open their own stores.
+        return self.__dict__ | {"_sampler": None, "_pid": -1}
+
     def __len__(self) -> int:
         return self.samples_per_epoch

@@ -1,5 +1,7 @@
 """Window sampler: windows stay inside episodes, match the store, honour weights, and feed a DataLoader."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -108,6 +110,9 @@ def test_dataloader_with_workers(tmp_path):
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2, persistent_workers=True)
     first, second = ([float(s["timestamp"][0]) for s in loader] for _ in range(2))
     assert len(first) == 24 and first != second  # persistent workers do not replay the last epoch
+    # Spawned workers receive a pickled copy; it must leave the open stores behind and reopen them.
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert copy._sampler is None and next(iter(copy))["state"].shape == (8, 2)
 
 
 @pytest.mark.parametrize("codec", ["lossless", "lossy"])
