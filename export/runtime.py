@@ -107,6 +107,7 @@ class Deployment:
         text, embedding, version = self.channel.current()
         self.bundle.reset()
         obs = self.target.reset(text)                        # robots move to their home pose here
+        print(f"episode started at {self.bundle.control_hz:g} Hz: {text}", flush=True)
         if self.recorder:
             self.recorder.begin(text)
             self.recorder.observe(obs, time.time())
@@ -173,8 +174,9 @@ def deploy(args: dict) -> list[dict]:
     server = recorder = None
     results: list[dict] = []
     try:
-        image, state_dim, action_dim, hz = target.connect()            # torque on where the arm is
+        image, state_dim, action_dim, hz = target.describe()           # nothing powered yet
         bundle.check_robot(image, state_dim, action_dim, hz, what=args["robot"])
+        target.connect()                                                # torque on where the arm is
         if args.get("socket") is not None:
             server = SocketServer(channel, int(args["socket"]), args.get("token")).start()
             print(f"instructions: 127.0.0.1:{server.port} token {server.token}", flush=True)

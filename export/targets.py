@@ -1,6 +1,7 @@
 """What a deployment drives: the sim arm env, or a servo-bus arm (virtual or physical) via robot_io.
 
-Both expose connect() -> (image shape, state dim, action dim, rate), reset(instruction) -> obs,
+Both expose describe() -> (image shape, state dim, action dim, rate) before anything is powered,
+connect() (servo arms: torque on where the arm is, no motion), reset(instruction) -> obs,
 step(action) -> (obs, done, info), safe_stop() -> what it did, and `paced`: whether step() itself
 waits for the control tick (robot_io.Robot does; the sim returns at once and the runtime paces it).
 Every action passes the robot's safety limits (robot_io/safety.py) before it reaches a joint.
@@ -39,10 +40,13 @@ class SimTarget:
         self.seed, self.episode = seed, 0
         self.clamped = 0
 
-    def connect(self):
+    def describe(self):
         spec = self.env.observation_spec()
         image = next(v for k, v in spec.items() if k.startswith("image/"))
         return image.shape, spec["state"].shape[0], self.env.action_spec().shape[0], self.hz
+
+    def connect(self) -> None:
+        pass
 
     def reset(self, instruction: str) -> dict:
         try:
@@ -94,14 +98,23 @@ class ArmTarget:
         self.robot = Robot(arm, cameras=build_cameras(arm.cameras), control_hz=hz)
         self.hz = hz
 
-    def connect(self):
-        self.robot.connect()  # checks every servo and enables torque where the arm is: no motion yet
-        spec = self.robot.observation_spec()
-        images = [v.shape for k, v in spec.items() if k.startswith("image/")]
-        if not images:
+    def describe(self):
+        """Camera shape (one frame read), joints and rate, before any torque is enabled."""
+        if not self.robot.cameras:
             raise HardwareError(f"arm {self.robot.arm.name!r} has no camera configured; the policy needs "
                                 "one (robot=virtual serves one; on hardware pass camera=0 or a /dev/video path)")
-        return images[0], spec["state"].shape[0], self.robot.action_spec().shape[0], self.robot.control_hz
+        camera = next(iter(self.robot.cameras.values()))
+        if hasattr(camera, "connect"):
+            camera.connect()
+        try:
+            shape = np.asarray(camera.read().image).shape
+        finally:
+            camera.close()  # Robot.connect opens it again
+        joints = len(self.robot.arm.joints)
+        return shape, joints, joints, self.robot.control_hz
+
+    def connect(self) -> None:
+        self.robot.connect()  # checks every servo and enables torque where the arm is: no motion yet
 
     def reset(self, instruction: str) -> dict:
         return self.robot.reset(instruction=instruction).observation  # moves to the home pose
