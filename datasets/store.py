@@ -126,6 +126,7 @@ class EpisodeStore:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # background frame writes
         self._lowdim: dict[str, np.ndarray] | None = None  # committed low-dim rows, loaded on first use
         self._hist_total: dict[str, np.ndarray] | None = None  # (3, 256) pixel counts over committed episodes
+        self._stats_memo: dict | None = None  # statistics computed by this handle, when attrs were stale
         self._load()
 
     # ----------------------------------------------------------------------------------- create/open
@@ -299,7 +300,7 @@ class EpisodeStore:
         """Re-read the episode table, e.g. to follow a recording made by another process (mode 'r')."""
         if self._writer is not None:
             raise StoreError("refresh() is for readers; this store has an open episode writer")
-        self._lowdim = self._hist_total = None
+        self._lowdim = self._hist_total = self._stats_memo = None
         self._group = zarr.open_group(self._group.store, mode="r" if self._mode == "r" else "r+")  # fresh attrs
         self._open_arrays()
         self._load()
@@ -383,13 +384,17 @@ class EpisodeStore:
 
     def stats(self) -> dict[str, dict[str, np.ndarray]]:
         """key -> {mean, std, min, max, p01, p99} (float32; per dim, per channel for images)."""
+        def current(entry) -> bool:
+            return bool(entry) and entry.get("episodes") == self.num_episodes and set(entry["keys"]) == set(self.schema)
+
         cached = self._group.attrs.get("stats")
-        if cached and cached.get("episodes") == self.num_episodes and set(cached["keys"]) == set(self.schema):
-            return stats_lib.from_json(cached["keys"])
-        result = self._compute_stats()
-        if self._mode == "a":
-            self._group.attrs["stats"] = {"episodes": self.num_episodes, "keys": stats_lib.to_json(result)}
-        return stats_lib.from_json(stats_lib.to_json(result))
+        if not current(cached):
+            if not current(self._stats_memo):  # read-only handles keep what they computed
+                self._stats_memo = {"episodes": self.num_episodes, "keys": stats_lib.to_json(self._compute_stats())}
+                if self._mode == "a":
+                    self._group.attrs["stats"] = self._stats_memo
+            cached = self._stats_memo
+        return stats_lib.from_json(cached["keys"])
 
     def _compute_stats(self) -> dict[str, dict[str, np.ndarray]]:
         out = {key: stats_lib.from_rows(rows) for key, rows in self.lowdim().items()}
