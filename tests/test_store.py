@@ -381,3 +381,18 @@ def test_interrupt_after_commit_point_keeps_the_episode(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert store.num_episodes == 1 and store.array("state").shape[0] == 7
     assert_same(store.episode(0), ep)
+
+
+def test_stale_statistics_are_recomputed_by_readers(tmp_path):
+    store = EpisodeStore.create(tmp_path / "s.zarr", SCHEMA, fps=10.0, robot="x")
+    eps = [episode(9, 0), episode(5, 1)]
+    for ep in eps:
+        store.add_episode(ep, instruction="a", source="scripted")
+    store.close()
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
+    group.attrs["stats"] = {**group.attrs["stats"], "episodes": 1}  # as a crash after the commit point leaves them
+    reader = EpisodeStore.open(tmp_path / "s.zarr", mode="r")
+    state = np.concatenate([e["state"] for e in eps]).astype(np.float64)
+    for _ in range(2):  # computed once, then remembered by the handle
+        np.testing.assert_allclose(reader.stats()["state"]["max"], state.max(0), rtol=1e-6)
+    assert group.attrs["stats"]["episodes"] == 1  # a reader never writes
