@@ -15,7 +15,9 @@ One `skill` in [0, 1] sets the imperfections (u = 1 - skill is the "clumsiness")
   wrong cube     probability 0.5 u of heading for another cube; noticed once above it with
                  probability `skill`, otherwise the whole task is done on the wrong cube
   early grasp    probability 0.5 u of closing the gripper before the fingers are down
-A lift that comes up empty is retried, as a person would.
+  sloppiness     "close enough" is (1 + 1.5 u) times the expert's tolerance
+At every skill it leans in where the servos fall short (an integral term; soft or latent presets)
+and retries a lift that comes up empty, as a person would.
 """
 
 from __future__ import annotations
