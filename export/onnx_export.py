@@ -169,6 +169,32 @@ def versions() -> dict:
     return out
 
 
+def manifest_content(step: PolicyStep, info: dict, policy_path: Path, image_key: str, image_shape,
+                     robot: dict, opset: int, max_chars: int, parity_json: dict) -> dict:
+    """Everything manifest.json says besides its format and file checksums (docs/bundle.md)."""
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "policy": {"kind": info["kind"], "checkpoint": str(Path(policy_path).resolve()),
+                   "world_model": info.get("world_model"), "stage": info.get("stage"),
+                   "steps": info.get("steps"), "model_image_size": int(step.size)},
+        "observation": {"image_key": image_key,
+                        "image": {"shape": list(image_shape), "dtype": "uint8"},
+                        "state": {"shape": [step.state_dim], "dtype": "float32"},
+                        "instruction": {"max_chars": max_chars, "embedding_dim": 384, "max_tokens": 128}},
+        "action": {"shape": [step.action_dim], "dtype": "float32", "minimum": -1.0, "maximum": 1.0},
+        "control_hz": robot["control_hz"],
+        "robot": robot,
+        "state_tensors": [s.to_json() for s in step.state_specs()],
+        "onnx": {"policy": {"file": "policy.onnx", "inputs": step.input_names(),
+                            "outputs": step.output_names()},
+                 "text_encoder": {"file": "text_encoder.onnx", "inputs": ["input_ids", "attention_mask"],
+                                  "outputs": ["sentence_embedding"]},
+                 "opset": opset, "ir_version": IR_VERSION},
+        "parity": parity_json,
+        "versions": versions(),
+    }
+
+
 # ----- the command ------------------------------------------------------------------------------
 def export(cfg) -> Path:
     if cfg.policy in (None, "???") or cfg.out in (None, "???"):
@@ -219,28 +245,8 @@ def export(cfg) -> Path:
         raise BundleError(f"parity check failed: max action error {action_err:.3g}, max embedding error "
                           f"{embed_err:.3g}, tolerance {tol:g} over {rows} steps; the bundle in {out} "
                           "has no manifest and will be refused. Report this with the checkpoint.")
-    content = {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "policy": {"kind": info["kind"], "checkpoint": str(policy_path.resolve()),
-                   "world_model": info.get("world_model"), "stage": info.get("stage"),
-                   "steps": info.get("steps"), "model_image_size": int(step.size)},
-        "observation": {"image_key": image_key,
-                        "image": {"shape": list(image_shape), "dtype": "uint8"},
-                        "state": {"shape": [step.state_dim], "dtype": "float32"},
-                        "instruction": {"max_chars": int(cfg.max_instruction_chars),
-                                        "embedding_dim": 384, "max_tokens": 128}},
-        "action": {"shape": [step.action_dim], "dtype": "float32", "minimum": -1.0, "maximum": 1.0},
-        "control_hz": robot["control_hz"],
-        "robot": robot,
-        "state_tensors": [s.to_json() for s in step.state_specs()],
-        "onnx": {"policy": {"file": "policy.onnx", "inputs": step.input_names(),
-                            "outputs": step.output_names()},
-                 "text_encoder": {"file": "text_encoder.onnx", "inputs": ["input_ids", "attention_mask"],
-                                  "outputs": ["sentence_embedding"]},
-                 "opset": int(cfg.opset), "ir_version": IR_VERSION},
-        "parity": result.to_json(tol),
-        "versions": versions(),
-    }
+    content = manifest_content(step, info, policy_path, image_key, image_shape, robot, int(cfg.opset),
+                               int(cfg.max_instruction_chars), result.to_json(tol))
     manifest_lib.write(out, content)
     print(f"bundle {out}: {info['kind']} policy, image {image_shape[0]}x{image_shape[1]}, "
           f"{robot['control_hz']:g} Hz, parity over {rows} steps: action {action_err:.2e}, "

@@ -11,6 +11,7 @@ Options (key=value):
   socket=PORT token=TOKEN      also accept them on 127.0.0.1:PORT (0: a free port), token required
   record=STORE round=0         record the episodes into an episode store (source=policy)
   threads=1         onnxruntime threads
+  report=PATH       also write the per-episode summaries (rate, jitter, deadline misses...) as JSON
 
 Before anything moves: the bundle's checksums and graph signatures, the instruction, and the robot's
 camera, joints and rate against the manifest. While running: the loop keeps the manifest's rate with
@@ -34,7 +35,7 @@ from reverie.export.instructions import InstructionChannel, SocketServer, StdinR
 log = logging.getLogger(__name__)
 ROBOTS = ("sim", "virtual", "feetech", "dynamixel")
 KEYS = {"bundle", "robot", "instruction", "episodes", "steps", "task", "seed", "link", "frames", "port",
-        "camera", "calibration", "stdin", "socket", "token", "record", "round", "threads"}
+        "camera", "calibration", "stdin", "socket", "token", "record", "round", "threads", "report"}
 
 
 def parse(argv: list[str]) -> dict:
@@ -127,10 +128,11 @@ class Deployment:
                                     f"{stats.steps + 1}; stopping the arm (check the bundle's parity numbers)")
             if self.recorder:
                 self.recorder.act(action)
+            late = False
             if not self.target.paced:  # the sim returns at once: hold the command to its tick
                 now = time.perf_counter()
-                if now > deadline:
-                    stats.misses += 1
+                late = now > deadline
+                if late:
                     deadline = now  # restart the schedule instead of bursting to catch up
                 else:
                     time.sleep(deadline - now)
@@ -138,8 +140,11 @@ class Deployment:
             obs, done, info = self.target.step(action)     # robots: write, wait for the tick, observe
             now = time.perf_counter()
             stats.periods.append(now - last_obs)
+            # A miss: the command went out after its tick, or the step took over 1.5 periods (the
+            # robot_io loop report's "late" threshold), e.g. a slow camera or serial read.
+            late = late or bool(info.get("late", False)) or now - last_obs > 1.5 * self.period
             last_obs = now
-            stats.misses += int(info.get("late", False))
+            stats.misses += int(late)
             stats.clamped += int(info.get("clamped", False))
             stats.steps += 1
             stats.instructions = version - first_version + 1
@@ -216,6 +221,11 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0
     results = deploy(args)
+    if args.get("report"):
+        import json
+        from pathlib import Path
+
+        Path(args["report"]).write_text(json.dumps(results, indent=1))
     if len(results) > 1:
         rates = [r["success"] for r in results if r["success"] is not None]
         if rates:
