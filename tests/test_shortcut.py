@@ -217,15 +217,19 @@ def test_dynamics_loss_decreases_on_a_tiny_batch(overrides):
 def test_tokenizer_loss_decreases_on_a_tiny_batch():
     model = make_model("world_model.stage=tokenizer")
     batch = make_batch(2)
+    img = torch.full((B, 2, 16, 16, 3), 0.2)  # a bright square at a different place in every frame
+    for i, (y, x) in enumerate([(0, 0), (8, 4), (4, 10), (10, 10)]):
+        img[i // 2, i % 2, y:y + 6, x:x + 6] = 0.9
+    batch["image"] = img
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     mses = []
-    for _ in range(30):
+    for _ in range(60):
         loss, metrics = model.loss(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
         mses.append(metrics["loss/image"])
-    assert np.mean(mses[-5:]) < 0.7 * np.mean(mses[:5]), mses
+    assert np.mean(mses[-5:]) < 0.8 * np.mean(mses[:5]), mses  # starts at the mean image (centring)
 
 
 def test_config_errors_name_the_fix():

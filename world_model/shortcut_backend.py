@@ -57,7 +57,7 @@ class ShortcutWorldModel(WorldModel):
         self.tokenizer = Tokenizer(spec.image_shape, c.patch, c.latents, c.bottleneck, c.tok_dim,
                                    c.tok_depth, c.tok_heads, c.tok_kv_heads,
                                    c.get("tok_time_every") or c.time_every,
-                                   c.softcap, c.qk_norm, c.tok_drop_max)
+                                   c.softcap, c.qk_norm, c.tok_drop_max, c.get("tok_center", True))
         self.dynamics = Dynamics(c.latents // c.pack, c.bottleneck * c.pack, spec.action_dim, c.dim,
                                  c.depth, c.heads, c.kv_heads, c.registers, c.agents, c.time_every,
                                  c.k_max, spec.instruction_dim, c.softcap, c.qk_norm, c.v_pred,

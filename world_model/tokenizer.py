@@ -49,7 +49,7 @@ class Tokenizer(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], patch: int = 8, latents: int = 16,
                  bottleneck: int = 16, dim: int = 128, depth: int = 4, heads: int = 4,
                  kv_heads: int | None = None, time_every: int = 4, softcap: float = 50.0,
-                 qk_norm: bool = True, drop_max: float = 0.9):
+                 qk_norm: bool = True, drop_max: float = 0.9, center: bool = True):
         super().__init__()
         h, w, _ = image_shape
         if h % patch or w % patch:
@@ -58,7 +58,12 @@ class Tokenizer(nn.Module):
                               f"set world_model.tok_patch to a divisor of both")
         self.h, self.w, self.p = h, w, patch
         self.n_patch, self.n_lat, self.c = (h // patch) * (w // patch), latents, bottleneck
-        self.drop_max = drop_max
+        self.drop_max, self.center = drop_max, center
+        # running mean image (training frames): inputs are centred by it and the decoder predicts the
+        # residual, so training starts from the mean instead of first learning it (a long plateau
+        # on scenes whose frames differ only where the arm moves)
+        self.register_buffer("pixel_mean", torch.full((h, w, 3), 0.5))
+        self.register_buffer("mean_count", torch.zeros(()))
         pd = patch * patch * 3
         std = 1 / math.sqrt(dim)
         # encoder
@@ -75,6 +80,8 @@ class Tokenizer(nn.Module):
         self.queries = nn.Parameter(torch.randn(self.n_patch, dim) * std)
         self.decoder = SpaceTimeTransformer(dim, depth, **kw)
         self.patch_out = nn.Linear(dim, pd)
+        nn.init.zeros_(self.patch_out.weight)  # start at the mean image
+        nn.init.zeros_(self.patch_out.bias)
         # token order [patches | latents]; encoder: latents read all, patches only patches;
         # decoder: queries read queries and latents, latents only latents
         self.register_buffer("enc_mask", block_mask(self.n_patch, latents, False, True), persistent=False)
@@ -86,7 +93,7 @@ class Tokenizer(nn.Module):
         (and the encoder's KV cache extended by these frames when return_cache: online encoding
         of one frame at a time continues from it)."""
         b, t = img.shape[:2]
-        x = self.patch_in(patchify(img, self.p) * 2 - 1)  # (B, T, P, D)
+        x = self.patch_in(patchify(img - self.pixel_mean, self.p) * 2)  # (B, T, P, D)
         if drop is not None:
             x = torch.where(drop[..., None], self.mask_token.to(x.dtype), x)
         x = x + self.patch_pos
@@ -101,8 +108,8 @@ class Tokenizer(nn.Module):
         lat = self.from_z(z) + self.dec_lat_pos
         q = self.queries.expand(b, t, -1, -1).to(lat.dtype)
         y, _ = self.decoder(torch.cat([q, lat], 2), self.dec_mask, segments)
-        pix = self.patch_out(y[:, :, :self.n_patch])  # (B, T, P, p*p*3) in [-1, 1] units
-        return unpatchify((pix + 1) / 2, self.p, self.h, self.w)
+        pix = self.patch_out(y[:, :, :self.n_patch])  # (B, T, P, p*p*3) residual, [-1, 1] units
+        return unpatchify(pix / 2, self.p, self.h, self.w) + self.pixel_mean
 
     def sample_drop(self, b: int, t: int, device) -> Tensor:
         """Per image p ~ U(0, drop_max); each patch dropped with probability p -> (B, T, P) bool."""
@@ -112,6 +119,11 @@ class Tokenizer(nn.Module):
     def loss(self, img: Tensor, segments: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """Masked-autoencoding MSE on all pixels; img (B, T, H, W, 3) in [0, 1]."""
         b, t = img.shape[:2]
+        if self.training and self.center:  # running average, then an EMA with horizon 1000 batches
+            with torch.no_grad():
+                self.mean_count += 1
+                rate = max(1 / float(self.mean_count), 1e-3)
+                self.pixel_mean.lerp_(img.float().mean((0, 1)), rate)
         drop = self.sample_drop(b, t, img.device) if self.training else None
         rec = self.decode(self.encode(img, drop, segments), segments)
         mse = F.mse_loss(rec.float(), img.float())
