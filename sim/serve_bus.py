@@ -69,7 +69,7 @@ def serve(cfg) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     cameras = tuple(cfg.cameras) if cfg.camera_fps > 0 else ("front",)
-    physics = ArmPhysics(preset=cfg.preset, seed=cfg.seed, image_size=tuple(cfg.image_size), cameras=cameras)
+    physics = ArmPhysics(preset=cfg.randomization, seed=cfg.seed, image_size=tuple(cfg.image_size), cameras=cameras)
     physics.reset(cfg.seed)
     try:
         bus = VirtualBus(cfg.protocol, physics, ids=tuple(cfg.ids),
