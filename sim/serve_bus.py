@@ -7,10 +7,16 @@ exit (Ctrl-C, SIGTERM, or the disconnect_after_s fault).
 
 A pty has no baud rate, so a client opened at the "wrong" baud still talks to it; the server
 emulates the timing of `baudrate` instead. Options: reverie/conf/serve_bus.yaml.
+
+With `instruction="touch the red cube"` the server also scores that task from privileged sim state,
+as the sim env does, at `score_hz`, and keeps `<link>.status` (JSON: instruction, success, time of
+success) current, so a client that only speaks the servo protocol, such as the torch-free runtime,
+can report whether the episode succeeded.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import select
@@ -92,12 +98,14 @@ def serve(cfg) -> int:
             for camera, writer in writers.items():
                 writer.write(physics.render(camera), time.time())
         log.info("serving %s bus (ids %s) on %s -> %s", cfg.protocol, list(cfg.ids), link, os.readlink(link))
+        scorer = Scorer.create(cfg, physics, link)
         print(f"ready {link}", flush=True)  # tests and scripts wait for this line
-        _loop(bus, physics, master, writers, cfg)
+        _loop(bus, physics, master, writers, cfg, scorer)
     except (_Stop, KeyboardInterrupt):
         log.info("stopping")
     finally:
         link.unlink(missing_ok=True)
+        Path(f"{link}.status").unlink(missing_ok=True)
         for writer in writers.values():
             writer.close()
         for fd in (master, slave):
@@ -110,7 +118,39 @@ def serve(cfg) -> int:
     return 0
 
 
-def _loop(bus, physics, master: int, writers: dict, cfg) -> None:
+class Scorer:
+    """Scores one instruction on the served scene and publishes it in `<link>.status`."""
+
+    def __init__(self, instruction: str, tracker, path: Path, hz: float):
+        self.instruction, self.tracker, self.path, self.period = instruction, tracker, path, 1.0 / hz
+        self.next, self.success_at, self.started = 0.0, None, time.time()
+        self.write()
+
+    @classmethod
+    def create(cls, cfg, physics, link: Path) -> "Scorer | None":
+        if not cfg.instruction:
+            return None
+        from reverie.sim.tasks import TaskTracker, parse_instruction
+
+        return cls(cfg.instruction, TaskTracker(parse_instruction(cfg.instruction), physics),
+                   Path(f"{link}.status"), float(cfg.score_hz))
+
+    def update(self, now: float) -> None:
+        if now < self.next:
+            return
+        self.next = now + self.period
+        if self.tracker.success() and self.success_at is None:
+            self.success_at = time.time()
+            self.write()
+
+    def write(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"instruction": self.instruction, "success": self.success_at is not None,
+                                   "success_time": self.success_at, "started": self.started}))
+        os.replace(tmp, self.path)  # readers never see a half-written file
+
+
+def _loop(bus, physics, master: int, writers: dict, cfg, scorer: Scorer | None = None) -> None:
     pending: deque[tuple[float, bytes]] = deque()
     started = time.monotonic()
     frame_period = 1.0 / cfg.camera_fps if cfg.camera_fps > 0 else None
@@ -146,6 +186,8 @@ def _loop(bus, physics, master: int, writers: dict, cfg) -> None:
                 pass  # nobody reads the port and its buffer is full: the reply is lost on the wire
         if not pending:
             bus.advance(now)
+            if scorer is not None:
+                scorer.update(now)
             # Render only between exchanges: a frame takes milliseconds, which would otherwise
             # land inside some reply's return delay.
             if frame_period is not None and now >= next_frame:
