@@ -18,6 +18,7 @@ import importlib.metadata
 import logging
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,8 +38,8 @@ PACKAGES = ("reverie", "torch", "onnx", "onnxruntime", "onnxscript", "tokenizers
 
 
 # ----- loading the policy -----------------------------------------------------------------------
-def load_policy(path: Path) -> tuple[object, PolicyStep.__class__, dict]:
-    """-> (PyTorch controller, a function image_hw -> step module, info) for an agent or scratch_bc folder."""
+def load_policy(path: Path) -> tuple[object, Callable[[tuple[int, int]], PolicyStep], dict]:
+    """-> (PyTorch controller, image (H, W) -> step module, info) for an agent or scratch_bc folder."""
     from reverie.policy.loading import load_controller
 
     controller = load_controller(path)
@@ -76,15 +77,22 @@ def robot_section(cfg, store) -> dict:
     """What the actions mean on the target: the sim arm's ArmEnvConfig, or a robot_io arm config."""
     name = str(cfg.arm)
     if name == "sim":
-        from reverie.sim.arm import JOINT_NAMES
+        from reverie.sim.arm import JOINT_NAMES, ArmPhysics
         from reverie.sim.arm_env import ArmEnvConfig
 
         sim = ArmEnvConfig()
         hz = float(cfg.control_hz or store.fps)
+        phys = ArmPhysics()  # the model's joint ranges (servo targets; no rendering happens)
+        limits = {"lower": phys.lower.tolist(), "upper": phys.upper.tolist()}
+        phys.close()
+        delta = [float(d) for d in sim.max_delta]
+        # The runtime's sim safety filter: ranges, one max_delta per step from the previous target,
+        # at most twice it from the joint (the env's own lead bound).
         return {"kind": "sim", "name": "sim/so101", "joint_names": list(JOINT_NAMES),
-                "action_mode": sim.action_mode, "action_scale": list(sim.max_delta),
+                "action_mode": sim.action_mode, "action_scale": delta,
                 "action_units": "sim servo-target radians per control step at action 1.0",
-                "control_hz": hz}
+                "joint_limits": limits, "max_step": [2 * d for d in delta],
+                "max_velocity": [d * hz for d in delta], "control_hz": hz}
     from omegaconf import OmegaConf
 
     from reverie.robot_io.config import arm_from_mapping

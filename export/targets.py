@@ -9,12 +9,15 @@ Every action passes the robot's safety limits (robot_io/safety.py) before it rea
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from reverie.errors import BundleError, ConfigError, HardwareError
 from reverie.robot_io.safety import SafetyFilter
+
+log = logging.getLogger(__name__)
 
 
 class SimTarget:
@@ -54,6 +57,7 @@ class SimTarget:
         except ConfigError:
             # The sim scores only phrasings it can parse; any other text still drives the policy.
             ts = self.env.reset(seed=self.seed + self.episode)
+            log.warning("the sim cannot score %r; its success is for %r", instruction, self.env.instruction)
         self.episode += 1
         return ts.observation
 

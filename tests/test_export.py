@@ -11,6 +11,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 import export_setup  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def quick(tmp_path_factory) -> Path:
+    """The untrained scratch-BC bundle for the virtual SO-101 (built once per session)."""
+    return export_setup.quick_bundle(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict:
+    """Trained tiny rssm and shortcut bundles (minutes; slow tests only)."""
+    return export_setup.trained_bundles(tmp_path_factory.getbasetemp())
+
+
 def tiny_controller(backend: str):
     """An untrained tiny world model + agent of `backend` at 16x16 (the images come at 64x64, so the
     graph's resize is exercised), as AgentController with deterministic latents."""
@@ -29,7 +41,7 @@ def tiny_controller(backend: str):
     return AgentController(wm, agent, "image/front", 16)
 
 
-def replay(controller, step_fn, rng, steps=40, episode=17):
+def replay(controller, step_fn, rng, steps=28, episode=17):
     """Random observations with episode starts every `episode` steps and an instruction switch
     inside each episode; returns the max |action difference| between controller and step_fn."""
     from reverie.language import embed
@@ -76,7 +88,7 @@ def test_step_module_equals_agent_controller(backend):
 
     controller = tiny_controller(backend)
     step = {"rssm": RSSMStep, "shortcut": ShortcutStep}[backend](controller.wm, controller.agent, (64, 64))
-    # 40 steps with 17-step episodes: the shortcut window (7 frames) fills and slides.
+    # 28 steps in 17-step episodes: the shortcut window (7 frames) fills and slides.
     worst = replay(controller, torch_stepper(step), np.random.default_rng(0))
     assert worst < 1e-6
 
@@ -123,13 +135,13 @@ def test_manifest_detects_missing_and_changed_files(tmp_path):
         manifest.verify(tmp_path)
 
 
-def test_quick_export_writes_a_verified_bundle(tmp_path_factory):
+def test_quick_export_writes_a_verified_bundle(quick):
     """The CLI path on a scratch-BC policy: files, manifest content, parity numbers, ONNX versions."""
     import onnx
 
     from reverie.export import manifest
 
-    bundle = export_setup.quick_bundle(tmp_path_factory.getbasetemp())
+    bundle = quick
     m = manifest.verify(bundle)
     assert set(m["files"]) == {"policy.onnx", "text_encoder.onnx", "tokenizer.json"}
     assert m["policy"]["kind"] == "scratch_bc" and m["state_tensors"] == []
@@ -143,11 +155,11 @@ def test_quick_export_writes_a_verified_bundle(tmp_path_factory):
     assert m["versions"]["onnxruntime"] and m["versions"]["torch"]
 
 
-def test_text_encoder_onnx_matches_torch(tmp_path_factory):
+def test_text_encoder_onnx_matches_torch(quick):
     from reverie.export.text_encoder import TextEncoder
     from reverie.language import embed
 
-    bundle = export_setup.quick_bundle(tmp_path_factory.getbasetemp())
+    bundle = quick
     texts = ["pick up the red cube", "a", "push the blue cube to the left " * 40]  # the last is truncated
     got = TextEncoder(bundle).encode(texts)
     assert got.shape == (3, 384)
@@ -157,10 +169,10 @@ def test_text_encoder_onnx_matches_torch(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["rssm", "shortcut"])
-def test_trained_agent_exports_with_1000_step_parity(tmp_path_factory, backend):
+def test_trained_agent_exports_with_1000_step_parity(trained, backend):
     """The issue's path: demos -> tiny world model -> BC agent -> bundle; parity over 1,000 recorded
     steps with the state carried, within 1e-4 for actions and embeddings."""
-    bundle = export_setup.trained_bundles(tmp_path_factory.getbasetemp())[backend]
+    bundle = trained[backend]
     m = json.loads((bundle / "manifest.json").read_text())
     assert m["policy"]["kind"] == backend
     assert m["parity"]["steps"] >= 1000 and m["parity"]["episodes"] >= 2

@@ -14,6 +14,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 import export_setup  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def quick(tmp_path_factory) -> Path:
+    """The untrained scratch-BC bundle for the virtual SO-101 (built once per session)."""
+    return export_setup.quick_bundle(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict:
+    """Trained tiny rssm and shortcut bundles (minutes; slow tests only)."""
+    return export_setup.trained_bundles(tmp_path_factory.getbasetemp())
+
+
 class Deploy:
     """`reverie deploy ...` as a child process; collects its output lines as they come."""
 
@@ -59,8 +71,8 @@ def check_run(out: str, steps: int) -> None:
     assert "IMPORTED []" in out or "IMPORTED ['zarr']" in out, out[-500:]
 
 
-def test_deploy_on_sim_takes_a_new_instruction_from_stdin(tmp_path_factory):
-    bundle = export_setup.quick_bundle(tmp_path_factory.getbasetemp())
+def test_deploy_on_sim_takes_a_new_instruction_from_stdin(quick):
+    bundle = quick
     run = Deploy(f"bundle={bundle}", "robot=sim", "instruction=touch the red cube", "steps=45", "task=touch")
     run.wait_for("episode started")
     time.sleep(0.5)  # ~15 steps in
@@ -98,8 +110,8 @@ def check_store(store: Path, steps: int) -> None:
     s.close()
 
 
-def test_deploy_on_virtual_serial_robot_with_socket_instruction_and_recording(tmp_path_factory, tmp_path):
-    bundle = export_setup.quick_bundle(tmp_path_factory.getbasetemp())
+def test_deploy_on_virtual_serial_robot_with_socket_instruction_and_recording(quick, tmp_path):
+    bundle = quick
     out, store = deploy_on_virtual_arm(bundle, tmp_path, 45)
     check_run(out, 45)
     check_store(store, 45)
@@ -107,11 +119,11 @@ def test_deploy_on_virtual_serial_robot_with_socket_instruction_and_recording(tm
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["rssm", "shortcut"])
-def test_trained_bundle_runs_a_full_episode_on_the_virtual_robot(tmp_path_factory, tmp_path, backend):
+def test_trained_bundle_runs_a_full_episode_on_the_virtual_robot(trained, tmp_path, backend):
     """Done-when of the export issue: a trained tiny policy of each backend, exported with parity,
     runs a full episode (300 steps, 10 s at 30 Hz) on the virtual serial robot; the instruction
     changes mid-episode; torch is never imported."""
-    bundle = export_setup.trained_bundles(tmp_path_factory.getbasetemp())[backend]
+    bundle = trained[backend]
     out, store = deploy_on_virtual_arm(bundle, tmp_path, 300)
     check_run(out, 300)
     check_store(store, 300)

@@ -17,10 +17,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 import export_setup  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def quick(tmp_path_factory) -> Path:
+    """The untrained scratch-BC bundle for the virtual SO-101 (built once per session)."""
+    return export_setup.quick_bundle(tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture
-def bundle(tmp_path_factory, tmp_path) -> Path:
+def bundle(quick, tmp_path) -> Path:
     """A private copy of the quick bundle, free to damage."""
-    src = export_setup.quick_bundle(tmp_path_factory.getbasetemp())
+    src = quick
     return Path(shutil.copytree(src, tmp_path / "bundle"))
 
 
