@@ -15,16 +15,16 @@ A runtime starts an episode from the specs' initial values and feeds each `next_
 first-step reset (latent state and previous action dropped) happens inside the graph exactly as
 `AgentController` does it when its state is None.
 
-The steps reuse the models' own modules and methods (RSSM.obs_step, Dynamics.tokens, Block, the
-agent's actor) so they compute what AgentController computes with deterministic latents; only the
-shortcut backend's growing KV cache becomes a fixed window with a validity mask, because an ONNX
-graph's state tensors have fixed shapes.
+The steps call the models' own methods (RSSM.obs_step, Tokenizer.encode, context_pass, the agent's
+actor) so they compute what AgentController computes with deterministic latents, and follow the
+models when those change; only the shortcut backend's growing KV cache becomes a fixed window with
+a validity mask (WindowedTransformer), because an ONNX graph's state tensors have fixed shapes.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import math
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from reverie.errors import BundleError
 from reverie.world_model.networks import symlog
-from reverie.world_model.tokenizer import patchify
+from reverie.world_model.shortcut import context_pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,11 +158,35 @@ def _window_shape(tr, n: int, window: int) -> tuple[int, ...]:
     return (tr.n_time, n, attn.g, window, attn.e)
 
 
+class WindowedTransformer(nn.Module):
+    """Stands in for a SpaceTimeTransformer with SpaceTimeTransformer.forward's signature, where the
+    `cache` argument carries (ks, vs, valid, pos) of step_transformer: so Tokenizer.encode,
+    Dynamics.forward and context_pass run unchanged around it, one frame against the fixed window."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, space_mask=None, segments=None, cache=None, t0=0):
+        ks, vs, valid, pos = cache
+        y, ks, vs = step_transformer(self.inner, x, space_mask, ks, vs, valid, pos)
+        return y, (ks, vs)
+
+
+def _with_window(module: nn.Module, attr: str) -> nn.Module:
+    """A shallow copy of `module` (same parameters and buffers) whose transformer `attr` is windowed;
+    the original model is left untouched."""
+    twin = copy.copy(module)
+    twin._modules = dict(module._modules)
+    twin._modules[attr] = WindowedTransformer(getattr(module, attr))
+    return twin
+
+
 class ShortcutStep(PolicyStep):
-    """Shortcut (Dreamer 4) step: tokenizer encoding of the frame and the dynamics context pass, both
-    against a sliding window of `context` cached frames, then the actor on the agent-token feature.
-    The context frame enters at the context signal level with the noise at its mean (zero), which is
-    what the world model's `deterministic` switch does in PyTorch.
+    """Shortcut (Dreamer 4) step: the world model's own Tokenizer.encode and context_pass on one frame,
+    their time attention reading a sliding window of `context` cached frames, then the actor on the
+    feature. The context frame enters with the noise at its mean (zero), which is what the world
+    model's `deterministic` switch does in PyTorch.
 
     State: tok_k/tok_v (Lt_tok, N_tok, G, W, E), dyn_k/dyn_v (Lt_dyn, N_dyn, G, W, E), valid (1, W),
     t (1,) frame index, prev_action (1, A), is_first (1,).
@@ -175,14 +199,13 @@ class ShortcutStep(PolicyStep):
         if wm.cfg.get("dynalang", False):
             raise BundleError("dynalang shortcut models need per-step language tokens, which the bundle "
                               "does not carry; export a model trained with world_model.dynalang=false")
-        tok, dyn = wm.tokenizer, wm.dynamics
-        if tok.encoder.n_time == 0 or dyn.transformer.n_time == 0:
+        if wm.tokenizer.encoder.n_time == 0 or wm.dynamics.transformer.n_time == 0:
             raise BundleError("this shortcut model has no time-attention layers (time_every=0): it "
                               "keeps no context, which the exporter does not handle; train with time_every>0")
         self.wm, self.agent = wm, agent
         self.size, self.window = int(wm.cfg.image_size), int(wm.context)
-        self.tau_i = round((1 - wm.ctx_noise) * dyn.k_max)          # context signal level index
-        self.d_i = int(math.log2(dyn.k_max))
+        self.tokenizer = _with_window(wm.tokenizer, "encoder")
+        self.dynamics = _with_window(wm.dynamics, "transformer")
 
     def state_specs(self) -> list[StateSpec]:
         tok, dyn, w = self.wm.tokenizer, self.wm.dynamics, self.window
@@ -194,24 +217,19 @@ class ShortcutStep(PolicyStep):
 
     def forward(self, image, state, instruction, tok_k, tok_v, dyn_k, dyn_v, valid, t, prev_action,
                 is_first):
-        wm, tok, dyn = self.wm, self.wm.tokenizer, self.wm.dynamics
+        wm = self.wm
         keep = 1.0 - is_first                                          # (1,) 0 at an episode's start
         valid = valid * keep[:, None]                                  # forget the last episode's frames
         t = t * keep                                                   # frame index restarts at 0
         img = prepare_image(image, self.size)[:, None]                 # (1, 1, s, s, 3)
-        # Tokenizer.encode for one frame (patch tokens + latent tokens through the causal encoder).
-        x = tok.patch_in(patchify(img, tok.p) * 2 - 1) + tok.patch_pos  # (1, 1, P, D)
-        lat = tok.lat_tokens.expand(1, 1, -1, -1).to(x.dtype)
-        y, tok_k, tok_v = step_transformer(tok.encoder, torch.cat([x, lat], 2), tok.enc_mask,
-                                           tok_k, tok_v, valid, t)
-        z = torch.tanh(tok.to_z(y[:, :, tok.n_patch:]))                # (1, 1, L, C)
-        # Dynamics context pass: a_{t-1} is known except at is_first.
-        zc = (self.tau_i / dyn.k_max) * wm.pack_z(z)
-        levels = torch.full((1, 1), self.tau_i, dtype=torch.long)
-        d_idx = torch.full((1, 1), self.d_i, dtype=torch.long)
-        tokens = dyn.tokens(zc, levels, d_idx, prev_action[:, None], (keep > 0.5)[:, None], instruction)
-        y, dyn_k, dyn_v = step_transformer(dyn.transformer, tokens, dyn.space_mask, dyn_k, dyn_v, valid, t)
-        feat = (y[:, :, dyn.n - dyn.g:] if dyn.feat == "agent" else y[:, :, :dyn.s]).mean(2)  # (1, 1, D)
+        z, (tok_k, tok_v) = self.tokenizer.encode(img, None, None, (tok_k, tok_v, valid, t), 0,
+                                                  return_cache=True)  # (1, 1, L, C)
+        zp = wm.pack_z(z)
+        # a_{t-1} is known except at is_first (ShortcutWorldModel._prev_action).
+        feat, (dyn_k, dyn_v) = context_pass(self.dynamics, zp, (dyn_k, dyn_v, valid, t), 0,
+                                            prev_action[:, None], (keep > 0.5)[:, None],
+                                            instruction.to(z.dtype), wm.ctx_noise, None,
+                                            noise=torch.zeros_like(zp))  # feat (1, 1, D)
         action = _act(self.agent, feat[:, 0], instruction)
         next_valid = torch.cat([valid[:, 1:], torch.ones_like(valid[:, :1])], 1)
         return (action, tok_k, tok_v, dyn_k, dyn_v, next_valid, t + 1, action,

@@ -37,6 +37,9 @@ def tiny_controller(backend: str):
     cfg = model_config(compose("train_wm", ["preset=tiny", f"world_model={backend}", "data=x"]))
     wm = build(backend, cfg, DataSpec((16, 16, 3), 6, 6)).eval()
     wm.deterministic = True
+    for name, buf in wm.named_buffers():  # trained-looking statistics (e.g. the tokenizer's mean image)
+        if buf.is_floating_point() and buf.dim() > 0 and "mean" in name:
+            buf.uniform_(0.2, 0.8)
     agent = Agent(wm.feat_dim, 6, units=32, layers=1).eval()
     return AgentController(wm, agent, "image/front", 16)
 
