@@ -136,6 +136,11 @@ def main() -> None:
         print(f"{r['backend']:<9} {r['preset']:<6} {r['params_m']:>7.2f}M {r['batch']:>3}x{r['seq_len']:<3} "
               f"{r['image']:>4} {r['train_frames_per_s']:>15.0f} {r['imagine_steps_per_s']:>25.0f}")
     print(f"(load average {result['machine']['load_avg_1m']:.1f} on {os.cpu_count()} cores)\nwrote {RESULTS}")
+    if "shortcut" in args.backends.split(","):  # the transformer's own rows: stages, K-step generation, RSSM ratio
+        from world_model_shortcut import main as shortcut_main  # benchmarks/world_model_shortcut.py
+
+        shortcut_main(["preset=cpu" if "cpu" in args.presets.split(",") else "preset=tiny",
+                       f"threads={torch.get_num_threads()}"])
 
 
 if __name__ == "__main__":
