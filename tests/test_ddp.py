@@ -1,5 +1,6 @@
 """DDP on CPU: two gloo processes under torchrun train the tiny RSSM on different windows and must
-end with identical weights (gradients are averaged), equal to what rank 0 checkpoints."""
+end with identical weights (gradients are averaged), equal to what rank 0 checkpoints. The FSDP
+variant (sharded parameters, full state gathered for checkpoints) is marked slow."""
 
 import json
 import os
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -20,27 +22,31 @@ SCRIPT = textwrap.dedent("""
     from reverie.world_model import distributed
     from reverie.world_model.train import Trainer
 
-    store, out = sys.argv[1], sys.argv[2]
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    store, out, fsdp = sys.argv[1], sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
     cfg = compose("train_wm", ["preset=tiny", f"data={store}", f"out={out}", "steps=4", "progress=false",
-                               "log_every=2", "image_every=0", "device=cpu"])
+                               "log_every=2", "image_every=0", "device=cpu", f"fsdp={fsdp}"])
     trainer = Trainer(cfg)
     assert distributed.world() == 2, "not running under torchrun with 2 processes"
     trainer.run()
-    state = {k: v.detach().contiguous() for k, v in trainer.model.state_dict().items()}
+    full = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True))
+    state = {k: v.detach().contiguous() for k, v in full.items()}
     save_file(state, f"{out}/params_rank{distributed.rank()}.safetensors")
     distributed.teardown()
 """)
 
 
-def test_two_cpu_ranks_stay_in_sync(tmp_path):
+@pytest.mark.parametrize("fsdp", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["ddp", "fsdp"])
+def test_two_cpu_ranks_stay_in_sync(tmp_path, fsdp):
     store = write_toy_store(tmp_path / "toy.zarr", episodes=5, length=20)
     script = tmp_path / "ddp_run.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(script), str(store), str(tmp_path / "run")],
+         str(script), str(store), str(tmp_path / "run"), str(fsdp).lower()],
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = tmp_path / "run"

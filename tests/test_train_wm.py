@@ -55,7 +55,9 @@ def test_train_checkpoint_resume_reproduce(toy_store, tmp_path):
 
 
 def test_batches_mix_action_free_and_labelled_rows(toy_store, tmp_path):
-    cfg = compose("train_wm", ["preset=tiny", f"data={toy_store}", f"out={tmp_path}", "preset.rssm.batch_size=16"])
+    # The sampler's source weighting gives the one video episode half of the windows.
+    cfg = compose("train_wm", ["preset=tiny", f"data={toy_store}", f"out={tmp_path}", "preset.rssm.batch_size=16",
+                               "weights={source: {video: 1, scripted: 1}}"])
     trainer = Trainer(cfg)
     batch = trainer.data.next()
     assert batch["image"].dtype == torch.float32 and batch["image"].max() <= 1.0

@@ -134,9 +134,15 @@ def evaluate(cfg) -> dict:
     }
     model_mse, base_mse = np.array(per_h["mse/model"]), np.array(per_h["mse/copy_last"])
     results["beats_copy_last_at_every_horizon"] = bool((model_mse < base_mse).all())
+    zero_mse = np.array(per_h["mse/zero_action"])
+    results["follows_actions"] = {
+        "image_mse_recorded_actions": float(model_mse.mean()),
+        "image_mse_zero_actions": float(zero_mse.mean()),
+        "image_recorded_better_at_every_horizon": bool((model_mse < zero_mse).all()),
+    }
     if has_state:
         s_model, s_zero = np.array(per_h["state_mse/model"]), np.array(per_h["state_mse/zero_action"])
-        results["follows_actions"] = {
+        results["follows_actions"] |= {
             "state_mse_recorded_actions": float(s_model.mean()),
             "state_mse_zero_actions": float(s_zero.mean()),
             "state_mse_copy_last": float(np.mean(per_h["state_mse/copy_last"])),
@@ -207,11 +213,14 @@ def table(results: dict) -> str:
     rows.append(f"beats copy-last at every horizon: {results['beats_copy_last_at_every_horizon']}; "
                 f"reward MAE {results['reward_mae']:.4f}, reward acc {results['reward_accuracy']:.3f}, "
                 f"continue acc {results['cont_accuracy']:.3f}; windows {results['windows']}")
-    if "follows_actions" in results:
-        f = results["follows_actions"]
-        rows.append(f"follows actions: state MSE recorded {f['state_mse_recorded_actions']:.5f} vs zero "
-                    f"{f['state_mse_zero_actions']:.5f} (x{f['ratio_zero_over_recorded']:.1f}), "
-                    f"copy-last {f['state_mse_copy_last']:.5f}")
+    f = results["follows_actions"]
+    rows.append(f"follows actions: image MSE recorded {f['image_mse_recorded_actions']:.5f} vs zero actions "
+                f"{f['image_mse_zero_actions']:.5f} (better at every horizon: "
+                f"{f['image_recorded_better_at_every_horizon']})")
+    if "state_mse_recorded_actions" in f:
+        rows.append(f"  joint state MSE recorded {f['state_mse_recorded_actions']:.5f} vs zero actions "
+                    f"{f['state_mse_zero_actions']:.5f} (x{f['ratio_zero_over_recorded']:.2f}, better at every "
+                    f"horizon: {f['recorded_better_at_every_horizon']}), copy-last {f['state_mse_copy_last']:.5f}")
     return "\n".join(rows)
 
 

@@ -73,10 +73,10 @@ class Trainer:
             loss, metrics = self.module(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        metrics["grad_norm/total"] = float(torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), self.mcfg.grad_clip))
+        metrics["grad_norm/total"] = float(_full(torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.mcfg.grad_clip)))
         for name, child in self.model.named_children():
-            grads = [p.grad.detach().float().norm() for p in child.parameters() if p.grad is not None]
+            grads = [_full(p.grad.detach().float().norm()) for p in child.parameters() if p.grad is not None]
             if grads:
                 metrics[f"grad_norm/{name}"] = float(torch.stack(grads).norm())
         self.optimizer.step()
@@ -144,6 +144,11 @@ class Trainer:
         grid = grid.permute(1, 0, 2, 3).reshape(grid.shape[1], -1, 3)           # (2H, t*W, 3)
         self.writer.add_image("real_vs_openloop", grid.clamp(0, 1).cpu().numpy(), self.step,
                               dataformats="HWC")
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a (possibly FSDP-sharded DTensor) value."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def _agree(flag: bool, device: torch.device) -> bool:
