@@ -109,7 +109,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
+    every = ["tiny", "cpu", "s", "m", "l"]
     for backend in args.backends.split(","):
+        for preset in [p for p in every if p not in args.presets.split(",")]:
+            rows.append({"backend": backend, "preset": preset, "fits": False,
+                         "note": "not attempted on this machine (--presets)"})
         for preset in args.presets.split(","):
             cfg = compose("train_wm", [f"world_model={backend}", f"preset={preset}", "data=unused"])
             if backend not in cfg.preset:
