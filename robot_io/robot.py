@@ -145,10 +145,19 @@ class Robot:
             self._hold()
 
     # --- action space ----------------------------------------------------------------------
+    def _delta_base(self, present: np.ndarray) -> np.ndarray:
+        """Deltas accumulate on the last goal, not the measured angle (as in the sim arm), so a zero
+        action holds a pose against gravity instead of letting the sag of each step add up."""
+        return present if self._goal is None else self._goal
+
     def goal_from_action(self, action: np.ndarray, present: np.ndarray) -> np.ndarray:
         action = np.clip(np.asarray(action, np.float64), -1.0, 1.0)
         if self.arm.action_mode == "delta":
-            return present + action * self.arm.vector("action_scale")
+            scale = self.arm.vector("action_scale")
+            goal = self._delta_base(present) + action * scale
+            # The goal may lead the measured angle by at most two steps, so a blocked joint (a
+            # gripper closed on a cube, a link against the table) does not wind up without limit.
+            return np.clip(goal, present - 2 * scale, present + 2 * scale)
         lo, hi = self.arm.lower, self.arm.upper
         return lo + (action + 1.0) / 2.0 * (hi - lo)
 
@@ -157,7 +166,7 @@ class Robot:
         present = self._state if present is None else present
         target = np.asarray(target, np.float64)
         if self.arm.action_mode == "delta":
-            action = (target - present) / self.arm.vector("action_scale")
+            action = (target - self._delta_base(present)) / self.arm.vector("action_scale")
         else:
             lo, hi = self.arm.lower, self.arm.upper
             action = 2.0 * (target - lo) / (hi - lo) - 1.0
