@@ -61,7 +61,9 @@ def build_step(backend: str, preset: str):
     agent_cfg = compose("train_agent", ["wm=x"]).agent
     agent = Agent(wm.feat_dim, 6, units=int(agent_cfg.units), layers=int(agent_cfg.layers)).eval()
     cls = {"rssm": RSSMStep, "shortcut": ShortcutStep}[backend]
-    return cls(wm, agent, (64, 64)).eval()
+    step = cls(wm, agent, (64, 64)).eval()
+    step.sizes = {k: v for k, v in dict(cfg).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return step
 
 
 def time_step(backend: str, preset: str, workdir: Path, iters: int) -> dict:
@@ -101,7 +103,7 @@ def time_step(backend: str, preset: str, workdir: Path, iters: int) -> dict:
                 eager_ms.append((time.perf_counter() - t) * 1e3)
             carried_t = list(out[1:])
     onnx, eager = percentiles(onnx_ms), percentiles(eager_ms)
-    return {"backend": backend, "preset": preset, "onnxruntime": onnx, "eager": eager,
+    return {"backend": backend, "preset": preset, "sizes": step.sizes, "onnxruntime": onnx, "eager": eager,
             "speedup_p50": eager["p50_ms"] / onnx["p50_ms"], "onnx_bytes": path.stat().st_size}
 
 

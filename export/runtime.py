@@ -108,6 +108,7 @@ class Deployment:
         text, embedding, version = self.channel.current()
         self.bundle.reset()
         obs = self.target.reset(text)                        # robots move to their home pose here
+        started = time.time()
         print(f"episode started at {self.bundle.control_hz:g} Hz: {text}", flush=True)
         if self.recorder:
             self.recorder.begin(text)
@@ -155,6 +156,8 @@ class Deployment:
                 self.recorder.observe(obs, time.time(), info.get("reward", 0.0), last, info.get("terminal", False))
             if last:
                 break
+        if stats.success is None and hasattr(self.target, "episode_success"):
+            stats.success = self.target.episode_success(started)
         if self.recorder:
             notes = "; ".join(f"instruction {v}: {t}" for v, t in self.channel.changes if v > first_version)
             self.recorder.end(stats.success, notes)

@@ -9,6 +9,7 @@ Every action passes the robot's safety limits (robot_io/safety.py) before it rea
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -95,12 +96,24 @@ class ArmTarget:
 
     paced = True
 
-    def __init__(self, arm, hz: float):
+    def __init__(self, arm, hz: float, status: Path | None = None):
         from reverie.robot_io.camera_setup import build_cameras
         from reverie.robot_io.robot import Robot
 
         self.robot = Robot(arm, cameras=build_cameras(arm.cameras), control_hz=hz)
         self.hz = hz
+        self.status = status  # the virtual robot's task score (`reverie sim serve-bus instruction=...`)
+
+    def episode_success(self, since: float) -> bool | None:
+        """Success since wall time `since`, when the robot scores its task (the virtual one can);
+        None otherwise (a physical arm cannot tell)."""
+        if self.status is None or not self.status.exists():
+            return None
+        try:
+            status = json.loads(self.status.read_text())
+        except (OSError, ValueError):
+            return None
+        return bool(status.get("success")) and float(status.get("success_time") or 0) >= since
 
     def describe(self):
         """Camera shape (one frame read), joints and rate, before any torque is enabled."""
@@ -171,4 +184,5 @@ def arm_target(manifest: dict, robot: str, args: dict) -> ArmTarget:
     config["port"] = str(port)
     if args.get("calibration"):
         config["calibration"] = args["calibration"]
-    return ArmTarget(arm_from_mapping(config), float(manifest["control_hz"]))
+    status = Path(f"{port}.status") if robot == "virtual" else None
+    return ArmTarget(arm_from_mapping(config), float(manifest["control_hz"]), status)

@@ -86,7 +86,7 @@ def deploy_on_virtual_arm(bundle: Path, tmp_path: Path, steps: int) -> tuple[str
     from reverie.export.instructions import send
 
     link, store = tmp_path / "arm", tmp_path / "deployed.zarr"
-    with VirtualArm("feetech", link=link):
+    with VirtualArm("feetech", link=link, instruction="touch the red cube"):  # it scores that task
         run = Deploy(f"bundle={bundle}", "robot=virtual", f"link={link}", "instruction=touch the red cube",
                      f"steps={steps}", "socket=0", f"record={store}", "stdin=false")
         port, token = run.wait_for(r"instructions: 127.0.0.1:(\d+) token (\S+)").groups()
@@ -114,6 +114,7 @@ def test_deploy_on_virtual_serial_robot_with_socket_instruction_and_recording(qu
     bundle = quick
     out, store = deploy_on_virtual_arm(bundle, tmp_path, 45)
     check_run(out, 45)
+    assert re.search(r"episode 0: success (yes|no),", out)  # from the virtual robot's task score
     check_store(store, 45)
 
 
