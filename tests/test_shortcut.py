@@ -54,6 +54,9 @@ def test_levels_on_the_step_grid():
     assert (tau <= 1 - d + 1e-6).all() and (tau >= 0).all()
     tau, d = sample_levels(8, 8, 16, False, "cpu")                      # shortcut off: d_min only
     assert (d == 1 / 16).all()
+    tau, d = sample_levels(64, 64, 16, True, "cpu", boot_frac=0.25)     # 25% bootstrap rows
+    assert abs((d > 1 / 16).float().mean().item() - 0.25) < 0.03
+    assert set((1 / d[d > 1 / 16]).unique().tolist()) == {1.0, 2.0, 4.0, 8.0}
 
 
 def test_bootstrap_target_toy_cases():

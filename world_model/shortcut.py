@@ -43,12 +43,17 @@ class RunningRMS(nn.Module):
         return loss / (ms.sqrt() + self.eps) if self.count > 0 else loss
 
 
-def sample_levels(b: int, t: int, k_max: int, shortcut: bool, device) -> tuple[Tensor, Tensor]:
-    """-> tau (B, T), d (B, T): d = 2^-e with e uniform in 0..log2(k_max) (only d_min when the
-    shortcut is off), tau uniform on {0, d, ..., 1 - d}."""
+def sample_levels(b: int, t: int, k_max: int, shortcut: bool, device, boot_frac: float | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """-> tau (B, T), d (B, T): d = 2^-e with e uniform in 0..log2(k_max) (the paper; only d_min when
+    the shortcut is off), or, with boot_frac, d_min on 1 - boot_frac of the frames and uniform over
+    the larger steps on the rest (public reimplementations: 25%); tau uniform on {0, d, ..., 1 - d}."""
     e_max = int(math.log2(k_max))
-    if shortcut:
+    if shortcut and boot_frac is None:
         e = torch.randint(0, e_max + 1, (b, t), device=device)
+    elif shortcut:
+        boot = torch.rand(b, t, device=device) < boot_frac
+        e = torch.where(boot, torch.randint(0, e_max, (b, t), device=device), e_max)
     else:
         e = torch.full((b, t), e_max, device=device)
     steps = (2 ** e).float()
@@ -61,7 +66,7 @@ def d_index(d: Tensor) -> Tensor:
 
 
 def shortcut_loss(model: Dynamics, z1: Tensor, action: Tensor, action_mask: Tensor, instr: Tensor,
-                  segments: Tensor | None = None, shortcut: bool = True
+                  segments: Tensor | None = None, shortcut: bool = True, boot_frac: float | None = None
                   ) -> tuple[Tensor, Tensor, dict[str, float]]:
     """z1 (B, T, S, C) clean latents -> (loss, agent feats (B, T, D) of the main pass, metrics).
 
@@ -71,7 +76,7 @@ def shortcut_loss(model: Dynamics, z1: Tensor, action: Tensor, action_mask: Tens
     """
     b, t = z1.shape[:2]
     k_max = model.k_max
-    tau, d = sample_levels(b, t, k_max, shortcut, z1.device)  # (B, T)
+    tau, d = sample_levels(b, t, k_max, shortcut, z1.device, boot_frac)  # (B, T)
     z0 = torch.randn_like(z1)
     tau4, d4 = tau[..., None, None], d[..., None, None]
     z_tau = (1 - tau4) * z0 + tau4 * z1

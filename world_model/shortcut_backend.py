@@ -52,6 +52,7 @@ class ShortcutWorldModel(WorldModel):
         self.pack, self.lat, self.bneck = c.pack, c.latents, c.bottleneck
         self.steps, self.ctx_noise, self.shortcut = c.sampling_steps, c.ctx_noise, c.shortcut
         self.single_frac = c.single_frac
+        self.boot_frac, self.boot_start = c.get("boot_frac"), int(c.get("boot_start") or 0)
         self.context = int(c.context or c.seq_len - 1)  # RoPE distances stay within training's
         self.tok_seq_len = int(c.get("tok_seq_len") or 0)
         self.tokenizer = Tokenizer(spec.image_shape, c.patch, c.latents, c.bottleneck, c.tok_dim,
@@ -167,7 +168,9 @@ class ShortcutWorldModel(WorldModel):
             z = self.pack_z(self.tokenizer.encode(img))  # (B, T, S, C') clean latents
         prev, prev_mask, _ = self._prev_action(batch, single)
         instr = batch["instruction_embedding"].to(z.dtype)
-        dyn, feat, metrics = shortcut_loss(self.dynamics, z, prev, prev_mask, instr, seg, self.shortcut)
+        dyn_step = int(self.updates) - (self.steps_tok if self.stage == "both" else 0)
+        boot = self.shortcut and dyn_step > self.boot_start  # flow-only warm-up, then bootstrap targets
+        dyn, feat, metrics = shortcut_loss(self.dynamics, z, prev, prev_mask, instr, seg, boot, self.boot_frac)
         terms = {"dyn": dyn}
         terms["reward"] = self.twohot.loss(self.reward_head(feat), batch["reward"]).mean()
         terms["cont"] = F.binary_cross_entropy_with_logits(
