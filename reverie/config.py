@@ -18,8 +18,11 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return positional, overrides
 
 
-def compose(name: str, overrides: list[str] = ()) -> DictConfig:
-    """Compose `reverie/conf/<name>.yaml` with overrides; unknown keys are errors that say so."""
+def compose(name: str, overrides: list[str] = (), choices: bool = False) -> DictConfig:
+    """Compose `reverie/conf/<name>.yaml` with overrides; unknown keys are errors that say so.
+
+    choices=True adds `choices`: the option picked in each config group (e.g. {"preset": "cpu"}),
+    for commands that pass a group's name on to another command."""
     from hydra import compose as hydra_compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -28,12 +31,17 @@ def compose(name: str, overrides: list[str] = ()) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module("reverie.conf", version_base="1.3"):
-            cfg = hydra_compose(config_name=name, overrides=list(overrides))
+            cfg = hydra_compose(config_name=name, overrides=list(overrides), return_hydra_config=choices)
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(
             f"bad override for `{name}`: {e}\n"
             f"Overrides are key=value; run with --help to see the keys this command takes.") from e
     OmegaConf.set_readonly(cfg, False)
+    if choices:
+        picked = OmegaConf.to_container(cfg.hydra.runtime.choices)
+        OmegaConf.set_struct(cfg, False)
+        del cfg["hydra"]
+        cfg.choices = {k: v for k, v in picked.items() if not k.startswith("hydra")}
     return cfg
 
 

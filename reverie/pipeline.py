@@ -71,10 +71,13 @@ def world_model(run: Run, store: Path) -> Path:
 
     c = run.cfg
     out = run.out / "wm"
-    overrides = [f"world_model={c.backend}", f"preset={c.preset}", f"data={store}", f"out={out}",
-                 f"seed={c.seed}", f"threads={c.threads}"] + ([f"steps={c.wm.steps}"] if c.wm.steps else [])
+    overrides = [f"world_model={c.backend}", f"preset={c.choices.preset}", f"data={store}", f"out={out}",
+                 f"seed={c.seed}", f"threads={c.threads}", f"minutes={c.wm.minutes}"]
+    overrides += [f"steps={c.wm.steps}"] if c.wm.steps else []
     Trainer(compose("train_wm", overrides)).run()
-    results = evaluate(compose("eval_wm", [f"checkpoint={out}", f"out={run.out / 'wm_eval'}"]))
+    e = c.wm_eval
+    results = evaluate(compose("eval_wm", [f"checkpoint={out}", f"out={run.out / 'wm_eval'}", f"split={e.split}",
+                                           f"context={e.context}", f"horizon={e.horizon}"]))
     print(table(results))
     run.results["wm_eval"] = results
     return out
@@ -127,6 +130,8 @@ def evaluate_stages(run: Run, agents: dict[str, Path], final: Path) -> dict:
                             ["train", "heldout", "shifted"], seed=20_000, env_kwargs=env_kwargs, videos=2,
                             out=run.out / "eval" / "final")
     (run.out / "eval" / "final.md").write_text(markdown(final_report, "final agent"))
+    order = ["teleoperator (demos)", *agents]  # stage order, whatever order they were scored in
+    run.success = {k: run.success[k] for k in order if k in run.success}
     rows = {k: v for k, v in run.success.items() if "ci95" in v}
     rows |= {f"final: {s}": final_report[s] for s in ("heldout", "shifted")}
     plot(rows, run.out / "success.png", f"arm/{c.task}: success per stage (95% Wilson CI)")
@@ -134,36 +139,39 @@ def evaluate_stages(run: Run, agents: dict[str, Path], final: Path) -> dict:
 
 
 def export_bundle(run: Run, agent: Path) -> Path:
+    """For the sim arm's twin on the virtual serial robot: same limits, scaling and rate as the sim."""
     bundle = run.out / "bundle"
-    _reverie(["export", f"policy={agent}", f"out={bundle}"])
+    _reverie(["export", f"policy={agent}", f"out={bundle}", f"arm={run.cfg.deploy.arm}",
+              f"parity_steps={run.cfg.export.parity_steps}"])
     return bundle
 
 
 def deploy(run: Run, bundle: Path) -> list[dict]:
-    """The torch-free runtime in its own process against `reverie sim serve-bus` on a pty."""
+    """The torch-free runtime, in its own process, against `reverie sim serve-bus` on a pty.
+
+    One fresh virtual robot per instruction: a new scene, scored for that instruction by the sim
+    (serve-bus writes the score next to its link; the runtime reads it and reports success)."""
     c = run.cfg
-    link = run.out / "virtual_arm"
-    server = subprocess.Popen([_exe(), "sim", "serve-bus", f"protocol={c.deploy.protocol}", f"link={link}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     results = []
-    try:
-        for _ in range(100):  # the link appears once the server is up
-            if link.exists() or server.poll() is not None:
-                break
-            time.sleep(0.1)
-        if not link.exists():
-            raise ReverieError(f"the virtual robot did not start: {server.stderr.read().decode()[-2000:]}")
-        for i, instruction in enumerate(c.deploy.instructions):
+    for i, instruction in enumerate(c.deploy.instructions):
+        link = run.out / "deploy" / f"arm{i}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        server = subprocess.Popen([_exe(), "sim", "serve-bus", f"protocol={c.deploy.protocol}", f"link={link}",
+                                   f"seed={c.seed + i}", f"instruction={instruction}"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            ready = server.stdout.readline()  # "ready <link>" once the first frame is rendered
+            if not ready.startswith("ready"):
+                raise ReverieError(f"the virtual robot did not start: {server.stderr.read()[-2000:]}")
             report = run.out / "deploy" / f"instruction_{i}.json"
-            _reverie(["deploy", f"bundle={bundle}", f"robot=virtual", f"link={link}",
-                      f"protocol={c.deploy.protocol}", f"instruction={instruction}",
-                      f"episodes={c.deploy.episodes_per_instruction}", f"report={report}"])
-            result = json.loads(report.read_text())
+            _reverie(["deploy", f"bundle={bundle}", "robot=virtual", f"link={link}",
+                      f"instruction={instruction}", f"steps={c.deploy.steps}", f"report={report}"])
+            result = json.loads(report.read_text())[0]
             results.append({"instruction": instruction, **result})
             print(f"deploy: {instruction!r}: success={result.get('success')}", flush=True)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
     return results
 
 
@@ -207,7 +215,7 @@ def learning_curves(run: Run, agents: dict[str, Path], path: Path) -> None:
 
 def write_report(run: Run, final: dict, deployed: list[dict]) -> Path:
     lines = [f"# reverie pipeline report", "",
-             f"Task `arm/{run.cfg.task}`, world model `{run.cfg.backend}` at preset `{run.cfg.preset}`, "
+             f"Task `arm/{run.cfg.task}`, world model `{run.cfg.backend}` at preset `{run.cfg.choices.preset}`, "
              f"seed {run.cfg.seed}. Generated {datetime.datetime.now().isoformat(timespec='seconds')}.", "",
              "## Stage times", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in run.times.items()]
@@ -223,7 +231,7 @@ def write_report(run: Run, final: dict, deployed: list[dict]) -> Path:
     wm = run.results.get("wm_eval", {})
     if wm:
         ph = wm["per_horizon"]
-        lines += ["", "## World model (held-out episodes, open loop)", "",
+        lines += ["", f"## World model (open loop, {'held-out' if wm['split'] == 'holdout' else 'all'} episodes)", "",
                   f"Beats copy-last-frame at every horizon 1..{wm['horizon']}: "
                   f"**{wm['beats_copy_last_at_every_horizon']}**; image MSE at h=1 / h={wm['horizon']}: "
                   f"{ph['mse/model'][0]:.4f} / {ph['mse/model'][-1]:.4f} (copy-last "
@@ -270,7 +278,7 @@ def main(argv: list[str]) -> int:
     positional, overrides = split_args(argv)
     if "--help" in positional or "-h" in positional:
         print(__doc__)
-        print(show(compose("pipeline", [])))
+        print(show(compose("pipeline", [], choices=True)))
         return 0
-    pipeline(compose("pipeline", overrides))
+    pipeline(compose("pipeline", overrides, choices=True))
     return 0

@@ -1,0 +1,38 @@
+"""The main job end to end at the tiny preset: every stage runs and the report folder is complete."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+TINY = ["preset=tiny", "demos.episodes=8", "demos.time_limit=30", "wm.steps=6", "bc.steps=5", "rl.steps=3",
+        "improve.episodes=2", "improve.wm_steps=2", "improve.rl_steps=2", "eval.episodes=2",
+        "eval.final_episodes=2", "deploy.steps=12", "wm_eval.split=all", "wm_eval.context=4",
+        "wm_eval.horizon=8", "export.parity_steps=200"]
+
+
+def test_tiny_pipeline_writes_the_whole_report(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run([str(Path(sys.executable).parent / "reverie"), "pipeline", f"out={out}", *TINY],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    for stage in ("demos", "world model", "behaviour cloning", "imagination RL", "corrective round",
+                  "evaluate", "export", "deploy"):
+        assert f"| {stage} |" in report
+    for row in ("behaviour cloning", "imagination RL", "round 1", "final agent, heldout", "final agent, shifted"):
+        assert f"| {row} |" in report
+    for f in ("success.png", "curves.png", "wm_real_vs_imagined.gif", "bundle/policy.onnx",
+              "bundle/manifest.json", "improve/round_1/policy.zarr"):
+        assert (out / f).exists(), f
+    deployed = [json.loads((out / "deploy" / f"instruction_{i}.json").read_text())[0] for i in range(3)]
+    assert all(d["steps"] == 12 and d["success"] in (True, False) for d in deployed)
+    assert "poke the blue block" in report  # the held-out paraphrase was deployed
+
+
+def test_pipeline_refuses_a_used_report_folder(tmp_path):
+    (tmp_path / "old.txt").write_text("keep me")
+    done = subprocess.run([str(Path(sys.executable).parent / "reverie"), "pipeline", f"out={tmp_path}"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "not empty" in done.stderr
+    assert (tmp_path / "old.txt").read_text() == "keep me"
