@@ -254,6 +254,10 @@ def pipeline(cfg) -> Path:
         raise ReverieError(f"report folder {out} exists and is not empty; pass a new out=")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(show(cfg))
+    if cfg.threads:  # every in-process stage (evaluation, rounds) shares this setting
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
     run = Run(cfg, out)
     store = run.stage("demos", demos, run)
     wm = run.stage("world model", world_model, run, store)
