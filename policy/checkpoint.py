@@ -18,18 +18,22 @@ from reverie.policy.agent import Agent
 SIZE_KEYS = ("feat_dim", "action_dim", "instr_dim", "units", "layers", "min_std", "max_std")
 
 
-def save(out: Path, agent: Agent, info: dict) -> Path:
-    """Atomic: written to `<out>.tmp` and renamed, so an interrupted save keeps the old agent."""
+def save_module(out: Path, module, weights: str, info_name: str, info: dict) -> Path:
+    """Atomic: written to `<out>.tmp` and renamed, so an interrupted save keeps the old folder."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in agent.state_dict().items()}, tmp / "agent.safetensors")
-    (tmp / "agent.json").write_text(json.dumps(info, indent=1))
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp / weights)
+    (tmp / info_name).write_text(json.dumps(info, indent=1))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def save(out: Path, agent: Agent, info: dict) -> Path:
+    return save_module(out, agent, "agent.safetensors", "agent.json", info)
 
 
 def find(path: str | Path) -> Path:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from reverie.errors import ConfigError
@@ -70,16 +69,9 @@ def train_scratch_bc(data, steps: int, lr: float = 3e-4, progress: bool = True,
 
 
 def save(out: Path, policy: ScratchPolicy, info: dict) -> Path:
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, tmp / "policy.safetensors")
-    (tmp / "scratch_bc.json").write_text(json.dumps({**info, "sizes": policy.sizes}, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    from reverie.policy.checkpoint import save_module
+
+    return save_module(out, policy, "policy.safetensors", "scratch_bc.json", {**info, "sizes": policy.sizes})
 
 
 def load(path: str | Path) -> tuple[ScratchPolicy, dict]:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
+from reverie.robot_io.framing import FrameReader
+
 HEADER = b"\xff\xff\xfd\x00"
 BROADCAST_ID = 0xFE
 STATUS = 0x55
@@ -169,34 +171,13 @@ def describe_error(error: int) -> str:
     return "; ".join(parts) or "no error"
 
 
-class Reader:
+class Reader(FrameReader):
     """Incremental decoder for a byte stream: feed bytes, take whole packets.
 
     `kind` is "status" (a client reading servo replies) or "instruction" (a servo reading the bus).
     Bytes before a header are skipped; a frame whose CRC does not match is dropped and counted in
     `crc_errors`, with its bytes kept in `last_bad` for error messages.
     """
-
-    def __init__(self, kind: str = "status"):
-        if kind not in ("status", "instruction"):
-            raise ValueError(f"kind must be 'status' or 'instruction', not {kind!r}")
-        self.kind = kind
-        self.buffer = bytearray()
-        self.crc_errors = 0
-        self.skipped = 0
-        self.last_bad = b""
-
-    def feed(self, data: bytes) -> None:
-        self.buffer += data
-
-    def clear(self) -> None:
-        self.buffer.clear()
-
-    def packets(self) -> list[Packet]:
-        out = []
-        while (packet := self._next()) is not None:
-            out.append(packet)
-        return out
 
     def _next(self) -> Packet | None:
         buf = self.buffer

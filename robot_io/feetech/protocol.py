@@ -21,6 +21,8 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
+from reverie.robot_io.framing import FrameReader
+
 HEADER = b"\xff\xff"
 BROADCAST_ID = 0xFE
 
@@ -135,34 +137,13 @@ def describe_error(error: int) -> str:
     return "; ".join(parts) or "no error"
 
 
-class Reader:
+class Reader(FrameReader):
     """Incremental decoder for a byte stream: feed bytes, take whole packets.
 
     `kind` is "status" (a client reading servo replies) or "instruction" (a servo reading the bus);
     both frames look alike on the wire, so the caller says which it expects. Frames whose checksum
     fails are dropped and counted in `crc_errors`, with their bytes kept in `last_bad`.
     """
-
-    def __init__(self, kind: str = "status"):
-        if kind not in ("status", "instruction"):
-            raise ValueError(f"kind must be 'status' or 'instruction', not {kind!r}")
-        self.kind = kind
-        self.buffer = bytearray()
-        self.crc_errors = 0
-        self.skipped = 0
-        self.last_bad = b""
-
-    def feed(self, data: bytes) -> None:
-        self.buffer += data
-
-    def clear(self) -> None:
-        self.buffer.clear()
-
-    def packets(self) -> list[Packet]:
-        out = []
-        while (packet := self._next()) is not None:
-            out.append(packet)
-        return out
 
     def _next(self) -> Packet | None:
         buf = self.buffer
