@@ -127,7 +127,8 @@ class SocketServer:
 
     def stop(self) -> None:
         self._stop.set()
-        self.thread.join(timeout=2.0)
+        if self.thread.is_alive():
+            self.thread.join(timeout=2.0)
         self.sock.close()
 
     def _run(self) -> None:

@@ -184,9 +184,11 @@ def deploy(args: dict) -> list[dict]:
     try:
         image, state_dim, action_dim, hz = target.describe()           # nothing powered yet
         bundle.check_robot(image, state_dim, action_dim, hz, what=args["robot"])
+        if args.get("socket") is not None:                              # token and port, before torque
+            server = SocketServer(channel, int(args["socket"]), args.get("token"))
         target.connect()                                                # torque on where the arm is
-        if args.get("socket") is not None:
-            server = SocketServer(channel, int(args["socket"]), args.get("token")).start()
+        if server:
+            server.start()
             print(f"instructions: 127.0.0.1:{server.port} token {server.token}", flush=True)
         if args["stdin"]:
             StdinReader(channel).start()

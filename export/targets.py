@@ -29,7 +29,11 @@ class SimTarget:
     paced = False
 
     def __init__(self, manifest: dict, task: str = "all", seed: int = 0, time_limit: int = 300):
-        from reverie.sim.arm_env import make_arm_env
+        try:
+            from reverie.sim.arm_env import make_arm_env
+        except ImportError as e:  # the robot's computer usually has no simulator
+            raise ConfigError(f"robot=sim needs the simulator ({e.name} is not installed): install reverie "
+                              "with its dependencies, or deploy to robot=virtual|feetech|dynamixel") from e
 
         robot = manifest["robot"]
         camera = manifest["observation"]["image_key"].split("/", 1)[1]

@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 import sys
+from pathlib import Path
 
 from reverie.errors import ReverieError
 
@@ -33,8 +35,19 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
 }
 
 
+def module_exists(name: str) -> bool:
+    """Whether module `name` is installed, without importing its package: on the robot's computer
+    `reverie.datasets` (zarr) and `reverie.world_model` (torch) are not importable, and --help must work."""
+    parent, _, leaf = name.rpartition(".")
+    spec = importlib.util.find_spec(parent)  # imports the packages above `parent`, not `parent` itself
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    return any(Path(loc, f"{leaf}.py").exists() or Path(loc, leaf, "__init__.py").exists()
+               for loc in spec.submodule_search_locations)
+
+
 def available() -> dict[tuple[str, ...], tuple[str, str]]:
-    return {w: v for w, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
+    return {w: v for w, v in COMMANDS.items() if module_exists(v[0])}
 
 
 def usage() -> str:
@@ -57,13 +70,16 @@ def route(argv: list[str]) -> tuple[tuple[str, ...], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage())
+        try:
+            print(usage())
+        except BrokenPipeError:
+            sys.stdout = open(os.devnull, "w")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         words, rest = route(argv)
         module_name = COMMANDS[words][0]
-        if importlib.util.find_spec(module_name) is None:
+        if not module_exists(module_name):
             raise ReverieError(f"`reverie {' '.join(words)}` is not available in this version")
         module = importlib.import_module(module_name)
         return int(module.main([*words[1:], *rest]) or 0) if len(words) > 1 else int(module.main(rest) or 0)
@@ -73,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error of ours
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 if __name__ == "__main__":
