@@ -35,6 +35,20 @@ class FrameReader(abc.ABC):
             out.append(packet)
         return out
 
+    CHECK = "checksum"  # what the protocol calls its frame check, for error messages
+
+    @classmethod
+    def decode_one(cls, frame: bytes, kind: str = "status") -> Any:
+        """Decode exactly one whole packet; raise ValueError naming what is wrong."""
+        reader = cls(kind)
+        reader.feed(frame)
+        packets = reader.packets()
+        if reader.crc_errors:
+            raise ValueError(f"{cls.CHECK} mismatch in {frame.hex(' ')}")
+        if len(packets) != 1 or reader.buffer:
+            raise ValueError(f"not one whole {kind} packet: {frame.hex(' ')}")
+        return packets[0]
+
     @abc.abstractmethod
     def _next(self) -> Any | None:
         """Pop one whole packet off `self.buffer`, or None until more bytes arrive."""

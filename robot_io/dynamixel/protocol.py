@@ -179,6 +179,8 @@ class Reader(FrameReader):
     `crc_errors`, with its bytes kept in `last_bad` for error messages.
     """
 
+    CHECK = "CRC"
+
     def _next(self) -> Packet | None:
         buf = self.buffer
         while True:
@@ -227,11 +229,4 @@ class Reader(FrameReader):
 
 def decode(frame: bytes, kind: str = "status") -> Packet:
     """Decode exactly one whole packet; raise ValueError naming what is wrong."""
-    reader = Reader(kind)
-    reader.feed(frame)
-    packets = reader.packets()
-    if reader.crc_errors:
-        raise ValueError(f"CRC mismatch in {frame.hex(' ')}")
-    if len(packets) != 1 or reader.buffer:
-        raise ValueError(f"not one whole {kind} packet: {frame.hex(' ')}")
-    return packets[0]
+    return Reader.decode_one(frame, kind)

@@ -187,11 +187,4 @@ class Reader(FrameReader):
 
 def decode(frame: bytes, kind: str = "status") -> Packet:
     """Decode exactly one whole packet; raise ValueError naming what is wrong."""
-    reader = Reader(kind)
-    reader.feed(frame)
-    packets = reader.packets()
-    if reader.crc_errors:
-        raise ValueError(f"checksum mismatch in {frame.hex(' ')}")
-    if len(packets) != 1 or reader.buffer:
-        raise ValueError(f"not one whole {kind} packet: {frame.hex(' ')}")
-    return packets[0]
+    return Reader.decode_one(frame, kind)
