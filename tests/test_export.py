@@ -1,26 +1,9 @@
 """Export: the step modules equal AgentController, the ONNX graphs equal PyTorch, the manifest."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-import export_setup  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def quick(tmp_path_factory) -> Path:
-    """The untrained scratch-BC bundle for the virtual SO-101 (built once per session)."""
-    return export_setup.quick_bundle(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> dict:
-    """Trained tiny rssm and shortcut bundles (minutes; slow tests only)."""
-    return export_setup.trained_bundles(tmp_path_factory.getbasetemp())
 
 
 def tiny_controller(backend: str):

@@ -14,18 +14,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import export_setup  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def quick(tmp_path_factory) -> Path:
-    """The untrained scratch-BC bundle for the virtual SO-101 (built once per session)."""
-    return export_setup.quick_bundle(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> dict:
-    """Trained tiny rssm and shortcut bundles (minutes; slow tests only)."""
-    return export_setup.trained_bundles(tmp_path_factory.getbasetemp())
-
-
 class Deploy:
     """`reverie deploy ...` as a child process; collects its output lines as they come."""
 

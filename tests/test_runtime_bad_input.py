@@ -3,7 +3,6 @@ it happens while running."""
 
 import json
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,15 +11,6 @@ import numpy as np
 import pytest
 
 from reverie.errors import BundleError, ConfigError, HardwareError
-
-sys.path.insert(0, str(Path(__file__).parent))
-import export_setup  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def quick(tmp_path_factory) -> Path:
-    """The untrained scratch-BC bundle for the virtual SO-101 (built once per session)."""
-    return export_setup.quick_bundle(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture
