@@ -17,6 +17,8 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from omegaconf import OmegaConf
 
 from reverie.config import compose, show, split_args
@@ -30,6 +32,7 @@ def record_rollouts(controller, env_name: str, episodes: int, store_path: Path, 
     """Run the policy and commit each episode to a new store; returns the success summary."""
     from tqdm import tqdm
 
+    from reverie.datasets import narration
     from reverie.datasets.store import EpisodeStore, make_schema
     from reverie.policy.evaluate import summarize
     from reverie.policy.rollout import run_episode
@@ -38,13 +41,19 @@ def record_rollouts(controller, env_name: str, episodes: int, store_path: Path, 
     env = make(env_name, **(env_kwargs or {}))
     spec = env.observation_spec()
     cams = {k.split("/", 1)[1]: tuple(s.shape[:2]) for k, s in spec.items() if k.startswith("image/")}
-    store = EpisodeStore.create(str(store_path), make_schema(cams, spec["state"].shape[0],
-                                                             env.action_spec().shape[0]),
+    schema = make_schema(cams, spec["state"].shape[0], env.action_spec().shape[0])
+    narrated = bool(getattr(env, "narrates", False))  # keep the sim's narration, as `sim demos` does
+    store = EpisodeStore.create(str(store_path), narration.with_narration(schema) if narrated else schema,
                                 fps=float(getattr(getattr(env, "cfg", None), "control_hz", 10.0)),
                                 robot=env_name)
+    vocab = narration.Vocabulary(store) if narrated else None
     results = []
     for i in tqdm(range(episodes), desc=f"round {round_index}: deploy", disable=not progress, unit="ep"):
         result = run_episode(env, controller, seed=seed + i, record_steps=True)
+        said = result.steps.pop(narration.KEY, None)  # (T,) text -> (T,) indices
+        if vocab is not None:
+            idx = [vocab.index(t) for t in said.tolist()] if said is not None else [narration.NONE] * result.length
+            result.steps[narration.KEY] = np.array(idx, np.int16)
         store.add_episode(result.steps, instruction=result.instruction, source="policy",
                           round=round_index, success=result.success)
         results.append(result)

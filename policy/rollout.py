@@ -66,4 +66,6 @@ def _row(ts, action: np.ndarray, image_key: str) -> dict[str, np.ndarray]:
         is_terminal=np.bool_(ts.last() and ts.discount == 0.0),
         timestamp=np.float64(ts.info.get("timestamp", time.time())),
     )
+    if "narration" in ts.info:  # sim narration of the step into o_t, text (improve stores index it)
+        row["narration"] = np.str_(ts.info["narration"])
     return row

@@ -10,6 +10,8 @@ deltas of at most `max_delta` radians per control step (action_mode="delta", def
 onto the joint ranges (action_mode="absolute").
 
 Episodes end on success (LAST, discount 0, sparse reward 1) or at the time limit (LAST, discount 1).
+`info["narration"]` says in one sentence what the last step did (sim/narration.py; "" on reset and
+when nothing notable happened): the transition descriptions DLLM rewards are computed from.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from reverie.errors import ConfigError, ReverieError
 from reverie.sim.arm import JOINT_NAMES, ArmPhysics
 from reverie.sim import tasks
+from reverie.sim.narration import Narrator
 from reverie.specs import ArraySpec, StepType, TextSpec, TimeStep
 
 
@@ -45,6 +48,8 @@ class ArmEnvConfig:
 
 
 class ArmEnv:
+    narrates = True  # timesteps carry info["narration"]; recorders store it (datasets/narration.py)
+
     def __init__(self, cfg: ArmEnvConfig):
         self.cfg = cfg = _checked(cfg)
         self.phys = ArmPhysics(cfg.preset, seed=cfg.seed, image_size=cfg.image_size, cameras=cfg.cameras)
@@ -58,6 +63,7 @@ class ArmEnv:
         self.goal: tasks.Goal | None = None
         self.instruction = ""
         self.tracker: tasks.TaskTracker | None = None
+        self.narrator = Narrator(self.phys)
         self._t = 0
         self._needs_reset = True
 
@@ -87,6 +93,7 @@ class ArmEnv:
         else:
             self.goal, self.instruction = tasks.parse_instruction(instruction), instruction
         self.tracker = tasks.TaskTracker(self.goal, self.phys)
+        self.narrator.reset()
         self._target = self.phys.targets()  # (6,) servo goals, radians
         # Action latency: the servos receive the action sent `latency_steps` control steps earlier.
         hold = self._hold_action()
@@ -105,7 +112,7 @@ class ArmEnv:
         self.phys.step(1.0 / self.cfg.control_hz)
         self._t += 1
         success = self.tracker.success()
-        obs, info = self._observe(success)
+        obs, info = self._observe(success, self.narrator.step())
         reward = 1.0 if success else (self.tracker.shaped() if self.cfg.reward == "shaped" else 0.0)
         if success:
             self._needs_reset = True
@@ -149,7 +156,7 @@ class ArmEnv:
         lo, hi = self.phys.lower, self.phys.upper
         return 2.0 * (self._target - lo) / (hi - lo) - 1.0
 
-    def _observe(self, success: bool) -> tuple[dict, dict]:
+    def _observe(self, success: bool, narration: str = "") -> tuple[dict, dict]:
         obs = {f"image/{c}": self.phys.render(c) for c in self._rendered}
         stamp = time.time()  # captured with the images
         variation = self.phys.variation
@@ -165,7 +172,8 @@ class ArmEnv:
         obs["instruction"] = self.instruction
         g = self.goal
         info = {"success": bool(success), "timestamp": stamp, "task": g.task, "colour": g.colour,
-                "direction": g.direction, "step": self._t}
+                "direction": g.direction, "step": self._t,
+                "narration": narration}
         return obs, info
 
     def _checked_action(self, action) -> np.ndarray:
