@@ -14,6 +14,14 @@ of `state`, action[:, i] is the policy's action from feat[:, i], and reward[:, i
 to arriving at feat[:, i + 1]. `imagine(...)["state"]` holds the imagined states with a (B, H+1) lead,
 so `decode(traj["state"])` gives the imagined frames (B, H+1, H, W, 3).
 
+Optional, used by `reverie eval-wm` when a backend has them:
+    decode_state(state)            -> joint state (..., J)                 a probe on the features
+    reconstruct(images)            -> images (B, T, H, W, 3) in [0, 1]    autoencoder round trip of
+                                      observed frames (B, T, H, W, 3), no masking (backends with a
+                                      tokenizer); on average a floor for open-loop prediction
+    can_imagine                    bool, default True; False while a staged backend has only trained
+                                      its tokenizer (eval-wm then reports reconstruction only)
+
 Batch contract (a dict of tensors, B batch, T time; row t is observation o_t):
     image                   uint8 or float (B, T, H, W, 3)  primary camera (config `image_key`)
     state                   float (B, T, J)                 joint radians, gripper in [0, 1]
@@ -77,6 +85,7 @@ class WorldModel(nn.Module, abc.ABC):
     """
 
     feat_dim: int
+    can_imagine = True  # False: observe / imagine are untrained (see the module docstring)
 
     def __init__(self, cfg: Any, spec: DataSpec):
         super().__init__()

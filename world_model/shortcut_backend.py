@@ -250,6 +250,18 @@ class ShortcutWorldModel(WorldModel):
         img = self.tokenizer.decode(z.reshape(-1, *z.shape[-3:])).clamp(0, 1)
         return img.reshape(*lead, *img.shape[1:])
 
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """Tokenizer round trip, no patches masked: images (B, T, H, W, 3) -> (B, T, H, W, 3) in [0, 1]
+        (encoded and decoded causally in time, as `observe` and `decode` do)."""
+        return self.tokenizer.decode(self.tokenizer.encode(self._image({"image": images}))).clamp(0, 1)
+
+    @property
+    def can_imagine(self) -> bool:
+        """False until the dynamics has trained: stage=tokenizer, or stage=both still in (or just
+        at the end of) its tokenizer steps."""
+        return self.stage == "dynamics" or (self.stage == "both" and int(self.updates) > self.steps_tok)
+
     def decode_state(self, state: State) -> Tensor:
         """Predicted joint state (..., J) from the features (probe used by evaluation)."""
         return symexp(self.state_head(state["feat"]).float())
