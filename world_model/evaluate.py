@@ -8,9 +8,12 @@ recorded actions and decode them. Reported per horizon h = 1..horizon:
   - joint-state MSE of the predicted state (backends with `decode_state`) under the recorded actions,
     under zero actions, and of the copy-last-state baseline: if imagination follows the commands, the
     recorded actions track the true joints and zero actions do not
-Plus reward MAE / accuracy (|error| < 0.1) and continue accuracy over imagined steps. Writes
-eval.json, eval.png (curves) and eval.gif (real | imagined, context frames framed in grey).
-Works through the backend interface only (observe / imagine / decode).
+Plus reward MAE / accuracy (|error| < 0.1) and continue accuracy over imagined steps. Backends with
+a tokenizer (`reconstruct`) add its reconstruction MSE / PSNR over every frame of the same windows:
+the floor under the open-loop curves. Writes eval.json, eval.png (curves) and eval.gif (real |
+imagined, context frames framed in grey). A checkpoint whose dynamics is untrained (shortcut
+stage=tokenizer) gets the reconstruction only (GIF: real | reconstructed).
+Works through the backend interface only (observe / imagine / decode, optional reconstruct).
 """
 
 from __future__ import annotations
@@ -81,9 +84,15 @@ def evaluate(cfg) -> dict:
                            slice(c - 1, c + h - 1), image_key)
     language = Language()
     dynalang = bool(mcfg.get("dynalang", False))
-    has_state = hasattr(model, "decode_state")
+    has_state, has_tok = hasattr(model, "decode_state"), hasattr(model, "reconstruct")
+    imagines = model.can_imagine  # False: a tokenizer-only checkpoint, reconstruction only
+    if not imagines:
+        log.warning("%s: dynamics untrained (stage=%s, step %s): reporting the tokenizer's reconstruction "
+                    "only; train world_model.stage=dynamics world_model.tokenizer=RUN for open-loop "
+                    "prediction", cfg.checkpoint, mcfg.get("stage"), trainer["step"])
     sums: dict[str, np.ndarray] = {}
     counts = {"windows": 0, "steps": 0}
+    tok_mse: list[torch.Tensor] = []  # per-frame reconstruction MSE, (B*L,) per batch
     gif_frames = None
 
     def add(key, value):  # value (B, H) -> running sum over windows
@@ -93,6 +102,14 @@ def evaluate(cfg) -> dict:
         batch = collate(windows[i:i + int(cfg.batch_size)], image_key, int(mcfg.image_size), language,
                         dynalang, device)
         b = batch["image"].shape[0]
+        counts["windows"] += b
+        if has_tok:
+            recon = model.reconstruct(batch["image"]).float()                        # (B, L, h, w, 3)
+            tok_mse.append((recon - batch["image"]).square().mean((-3, -2, -1)).flatten().cpu())
+            if not imagines:
+                if gif_frames is None:
+                    gif_frames = _gif_frames(batch["image"][: cfg.gif_rows], recon[: cfg.gif_rows], 0)
+                continue
         context = {k: (v[:, :c] if v.dim() > 1 and v.shape[1] == c + h else v) for k, v in batch.items()}
         state, _ = model.observe(context)
         actions = batch["action"][:, c - 1:c + h - 1]                                # (B, H, A)
@@ -105,7 +122,7 @@ def evaluate(cfg) -> dict:
         for name, x in (("model", pred), ("copy_last", last), ("zero_action", pred_zero)):
             mse = (x - real).square().mean((-3, -2, -1))                             # (B, H)
             add(f"mse/{name}", mse)
-            add(f"psnr/{name}", 10 * torch.log10(1.0 / mse.clamp(min=1e-10)))
+            add(f"psnr/{name}", _psnr(mse))
         if has_state:
             true_state = batch["state"][:, c:]                                       # (B, H, J)
             for name, s in (("model", model.decode_state(traj["state"])[:, 1:]),
@@ -117,16 +134,45 @@ def evaluate(cfg) -> dict:
         add("reward_correct", ((traj["reward"].float() - reward).abs() < 0.1).float())
         cont = 1.0 - batch["is_terminal"][:, c:].float()
         add("cont_correct", ((traj["cont"].float() > 0.5).float() == cont).float())
-        counts["windows"] += b
         if gif_frames is None:
             gif_frames = _gif_frames(batch["image"][: cfg.gif_rows], pred[: cfg.gif_rows], c)
 
     n = counts["windows"]
-    per_h = {k: (v / n).tolist() for k, v in sums.items()}
     results = {
         "checkpoint": str(checkpoint.find(cfg.checkpoint)),
         "step": trainer["step"], "backend": trainer["backend"], "stores": paths, "split": cfg.split,
         "windows": n, "context": c, "horizon": h,
+    }
+    if has_tok:
+        mse = torch.cat(tok_mse).double()                                            # (frames,)
+        results["tokenizer"] = {"mse": mse.mean().item(), "psnr": _psnr(mse).mean().item(),
+                                "psnr_of_mean_mse": _psnr(mse.mean()).item(), "frames": len(mse)}
+    out = Path(cfg.out) if cfg.out else checkpoint.find(cfg.checkpoint).parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    per_h = {k: (v / n).tolist() for k, v in sums.items()}
+    if imagines:
+        results |= _open_loop_results(per_h, has_state)
+    else:
+        results["dynamics_untrained"] = True
+    (out / "eval.json").write_text(json.dumps(results, indent=1))
+    files = ["eval.json", "eval.gif"]
+    if imagines:  # no curves without open-loop prediction
+        _plot(per_h, has_state, results.get("tokenizer"), out / "eval.png",
+              title=f"{trainer['backend']} step {trainer['step']}")
+        files.insert(1, "eval.png")
+    _write_gif(gif_frames, out / "eval.gif")
+    results["files"] = [str(out / f) for f in files]
+    return results
+
+
+def _psnr(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) of images in [0, 1] from their MSE."""
+    return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
+
+
+def _open_loop_results(per_h: dict, has_state: bool) -> dict:
+    """Per-horizon means over the windows -> the open-loop part of eval.json."""
+    results = {
         "per_horizon": {k: v for k, v in per_h.items() if "/" in k},
         "reward_mae": float(np.mean(per_h["reward_abs_error"])),
         "reward_accuracy": float(np.mean(per_h["reward_correct"])),
@@ -149,12 +195,6 @@ def evaluate(cfg) -> dict:
             "ratio_zero_over_recorded": float(s_zero.mean() / max(s_model.mean(), 1e-12)),
             "recorded_better_at_every_horizon": bool((s_model < s_zero).all()),
         }
-    out = Path(cfg.out) if cfg.out else checkpoint.find(cfg.checkpoint).parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(results, indent=1))
-    _plot(per_h, has_state, out / "eval.png", title=f"{trainer['backend']} step {trainer['step']}")
-    _write_gif(gif_frames, out / "eval.gif")
-    results["files"] = [str(out / f) for f in ("eval.json", "eval.png", "eval.gif")]
     return results
 
 
@@ -176,7 +216,7 @@ def _write_gif(frames: np.ndarray, path: Path) -> None:
     imageio.mimsave(path, list(frames), duration=0.2, loop=0)
 
 
-def _plot(per_h: dict, has_state: bool, path: Path, title: str) -> None:
+def _plot(per_h: dict, has_state: bool, tokenizer: dict | None, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,6 +230,8 @@ def _plot(per_h: dict, has_state: bool, path: Path, title: str) -> None:
             ax.plot(hs, per_h[f"{key}/{name}"], style, ms=3,
                     label={"model": "model (recorded actions)", "copy_last": "copy last",
                            "zero_action": "model (zero actions)"}[name])
+        if tokenizer and key in ("mse", "psnr"):  # the floor: prediction cannot beat reconstruction
+            ax.axhline(tokenizer[key], color="k", lw=1, ls="-.", label="tokenizer reconstruction")
         ax.set_xlabel("open-loop horizon")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -201,6 +243,13 @@ def _plot(per_h: dict, has_state: bool, path: Path, title: str) -> None:
 
 
 def table(results: dict) -> str:
+    tok = results.get("tokenizer")
+    tok_line = (f"tokenizer reconstruction: MSE {tok['mse']:.5f}, PSNR {tok['psnr']:.2f} dB "
+                f"(of mean MSE {tok['psnr_of_mean_mse']:.2f} dB) over {tok['frames']} frames") if tok else ""
+    if results.get("dynamics_untrained"):
+        return (f"{tok_line}; windows {results['windows']}\n"
+                "dynamics untrained (only the tokenizer stage ran): no open-loop prediction; train it "
+                "with world_model.stage=dynamics world_model.tokenizer=RUN")
     ph = results["per_horizon"]
     rows = [f"{'h':>3} {'MSE model':>10} {'MSE copy':>10} {'PSNR model':>11} {'PSNR copy':>10}"
             + (f" {'state rec':>10} {'state zero':>10}" if "state_mse/model" in ph else "")]
@@ -221,6 +270,8 @@ def table(results: dict) -> str:
         rows.append(f"  joint state MSE recorded {f['state_mse_recorded_actions']:.5f} vs zero actions "
                     f"{f['state_mse_zero_actions']:.5f} (x{f['ratio_zero_over_recorded']:.2f}, better at every "
                     f"horizon: {f['recorded_better_at_every_horizon']}), copy-last {f['state_mse_copy_last']:.5f}")
+    if tok:
+        rows.append(tok_line)
     return "\n".join(rows)
 
 
