@@ -1,5 +1,6 @@
 """Shortcut forcing (objective, sampler) and the `shortcut` backend: tiny sizes, seconds."""
 
+import json
 import math
 
 import numpy as np
@@ -286,3 +287,27 @@ def test_separate_stages_load_the_frozen_tokenizer(toy_store, tmp_path):
     assert bool(dyn.model.tok_loaded)
     for (k, a), b in zip(tok.model.tokenizer.state_dict().items(), dyn.model.tokenizer.state_dict().values()):
         assert torch.equal(a, b), k  # loaded, then frozen through dynamics training
+
+
+def test_eval_reports_tokenizer_reconstruction(toy_store, tmp_path):
+    from reverie.world_model.evaluate import evaluate, table
+
+    def run_eval(run):
+        return evaluate(compose("eval_wm", [f"checkpoint={run}", "windows=2", "context=3", "horizon=4",
+                                            "batch_size=2"]))
+
+    train(toy_store, tmp_path / "full", "steps=5")  # 3 tokenizer steps, then 2 dynamics steps
+    results = run_eval(tmp_path / "full")
+    tok = json.loads((tmp_path / "full" / "eval" / "eval.json").read_text())["tokenizer"]
+    assert tok["frames"] == 2 * (3 + 4)  # every frame of both windows, context and horizon
+    assert all(math.isfinite(tok[k]) for k in ("mse", "psnr", "psnr_of_mean_mse")) and tok["mse"] > 0
+    assert tok["psnr_of_mean_mse"] == pytest.approx(-10 * math.log10(tok["mse"]))
+    assert tok["psnr"] >= tok["psnr_of_mean_mse"] - 1e-9  # mean of -log(mse) >= -log of the mean
+    assert "per_horizon" in results and "tokenizer reconstruction" in table(results)
+
+    # A tokenizer-only run: reconstruction only, no open-loop prediction, and the summary says why.
+    assert not make_model().can_imagine and make_model("world_model.stage=dynamics").can_imagine
+    train(toy_store, tmp_path / "tok", "steps=2", "world_model.stage=tokenizer")
+    only = run_eval(tmp_path / "tok")
+    assert only["dynamics_untrained"] and "per_horizon" not in only and only["tokenizer"]["frames"] == 14
+    assert "dynamics untrained" in table(only) and (tmp_path / "tok" / "eval" / "eval.gif").stat().st_size
