@@ -1,6 +1,10 @@
 """The results table: what each stage of reverie adds, on the sim arm, same data and seeds per row.
 
-    .venv/bin/python benchmarks/agent.py [--tasks touch push] [--preset cpu] [--episodes 40] [--quick]
+    .venv/bin/python benchmarks/agent.py [--tasks touch push] [--preset cpu] [--quick]
+
+On a 2-core machine run one process per task (each uses one torch thread), then merge:
+    .venv/bin/python benchmarks/agent.py --tasks touch &  .venv/bin/python benchmarks/agent.py --tasks push
+    .venv/bin/python benchmarks/agent.py --merge
 
 Per task: scripted demos at a skill where behaviour cloning often fails -> one world model ->
   1. behaviour cloning from scratch (pixels + state + instruction, no world model)
@@ -8,8 +12,9 @@ Per task: scripted demos at a skill where behaviour cloning often fails -> one w
   3. imagination RL with the behaviour-cloning prior
   4. + one corrective round     5. + two corrective rounds
 Each row: success rate over the same evaluation seeds with a 95% Wilson interval. Targets (issue 7):
-RL >= BC + 15 points; each round >= +5; no row below BC. Writes benchmarks/results/agent.json and
-prints the table. Slow (tens of minutes per task on 2 cores at the cpu preset); not part of the tests.
+RL >= BC + 15 points; each round >= +5; no row below BC. Each task's figures go to
+benchmarks/results/agent/<task>.json as soon as it finishes; --merge writes benchmarks/results/agent.json
+and agent.md and prints the table. Slow (tens of minutes per task on 2 cores at the cpu preset); not part of the tests.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ def run_task(task: str, args, root: Path) -> dict:
     from reverie.policy.train import train
     from reverie.sim.demos import record
     from reverie.world_model import checkpoint as wm_checkpoint
+    from reverie.world_model.evaluate import evaluate as evaluate_wm
     from reverie.world_model.train import Trainer
 
     root.mkdir(parents=True, exist_ok=True)
@@ -62,11 +68,14 @@ def run_task(task: str, args, root: Path) -> dict:
         f"task={task}", f"episodes={args.demos}", f"skill={args.skill}", f"time_limit={args.time_limit}",
         f"out={store}", "seed=0"])))
     wm = root / "wm"
-    wm_steps = [f"steps={args.wm_steps}"] if args.wm_steps else []
+    budget = ([f"steps={args.wm_steps}"] if args.wm_steps else []) + (
+        [f"minutes={args.wm_minutes}"] if args.wm_minutes else [])
     timed("world model", lambda: Trainer(compose("train_wm", [
         f"world_model={args.backend}", f"preset={args.preset}", f"data={store}", f"out={wm}", "seed=0",
-        "progress=false", *wm_steps])).run())
-    common = [f"wm={wm}", "seed=0", "progress=false"]
+        "progress=false", f"threads={args.threads}", *budget])).run())
+    wm_eval = timed("world model eval", lambda: evaluate_wm(compose("eval_wm", [
+        f"checkpoint={wm}", *(["split=all", "horizon=4"] if args.quick else [])])))
+    common = [f"wm={wm}", "seed=0", "progress=false", f"threads={args.threads}"]
 
     _, wm_cfg, wm_info = wm_checkpoint.load_model(wm)
     data = AgentData(compose("train_agent", common), wm_cfg, wm_info, batch_size=16, seq_len=16)
@@ -89,12 +98,13 @@ def run_task(task: str, args, root: Path) -> dict:
             f"+env_kwargs.time_limit={args.time_limit}", f"beta={0.3 * 0.5 ** (k - 1)}"]))["round 1"])
         agent, wm_run = Path(result["agent"]), Path(result["world_model"])
         score(f"+ {k} corrective round{'s' if k > 1 else ''}", load_controller(agent))
-    return {"demo_success": demo_rate, "rows": rows, "seconds": times}
+    beats = wm_eval.get("beats_copy_last_at_every_horizon")
+    return {"demo_success": demo_rate, "rows": rows, "seconds": times, "wm_beats_copy_last": beats}
 
 
 def table(results: dict) -> str:
     lines = []
-    for task, r in results["tasks"].items():
+    for task, r in sorted(results["tasks"].items()):
         base = r["rows"]["bc on world-model features"]["success_rate"]
         lines += [f"arm/{task} (demos at skill {results['args']['skill']}: "
                   f"{100 * r['demo_success']:.0f}% success)",
@@ -114,7 +124,10 @@ def main() -> None:
     p.add_argument("--skill", type=float, default=0.5)
     p.add_argument("--demos", type=int, default=60)
     p.add_argument("--time-limit", type=int, default=60)
+    p.add_argument("--demos-seed", type=int, default=0)
     p.add_argument("--wm-steps", type=int, default=0, help="0: the preset's steps")
+    p.add_argument("--wm-minutes", type=float, default=20.0, help="wall-clock cap on the world model (0: none)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--bc-steps", type=int, default=1500)
     p.add_argument("--rl-steps", type=int, default=300)
     p.add_argument("--round-episodes", type=int, default=30)
@@ -123,19 +136,40 @@ def main() -> None:
     p.add_argument("--eval-episodes", type=int, default=40)
     p.add_argument("--out", default="runs/bench_agent")
     p.add_argument("--quick", action="store_true", help="tiny preset, a few steps: checks the harness only")
+    p.add_argument("--merge", action="store_true", help="merge results/agent/<task>.json into agent.json")
     args = p.parse_args()
+    if args.merge:
+        return merge()
     if args.quick:
         args.preset, args.demos, args.wm_steps, args.bc_steps, args.rl_steps = "tiny", 4, 5, 5, 3
         args.round_episodes, args.round_wm_steps, args.round_rl_steps, args.eval_episodes = 2, 2, 2, 2
         args.time_limit = 20
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     results = {"args": vars(args), "tasks": {}}
     for task in args.tasks:
         results["tasks"][task] = run_task(task, args, Path(args.out) / task)
+        if not args.quick:  # each task is kept the moment it is done
+            (RESULTS / "agent").mkdir(parents=True, exist_ok=True)
+            (RESULTS / "agent" / f"{task}.json").write_text(
+                json.dumps({"args": vars(args), "task": results["tasks"][task]}, indent=1))
     print(table(results))
     if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "agent.json").write_text(json.dumps(results, indent=1))
-        print(f"wrote {RESULTS / 'agent.json'}")
+        merge()
+
+
+def merge() -> None:
+    parts = sorted((RESULTS / "agent").glob("*.json"))
+    if not parts:
+        raise SystemExit(f"nothing to merge: no {RESULTS / 'agent'}/<task>.json; run a task first")
+    loaded = [json.loads(p.read_text()) for p in parts]
+    results = {"args": loaded[0]["args"], "tasks": {p.stem: r["task"] for p, r in zip(parts, loaded)}}
+    text = table(results)
+    (RESULTS / "agent.json").write_text(json.dumps(results, indent=1))
+    (RESULTS / "agent.md").write_text("```\n" + text + "\n```\n")
+    print(text)
+    print(f"wrote {RESULTS / 'agent.json'} and agent.md")
 
 
 if __name__ == "__main__":
