@@ -229,7 +229,7 @@ def write_report(run: Run, final: dict, deployed: list[dict]) -> Path:
         lines.append(f"| final agent, {suite} | {s['episodes']} | {100 * s['success_rate']:.1f}% | "
                      f"[{100 * s['ci95'][0]:.0f}, {100 * s['ci95'][1]:.0f}] |")
     wm = run.results.get("wm_eval", {})
-    if wm:
+    if wm and "per_horizon" in wm:  # a tokenizer-only shortcut run has reconstruction figures only
         ph = wm["per_horizon"]
         lines += ["", f"## World model (open loop, {'held-out' if wm['split'] == 'holdout' else 'all'} episodes)", "",
                   f"Beats copy-last-frame at every horizon 1..{wm['horizon']}: "
@@ -237,6 +237,9 @@ def write_report(run: Run, final: dict, deployed: list[dict]) -> Path:
                   f"{ph['mse/model'][0]:.4f} / {ph['mse/model'][-1]:.4f} (copy-last "
                   f"{ph['mse/copy_last'][0]:.4f} / {ph['mse/copy_last'][-1]:.4f}).", "",
                   "![real vs imagined](wm_real_vs_imagined.gif)"]
+        if "tokenizer" in wm:
+            lines[-1:-1] = [f"Tokenizer reconstruction: MSE {wm['tokenizer']['mse']:.4f}, "
+                            f"PSNR {wm['tokenizer']['psnr']:.2f} dB.", ""]
     lines += ["", "## Deployment (torch-free runtime, virtual serial robot)", "",
               "| instruction | success | steps | achieved Hz | deadline misses |", "|---|---|---|---|---|"]
     for d in deployed:
