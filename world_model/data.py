@@ -4,7 +4,8 @@ Windows (T rows of one episode, numpy) come from reverie.datasets.sampler.Window
 turns a list of them into the batch contract of world_model/backend.py on the training device:
 images uint8 -> float in [0, 1] (resized to the preset's square size when the store differs),
 instruction strings -> 384-d embeddings with reverie.language.embed (cached per unique string), and,
-for Dynalang, one language token per step.
+for Dynalang, one language token per step, and with `describe` the sentence embedding of each row's
+narration (datasets/narration.py) as the description head's target.
 
 Held-out episodes: the last `ceil(holdout * N)` episodes of each store (none when a store has only
 one episode) are excluded from training; evaluation uses exactly those.
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from reverie.datasets import narration
 from reverie.errors import ConfigError
 from reverie.world_model.backend import DataSpec
 
@@ -119,8 +121,10 @@ def make_spec(stores: list, image_key: str, image_size: int, dynalang: bool) -> 
 
 
 def collate(windows: list[dict], image_key: str, image_size: int, language: Language,
-            dynalang: bool, device: torch.device) -> dict[str, Tensor]:
-    """Sampler windows (each key (T, ...)) -> the batch contract on `device`."""
+            dynalang: bool, device: torch.device, narrations: list[list[str]] | None = None) -> dict[str, Tensor]:
+    """Sampler windows (each key (T, ...)) -> the batch contract on `device`. With `narrations` (each
+    store's sentence table) the windows' `narration` indices become `describe_target` (B, T, 384) and
+    `describe_mask` (B, T), False on rows that were not narrated."""
     batch: dict[str, Tensor] = {}
     image = torch.from_numpy(np.stack([w[image_key] for w in windows])).to(device)  # (B, T, h, w, 3) u8
     image = image.float() / 255.0
@@ -143,6 +147,13 @@ def collate(windows: list[dict], image_key: str, image_size: int, language: Lang
             start = int(w.get("start", 0))  # windows without a start index stream from their first row
             tokens.append(table[(start + np.arange(t)) % len(table)])
         batch["lang_token"] = torch.from_numpy(np.stack(tokens)).to(device)      # (B, T, D)
+    if narrations is not None:
+        said = [narration.texts(narrations[int(w["store"])], w[narration.KEY]) for w in windows]
+        mask = np.array([[s is not None for s in row] for row in said])           # (B, T)
+        flat = [s if s is not None else "" for row in said for s in row]
+        target = language.embed(flat).reshape(*mask.shape, -1) * mask[..., None]  # (B, T, 384)
+        batch["describe_target"] = torch.from_numpy(target.astype(np.float32)).to(device)
+        batch["describe_mask"] = torch.from_numpy(mask).to(device)
     return batch
 
 
@@ -171,6 +182,15 @@ class TrainData:
         self.held = {(s, e) for s, store in enumerate(self.stores)
                      for e in split_episodes(store.num_episodes, float(cfg.holdout))[1]}
         self.keys = [self.image_key, *ROW_KEYS]
+        self.narrations = None  # each store's sentence table when the model learns to describe steps
+        if bool(mcfg.get("describe", False)):
+            bare = [p for p, st in zip(self.paths, self.stores) if narration.KEY not in st.schema]
+            if bare:
+                raise ConfigError(f"world_model.describe=true needs per-step narration, and {bare} have none: "
+                                  "train on stores recorded by `reverie sim demos` (they narrate each step) "
+                                  "or set world_model.describe=false")
+            self.narrations = [narration.vocabulary(st) for st in self.stores]
+            self.keys.append(narration.KEY)
         self.weights = _plain(cfg.get("weights"))
         self.seed, self.rank, self.workers = int(cfg.seed), rank, int(cfg.workers)
         self.sampler = WindowSampler(self.stores, self.length, self.keys, self.weights,
@@ -195,7 +215,8 @@ class TrainData:
             w = self._draw()
             if (w["store"], w["episode"]) not in self.held:
                 windows.append(w)
-        return collate(windows, self.image_key, self.image_size, self.language, self.dynalang, self.device)
+        return collate(windows, self.image_key, self.image_size, self.language, self.dynalang, self.device,
+                       self.narrations)
 
     def start_stream(self, step: int = 0) -> None:
         """With workers > 0: (re)start the DataLoader stream, seeded by (seed, rank, step)."""

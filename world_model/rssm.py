@@ -17,6 +17,12 @@ zero command. Actions are scaled by a / max(1, |a|) as in DreamerV3.
 The instruction embedding (384-d) is an input of every GRU step, so prior and posterior are both
 conditioned on the task. With `dynalang: true`, the batch carries one language token per step
 (`lang_token`, B x T x D): the posterior reads it and a head reconstructs it from the features.
+
+With `describe: true` a description head maps the feature of o_t to the sentence embedding of the
+step's narration (what happened on arriving at o_t; batch `describe_target` / `describe_mask`),
+trained with the cosine distance on narrated rows only. `describe(feat)` then turns imagined features
+into unit 384-d embeddings in the instruction encoder's space: DLLM's intrinsic reward compares them
+with the goal (policy/dllm.py). The head reads the features only, so the dynamics are unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reverie.errors import ConfigError
 from reverie.world_model.backend import DataSpec, Policy, State, WorldModel, register
 from reverie.world_model.networks import (MLP, BlockGRU, ConvDecoder, ConvEncoder, TwoHot, symexp,
                                           symlog)
@@ -40,6 +47,7 @@ class RSSM(WorldModel):
         self.scales = dict(c.loss_scales)
         self.use_instruction = bool(c.instruction)
         self.dynalang = bool(c.dynalang)
+        self.describes = bool(c.get("describe", False))  # configs from before the head lack the key
         if self.dynalang and spec.lang_dim <= 0:
             raise ValueError("dynalang needs language tokens: DataSpec.lang_dim must be > 0")
         size, (h, w, _) = c.image_size, spec.image_shape
@@ -68,6 +76,8 @@ class RSSM(WorldModel):
         self.cont_head = MLP(self.feat_dim, 1, c.units, c.layers)
         if self.dynalang:
             self.lang_dec = MLP(self.feat_dim, spec.lang_dim, c.units, c.layers)
+        if self.describes:
+            self.describe_head = MLP(self.feat_dim, spec.instruction_dim, c.units, c.layers)
 
     # ----- latent state -----------------------------------------------------------------------
     def initial(self, batch: int, instr: Tensor) -> State:
@@ -176,11 +186,16 @@ class RSSM(WorldModel):
             self.cont_head(feat).squeeze(-1).float(), cont_target, reduction="none")
         if self.dynalang:
             terms["lang"] = (self.lang_dec(feat).float() - batch["lang_token"]).square().sum(-1)
+        if self.describes and "describe_target" in batch:  # batches without narration skip the term
+            m = batch["describe_mask"].float()                             # (B, T)
+            cos = (self.describe(feat) * batch["describe_target"]).sum(-1)  # (B, T)
+            terms["describe"] = ((1 - cos) * m).sum() / m.sum().clamp(min=1.0)
         kl_dyn = _kl(post.detach(), prior)                                 # (B, T)
         kl_rep = _kl(post, prior.detach())
         terms["dyn"] = torch.clamp(kl_dyn, min=self.free_nats)
         terms["rep"] = torch.clamp(kl_rep, min=self.free_nats)
-        total = sum(self.scales[k] * v.mean() for k, v in terms.items())
+        # `describe` is scaled 1 unless loss_scales names it (older configs list only the other terms).
+        total = sum(self.scales.get(k, 1.0) * v.mean() for k, v in terms.items())
         with torch.no_grad():
             metrics = {f"loss/{k}": v.mean().item() for k, v in terms.items()}
             metrics |= {
@@ -222,6 +237,13 @@ class RSSM(WorldModel):
         feat = self.feat(state)                                              # (..., F)
         lead = feat.shape[:-1]
         return self.image_dec(feat.reshape(-1, feat.shape[-1])).reshape(*lead, *self.spec.image_shape)
+
+    def describe(self, feat: Tensor) -> Tensor:
+        """(..., F) features -> (..., 384) unit-norm embedding of the transition into that state."""
+        if not self.describes:
+            raise ConfigError("this RSSM has no description head: train it with world_model.describe=true "
+                              "on stores with narration (reverie sim demos records it)")
+        return F.normalize(self.describe_head(feat).float(), dim=-1)
 
     def decode_state(self, state: State) -> Tensor:
         """Predicted joint state (..., J) (optional extra used by evaluation)."""
