@@ -11,7 +11,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from reverie.world_model.backend import model_config
-from reverie.world_model.data import TrainData
+from reverie.world_model.data import TrainData, data_paths
 
 
 def labelled_episodes(stores) -> set[tuple[int, int]]:
@@ -30,7 +30,7 @@ class AgentData(TrainData):
     def __init__(self, cfg, wm_cfg, wm_info: dict, batch_size: int, seq_len: int):
         wm = model_config(wm_cfg)
         data_cfg = OmegaConf.create({
-            "data": list(cfg.data) if cfg.data else list(wm_info["stores"]),
+            "data": data_paths(cfg.data) if cfg.data else list(wm_info["stores"]),  # one path or a list
             "image_key": cfg.image_key or wm_info["image_key"], "holdout": float(cfg.holdout),
             "seed": int(cfg.seed), "workers": 0, "weights": None})
         sizes = OmegaConf.create({"image_size": int(wm.image_size), "dynalang": bool(wm.get("dynalang", False)),

@@ -5,7 +5,9 @@ stage=bc  behaviour cloning on world-model features: the frozen world model filt
 stage=rl  reinforcement learning purely in imagination (Dreamer 4): start from dataset contexts,
           roll the frozen world model forward with the actor, TD(lambda) returns from the agent's
           reward head and slow critic, PMPO on the sign of the advantage plus a reverse KL to the
-          frozen behaviour-cloning prior. No environment interaction.
+          frozen behaviour-cloning prior. No environment interaction. With rewards.dllm.enabled=true
+          the reward also holds DLLM's language-goal reward (policy/dllm.py): the world model
+          describes each imagined step, and reaching the instruction pays once, scaled by novelty.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from reverie.errors import ConfigError
 from reverie.policy import checkpoint
 from reverie.policy.agent import Agent
 from reverie.policy.data import AgentData
+from reverie.policy.dllm import DLLMReward
 from reverie.policy.pmpo import pmpo_loss
 from reverie.policy.returns import lambda_returns, trajectory_weights
 from reverie.world_model import checkpoint as wm_checkpoint
@@ -49,13 +52,20 @@ def bc_step(wm, agent: Agent, batch: dict, optimizer) -> dict[str, float]:
             "bc/grad_norm": float(grad.detach())}
 
 
-def rl_step(wm, agent: Agent, prior: Agent, batch: dict, actor_opt, value_opt, c) -> dict[str, float]:
+def rl_step(wm, agent: Agent, prior: Agent, batch: dict, actor_opt, value_opt, c,
+            dllm: DLLMReward | None = None) -> dict[str, float]:
     instr = batch["instruction_embedding"]                                 # (B, 384)
     with torch.no_grad():
         state, _ = wm.observe(batch)
         traj = wm.imagine(state, lambda f: agent.policy(f, instr).sample(), c.horizon)
         feat, action, cont = traj["feat"], traj["action"], traj["cont"]    # (B,H+1,F) (B,H,A) (B,H)
-        reward = agent.predict_reward(feat[:, 1:], instr)                  # (B, H)
+        reward = agent.predict_reward(feat[:, 1:], instr)                  # (B, H) extrinsic
+    metrics = {}
+    if dllm is not None:  # language-goal reward on top of the data's (all of it on unlabelled data)
+        intrinsic, metrics = dllm(feat[:, 1:], instr)                      # (B, H)
+        metrics["rl/extrinsic_reward"] = float(reward.mean())
+        reward = reward + intrinsic
+    with torch.no_grad():
         slow = agent.predict_value(feat, instr, slow=True)                 # (B, H+1)
         ret = lambda_returns(reward, cont, slow, c.gamma, c.lam)           # (B, H)
         weight = trajectory_weights(cont, c.gamma)                         # (B, H)
@@ -65,8 +75,9 @@ def rl_step(wm, agent: Agent, prior: Agent, batch: dict, actor_opt, value_opt, c
     advantage = ret - value.detach()
     dist = agent.policy(start, instr)
     kl = dist.kl(prior.policy(start, instr))                               # (B, H)
-    actor_loss, metrics = pmpo_loss(dist.log_prob(action).flatten(), advantage.flatten(),
-                                    kl.flatten(), weight.flatten(), c.alpha, c.beta)
+    actor_loss, pmpo_metrics = pmpo_loss(dist.log_prob(action).flatten(), advantage.flatten(),
+                                         kl.flatten(), weight.flatten(), c.alpha, c.beta)
+    metrics |= pmpo_metrics
     # Critic: two-hot regression to the returns, regularised toward the slow critic (DreamerV3).
     value_loss = (weight * (agent.twohot.loss(value_logits, ret)
                             + agent.twohot.loss(value_logits, slow[:, :-1]))).mean()
@@ -157,7 +168,8 @@ def _rl(cfg, wm, agent, init_info):
     prior.requires_grad_(False)
     actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=float(cfg.rl.lr), eps=1e-6)
     value_opt = torch.optim.Adam(agent.value.parameters(), lr=float(cfg.rl.value_lr), eps=1e-6)
-    return lambda batch: rl_step(wm, agent, prior, batch, actor_opt, value_opt, cfg.rl)
+    dllm = DLLMReward(wm, cfg.rewards.dllm) if cfg.rewards.dllm.enabled else None
+    return lambda batch: rl_step(wm, agent, prior, batch, actor_opt, value_opt, cfg.rl, dllm)
 
 
 STAGES = {"bc": _bc, "rl": _rl}
