@@ -102,6 +102,7 @@ def test_one_corrective_round_keeps_each_rounds_data(trained, tmp_path):
     store = EpisodeStore.open(tmp_path / "round_1" / "policy.zarr")
     assert store.num_episodes == 2
     assert {store.meta(i).source for i in range(2)} == {"policy"} and store.meta(0).round == 1
+    assert "narration" in store.schema  # the sim narrates deployed episodes too (DLLM)
     assert (tmp_path / "round_1" / "wm" / "checkpoint" / "model.safetensors").exists()
     assert json.loads((tmp_path / "round_1" / "agent" / "agent.json").read_text())["stage"] == "rl"
     assert rows["round 1"]["beta"] == pytest.approx(0.15)
