@@ -22,6 +22,11 @@ Optional, used by `reverie eval-wm` when a backend has them:
     can_imagine                    bool, default True; False while a staged backend has only trained
                                       its tokenizer (eval-wm then reports reconstruction only)
 
+Optional, used by DLLM rewards (`reverie train-agent stage=rl rewards.dllm.enabled=true`):
+    describes                      bool, default False; True when the backend has a description head
+    describe(feat)                 -> (..., 384) unit-norm sentence embedding of the transition into
+                                      the state with feature feat (..., F) (RSSM: world_model.describe)
+
 Batch contract (a dict of tensors, B batch, T time; row t is observation o_t):
     image                   uint8 or float (B, T, H, W, 3)  primary camera (config `image_key`)
     state                   float (B, T, J)                 joint radians, gripper in [0, 1]
@@ -31,6 +36,8 @@ Batch contract (a dict of tensors, B batch, T time; row t is observation o_t):
     is_first, is_last, is_terminal   bool (B, T)
     instruction_embedding   float (B, 384)                  reverie.language.embed(instruction)
     lang_token (optional)   float (B, T, D)                 one language token per step (Dynalang)
+    describe_target, describe_mask (optional)  float (B, T, 384), bool (B, T)   embedding of each row's
+                            narration, False where a row has none (world_model.describe)
 A model stepping into o_t uses a_{t-1}: the shift happens inside the model (zero and masked at
 is_first), so action-free rows train like any other row.
 
@@ -86,6 +93,7 @@ class WorldModel(nn.Module, abc.ABC):
 
     feat_dim: int
     can_imagine = True  # False: observe / imagine are untrained (see the module docstring)
+    describes = False   # True: `describe(feat)` exists (see the module docstring)
 
     def __init__(self, cfg: Any, spec: DataSpec):
         super().__init__()
