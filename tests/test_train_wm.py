@@ -79,6 +79,9 @@ def test_eval_writes_metrics_plot_and_gif(toy_store, tmp_path):
     for key in ("mse/model", "mse/copy_last", "psnr/model", "state_mse/model", "state_mse/zero_action"):
         assert len(results["per_horizon"][key]) == 6
     assert 0 <= results["cont_accuracy"] <= 1
+    follows = results["follows_actions"]
+    for key in ("direction_agreement_recorded", "direction_agreement_zero"):
+        assert 0.0 <= follows[key] <= 1.0
     out = tmp_path / "run" / "eval"
     for name in ("eval.json", "eval.png", "eval.gif"):
         assert (out / name).stat().st_size > 0

@@ -34,6 +34,7 @@ from reverie.world_model.data import (ROW_KEYS, Language, collate, data_paths, o
 from reverie.world_model.distributed import pick_device
 
 log = logging.getLogger(__name__)
+MOVED = 0.05  # rad: a joint displacement large enough that its direction is not noise
 
 
 def eval_windows(stores, holdout: float, split: str, length: int, count: int, action_rows: slice,
@@ -125,10 +126,19 @@ def evaluate(cfg) -> dict:
             add(f"psnr/{name}", _psnr(mse))
         if has_state:
             true_state = batch["state"][:, c:]                                       # (B, H, J)
+            last_state = batch["state"][:, c - 1:c]                                  # (B, 1, J)
+            # Direction: where a joint really moved (> MOVED from the context's last state), did the
+            # imagined joint move the same way? Counted per (window, horizon, joint).
+            true_delta = true_state - last_state
+            moved = true_delta.abs() > MOVED                                         # (B, H, J)
+            add("state_moved", moved.float().sum(-1))
             for name, s in (("model", model.decode_state(traj["state"])[:, 1:]),
                             ("zero_action", model.decode_state(zero["state"])[:, 1:]),
-                            ("copy_last", batch["state"][:, c - 1:c].expand_as(true_state))):
+                            ("copy_last", last_state.expand_as(true_state))):
                 add(f"state_mse/{name}", (s.float() - true_state).square().mean(-1))
+                if name != "copy_last":
+                    same_way = (s.float() - last_state).sign() == true_delta.sign()
+                    add(f"state_agree/{name}", (same_way & moved).float().sum(-1))
         reward = batch["reward"][:, c:]
         add("reward_abs_error", (traj["reward"].float() - reward).abs())
         add("reward_correct", ((traj["reward"].float() - reward).abs() < 0.1).float())
@@ -165,6 +175,10 @@ def evaluate(cfg) -> dict:
     return results
 
 
+def _ratio(hits: list, total: list) -> float:
+    return float(np.sum(hits) / max(np.sum(total), 1e-12))
+
+
 def _psnr(mse: torch.Tensor) -> torch.Tensor:
     """PSNR (dB) of images in [0, 1] from their MSE."""
     return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
@@ -194,6 +208,9 @@ def _open_loop_results(per_h: dict, has_state: bool) -> dict:
             "state_mse_copy_last": float(np.mean(per_h["state_mse/copy_last"])),
             "ratio_zero_over_recorded": float(s_zero.mean() / max(s_model.mean(), 1e-12)),
             "recorded_better_at_every_horizon": bool((s_model < s_zero).all()),
+            "moved_threshold": MOVED,
+            "direction_agreement_recorded": _ratio(per_h["state_agree/model"], per_h["state_moved"]),
+            "direction_agreement_zero": _ratio(per_h["state_agree/zero_action"], per_h["state_moved"]),
         }
     return results
 
@@ -270,6 +287,9 @@ def table(results: dict) -> str:
         rows.append(f"  joint state MSE recorded {f['state_mse_recorded_actions']:.5f} vs zero actions "
                     f"{f['state_mse_zero_actions']:.5f} (x{f['ratio_zero_over_recorded']:.2f}, better at every "
                     f"horizon: {f['recorded_better_at_every_horizon']}), copy-last {f['state_mse_copy_last']:.5f}")
+        rows.append(f"  joints that moved > {f['moved_threshold']} rad moved the same way in imagination: "
+                    f"{100 * f['direction_agreement_recorded']:.1f}% under the recorded actions, "
+                    f"{100 * f['direction_agreement_zero']:.1f}% under zero actions")
     if tok:
         rows.append(tok_line)
     return "\n".join(rows)
