@@ -1,7 +1,9 @@
 """Agent checkpoints: `agent.safetensors` (weights) + `agent.json` (sizes, world model, stage, step).
 
-Like world-model checkpoints, loading never unpickles. An agent records the world-model run it was
-trained on, so `reverie eval policy=AGENT` and `reverie export policy=AGENT` need nothing else.
+Like world-model checkpoints, loading never unpickles. Tensors are written from CPU copies, so an
+agent trained on a GPU loads on any device (`load(path, device)`). An agent records the world-model
+run it was trained on, so `reverie eval policy=AGENT` and `reverie export policy=AGENT` need nothing
+else.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from reverie.errors import ConfigError
@@ -24,7 +27,7 @@ def save_module(out: Path, module, weights: str, info_name: str, info: dict) -> 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp / weights)
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, tmp / weights)
     (tmp / info_name).write_text(json.dumps(info, indent=1))
     if out.exists():
         shutil.rmtree(out)
@@ -45,9 +48,9 @@ def find(path: str | Path) -> Path:
                       "(written by `reverie train-agent`)")
 
 
-def load(path: str | Path) -> tuple[Agent, dict]:
+def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[Agent, dict]:
     path = find(path)
     info = json.loads((path / "agent.json").read_text())
     agent = Agent(**{k: info["sizes"][k] for k in SIZE_KEYS})
     agent.load_state_dict(load_file(path / "agent.safetensors"))
-    return agent.eval(), info
+    return agent.to(device).eval(), info

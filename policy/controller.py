@@ -3,7 +3,8 @@
 `AgentController` runs an agent on a world model online: each observation is filtered into the
 model's latent state (`observe` over one row, continuing from the carried state with the previous
 action), and the actor acts on the resulting feature. This is exactly what the exported ONNX policy
-computes, one step at a time.
+computes, one step at a time. It runs on the world model's device: observations go there, actions
+come back as numpy.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ ROW_DEFAULTS = {"reward": np.float32(0.0), "is_last": np.bool_(False), "is_termi
 class AgentController:
     def __init__(self, wm, agent: Agent, image_key: str, image_size: int, deterministic: bool = True,
                  language: Language | None = None, seed: int = 0):
-        self.wm, self.agent = wm.eval(), agent.eval()
+        self.wm, self.agent = wm.eval(), agent.to(wm.device).eval()  # one device for both
         self.image_key, self.image_size = image_key, image_size
         self.deterministic = deterministic
         self.language = language or Language()
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(wm.device).manual_seed(seed)  # sampling draws on the device
         self.instruction = ""
         self.state = None
         self.prev_action = None
@@ -48,7 +49,7 @@ class AgentController:
         batch = collate([row], self.image_key, self.image_size, self.language, False, self.wm.device)
         if self.prev_action is not None:
             batch["prev_action"] = self.prev_action                             # (1, A)
-            batch["prev_action_mask"] = torch.ones(1, dtype=torch.bool)
+            batch["prev_action_mask"] = torch.ones(1, dtype=torch.bool, device=self.wm.device)
         return batch
 
     @torch.no_grad()

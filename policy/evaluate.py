@@ -143,7 +143,7 @@ def main(argv: list[str]) -> int:
         print(show(compose("eval", ["policy=AGENT"])))
         return 0
     cfg = compose("eval", overrides)
-    controller = load_controller(cfg.policy)
+    controller = load_controller(cfg.policy, cfg.device)
     out = Path(cfg.out)
     report = evaluate(controller, cfg.env, int(cfg.episodes), list(cfg.suites), int(cfg.seed),
                       dict(cfg.env_kwargs or {}), int(cfg.videos), out, bool(cfg.progress))

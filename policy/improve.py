@@ -6,7 +6,8 @@ Corrective data rounds (Dreamer 4): each round k
   2. fine-tunes the world model on all data so far (the demos plus every round's episodes);
   3. continues imagination RL from the current agent with a weaker prior (beta * prior_decay^k);
   4. evaluates, and appends a row to the per-round table (improve.md / improve.json / improve.png).
-Every round's store, world model and agent are kept under `out/round_<k>/`.
+Every round's store, world model and agent are kept under `out/round_<k>/`. `device=` applies to
+every stage: the deployed and evaluated controllers, the fine-tune and the RL.
 On a real robot, an operator takes over with teleop during step 1 and those segments are recorded
 as source=correction by `reverie record`/`reverie deploy record=...`; this command drives the sim.
 """
@@ -77,16 +78,17 @@ def improve(cfg) -> dict:
     env_kwargs = OmegaConf.to_container(cfg.env_kwargs) if cfg.env_kwargs else {}
     rows = {}
     if cfg.eval_start:
-        rows["round 0"] = evaluate(load_controller(agent_dir), cfg.env, int(cfg.eval_episodes),
-                                   list(cfg.suites), env_kwargs=env_kwargs, progress=cfg.progress)
+        rows["round 0"] = evaluate(load_controller(agent_dir, cfg.device), cfg.env,
+                                   int(cfg.eval_episodes), list(cfg.suites), env_kwargs=env_kwargs,
+                                   progress=cfg.progress)
     for k in range(1, int(cfg.rounds) + 1):
         rdir = out / f"round_{k}"
         # 1. deploy and record
         store_path = rdir / "policy.zarr"
         if store_path.exists():
             raise ConfigError(f"{store_path} exists: each round writes a new store; pass a new out=")
-        deployed = record_rollouts(load_controller(agent_dir), cfg.env, int(cfg.episodes), store_path, k,
-                                   seed=int(cfg.seed) + 1000 * k, env_kwargs=env_kwargs,
+        deployed = record_rollouts(load_controller(agent_dir, cfg.device), cfg.env, int(cfg.episodes),
+                                   store_path, k, seed=int(cfg.seed) + 1000 * k, env_kwargs=env_kwargs,
                                    progress=cfg.progress)
         stores.append(str(store_path))
         # 2. fine-tune the world model on everything
@@ -94,7 +96,7 @@ def improve(cfg) -> dict:
         # The saved, resolved training config keeps backend and size preset; only data and run change.
         ft_cfg = OmegaConf.merge(wm_cfg, {"data": list(stores), "out": str(rdir / "wm"), "resume": wm_run,
                                           "steps": prev_step + int(cfg.wm_steps), "seed": int(cfg.seed) + k,
-                                          "progress": bool(cfg.progress)})
+                                          "progress": bool(cfg.progress), "device": str(cfg.device)})
         Trainer(ft_cfg).run()
         wm_run = str(rdir / "wm")
         # 3. more imagination RL with a weaker prior
@@ -102,11 +104,11 @@ def improve(cfg) -> dict:
         rl_overrides = ["stage=rl", f"wm={wm_run}", f"init={agent_dir}", f"prior={prior}",
                         f"data=[{','.join(repr(s) for s in stores)}]", f"out={rdir}",
                         f"steps={int(cfg.rl_steps)}", f"rl.beta={beta}", f"seed={int(cfg.seed) + k}",
-                        f"progress={cfg.progress}"]
+                        f"progress={cfg.progress}", f"device={cfg.device}"]
         agent_dir = str(agent_train.train(compose("train_agent", rl_overrides)))
         # 4. evaluate
-        report = evaluate(load_controller(agent_dir), cfg.env, int(cfg.eval_episodes), list(cfg.suites),
-                          env_kwargs=env_kwargs, progress=cfg.progress)
+        report = evaluate(load_controller(agent_dir, cfg.device), cfg.env, int(cfg.eval_episodes),
+                          list(cfg.suites), env_kwargs=env_kwargs, progress=cfg.progress)
         rows[f"round {k}"] = report | {"deployed": deployed, "beta": beta, "agent": agent_dir,
                                        "world_model": wm_run, "store": str(store_path)}
         _write_table(rows, out)

@@ -39,15 +39,22 @@ def barrier() -> None:
 
 
 def pick_device(name: str) -> torch.device:
+    """auto | cpu | cuda (this rank's GPU under torchrun: cuda:$LOCAL_RANK) | cuda:N."""
+    name = str(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device=cuda but no CUDA GPU is visible; use device=cpu or device=auto")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if name != "cpu":
-        raise ConfigError(f"device={name!r}: choose auto, cpu or cuda")
-    return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    kind, _, index = name.partition(":")
+    if kind != "cuda" or not (index == "" or index.isdigit()):
+        raise ConfigError(f"device={name!r}: choose auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is visible; use device=cpu or device=auto")
+    index = int(index) if index else int(os.environ.get("LOCAL_RANK", 0))
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name}: only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+                          "(cuda:0 ...); pick one of them or use device=auto")
+    return torch.device("cuda", index)
 
 
 def setup(device_name: str) -> torch.device:
