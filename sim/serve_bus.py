@@ -9,9 +9,9 @@ A pty has no baud rate, so a client opened at the "wrong" baud still talks to it
 emulates the timing of `baudrate` instead. Options: reverie/conf/serve_bus.yaml.
 
 With `instruction="touch the red cube"` the server also scores that task from privileged sim state,
-as the sim env does, at `score_hz`, and keeps `<link>.status` (JSON: instruction, success, time of
-success) current, so a client that only speaks the servo protocol, such as the torch-free runtime,
-can report whether the episode succeeded.
+as the sim env does, at `score_hz`, and keeps `<link>.status` (JSON: instruction, success, and the
+time of the latest onset of success) current, so a client that only speaks the servo protocol, such
+as the torch-free runtime or the robot env, can report whether an episode succeeded.
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ class Scorer:
     def __init__(self, instruction: str, tracker, path: Path, hz: float):
         self.instruction, self.tracker, self.path, self.period = instruction, tracker, path, 1.0 / hz
         self.next, self.success_at, self.started = 0.0, None, time.time()
+        self.succeeding = False
         self.write()
 
     @classmethod
@@ -139,9 +140,14 @@ class Scorer:
         if now < self.next:
             return
         self.next = now + self.period
-        if self.tracker.success() and self.success_at is None:
+        succeeding = self.tracker.success()
+        # `success` stays True once reached; `success_time` is the latest onset, so a client that
+        # runs several episodes (robot_io/robot_env.py) counts a success only if it began after its
+        # episode started.
+        if succeeding and not self.succeeding:
             self.success_at = time.time()
             self.write()
+        self.succeeding = succeeding
 
     def write(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")

@@ -49,3 +49,27 @@ def test_serve_bus_publishes_status_and_refuses_unknown_instructions(tmp_path):
     bad = subprocess.run([exe, "sim", "serve-bus", f"link={tmp_path / 'b'}", "camera_fps=0",
                           "instruction=dance a jig"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not one the sim arm understands" in bad.stderr
+
+
+class Blink:
+    """Succeeds, stops, succeeds again: two touches in two episodes."""
+
+    def __init__(self, pattern):
+        self.pattern = list(pattern)
+
+    def success(self):
+        return self.pattern.pop(0)
+
+
+def test_status_keeps_the_latest_onset_of_success(tmp_path):
+    status = tmp_path / "arm.status"
+    scorer = Scorer("touch the red cube", Blink([True, True, False, True]), status, hz=10.0)
+    scorer.update(0.0)
+    first = json.loads(status.read_text())["success_time"]
+    scorer.update(0.1)  # still succeeding: the same onset
+    assert json.loads(status.read_text())["success_time"] == first
+    scorer.update(0.2)
+    time.sleep(0.01)
+    scorer.update(0.3)  # a new onset, which a later episode may count
+    record = json.loads(status.read_text())
+    assert record["success"] is True and record["success_time"] > first
