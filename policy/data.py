@@ -8,6 +8,7 @@ success labels alone are enough for imagination RL. Episodes with recorded rewar
 from __future__ import annotations
 
 import numpy as np
+import torch
 from omegaconf import OmegaConf
 
 from reverie.world_model.backend import model_config
@@ -27,7 +28,8 @@ def labelled_episodes(stores) -> set[tuple[int, int]]:
 class AgentData(TrainData):
     """Windows from the agent's stores (default: the world model's) at the world model's resolution."""
 
-    def __init__(self, cfg, wm_cfg, wm_info: dict, batch_size: int, seq_len: int):
+    def __init__(self, cfg, wm_cfg, wm_info: dict, batch_size: int, seq_len: int,
+                 device: torch.device | str = "cpu"):
         wm = model_config(wm_cfg)
         data_cfg = OmegaConf.create({
             "data": data_paths(cfg.data) if cfg.data else list(wm_info["stores"]),  # one path or a list
@@ -35,7 +37,7 @@ class AgentData(TrainData):
             "seed": int(cfg.seed), "workers": 0, "weights": None})
         sizes = OmegaConf.create({"image_size": int(wm.image_size), "dynalang": bool(wm.get("dynalang", False)),
                                   "batch_size": batch_size, "seq_len": seq_len})
-        super().__init__(data_cfg, sizes)
+        super().__init__(data_cfg, sizes, device=device)  # batches arrive on the training device
         self.labelled = labelled_episodes(self.stores)
         self.success_reward = float(cfg.rewards.success_reward)
 

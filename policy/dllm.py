@@ -60,20 +60,20 @@ class RND(nn.Module):
     def novelty(self, goal: Tensor) -> Tensor:
         """(B, D) -> (B,) error / running mean error (1 for a goal as familiar as the average)."""
         err = self.error(goal)
-        mean = self.mean_error if self.count > 0 else err.mean()
+        mean = torch.where(self.count > 0, self.mean_error, err.mean())  # a tensor test: no GPU sync
         return err / mean.clamp(min=1e-8)
 
-    def update(self, goal: Tensor) -> float:
+    def update(self, goal: Tensor) -> Tensor:
         """One predictor step on these goals (they become more familiar); updates the running mean."""
         loss = self.error(goal.detach())                       # (B,)
         with torch.no_grad():
-            m = self.momentum if self.count > 0 else 0.0     # the first batch sets the scale
+            m = (self.count > 0).float() * self.momentum      # 0 on the first batch: it sets the scale
             self.mean_error.mul_(m).add_((1 - m) * loss.mean())
             self.count += 1
         self.opt.zero_grad(set_to_none=True)
         loss.mean().backward()
         self.opt.step()
-        return float(loss.mean().detach())
+        return loss.mean().detach()
 
 
 class DLLMReward:
@@ -89,13 +89,13 @@ class DLLMReward:
         self.wm, self.threshold, self.scale = wm, float(cfg.threshold), float(cfg.scale)
         self.rnd = RND(wm.spec.instruction_dim, lr=float(cfg.rnd_lr)).to(wm.device)
 
-    def __call__(self, feat: Tensor, goal: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def __call__(self, feat: Tensor, goal: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Imagined features (B, H, F) after each step, goals (B, D) -> reward (B, H), metrics."""
         with torch.no_grad():
             hit, sim = goal_reward(goal, self.wm.describe(feat), self.threshold)  # (B, H) each
             novelty = self.rnd.novelty(goal)                                     # (B,)
             reward = self.scale * novelty[:, None] * hit
         rnd_loss = self.rnd.update(goal)  # after the reward: a goal's own batch does not make it stale
-        return reward, {"rl/intrinsic_reward": float(reward.mean()), "dllm/similarity": float(sim.mean()),
-                        "dllm/hit_rate": float((sim > self.threshold).any(1).float().mean()),
-                        "dllm/novelty": float(novelty.mean()), "dllm/rnd_loss": rnd_loss}
+        return reward, {"rl/intrinsic_reward": reward.mean(), "dllm/similarity": sim.mean(),
+                        "dllm/hit_rate": (sim > self.threshold).any(1).float().mean(),
+                        "dllm/novelty": novelty.mean(), "dllm/rnd_loss": rnd_loss}

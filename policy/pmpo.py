@@ -15,7 +15,7 @@ from torch import Tensor
 
 
 def pmpo_loss(log_prob: Tensor, advantage: Tensor, kl_to_prior: Tensor, weight: Tensor | None = None,
-              alpha: float = 0.5, beta: float = 0.3) -> tuple[Tensor, dict[str, float]]:
+              alpha: float = 0.5, beta: float = 0.3) -> tuple[Tensor, dict[str, Tensor]]:
     """All inputs (N,) flattened over batch and time; `weight` masks states past imagined episode ends."""
     weight = torch.ones_like(log_prob) if weight is None else weight.detach()
     advantage = advantage.detach()
@@ -25,9 +25,9 @@ def pmpo_loss(log_prob: Tensor, advantage: Tensor, kl_to_prior: Tensor, weight: 
     neg_term = (neg * log_prob).sum() / neg.sum().clamp(min=1.0)
     kl_term = (weight * kl_to_prior).sum() / weight.sum().clamp(min=1.0)
     loss = alpha * pos_term + (1 - alpha) * neg_term + beta * kl_term
-    metrics = {
-        "pmpo/positive_fraction": float((pos > 0).float().mean()),
-        "pmpo/pos_logp": float(-pos_term.detach()), "pmpo/neg_logp": float(neg_term.detach()),
-        "pmpo/kl_prior": float(kl_term.detach()),
+    metrics = {  # tensors: the caller reads them back only when it logs (no GPU sync per step)
+        "pmpo/positive_fraction": (pos > 0).float().mean(),
+        "pmpo/pos_logp": -pos_term.detach(), "pmpo/neg_logp": neg_term.detach(),
+        "pmpo/kl_prior": kl_term.detach(),
     }
     return loss, metrics

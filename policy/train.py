@@ -8,10 +8,16 @@ stage=rl  reinforcement learning purely in imagination (Dreamer 4): start from d
           frozen behaviour-cloning prior. No environment interaction. With rewards.dllm.enabled=true
           the reward also holds DLLM's language-goal reward (policy/dllm.py): the world model
           describes each imagined step, and reaching the instruction pays once, scaled by novelty.
+
+device=auto|cpu|cuda|cuda:N puts the world model, agent, prior and batches on one device. As in
+train-wm, precision=auto runs the frozen world model's passes (observe, imagine) under bf16 autocast
+on GPU; their features are cast back to float32, so the heads' losses and the return math stay fp32.
+Step functions return metrics as tensors: they are read back (a GPU sync) only every log_every steps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -28,13 +34,16 @@ from reverie.policy.dllm import DLLMReward
 from reverie.policy.pmpo import pmpo_loss
 from reverie.policy.returns import lambda_returns, trajectory_weights
 from reverie.world_model import checkpoint as wm_checkpoint
+from reverie.world_model import distributed
 
 log = logging.getLogger(__name__)
 
 
-def bc_step(wm, agent: Agent, batch: dict, optimizer) -> dict[str, float]:
-    with torch.no_grad():
-        _, feat = wm.observe(batch)                                        # (B, T, F)
+def bc_step(wm, agent: Agent, batch: dict, optimizer,
+            amp=contextlib.nullcontext) -> dict[str, torch.Tensor]:
+    with torch.no_grad(), amp():
+        _, feat = wm.observe(batch)
+    feat = feat.float()                                                    # (B, T, F)
     instr = batch["instruction_embedding"]                                 # (B, 384)
     mask = batch["action_mask"].float()                                    # (B, T)
     logp = agent.policy(feat, instr).log_prob(batch["action"])             # (B, T)
@@ -47,23 +56,24 @@ def bc_step(wm, agent: Agent, batch: dict, optimizer) -> dict[str, float]:
     optimizer.step()
     with torch.no_grad():
         mode_err = (agent.policy(feat, instr).mode() - batch["action"]).abs().mean(-1)
-        mae = float((mode_err * mask).sum() / mask.sum().clamp(min=1.0))
-    return {"bc/nll": float(bc.detach()), "bc/action_mae": mae, "bc/reward_loss": float(reward.detach()),
-            "bc/grad_norm": float(grad.detach())}
+        mae = (mode_err * mask).sum() / mask.sum().clamp(min=1.0)
+    return {"bc/nll": bc.detach(), "bc/action_mae": mae, "bc/reward_loss": reward.detach(),
+            "bc/grad_norm": grad.detach()}
 
 
 def rl_step(wm, agent: Agent, prior: Agent, batch: dict, actor_opt, value_opt, c,
-            dllm: DLLMReward | None = None) -> dict[str, float]:
+            dllm: DLLMReward | None = None, amp=contextlib.nullcontext) -> dict[str, torch.Tensor]:
     instr = batch["instruction_embedding"]                                 # (B, 384)
     with torch.no_grad():
-        state, _ = wm.observe(batch)
-        traj = wm.imagine(state, lambda f: agent.policy(f, instr).sample(), c.horizon)
-        feat, action, cont = traj["feat"], traj["action"], traj["cont"]    # (B,H+1,F) (B,H,A) (B,H)
+        with amp():  # the frozen world model's passes; the actor samples inside imagine
+            state, _ = wm.observe(batch)
+            traj = wm.imagine(state, lambda f: agent.policy(f, instr).sample(), c.horizon)
+        feat, action, cont = (traj[k].float() for k in ("feat", "action", "cont"))  # (B,H+1,F) (B,H,A) (B,H)
         reward = agent.predict_reward(feat[:, 1:], instr)                  # (B, H) extrinsic
     metrics = {}
     if dllm is not None:  # language-goal reward on top of the data's (all of it on unlabelled data)
         intrinsic, metrics = dllm(feat[:, 1:], instr)                      # (B, H)
-        metrics["rl/extrinsic_reward"] = float(reward.mean())
+        metrics["rl/extrinsic_reward"] = reward.mean()
         reward = reward + intrinsic
     with torch.no_grad():
         slow = agent.predict_value(feat, instr, slow=True)                 # (B, H+1)
@@ -89,10 +99,10 @@ def rl_step(wm, agent: Agent, prior: Agent, batch: dict, actor_opt, value_opt, c
     actor_opt.step()
     value_opt.step()
     agent.update_slow_value(c.slow_rate)
-    metrics |= {"rl/return": float(ret.mean()), "rl/reward": float(reward.mean()),
-                "rl/value": float(value.detach().mean()), "rl/advantage_abs": float(advantage.detach().abs().mean()),
-                "rl/cont": float(cont.mean()), "rl/entropy": float(dist.entropy().detach().mean()),
-                "rl/actor_loss": float(actor_loss.detach()), "rl/value_loss": float(value_loss.detach())}
+    metrics |= {"rl/return": ret.mean(), "rl/reward": reward.mean(), "rl/value": value.detach().mean(),
+                "rl/advantage_abs": advantage.detach().abs().mean(), "rl/cont": cont.mean(),
+                "rl/entropy": dist.entropy().detach().mean(), "rl/actor_loss": actor_loss.detach(),
+                "rl/value_loss": value_loss.detach()}
     return metrics
 
 
@@ -100,16 +110,17 @@ def train(cfg) -> Path:
     torch.manual_seed(int(cfg.seed))
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    wm, wm_cfg, wm_info = wm_checkpoint.load_model(cfg.wm)
+    device = distributed.pick_device(cfg.device)
+    wm, wm_cfg, wm_info = wm_checkpoint.load_model(cfg.wm, device)
     wm.requires_grad_(False)
     stage = str(cfg.stage)
     if stage not in STAGES:
         raise ConfigError(f"stage={stage!r}: choose one of {sorted(STAGES)}")
     sc = cfg[stage]
     data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size),
-                     seq_len=int(sc.seq_len if stage == "bc" else sc.context))
+                     seq_len=int(sc.seq_len if stage == "bc" else sc.context), device=device)
     if cfg.init:
-        agent, init_info = checkpoint.load(cfg.init)
+        agent, init_info = checkpoint.load(cfg.init, device)
         if agent.feat_dim != wm.feat_dim:
             raise ConfigError(f"init={cfg.init} was trained on features of size {agent.feat_dim}, "
                               f"the world model {cfg.wm} has {wm.feat_dim}; use a matching agent")
@@ -118,7 +129,7 @@ def train(cfg) -> Path:
             raise ConfigError("stage=rl needs init=<behaviour-cloning agent> (its frozen copy is the prior); "
                               "run `reverie train-agent stage=bc ...` first")
         agent, init_info = Agent(wm.feat_dim, wm.spec.action_dim, wm.spec.instruction_dim,
-                                 **OmegaConf.to_container(cfg.agent)), {}
+                                 **OmegaConf.to_container(cfg.agent)).to(device), {}
     agent.train()
     steps = int(cfg.steps if cfg.steps is not None else sc.steps)
     out = Path(cfg.out)
@@ -137,6 +148,7 @@ def train(cfg) -> Path:
         metrics = step_fn(data.next())
         bar.update(1)
         if step % cfg.log_every == 0 or step == steps:
+            metrics = {k: float(v) for k, v in metrics.items()}  # the only device -> host reads
             metrics["perf/steps_per_s"] = cfg.log_every / max(time.perf_counter() - tick, 1e-9)
             tick = time.perf_counter()
             history.append({"step": step, **metrics})
@@ -158,18 +170,23 @@ def train(cfg) -> Path:
     return path
 
 
+def _amp(cfg, wm):
+    """A fresh autocast context per use, following train-wm's precision convention."""
+    return lambda: distributed.autocast(wm.device, str(cfg.precision))
+
+
 def _bc(cfg, wm, agent, init_info):
     opt = torch.optim.Adam(agent.parameters(), lr=float(cfg.bc.lr), eps=1e-6)
-    return lambda batch: bc_step(wm, agent, batch, opt)
+    return lambda batch: bc_step(wm, agent, batch, opt, _amp(cfg, wm))
 
 
 def _rl(cfg, wm, agent, init_info):
-    prior, _ = checkpoint.load(cfg.prior or cfg.init)
+    prior, _ = checkpoint.load(cfg.prior or cfg.init, wm.device)
     prior.requires_grad_(False)
     actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=float(cfg.rl.lr), eps=1e-6)
     value_opt = torch.optim.Adam(agent.value.parameters(), lr=float(cfg.rl.value_lr), eps=1e-6)
     dllm = DLLMReward(wm, cfg.rewards.dllm) if cfg.rewards.dllm.enabled else None
-    return lambda batch: rl_step(wm, agent, prior, batch, actor_opt, value_opt, cfg.rl, dllm)
+    return lambda batch: rl_step(wm, agent, prior, batch, actor_opt, value_opt, cfg.rl, dllm, _amp(cfg, wm))
 
 
 STAGES = {"bc": _bc, "rl": _rl}
