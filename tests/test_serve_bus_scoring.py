@@ -66,10 +66,10 @@ def test_status_keeps_the_latest_onset_of_success(tmp_path):
     scorer = Scorer("touch the red cube", Blink([True, True, False, True]), status, hz=10.0)
     scorer.update(0.0)
     first = json.loads(status.read_text())["success_time"]
-    scorer.update(0.1)  # still succeeding: the same onset
+    scorer.update(1.0)  # still succeeding: the same onset
     assert json.loads(status.read_text())["success_time"] == first
-    scorer.update(0.2)
+    scorer.update(2.0)
     time.sleep(0.01)
-    scorer.update(0.3)  # a new onset, which a later episode may count
+    scorer.update(3.0)  # a new onset, which a later episode may count
     record = json.loads(status.read_text())
     assert record["success"] is True and record["success_time"] > first
