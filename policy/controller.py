@@ -52,6 +52,11 @@ class AgentController:
             batch["prev_action_mask"] = torch.ones(1, dtype=torch.bool, device=self.wm.device)
         return batch
 
+    def observe_executed(self, action: np.ndarray) -> None:
+        """The action really sent after the last act() (an operator's takeover, policy/rollout.py):
+        the next observe() filters the latent state with it, as the world model saw in training."""
+        self.prev_action = torch.as_tensor(np.asarray(action, np.float32), device=self.wm.device)[None]  # (1, A)
+
     @torch.no_grad()
     def act(self, observation: dict) -> np.ndarray:
         batch = self.batch(observation)
