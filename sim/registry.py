@@ -1,7 +1,9 @@
 """Environment names -> constructors, imported on use.
 
 `make("arm/touch")`, `make("arm/push", preset="randomized")`, `make("dmc/walker-walk")`,
-`make("gym/CartPole-v1")`. The part before the slash picks a family; the rest is passed on.
+`make("gym/CartPole-v1")`, `make("robot/so101_sim", link="/tmp/reverie-arm")` (a servo arm, physical
+or the virtual one of `reverie sim serve-bus`). The part before the slash picks a family; the rest is
+passed on.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ FAMILIES = {
     "arm": "reverie.sim.arm_env:make_arm_env",
     "dmc": "reverie.sim.dmc:make_dmc_env",
     "gym": "reverie.sim.gym_adapters:make_gym_env",
+    "robot": "reverie.robot_io.robot_env:make_robot_env",
 }
 
 
@@ -23,6 +26,6 @@ def make(name: str, **kwargs):
     if family not in FAMILIES or not rest:
         raise ConfigError(
             f"unknown environment {name!r}: use <family>/<task> with family one of "
-            f"{sorted(FAMILIES)} (for example arm/touch, dmc/walker-walk, gym/CartPole-v1)")
+            f"{sorted(FAMILIES)} (for example arm/touch, dmc/walker-walk, gym/CartPole-v1, robot/so101_sim)")
     module, func = FAMILIES[family].split(":")
     return getattr(importlib.import_module(module), func)(rest, **kwargs)
