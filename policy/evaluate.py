@@ -6,6 +6,8 @@ episode videos, separately per suite:
   heldout  paraphrases never seen in training (generalisation of the language conditioning)
   shifted  the `shifted` sim preset, outside the randomisation ranges (sim-to-sim transfer)
 Seeds are fixed per episode index, so every policy meets the same initial states.
+Robots (env=robot/<arm config> link=PTY | port=DEV, robot_io/robot_env.py) run the `train` suite only
+(they have no held-out paraphrases or shifted physics); other suites are skipped with a note.
 Writes eval.json, eval.md and eval.png (and GIFs) to `out`.
 """
 
@@ -17,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from reverie.config import compose, show, split_args
 from reverie.errors import ConfigError
@@ -39,8 +42,9 @@ def summarize(results: list[EpisodeResult]) -> dict:
         by_instr[r.instruction].append(r)
     wins = sum(r.success for r in results)
     lo, hi = wilson_interval(wins, len(results))
+    unlabelled = sum(not r.labelled for r in results)  # counted as failures; the report says how many
     return {
-        "episodes": len(results), "successes": wins,
+        "episodes": len(results), "successes": wins, **({"unlabelled": unlabelled} if unlabelled else {}),
         "success_rate": wins / max(len(results), 1), "ci95": [lo, hi],
         "mean_return": float(np.mean([r.ret for r in results])) if results else 0.0,
         "mean_length": float(np.mean([r.length for r in results])) if results else 0.0,
@@ -66,21 +70,38 @@ def evaluate(controller, env_name: str, episodes: int, suites: list[str], seed: 
         kwargs = dict(env_kwargs or {})
         if env_name.startswith("arm/"):
             kwargs |= SUITES[suite]
+        elif suite != "train" and env_name.startswith("robot/"):
+            log.warning("suite %r skipped: a robot runs the train suite only", suite)
+            continue
         elif suite != "train":
             raise ConfigError(f"suite {suite!r} exists for the sim arm only; use suites=[train] for {env_name}")
         env = make(env_name, **kwargs)
         results = []
-        for i in tqdm(range(episodes), desc=f"eval {suite}", disable=not progress, unit="ep"):
-            result = run_episode(env, controller, seed=seed + i, record_frames=i < videos)
-            if result.frames and out is not None:
-                _write_gif(out / f"{suite}_ep{i:03d}_{'success' if result.success else 'fail'}.gif",
-                           result.frames)
-            results.append(result)
-        env.close()
+        try:  # close() parks a robot arm even when an episode fails or is interrupted
+            for i in tqdm(range(episodes), desc=f"eval {suite}", disable=not progress, unit="ep"):
+                result = run_episode(env, controller, seed=seed + i, record_frames=i < videos)
+                if result.frames and out is not None:
+                    _write_gif(out / f"{suite}_ep{i:03d}_{'success' if result.success else 'fail'}.gif",
+                               result.frames)
+                results.append(result)
+                if getattr(env, "quit", False):  # the robot's operator pressed Esc
+                    log.warning("operator quit after %d of %d episodes", i + 1, episodes)
+                    break
+        finally:
+            env.close()
         report[suite] = summarize(results)
         log.info("%s: success %.1f%% [%.1f, %.1f] over %d episodes", suite,
                  100 * report[suite]["success_rate"], *(100 * x for x in report[suite]["ci95"]), episodes)
     return report
+
+
+def env_options(cfg) -> dict:
+    """env_kwargs plus the robot shortcuts `link=`, `port=`, `operator=` of eval and improve."""
+    kwargs = dict(OmegaConf.to_container(cfg.env_kwargs) if cfg.env_kwargs else {})
+    shortcuts = {k: cfg.get(k) for k in ("link", "port", "operator") if cfg.get(k) is not None}
+    if shortcuts and not str(cfg.env).startswith("robot/"):
+        raise ConfigError(f"{sorted(shortcuts)} are options of robot envs (env=robot/<arm config>), not {cfg.env}")
+    return kwargs | shortcuts
 
 
 def markdown(report: dict, title: str = "Evaluation") -> str:
@@ -146,7 +167,7 @@ def main(argv: list[str]) -> int:
     controller = load_controller(cfg.policy, cfg.device)
     out = Path(cfg.out)
     report = evaluate(controller, cfg.env, int(cfg.episodes), list(cfg.suites), int(cfg.seed),
-                      dict(cfg.env_kwargs or {}), int(cfg.videos), out, bool(cfg.progress))
+                      env_options(cfg), int(cfg.videos), out, bool(cfg.progress))
     write_report(report, out, f"{cfg.policy} on {cfg.env}")
     print(markdown(report, f"{cfg.policy} on {cfg.env}"))
     print(f"wrote {out}/eval.json, eval.md, eval.png")
