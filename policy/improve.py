@@ -8,8 +8,9 @@ Corrective data rounds (Dreamer 4): each round k
   4. evaluates, and appends a row to the per-round table (improve.md / improve.json / improve.png).
 Every round's store, world model and agent are kept under `out/round_<k>/`. `device=` applies to
 every stage: the deployed and evaluated controllers, the fine-tune and the RL.
-On a real robot, an operator takes over with teleop during step 1 and those segments are recorded
-as source=correction by `reverie record`/`reverie deploy record=...`; this command drives the sim.
+With env=robot/<arm config> (link=PTY for the virtual robot, port=DEV operator=keyboard for a real
+arm; robot_io/robot_env.py) step 1 runs on the robot, and the operator may take over with teleop
+(key `c`): those rows are stored with correction=True and the episode with source=correction.
 """
 
 from __future__ import annotations
@@ -38,33 +39,45 @@ def record_rollouts(controller, env_name: str, episodes: int, store_path: Path, 
     from reverie.policy.evaluate import summarize
     from reverie.policy.rollout import run_episode
     from reverie.sim.registry import make
+    from reverie.specs import ArraySpec
 
     env = make(env_name, **(env_kwargs or {}))
-    spec = env.observation_spec()
-    cams = {k.split("/", 1)[1]: tuple(s.shape[:2]) for k, s in spec.items() if k.startswith("image/")}
-    schema = make_schema(cams, spec["state"].shape[0], env.action_spec().shape[0])
-    narrated = bool(getattr(env, "narrates", False))  # keep the sim's narration, as `sim demos` does
-    store = EpisodeStore.create(str(store_path), narration.with_narration(schema) if narrated else schema,
-                                fps=float(getattr(getattr(env, "cfg", None), "control_hz", 10.0)),
-                                robot=env_name)
-    vocab = narration.Vocabulary(store) if narrated else None
-    results = []
-    for i in tqdm(range(episodes), desc=f"round {round_index}: deploy", disable=not progress, unit="ep"):
-        result = run_episode(env, controller, seed=seed + i, record_steps=True)
-        said = result.steps.pop(narration.KEY, None)  # (T,) text -> (T,) indices
-        if vocab is not None:
-            idx = [vocab.index(t) for t in said.tolist()] if said is not None else [narration.NONE] * result.length
-            result.steps[narration.KEY] = np.array(idx, np.int16)
-        store.add_episode(result.steps, instruction=result.instruction, source="policy",
-                          round=round_index, success=result.success)
-        results.append(result)
-    env.close()
+    try:  # close() parks a robot arm even when an episode fails or is interrupted
+        spec = env.observation_spec()
+        cams = {k.split("/", 1)[1]: tuple(s.shape[:2]) for k, s in spec.items() if k.startswith("image/")}
+        schema = make_schema(cams, spec["state"].shape[0], env.action_spec().shape[0])
+        if env_name.startswith("robot/"):  # operator takeovers, as `reverie record` stores them
+            schema["correction"] = ArraySpec((), "bool", units="True while the operator had taken over")
+        narrated = bool(getattr(env, "narrates", False))  # keep the sim's narration, as `sim demos` does
+        fps = getattr(env, "control_hz", None) or getattr(getattr(env, "cfg", None), "control_hz", 10.0)
+        store = EpisodeStore.create(str(store_path), narration.with_narration(schema) if narrated else schema,
+                                    fps=float(fps), robot=env_name)
+        vocab = narration.Vocabulary(store) if narrated else None
+        results = []
+        for i in tqdm(range(episodes), desc=f"round {round_index}: deploy", disable=not progress, unit="ep"):
+            result = run_episode(env, controller, seed=seed + i, record_steps=True)
+            said = result.steps.pop(narration.KEY, None)  # (T,) text -> (T,) indices
+            if vocab is not None:
+                idx = [vocab.index(t) for t in said.tolist()] if said is not None else [narration.NONE] * result.length
+                result.steps[narration.KEY] = np.array(idx, np.int16)
+            # One corrected row makes the whole episode a correction (the rows say which steps were).
+            corrected = bool(result.steps.get("correction", np.zeros(1, bool)).any())
+            store.add_episode(result.steps, instruction=result.instruction,
+                              source="correction" if corrected else "policy", round=round_index,
+                              success=result.success if result.labelled else None)
+            results.append(result)
+            if getattr(env, "quit", False):  # the robot's operator pressed Esc
+                log.warning("operator quit after %d of %d episodes", i + 1, episodes)
+                break
+        store.close()
+    finally:
+        env.close()
     return summarize(results)
 
 
 def improve(cfg) -> dict:
     from reverie.policy import train as agent_train
-    from reverie.policy.evaluate import evaluate, plot
+    from reverie.policy.evaluate import env_options, evaluate, plot
     from reverie.policy.loading import load_controller
     from reverie.world_model import checkpoint as wm_checkpoint
     from reverie.world_model.distributed import pick_device
@@ -77,7 +90,7 @@ def improve(cfg) -> dict:
     prior = str(cfg.prior or cfg.agent)
     _, wm_cfg, wm_info = wm_checkpoint.load_model(wm_run)
     stores = list(cfg.data) if cfg.data else list(wm_info["stores"])
-    env_kwargs = OmegaConf.to_container(cfg.env_kwargs) if cfg.env_kwargs else {}
+    env_kwargs = env_options(cfg)  # env_kwargs plus the robot shortcuts link=/port=/operator=
     rows = {}
     if cfg.eval_start:
         rows["round 0"] = evaluate(load_controller(agent_dir, cfg.device), cfg.env,
