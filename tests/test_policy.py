@@ -126,3 +126,19 @@ def test_behaviour_cloning_from_scratch_trains_and_acts(trained, tmp_path):
     c.reset("touch the red cube")
     action = c.act({"image/front": np.zeros((64, 64, 3), np.uint8), "state": np.zeros(6, np.float32)})
     assert action.shape == (6,) and np.all(np.abs(action) <= 1)
+
+
+def test_controller_hears_an_operators_action(trained):
+    """During a takeover (robot env) the executed action, not the policy's, conditions the next step."""
+    from reverie.policy.loading import load_controller
+    from reverie.sim.registry import make
+
+    env = make("arm/touch", **ENV_KW)
+    ts = env.reset(seed=4)
+    c = load_controller(trained["rl"])
+    c.reset(ts.observation["instruction"])
+    c.act(ts.observation)
+    c.observe_executed(np.full(6, 0.5, np.float32))
+    assert torch.equal(c.prev_action.cpu(), torch.full((1, 6), 0.5))
+    assert np.all(np.abs(c.act(env.step(np.full(6, 0.5, np.float32)).observation)) <= 1)
+    env.close()

@@ -1,0 +1,179 @@
+"""`make("robot/...")`: the virtual serial robot (`reverie sim serve-bus` on a pty, scoring its
+instruction) as an Env for eval and improve, with operator takeover stored as corrections."""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reverie.errors import ConfigError, HardwareError
+from reverie.robot_io.arm_bus import make_bus
+from reverie.robot_io.config import load_arm
+from reverie.robot_io.teleop import KeyboardTeleop
+from reverie.robot_io.virtual_robot import VirtualArm
+from reverie.sim.registry import make
+from reverie.specs import StepType
+
+TASK = "touch the red cube"
+
+
+@pytest.fixture(scope="module")
+def arm(tmp_path_factory):
+    with VirtualArm("feetech", link=tmp_path_factory.mktemp("robot_env") / "arm", instruction=TASK) as v:
+        yield v
+
+
+def torque(virtual) -> set[int]:
+    spec = load_arm("so101_sim", port=virtual.link)
+    with make_bus(spec) as bus:
+        return set(bus.sync_read("Torque_Enable", spec.ids).values())
+
+
+class Scripted:
+    """A fixed action, and a hook per act() call (to press operator keys at chosen steps)."""
+
+    def __init__(self, action=None, on_act=None):
+        self.action = np.zeros(6, np.float32) if action is None else np.asarray(action, np.float32)
+        self.on_act, self.acts, self.executed = on_act, 0, []
+
+    def reset(self, instruction):
+        self.instruction = instruction
+
+    def act(self, observation):
+        self.acts += 1
+        if self.on_act:
+            self.on_act(self.acts, observation)
+        return self.action
+
+    def observe_executed(self, action):
+        self.executed.append(action)
+
+
+def test_robot_env_follows_the_env_contract(arm):
+    env = make("robot/so101_sim", link=arm.link, time_limit=4)
+    try:
+        spec = env.observation_spec()
+        assert spec["image/front"].shape == (64, 64, 3) and env.action_spec().shape == (6,)
+        ts = env.reset(seed=0)
+        assert ts.step_type == StepType.FIRST and ts.observation["instruction"] == TASK  # the served task
+        assert ts.info["success"] is False and ts.info["correction"] is False
+        for key, s in spec.items():
+            s.validate(ts.observation[key], key)
+        steps = [env.step(np.zeros(6, np.float32)) for _ in range(4)]
+        assert [s.step_type for s in steps] == [StepType.MID] * 3 + [StepType.LAST]
+        last = steps[-1]
+        assert last.discount == 1.0 and last.reward == 0.0 and last.info["success"] is False  # scored: no touch
+        with pytest.raises(HardwareError, match="reset"):
+            env.step(np.zeros(6, np.float32))
+        assert env.reset().step_type == StepType.FIRST  # a second episode on the same connection
+        with pytest.raises(ConfigError, match="restart `reverie sim serve-bus`"):
+            env.reset(instruction="lift the green cube")  # the server scores another task
+    finally:
+        env.close()
+    assert torque(arm) == {0}  # parked: safe pose, torque released
+
+
+def test_eval_reports_the_virtual_robots_score(arm, tmp_path):
+    from reverie.policy.evaluate import evaluate
+
+    kwargs = {"link": arm.link, "time_limit": 5}
+    report = evaluate(Scripted(), "robot/so101_sim", episodes=2, suites=["train", "shifted"],
+                      env_kwargs=kwargs, progress=False)
+    assert list(report) == ["train"]  # a robot has no shifted physics: skipped with a warning
+    assert report["train"]["episodes"] == 2 and report["train"]["successes"] == 0
+    assert report["train"]["per_instruction"][TASK]["ci95"][1] > 0.5  # two failures say little
+
+    status = Path(f"{arm.link}.status")
+
+    def succeed(n, _):  # what the server's scorer writes when the cube is touched (see serve_bus.Scorer)
+        if n == 2:
+            record = json.loads(status.read_text())
+            status.write_text(json.dumps({**record, "success": True, "success_time": time.time()}))
+
+    report = evaluate(Scripted(on_act=succeed), "robot/so101_sim", episodes=2, suites=["train"],
+                      env_kwargs=kwargs, progress=False)
+    # episode 1 ends on the scored success (after 2 steps); episode 2 started later, so it does not count it
+    assert report["train"]["successes"] == 1 and report["train"]["mean_length"] < 5
+
+
+def test_takeover_rows_are_stored_as_corrections(arm, tmp_path):
+    from reverie.datasets.store import EpisodeStore
+    from reverie.policy.improve import record_rollouts
+
+    operator = KeyboardTeleop(load_arm("so101_sim"))
+    episode = []
+
+    def keys(n, observation):
+        if len(episode) == 1 and n == 2:
+            operator.press("c")  # take over ...
+        if len(episode) == 1 and n in (3, 4, 5):
+            operator.press("w")  # ... raise shoulder_lift by hand ...
+        if len(episode) == 1 and n == 5:
+            operator.press("c")  # ... and hand back
+
+    controller = Scripted(action=[0, 0, 0, -0.5, 0, 0], on_act=keys)
+    controller.reset = lambda instruction: episode.append(instruction)
+    deployed = record_rollouts(controller, "robot/so101_sim", episodes=2, store_path=tmp_path / "r.zarr",
+                               round_index=3, seed=0, env_kwargs={"link": arm.link, "time_limit": 8,
+                                                                  "operator": operator}, progress=False)
+    assert deployed["episodes"] == 2
+    store = EpisodeStore.open(tmp_path / "r.zarr")
+    assert [store.meta(i).source for i in range(2)] == ["correction", "policy"]
+    assert {store.meta(i).round for i in range(2)} == {3} and store.meta(0).success is False
+    first = store.episode(0)
+    corrected = np.asarray(first["correction"])
+    # `c` pressed while acting on o_1 takes effect from o_2 on, the second one (on o_4) from o_5
+    assert corrected.tolist() == [False] * 2 + [True] * 3 + [False] * 4
+    actions = np.asarray(first["action"])
+    assert np.all(actions[2:5, 3] == 0) and np.all(actions[:2, 3] == -0.5)  # the operator's, not the policy's
+    assert actions[2, 1] == 0 and actions[3, 1] > 0  # no jump on taking over; then the `w` presses
+    assert len(controller.executed) == 3  # the controller heard each executed action
+    assert not np.asarray(store.episode(1)["correction"]).any()
+    assert torque(arm) == {0}
+
+
+def test_missing_link_and_unknown_arm_are_clear_errors(arm, tmp_path):
+    with pytest.raises(HardwareError, match="reverie sim serve-bus protocol=feetech link="):
+        make("robot/so101_sim", link=str(tmp_path / "nothing"))
+    with pytest.raises(ConfigError, match="arm config 'no_such_arm' not found"):
+        make("robot/no_such_arm", link=arm.link)
+    with pytest.raises(ConfigError, match="not both"):
+        make("robot/so101_sim", link=arm.link, port="/dev/ttyACM0")
+    with pytest.raises(ConfigError, match="unknown option"):
+        make("robot/so101_sim", link=arm.link, episodes=3)
+
+
+def test_a_failing_controller_still_parks_the_arm(arm):
+    from reverie.policy.evaluate import evaluate
+
+    def boom(n, _):
+        if n == 2:
+            raise RuntimeError("policy crashed")
+
+    with pytest.raises(RuntimeError, match="policy crashed"):
+        evaluate(Scripted(on_act=boom), "robot/so101_sim", episodes=1, suites=["train"],
+                 env_kwargs={"link": arm.link, "time_limit": 5}, progress=False)
+    assert torque(arm) == {0}
+
+
+def test_eval_command_runs_a_policy_on_the_virtual_robot(arm, tmp_path, capsys):
+    import torch
+
+    from reverie.cli import main
+    from reverie.policy.scratch_bc import ScratchPolicy, save
+
+    torch.manual_seed(0)  # an untrained reactive policy: the command's path is under test, not its skill
+    policy = ScratchPolicy(64, 6, 6, cnn_depth=4, units=16, layers=1).eval()
+    save(tmp_path / "policy", policy, {"image_key": "image/front"})
+    code = main(["eval", f"policy={tmp_path / 'policy'}", "env=robot/so101_sim", f"link={arm.link}",
+                 "episodes=2", "+env_kwargs.time_limit=4", f"out={tmp_path / 'eval'}", "progress=false",
+                 "videos=1", "device=cpu"])
+    assert code == 0
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert list(report) == ["train"] and report["train"]["episodes"] == 2  # heldout/shifted skipped
+    assert list((tmp_path / "eval").glob("train_ep000_*.gif"))
+    assert torque(arm) == {0}
+    assert main(["eval", f"policy={tmp_path / 'policy'}", "env=arm/touch", f"link={arm.link}"]) == 2
+    assert "options of robot envs (env=robot/<arm config>)" in capsys.readouterr().err
