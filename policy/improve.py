@@ -53,7 +53,7 @@ def record_rollouts(controller, env_name: str, episodes: int, store_path: Path, 
         store = EpisodeStore.create(str(store_path), narration.with_narration(schema) if narrated else schema,
                                     fps=float(fps), robot=env_name)
         vocab = narration.Vocabulary(store) if narrated else None
-        results = []
+        results, corrections = [], 0
         for i in tqdm(range(episodes), desc=f"round {round_index}: deploy", disable=not progress, unit="ep"):
             result = run_episode(env, controller, seed=seed + i, record_steps=True)
             said = result.steps.pop(narration.KEY, None)  # (T,) text -> (T,) indices
@@ -62,6 +62,7 @@ def record_rollouts(controller, env_name: str, episodes: int, store_path: Path, 
                 result.steps[narration.KEY] = np.array(idx, np.int16)
             # One corrected row makes the whole episode a correction (the rows say which steps were).
             corrected = bool(result.steps.get("correction", np.zeros(1, bool)).any())
+            corrections += corrected
             store.add_episode(result.steps, instruction=result.instruction,
                               source="correction" if corrected else "policy", round=round_index,
                               success=result.success if result.labelled else None)
@@ -72,7 +73,7 @@ def record_rollouts(controller, env_name: str, episodes: int, store_path: Path, 
         store.close()
     finally:
         env.close()
-    return summarize(results)
+    return summarize(results) | {"corrected": corrections}
 
 
 def improve(cfg) -> dict:
@@ -135,8 +136,8 @@ def improve(cfg) -> dict:
 
 def _write_table(rows: dict, out: Path) -> None:
     (out / "improve.json").write_text(json.dumps(rows, indent=1, default=str))
-    suites = [s for s in next(iter(rows.values())) if isinstance(next(iter(rows.values()))[s], dict)
-              and "success_rate" in next(iter(rows.values()))[s]]
+    first = next(iter(rows.values()))
+    suites = [s for s in first if s != "deployed" and isinstance(first[s], dict) and "success_rate" in first[s]]
     lines = ["| round | " + " | ".join(f"{s} success [95% CI]" for s in suites) + " | deployed success |",
              "|---|" + "---|" * (len(suites) + 1)]
     for name, r in rows.items():
@@ -144,7 +145,8 @@ def _write_table(rows: dict, out: Path) -> None:
                  for s in suites]
         dep = r.get("deployed")
         lines.append(f"| {name} | " + " | ".join(cells) + " | "
-                     + (f"{100 * dep['success_rate']:.1f}% of {dep['episodes']}" if dep else "-") + " |")
+                     + (f"{100 * dep['success_rate']:.1f}% of {dep['episodes']}" if dep else "-")
+                     + (f" ({dep['corrected']} corrected)" if dep and dep.get("corrected") else "") + " |")
     (out / "improve.md").write_text("\n".join(lines) + "\n")
 
 

@@ -177,3 +177,31 @@ def test_eval_command_runs_a_policy_on_the_virtual_robot(arm, tmp_path, capsys):
     assert torque(arm) == {0}
     assert main(["eval", f"policy={tmp_path / 'policy'}", "env=arm/touch", f"link={arm.link}"]) == 2
     assert "options of robot envs (env=robot/<arm config>)" in capsys.readouterr().err
+
+
+def test_improve_runs_a_round_on_the_virtual_robot(arm, tmp_path):
+    from reverie.config import compose
+    from reverie.datasets.store import EpisodeStore
+    from reverie.policy import train as agent_train
+    from reverie.policy.improve import improve
+    from reverie.sim.demos import record
+    from reverie.world_model.train import Trainer
+
+    # the smallest world model and agent that run (tests/test_policy.py trains and checks them properly)
+    store = tmp_path / "demos.zarr"
+    record(compose("sim_demos", ["task=touch", "episodes=2", "skill=1.0", f"out={store}", "time_limit=20"]))
+    Trainer(compose("train_wm", ["preset=tiny", f"data={store}", f"out={tmp_path / 'wm'}", "steps=2",
+                                 "progress=false", "holdout=0"])).run()
+    common = [f"wm={tmp_path / 'wm'}", "progress=false", "log_every=1", "holdout=0", "bc.seq_len=6", "rl.context=4"]
+    bc = agent_train.train(compose("train_agent", ["stage=bc", f"out={tmp_path / 'bc'}", "steps=2", *common]))
+    rows = improve(compose("improve", [
+        f"wm={tmp_path / 'wm'}", f"agent={bc}", f"prior={bc}", f"out={tmp_path / 'imp'}", "rounds=1",
+        "episodes=2", "wm_steps=2", "rl_steps=2", "eval_episodes=2", "progress=false", "device=cpu",
+        "env=robot/so101_sim", f"link={arm.link}", "+env_kwargs.time_limit=5"]))
+    deployed = EpisodeStore.open(tmp_path / "imp" / "round_1" / "policy.zarr")
+    assert deployed.num_episodes == 2 and deployed.meta(0).round == 1
+    assert {deployed.meta(i).source for i in range(2)} == {"policy"}  # nobody took over
+    assert "correction" in deployed.schema and deployed.robot == "robot/so101_sim"
+    assert rows["round 1"]["train"]["episodes"] == 2
+    assert "| round 1 | 0.0% [0, 66] | 0.0% of 2 |" in (tmp_path / "imp" / "improve.md").read_text()
+    assert torque(arm) == {0}
