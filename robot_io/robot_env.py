@@ -90,7 +90,7 @@ class RobotEnv:
             raise HardwareError("the episode is over: call reset() before step()")
         ts = self.robot.step(action)
         self._t += 1
-        label, end = None, self._t >= self.time_limit
+        label, end = None, self._t >= self.time_limit or self.quit  # quit: Esc while waiting to start
         for event in self.operator.events.drain() if self.operator is not None else ():
             if event in (Event.SUCCESS, Event.FAILURE):
                 label, end = event is Event.SUCCESS, True
