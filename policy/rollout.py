@@ -46,8 +46,9 @@ def run_episode(env: Env, controller: Controller, seed: int, instruction: str | 
     ts = env.reset(seed=seed, instruction=instruction)
     instruction = ts.observation["instruction"]
     controller.reset(instruction)
-    frames, rows, ret, success = [], [], 0.0, False
+    frames, rows, ret, success, length = [], [], 0.0, False, 0
     while True:
+        length += 1  # observations seen, o_0 included (= rows when recorded)
         if record_frames:
             frames.append(ts.observation[image_key])
         action = np.zeros(env.action_spec().shape, np.float32) if ts.last() else \
@@ -65,7 +66,7 @@ def run_episode(env: Env, controller: Controller, seed: int, instruction: str | 
         success = success or bool(ts.info.get("success", False))
     steps = {k: np.stack([r[k] for r in rows]) for k in rows[0]} if record_steps else None
     labelled = success or ts.info.get("success", False) is not None
-    return EpisodeResult(instruction, success, ret, len(frames) or len(rows), frames or None, steps, labelled)
+    return EpisodeResult(instruction, success, ret, length, frames or None, steps, labelled)
 
 
 def _row(ts, action: np.ndarray, image_key: str) -> dict[str, np.ndarray]:
