@@ -94,8 +94,8 @@ def test_eval_reports_the_virtual_robots_score(arm, tmp_path):
 
     report = evaluate(Scripted(on_act=succeed), "robot/so101_sim", episodes=2, suites=["train"],
                       env_kwargs=kwargs, progress=False)
-    # episode 1 ends on the scored success (after 2 steps); episode 2 started later, so it does not count it
-    assert report["train"]["successes"] == 1 and report["train"]["mean_length"] < 5
+    # episode 1 ends on the scored success at o_2; episode 2 started later, so it runs to its time limit
+    assert report["train"]["successes"] == 1 and report["train"]["mean_length"] == (3 + 6) / 2
 
 
 def test_takeover_rows_are_stored_as_corrections(arm, tmp_path):
@@ -204,4 +204,37 @@ def test_improve_runs_a_round_on_the_virtual_robot(arm, tmp_path):
     assert "correction" in deployed.schema and deployed.robot == "robot/so101_sim"
     assert rows["round 1"]["train"]["episodes"] == 2
     assert "| round 1 | 0.0% [0, 66] | 0.0% of 2 |" in (tmp_path / "imp" / "improve.md").read_text()
+    assert torque(arm) == {0}
+
+
+def test_operator_starts_labels_and_quits_on_a_physical_arm(arm):
+    """A physical arm has no score: the operator starts each episode (Enter) and labels it."""
+    from reverie.policy.evaluate import summarize
+    from reverie.policy.rollout import run_episode
+    from reverie.robot_io.camera_setup import build_cameras
+    from reverie.robot_io.robot import Robot
+    from reverie.robot_io.robot_env import RobotEnv
+
+    spec = load_arm("so101_sim", port=arm.link, cameras=arm.camera_config())
+    operator, said = KeyboardTeleop(spec), []
+    env = RobotEnv(Robot(spec, cameras=build_cameras(spec.cameras)), time_limit=6, operator=operator,
+                   status=None, instruction="put the red cube in the bowl", start="key", label_timeout_s=0.2,
+                   say=said.append)  # status=None: as on real hardware, nobody scores the task
+    try:
+        def press_at_second_act(key):
+            return Scripted(on_act=lambda n, _: n == 2 and operator.press(key))
+
+        operator.press("\r")  # the scene is reset: start
+        labelled = run_episode(env, press_at_second_act("+"), seed=0)
+        assert labelled.success and labelled.labelled and labelled.length == 3 and labelled.ret == 1.0
+        operator.press("\r")
+        stopped = run_episode(env, press_at_second_act(" "), seed=1)  # Space, then no label within 0.2 s
+        assert not stopped.success and not stopped.labelled and stopped.length == 3
+        operator.press("\x1b")  # Esc instead of Enter: one step, then the caller stops
+        quit_ = run_episode(env, Scripted(), seed=2)
+        assert env.quit and quit_.length == 2 and not quit_.labelled
+    finally:
+        env.close()
+    assert any("reset the scene" in line for line in said) and any("episode over" in line for line in said)
+    assert summarize([labelled, stopped])["unlabelled"] == 1
     assert torque(arm) == {0}
