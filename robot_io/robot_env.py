@@ -104,8 +104,8 @@ class RobotEnv:
                     self.operator.begin(ts.observation["state"] if goal is None else goal)
                 self.say(f"  takeover {'started' if self._takeover else 'ended'} at step {self._t}")
             # RERECORD means nothing here: a policy episode is kept whatever happens in it
-        scored = self._scored()
-        success = True if scored or label else (label if label is not None else scored)
+        scored = self._scored()  # the virtual robot's judgement; None on a physical arm
+        success = label if scored is None else (scored or bool(label))
         if not (end or success):
             return self._annotate(ts, success=False)
         self._done = True
