@@ -6,12 +6,14 @@ Steps (the only place in reverie that waits for a person; Robot.connect never do
   2. the operator puts the arm in its middle pose (every joint centred, gripper closed) and presses
      Enter: those readings become each joint's zero;
   3. the operator moves every joint end to end while positions are polled; Enter ends the sweep.
-`main(argv, prompt=...)` takes the prompt function, so tests drive the steps from code.
+`main(argv, prompt=...)` takes the prompt function, so tests drive the steps from code. With the
+default prompt, stdin must be a terminal: the command refuses before touching the arm otherwise.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 
@@ -25,11 +27,36 @@ log = logging.getLogger(__name__)
 POLL_S = 0.02
 
 
+NO_OPERATOR = ("calibration needs an operator at a terminal, who moves the arm by hand and presses Enter "
+               "at each step, but stdin is not a terminal (closed, or redirected from a file or pipe). Run "
+               "`reverie robot calibrate` in an interactive terminal (over ssh: `ssh -t`); there is no "
+               "unattended mode, since the ranges come from moving the joints. Nothing was sent to the arm")
+
+
+def operator_at_terminal() -> bool:
+    try:  # `cmd <&-` leaves sys.stdin None; a closed or detached stream raises ValueError
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (ValueError, OSError):
+        return False
+
+
 def calibrate(arm: ArmConfig, bus, prompt: Callable[[str], str] = input, say: Callable[[str], None] = print) -> dict:
     """Run the interactive steps on a connected bus; returns the calibration dict."""
+    asked, released = prompt, False
+
+    def prompt(text: str) -> str:  # Ctrl-D or a terminal closed mid-way: a message, not a traceback
+        try:
+            return asked(text)
+        except EOFError:
+            arm_state = "torque is off (support the arm)" if released else "the arm was not touched"
+            raise ConfigError(f"calibration stopped: input ended (Ctrl-D, or the terminal closed) at "
+                              f"\"{text.split(':')[0]}\"; nothing was written and {arm_state}. Run it "
+                              "again at a terminal") from None
+
     say(f"Calibrating {arm.name} ({len(arm.joints)} joints) on {arm.port}.")
     prompt("Support the arm with one hand: torque will be switched off. Press Enter when ready. ")
     bus.set_torque(arm.ids, False)
+    released = True
     prompt("Step 1/2: move the arm to its middle pose (every joint centred in its travel, gripper "
            "closed), hold it still and press Enter. ")
     middle = read_ticks(bus, arm)
@@ -73,6 +100,8 @@ def main(argv: list[str], prompt: Callable[[str], str] = input, say: Callable[[s
     if not cfg.out:
         raise ConfigError("calibrate needs out=PATH for the calibration JSON, e.g. out=calib/so101.json")
     arm = arm_from_command(cfg)
+    if prompt is input and not operator_at_terminal():  # input() would raise EOFError mid-way
+        raise ConfigError(NO_OPERATOR)
     bus = make_bus(arm)
     connect_bus(bus, arm)
     try:

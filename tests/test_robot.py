@@ -2,11 +2,15 @@
 keyboard and leader teleop, and the calibration command driven by scripted input."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
+from reverie.errors import ConfigError
 from reverie.robot_io.calibrate import main as calibrate_main
 from reverie.robot_io.camera_setup import build_cameras
 from reverie.robot_io.config import load_arm
@@ -14,7 +18,7 @@ from reverie.robot_io.arm_bus import make_bus
 from reverie.robot_io.robot import Robot
 from reverie.robot_io.keys import TerminalKeys
 from reverie.robot_io.teleop import Event, KeyboardTeleop, LeaderFollower
-from reverie.robot_io.virtual_robot import VirtualArm
+from reverie.robot_io.virtual_robot import LAUNCH, VirtualArm
 from reverie.specs import StepType
 
 
@@ -232,3 +236,28 @@ def test_calibrate_command_records_middle_and_range_with_scripted_input(so101, t
             assert abs(joint["zero_ticks"] - 2048) < 120, (name, joint)
     calibrated = load_arm("so101_virtual", port=so101.link, calibration=str(out))
     assert calibrated.joints[0].range_ticks == tuple(data["joints"]["shoulder_pan"]["range_ticks"])
+
+
+@pytest.mark.parametrize("stdin", ["closed", "devnull"])
+def test_calibrate_without_a_terminal_refuses_before_touching_the_arm(so101, tmp_path, stdin):
+    """From a script or CI: `<&-` (no stdin at all) or `</dev/null` (not a terminal, EOF at once)."""
+    out = tmp_path / "calib.json"
+    args = ["robot", "calibrate", "robot=so101_virtual", f"port={so101.link}", f"out={out}"]
+    run = subprocess.run([sys.executable, "-c", LAUNCH, *args], capture_output=True, text=True, timeout=120,
+                         stdin=subprocess.DEVNULL if stdin == "devnull" else None,
+                         preexec_fn=(lambda: os.close(0)) if stdin == "closed" else None)
+    assert run.returncode == 2, run.stderr
+    assert "needs an operator at a terminal" in run.stderr and "Traceback" not in run.stderr
+    assert not out.exists() and set(_torque(so101).values()) == {0}
+
+
+def test_input_ending_mid_calibration_is_a_clear_error(so101, tmp_path):
+    def prompt(text):
+        if text.startswith("Step 1/2"):
+            raise EOFError
+        return ""
+
+    out = tmp_path / "calib.json"
+    with pytest.raises(ConfigError, match="input ended .* at \"Step 1/2\"; nothing was written and torque is off"):
+        calibrate_main(["robot=so101_virtual", f"port={so101.link}", f"out={out}"], prompt=prompt, say=print)
+    assert not out.exists() and set(_torque(so101).values()) == {0}
