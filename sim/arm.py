@@ -83,8 +83,9 @@ class ArmPhysics:
         self._renderer: mujoco.Renderer | None = None  # created on first render: one GL context, reused
 
     # --- episode ---------------------------------------------------------------------------------
-    def reset(self, seed: int | None = None) -> None:
-        """New variation and cube layout; arm at HOME with its servos holding HOME."""
+    def reset(self, seed: int | None = None, arm: np.ndarray | None = None) -> None:
+        """New variation and cube layout; arm at HOME with its servos holding HOME, or at rest at joint
+        values `arm` (6,) holding them (serve-bus resets the scene around an arm the bus drives)."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         self.variation = randomization.sample(self.preset, self._rng)
@@ -93,8 +94,9 @@ class ArmPhysics:
         # Masses changed: recompute what the compiler derived from them (the constraint solver's
         # inverse weights); with stale ones a heavier cube is launched off the table on contact.
         mujoco.mj_setConst(self.model, self.data)
-        self._set_joints(HOME)
-        self.data.ctrl[self.actuators] = HOME
+        pose = HOME if arm is None else np.clip(np.asarray(arm, np.float64).reshape(6), self.lower, self.upper)
+        self._set_joints(pose)
+        self.data.ctrl[self.actuators] = pose
         for colour, (x, y, yaw) in zip(self.cube_names, self._cube_layout()):
             a = self._cube_qadr[colour]
             self.data.qpos[a:a + 3] = (x, y, CUBE_HALF)

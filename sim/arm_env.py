@@ -29,6 +29,13 @@ from reverie.sim.narration import Narrator
 from reverie.specs import ArraySpec, StepType, TextSpec, TimeStep
 
 
+def episode_seeds(seed: int) -> tuple[int, np.random.Generator]:
+    """Independent streams for the scene (cubes, variation: ArmPhysics.reset's seed) and the goal and
+    noise draws. serve-bus's scene resets use the same split, so a seed means one scene in both."""
+    scene, draws = np.random.SeedSequence(seed).spawn(2)
+    return int(scene.generate_state(1)[0]), np.random.default_rng(draws)
+
+
 @dataclasses.dataclass
 class ArmEnvConfig:
     task: str = "touch"  # touch | push | lift | all
@@ -81,10 +88,8 @@ class ArmEnv:
     # --- episode --------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, instruction: str | None = None) -> TimeStep:
         if seed is not None:
-            # Independent streams for the scene (cubes, variation) and the goal/noise draws.
-            scene_seed, env_seed = np.random.SeedSequence(seed).spawn(2)
-            self.phys.reset(seed=int(scene_seed.generate_state(1)[0]))
-            self._rng = np.random.default_rng(env_seed)
+            scene_seed, self._rng = episode_seeds(seed)
+            self.phys.reset(seed=scene_seed)
         else:
             self.phys.reset()
         if instruction is None:

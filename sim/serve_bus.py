@@ -12,11 +12,15 @@ With `instruction="touch the red cube"` the server also scores that task from pr
 as the sim env does, at `score_hz`, and keeps `<link>.status` (JSON: instruction, success, and the
 time of the latest onset of success) current, so a client that only speaks the servo protocol, such
 as the torch-free runtime or the robot env, can report whether an episode succeeded.
+
+Between episodes a client resets the scene through `<link>.reset` (robot_io/scene.py): the cubes as
+the sim env lays them out for that seed, a new scored instruction, success cleared. The arm is left
+where it stands (the client moves it home first), so the servo registers never jump. serve-bus
+starts on the scene of such a reset with seed=`seed`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import select
@@ -26,8 +30,11 @@ import tty
 from collections import deque
 from pathlib import Path
 
+import numpy as np
+
 from reverie.config import compose, show, split_args
-from reverie.errors import ConfigError
+from reverie.errors import ConfigError, ReverieError
+from reverie.robot_io.scene import read_json, request_path, status_path, write_json
 
 log = logging.getLogger(__name__)
 IDLE_STEP_S = 0.01  # physics keeps time while no packets arrive
@@ -66,6 +73,7 @@ def serve(cfg) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from reverie.sim.arm import ArmPhysics
     from reverie.sim.frame_share import FrameWriter
+    from reverie.sim.arm_env import episode_seeds
     from reverie.sim.virtual_bus import Faults, VirtualBus
 
     if cfg.protocol not in ("feetech", "dynamixel"):
@@ -76,7 +84,7 @@ def serve(cfg) -> int:
         raise ConfigError(str(e)) from e
     cameras = tuple(cfg.cameras) if cfg.camera_fps > 0 else ("front",)
     physics = ArmPhysics(preset=cfg.randomization, seed=cfg.seed, image_size=tuple(cfg.image_size), cameras=cameras)
-    physics.reset(cfg.seed)
+    physics.reset(episode_seeds(int(cfg.seed))[0])  # the scene a reset request with seed=cfg.seed makes
     try:
         bus = VirtualBus(cfg.protocol, physics, ids=tuple(cfg.ids),
                          models=tuple(cfg.models) if cfg.models else None, faults=faults,
@@ -98,14 +106,16 @@ def serve(cfg) -> int:
             for camera, writer in writers.items():
                 writer.write(physics.render(camera), time.time())
         log.info("serving %s bus (ids %s) on %s -> %s", cfg.protocol, list(cfg.ids), link, os.readlink(link))
-        scorer = Scorer.create(cfg, physics, link)
+        request_path(link).unlink(missing_ok=True)  # a request left for an earlier server is not ours
+        scene = Scene(cfg, physics, writers, link)
         print(f"ready {link}", flush=True)  # tests and scripts wait for this line
-        _loop(bus, physics, master, writers, cfg, scorer)
+        _loop(bus, physics, master, writers, cfg, scene)
     except (_Stop, KeyboardInterrupt):
         log.info("stopping")
     finally:
         link.unlink(missing_ok=True)
-        Path(f"{link}.status").unlink(missing_ok=True)
+        status_path(link).unlink(missing_ok=True)
+        request_path(link).unlink(missing_ok=True)
         for writer in writers.values():
             writer.close()
         for fd in (master, slave):
@@ -121,20 +131,12 @@ def serve(cfg) -> int:
 class Scorer:
     """Scores one instruction on the served scene and publishes it in `<link>.status`."""
 
-    def __init__(self, instruction: str, tracker, path: Path, hz: float):
+    def __init__(self, instruction: str, tracker, path: Path, hz: float, reset: dict | None = None):
         self.instruction, self.tracker, self.path, self.period = instruction, tracker, path, 1.0 / hz
         self.next, self.success_at, self.started = 0.0, None, time.time()
         self.succeeding = False
+        self.reset = reset or {}  # the acknowledgement of the scene reset that made this episode
         self.write()
-
-    @classmethod
-    def create(cls, cfg, physics, link: Path) -> "Scorer | None":
-        if not cfg.instruction:
-            return None
-        from reverie.sim.tasks import TaskTracker, parse_instruction
-
-        return cls(cfg.instruction, TaskTracker(parse_instruction(cfg.instruction), physics),
-                   Path(f"{link}.status"), float(cfg.score_hz))
 
     def update(self, now: float) -> None:
         if now < self.next:
@@ -150,13 +152,68 @@ class Scorer:
         self.succeeding = succeeding
 
     def write(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"instruction": self.instruction, "success": self.success_at is not None,
-                                   "success_time": self.success_at, "started": self.started}))
-        os.replace(tmp, self.path)  # readers never see a half-written file
+        write_json(self.path, {"instruction": self.instruction, "success": self.success_at is not None,
+                               "success_time": self.success_at, "started": self.started, **self.reset})
 
 
-def _loop(bus, physics, master: int, writers: dict, cfg, scorer: Scorer | None = None) -> None:
+class Scene:
+    """The served episode: serves `<link>.reset` requests (robot_io/scene.py) as the sim env's
+    reset(seed, instruction) and owns the Scorer of the current instruction (None: nothing scored)."""
+
+    def __init__(self, cfg, physics, writers: dict, link: Path):
+        from reverie.sim.tasks import parse_instruction
+
+        self.physics, self.writers, self.hz = physics, writers, float(cfg.score_hz)
+        self.request, self.status = request_path(link), status_path(link)
+        # Requests without an instruction draw one of this task, as make("arm/<task>") does.
+        self.task = parse_instruction(cfg.instruction).task if cfg.instruction else None
+        self.scorer = self._scorer(cfg.instruction) if cfg.instruction else None
+
+    def _scorer(self, instruction: str, reset: dict | None = None) -> Scorer:
+        from reverie.sim.tasks import TaskTracker, parse_instruction
+
+        return Scorer(instruction, TaskTracker(parse_instruction(instruction), self.physics), self.status,
+                      self.hz, reset)
+
+    def update(self, now: float) -> None:
+        if self.request.exists():
+            self.serve(read_json(self.request))
+        if self.scorer is not None:
+            self.scorer.update(now)
+
+    def serve(self, request: dict | None) -> None:
+        self.request.unlink(missing_ok=True)  # consumed: each request resets once
+        if request is None or "id" not in request:
+            log.warning("ignoring an unreadable scene reset request")
+            return
+        try:
+            self.scorer = self.reset(request.get("seed"), request.get("instruction"), request["id"])
+        except (ReverieError, TypeError, ValueError) as e:
+            log.warning("scene reset %s refused: %s", request["id"], e)
+            write_json(self.status, {**(read_json(self.status) or {}), "reset": request["id"], "error": str(e)})
+
+    def reset(self, seed, instruction: str | None, rid) -> Scorer:
+        from reverie.sim import tasks
+        from reverie.sim.arm_env import episode_seeds
+
+        scene_seed, draws = episode_seeds(int(seed)) if seed is not None else (None, np.random.default_rng())
+        if not instruction:
+            if self.task is None:
+                raise ConfigError("no instruction to score: send one, or start serve-bus with instruction=\"...\" "
+                                  "so instructions are drawn from its task")
+            # The draws of ArmEnv.reset(seed) for the train instruction set, so eval meets the sim's tasks.
+            instruction = tasks.sample_instruction(tasks.sample_goal(self.task, draws), draws, "train")
+        tasks.parse_instruction(instruction)  # refuse before touching the scene
+        # Keep the arm where the bus holds it; only the scene changes, as under an operator's hands.
+        self.physics.reset(scene_seed, arm=self.physics.qpos())
+        for camera, writer in self.writers.items():  # no client frame from before the reset after the ack
+            writer.write(self.physics.render(camera), time.time())
+        cubes = {c: [round(float(v), 5) for v in self.physics.cube_pos(c)] for c in self.physics.cube_names}
+        log.info("scene reset %s: seed %s, %r", rid, seed, instruction)
+        return self._scorer(instruction, {"reset": rid, "seed": seed, "cubes": cubes})
+
+
+def _loop(bus, physics, master: int, writers: dict, cfg, scene: Scene) -> None:
     pending: deque[tuple[float, bytes]] = deque()
     started = time.monotonic()
     frame_period = 1.0 / cfg.camera_fps if cfg.camera_fps > 0 else None
@@ -192,8 +249,7 @@ def _loop(bus, physics, master: int, writers: dict, cfg, scorer: Scorer | None =
                 pass  # nobody reads the port and its buffer is full: the reply is lost on the wire
         if not pending:
             bus.advance(now)
-            if scorer is not None:
-                scorer.update(now)
+            scene.update(now)  # scene resets too happen between exchanges, never inside one
             # Render only between exchanges: a frame takes milliseconds, which would otherwise
             # land inside some reply's return delay.
             if frame_period is not None and now >= next_frame:
