@@ -1,11 +1,13 @@
 """`reverie record robot=<arm> teleop=<keyboard|leader> instruction="..." episodes=N fps=30 out=STORE`
 
-Records teleoperated episodes from a robot into an episode store (created on first use, appended
-to afterwards). Per episode: the arm goes to its home pose, then each control step stores the
-observation o_t (camera images, joint state, measured timestamp) and the action a_t the teleop
-device commanded after seeing it, converted into the robot's action space and sent through the
-same safety filter a policy's actions go through. After each episode it prints the achieved loop
-rate, jitter and dropped camera frames, with a warning when below target.
+Records teleoperated episodes from a robot into an episode store: created on first use, appended
+to afterwards when its keys, shapes, dtypes and fps match what this robot and its cameras record
+(otherwise refused, the store untouched; a store from before `correction` or `capture_time/<camera>`
+existed is appended to without them). Per episode: the arm goes to its home pose, then each control
+step stores the observation o_t (camera images, joint state, measured timestamp) and the action a_t
+the teleop device commanded after seeing it, converted into the robot's action space and sent
+through the same safety filter a policy's actions go through. After each episode it prints the
+achieved loop rate, jitter and dropped camera frames, with a warning when below target.
 
 Operator keys (terminal): Enter start, Space stop and keep, x discard and record again, + success,
 - failure, c toggle a correction segment (stored per row in `correction`), Esc stop, keep this
@@ -69,25 +71,62 @@ def record_schema(robot) -> dict[str, ArraySpec]:
     return schema
 
 
+def optional_key(key: str) -> bool:
+    """Keys added to recordings after the first stores were written: a store that lacks them is
+    appended to without them, so its episodes keep one set of columns (see open_or_create_store)."""
+    return key == "correction" or key.startswith("capture_time/")
+
+
+def schema_mismatch(stored: dict[str, ArraySpec], recorded: dict[str, ArraySpec],
+                    stored_fps: float, fps: float) -> list[str]:
+    """What keeps a session from appending to a store: keys, per-step shapes and dtypes, and fps.
+    Units and bounds are descriptions, not layout, so they may differ between versions."""
+    def spec(s: ArraySpec) -> str:
+        return f"{'x'.join(map(str, s.shape)) or 'scalar'} {s.dtype}"
+
+    problems = []
+    lacking = [k for k in recorded if k not in stored and not optional_key(k)]
+    if lacking:
+        problems.append(f"this robot records {lacking}, which the store lacks")
+    unknown = [k for k in stored if k not in recorded]
+    if unknown:
+        problems.append(f"the store holds {unknown}, which this robot does not record")
+    for key in (k for k in recorded if k in stored):
+        if spec(stored[key]) != spec(recorded[key]):
+            problems.append(f"{key} is {spec(stored[key])} in the store but {spec(recorded[key])} from this robot")
+    if abs(stored_fps - fps) > 1e-6:
+        problems.append(f"the store was recorded at {stored_fps:g} fps, this session runs at {fps:g} (fps=)")
+    return problems
+
+
 def open_or_create_store(out: str, robot, fps: float):
+    """A new store at `out`, or the existing one opened for appending once its schema matches what
+    this robot and its cameras write. Optional keys the store predates are left out of the new
+    rows rather than refusing: the older episodes cannot gain them, and a column present in only
+    some episodes would break readers that stack them."""
+    from pathlib import Path
+
     from reverie.datasets.store import EpisodeStore
 
     schema = record_schema(robot)
-    try:
-        store = EpisodeStore.open(out, "a")
+    try:  # read-only first: a store we refuse is left exactly as it was (mode 'a' may truncate a tail)
+        existing = EpisodeStore.open(out, "r")
     except ReverieError:
-        from pathlib import Path
-        if Path(out).exists():
-            raise
+        path = Path(out)
+        if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+            raise  # something that is not a store (or a damaged one): never overwrite it
         return EpisodeStore.create(out, schema, fps=fps, robot=robot.arm.name)
-    if dict(store.schema) != schema:
-        store.close()
-        raise ConfigError(f"store {out} holds different keys or shapes than this robot records "
-                          f"(store: {sorted(store.schema)}; robot: {sorted(schema)}): record into a new out=")
-    if abs(store.fps - fps) > 1e-6:
-        store.close()
-        raise ConfigError(f"store {out} was recorded at {store.fps:g} fps, not {fps:g}: use fps={store.fps:g} "
-                          f"or a new out=")
+    with existing:
+        problems = schema_mismatch(existing.schema, schema, existing.fps, fps)
+    if problems:
+        raise ConfigError(f"cannot append to {out}: " + "; ".join(problems) + ". Its episodes were not "
+                          f"touched. Record into a new out=, or with the settings of its earlier sessions "
+                          f"(same cameras and resolution, fps={existing.fps:g})")
+    store = EpisodeStore.open(out, "a")
+    skipped = [k for k in schema if k not in store.schema]
+    if skipped:
+        log.warning("%s predates %s; this session is appended without them, like its earlier episodes "
+                    "(record into a new out= to keep them)", out, skipped)
     return store
 
 
@@ -144,14 +183,16 @@ class Recorder:
                         success = event is Event.SUCCESS
                     elif event is Event.CORRECTION:
                         correction = not correction
-                        self.say(f"  correction segment {'started' if correction else 'ended'} at step {t}")
+                        lost = "" if "correction" in self.store.schema else " (not stored: the store predates it)"
+                        self.say(f"  correction segment {'started' if correction else 'ended'} at step {t}{lost}")
                 last = stop or t == plan.max_steps - 1
                 state = ts.observation["state"]
                 if last:
                     action, known = np.zeros(robot.action_spec().shape, np.float32), False
                 else:
                     action, known = robot.action_for_target(self.teleop.target(state), state), True
-                writer.add(self._row(ts, t, action, known, last, correction))
+                row = self._row(ts, t, action, known, last, correction)
+                writer.add({k: v for k, v in row.items() if k in self.store.schema or not optional_key(k)})
                 stamps.append(ts.info["timestamp"])
                 for key, value in ts.info.items():
                     if key.startswith("frame/"):

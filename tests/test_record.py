@@ -181,3 +181,90 @@ def test_ctrl_c_mid_episode_keeps_committed_episodes_and_parks_the_arm(so101, tm
     store = EpisodeStore.open(out)
     assert store.num_episodes == 1 and store.num_frames == store.meta(0).length == 30
     assert _torque_off(so101)
+
+
+def _session(virtual, out, episodes, say=lambda line: None):
+    """One `reverie record` session in code: connect, append `episodes`, park. Returns their indices."""
+    arm = _arm(virtual)
+    robot = Robot(arm, cameras=build_cameras(arm.cameras), control_hz=30)
+    robot.connect()
+    try:
+        store = open_or_create_store(str(out), robot, 30.0)
+        plan = Plan("pan to the left", episodes=episodes, fps=30.0, max_steps=6, start="auto")
+        results = Recorder(robot, ScriptedKeys(arm, {(0, 1): "c"}), store, plan, say=say).run()
+        store.close()
+    finally:
+        robot.disconnect()
+    return [r.index for r in results]
+
+
+def _contents(out):
+    with EpisodeStore.open(out) as store:
+        return store.schema, [(store.meta(i), store.episode(i)) for i in range(store.num_episodes)]
+
+
+def _assert_same_episodes(before, after):
+    for (meta, ep), (meta2, ep2) in zip(before, after, strict=False):
+        assert meta == meta2 and ep.keys() == ep2.keys()
+        for key in ep:  # bit for bit, not just numerically equal
+            assert ep[key].dtype == ep2[key].dtype and ep[key].tobytes() == ep2[key].tobytes(), key
+
+
+def _files(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _old_episode(schema, steps=4):
+    """Rows of a made-up committed episode, for stores written by earlier sessions."""
+    rng = np.random.default_rng(0)
+    ep = {k: rng.uniform(-1, 1, (steps, *s.shape)).astype(s.dtype) if s.dtype != "bool" else np.zeros(steps, bool)
+          for k, s in schema.items()}
+    ep["is_first"][0] = ep["is_last"][-1] = True
+    return ep
+
+
+def test_a_second_session_appends_after_the_first_which_stays_bit_identical(so101, tmp_path):
+    out = tmp_path / "sessions.zarr"
+    assert _session(so101, out, 2) == [0, 1]
+    schema, first = _contents(out)
+    assert _session(so101, out, 1) == [2]
+    schema2, both = _contents(out)
+    assert schema2 == schema and len(both) == 3
+    _assert_same_episodes(first, both[:2])
+    assert both[2][1]["correction"][2:].all() and both[2][0].start == first[1][0].start + first[1][0].length
+
+
+def test_a_store_from_before_correction_and_capture_times_is_appended_to_without_them(so101, tmp_path, caplog):
+    from reverie.datasets.schema import make_schema
+
+    out = tmp_path / "old.zarr"
+    old_schema = make_schema({"front": (64, 64)}, state_dim=6, action_dim=6)  # what record wrote at first
+    with EpisodeStore.create(out, old_schema, fps=30.0, robot="so101_virtual") as store:
+        store.add_episode(_old_episode(old_schema), instruction="an older session", source="teleop")
+    _, before = _contents(out)
+    said = []
+    assert _session(so101, out, 1, say=said.append) == [1]
+    schema, after = _contents(out)
+    assert schema == old_schema and len(after) == 2  # the store keeps one set of columns
+    _assert_same_episodes(before, after[:1])
+    assert "predates ['correction', 'capture_time/front']" in caplog.text
+    assert any("correction segment started at step 2 (not stored" in line for line in said)
+
+
+@pytest.mark.parametrize("kind", ["camera", "fps"])
+def test_a_store_with_another_schema_is_refused_and_left_untouched(so101, tmp_path, capsys, kind):
+    from reverie.datasets.schema import make_schema
+
+    out = tmp_path / "other.zarr"
+    size, fps = ((32, 32), 30.0) if kind == "camera" else ((64, 64), 15.0)
+    schema = make_schema({"front": size}, state_dim=6, action_dim=6)
+    with EpisodeStore.create(out, schema, fps=fps, robot="so101_virtual") as store:
+        store.add_episode(_old_episode(schema), instruction="another camera setup", source="teleop")
+    files = _files(out)
+    assert cli(_cli_args(so101, out, "episodes=1")) == 2
+    err = capsys.readouterr().err
+    expected = ("image/front is 32x32x3 uint8 in the store but 64x64x3 uint8 from this robot" if kind == "camera"
+                else "recorded at 15 fps, this session runs at 30")
+    assert f"cannot append to {out}" in err and expected in err and "new out=" in err, err
+    assert _files(out) == files
+    assert _torque_off(so101)
