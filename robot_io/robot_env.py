@@ -9,7 +9,10 @@ the sim's sparse reward); `info["success"]` on every step. robot_io.Robot undern
 work (safety filter, watchdog, safe stop on any fault); this module adds what makes an episode:
 
 - reset() moves to the home pose. On a physical arm it then waits for the operator to reset the
-  scene and press Enter (start="key"); the virtual robot starts at once (start="auto").
+  scene and press Enter (start="key"). The virtual robot resets its own scene (robot_io/scene.py):
+  the cubes the sim env lays out for reset's seed, scoring reset's instruction (or the env's, or,
+  with neither, the one the sim draws for that seed), so eval meets the sim eval's episodes; it
+  starts at once (start="auto").
 - Success: the virtual robot scores its own instruction (`serve-bus instruction=...` keeps
   `<link>.status`); a physical arm has only the operator's `+`/`-` keys, asked for at the end of an
   episode that had none. Unknown stays `info["success"] = None`; stores keep it unlabelled.
@@ -30,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from reverie.errors import ConfigError, HardwareError
+from reverie.robot_io.scene import reset_scene
 from reverie.robot_io.teleop import Event
 from reverie.specs import StepType, TimeStep
 
@@ -52,6 +56,7 @@ class RobotEnv:
         self.robot, self.time_limit, self.operator = robot, int(time_limit), operator
         self.status, self.instruction, self.start = status, instruction, start
         self.label_timeout_s, self.say, self._keys = label_timeout_s, say, keys
+        self.scene_timeout_s = 10.0  # the virtual robot's scene reset takes milliseconds once it runs
         self.control_hz = robot.control_hz
         self.quit = False  # the operator pressed Esc: callers finish this episode and stop
         self._t, self._since, self._takeover, self._done = 0, 0.0, False, True
@@ -73,9 +78,13 @@ class RobotEnv:
 
     # --- episode --------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, instruction: str | None = None) -> TimeStep:
-        """`seed` cannot place objects on a real table; it is accepted for the Env contract only."""
+        """`seed` places the virtual robot's cubes; a real table's are the operator's to set."""
+        if self.status is not None:  # the virtual robot: a fresh scene, as the sim's reset(seed) makes
+            self.robot.reset(instruction=instruction or self.instruction)  # home first, clear of the cubes
+            instruction = reset_scene(self.status.with_suffix(""), seed, instruction or self.instruction,
+                                      self.scene_timeout_s)["instruction"]
         instruction = self._instruction(instruction)
-        ts = self.robot.reset(instruction=instruction)
+        ts = self.robot.reset(instruction=instruction)  # after a scene reset: already home, a fresh o_0
         if self.start == "key":
             self.robot.idle()  # hold still while the operator arranges the scene
             self._wait_for_start(instruction)
