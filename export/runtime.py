@@ -4,7 +4,8 @@ Runs an exported policy on a robot without torch (numpy, onnxruntime, tokenizers
 
 Options (key=value):
   episodes=1        episodes to run; steps=N caps each (default: sim time limit 300, robots 300)
-  task=all seed=0   sim only: task family and scene seed of the first episode
+  task=all seed=0   sim: task family and scene seed of the first episode (episode k: seed+k);
+                    virtual: episode k>0 asks serve-bus for the scene of seed+k (robot_io/scene.py)
   link= frames=     robot=virtual: the serve-bus link, and its frame-file prefix (default <link>.frames)
   port= camera= calibration=   feetech/dynamixel: serial port, OpenCV camera (index or path), calibration JSON
   stdin=true        read new instructions from standard input, one per line

@@ -100,13 +100,14 @@ class ArmTarget:
 
     paced = True
 
-    def __init__(self, arm, hz: float, status: Path | None = None):
+    def __init__(self, arm, hz: float, status: Path | None = None, seed: int = 0):
         from reverie.robot_io.camera_setup import build_cameras
         from reverie.robot_io.robot import Robot
 
         self.robot = Robot(arm, cameras=build_cameras(arm.cameras), control_hz=hz)
         self.hz = hz
         self.status = status  # the virtual robot's task score (`reverie sim serve-bus instruction=...`)
+        self.seed, self.episode = seed, 0  # the virtual robot's scene of each episode after the first
 
     def episode_success(self, since: float) -> bool | None:
         """Success since wall time `since`, when the robot scores its task (the virtual one can);
@@ -138,7 +139,25 @@ class ArmTarget:
         self.robot.connect()  # checks every servo and enables torque where the arm is: no motion yet
 
     def reset(self, instruction: str) -> dict:
-        return self.robot.reset(instruction=instruction).observation  # moves to the home pose
+        obs = self.robot.reset(instruction=instruction).observation  # moves to the home pose
+        if self.status is not None and self.episode > 0:
+            # The virtual robot: a fresh scene per episode, as robot=sim's reset(seed + episode). The
+            # first episode runs on the scene serve-bus started with, so one episode needs no request.
+            self._new_scene(instruction)
+            obs = self.robot.reset(instruction=instruction).observation  # already home: o_0 of the new scene
+        self.episode += 1
+        return obs
+
+    def _new_scene(self, instruction: str) -> None:
+        from reverie.robot_io.scene import reset_scene
+
+        link, seed = self.status.with_suffix(""), self.seed + self.episode
+        try:
+            reset_scene(link, seed, instruction)
+        except ConfigError:
+            # As robot=sim: any text drives the policy, but the sim scores only phrasings it parses.
+            served = reset_scene(link, seed, None)
+            log.warning("the virtual robot cannot score %r; its success is for %r", instruction, served["instruction"])
 
     def step(self, action: np.ndarray):
         ts = self.robot.step(action)
@@ -189,4 +208,4 @@ def arm_target(manifest: dict, robot: str, args: dict) -> ArmTarget:
     if args.get("calibration"):
         config["calibration"] = args["calibration"]
     status = Path(f"{port}.status") if robot == "virtual" else None
-    return ArmTarget(arm_from_mapping(config), float(manifest["control_hz"]), status)
+    return ArmTarget(arm_from_mapping(config), float(manifest["control_hz"]), status, int(args.get("seed", 0)))

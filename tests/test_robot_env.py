@@ -257,3 +257,23 @@ def test_operator_starts_labels_and_quits_on_a_physical_arm(arm):
     assert any("reset the scene" in line for line in said) and any("episode over" in line for line in said)
     assert summarize([labelled, stopped])["unlabelled"] == 1
     assert torque(arm) == {0}
+
+
+def test_deploy_gives_each_virtual_episode_after_the_first_a_fresh_scene(arm):
+    from reverie.export.targets import ArmTarget
+
+    status = Path(f"{arm.link}.status")
+    target = ArmTarget(load_arm("so101_sim", port=arm.link, cameras=arm.camera_config()), 10.0, status, seed=3)
+    target.connect()
+    try:
+        served = json.loads(status.read_text())
+        target.reset("touch the red cube")  # episode 0: the scene serve-bus has, no request
+        assert json.loads(status.read_text()).get("reset") == served.get("reset")
+        obs = target.reset("lift the blue cube")  # episode 1: the scene of seed 3 + 1, scoring its text
+        record = json.loads(status.read_text())
+        assert record["seed"] == 4 and record["instruction"] == "lift the blue cube" and record["success"] is False
+        assert obs["instruction"] == "lift the blue cube"
+        target.reset("wave at the camera")  # any text drives the policy; the score is then for a drawn task
+        assert json.loads(status.read_text())["seed"] == 5
+    finally:
+        target.close()
