@@ -122,7 +122,7 @@ def main() -> None:
     p.add_argument("--backend", default="rssm")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--skill", type=float, default=0.5)
-    p.add_argument("--demos", type=int, default=60)
+    p.add_argument("--demos", type=int, default=200)
     p.add_argument("--time-limit", type=int, default=60)
     p.add_argument("--demos-seed", type=int, default=0)
     p.add_argument("--wm-steps", type=int, default=0, help="0: the preset's steps")
