@@ -79,9 +79,11 @@ class RobotEnv:
     # --- episode --------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, instruction: str | None = None) -> TimeStep:
         """`seed` places the virtual robot's cubes; a real table's are the operator's to set."""
+        instruction = instruction or self.instruction
         if self.status is not None:  # the virtual robot: a fresh scene, as the sim's reset(seed) makes
-            self.robot.reset(instruction=instruction or self.instruction)  # home first, clear of the cubes
-            instruction = reset_scene(self.status.with_suffix(""), seed, instruction or self.instruction,
+            self.robot.reset(instruction=instruction)  # home first, clear of where the cubes appear
+            # None asks the server to draw the instruction the sim draws for this seed
+            instruction = reset_scene(self.status.with_suffix(""), seed, instruction,
                                       self.scene_timeout_s)["instruction"]
         instruction = self._instruction(instruction)
         ts = self.robot.reset(instruction=instruction)  # after a scene reset: already home, a fresh o_0
@@ -161,14 +163,10 @@ class RobotEnv:
         return bool(served.get("success")) and float(served.get("success_time") or 0) >= self._since
 
     def _instruction(self, asked: str | None) -> str:
-        served = (self._served() or {}).get("instruction")
-        instruction = asked or self.instruction or served
+        instruction = asked or self.instruction
         if not instruction:
             raise ConfigError("the robot env needs an instruction: pass instruction=\"...\" (the task the "
-                              "operator sets up), or start serve-bus with instruction=")
-        if served and instruction != served:
-            raise ConfigError(f"the virtual robot scores {served!r}, not {instruction!r}: restart "
-                              f"`reverie sim serve-bus` with instruction=\"{instruction}\"")
+                              "operator sets up)")
         return instruction
 
     def _wait_for_start(self, instruction: str) -> None:
