@@ -39,3 +39,29 @@ def quick(tmp_path_factory) -> Path:
 def trained(tmp_path_factory) -> dict:
     """Trained tiny rssm and shortcut bundles (minutes; slow tests only)."""
     return _export_setup().trained_bundles(tmp_path_factory.getbasetemp())
+
+
+def _tiny_agent(root: Path, episodes: int, time_limit: int, wm_steps: int, bc_steps: int,
+                holdout: float) -> dict:
+    """Scripted touch demos -> tiny world model -> tiny BC agent under `root` (seconds)."""
+    from reverie.config import compose
+    from reverie.policy import train as agent_train
+    from reverie.sim.demos import record
+    from reverie.world_model.train import Trainer
+
+    store = root / "demos.zarr"
+    record(compose("sim_demos", ["task=touch", f"episodes={episodes}", "skill=1.0", f"out={store}",
+                                 f"time_limit={time_limit}"]))
+    Trainer(compose("train_wm", ["preset=tiny", f"data={store}", f"out={root / 'wm'}", f"steps={wm_steps}",
+                                 "progress=false", f"holdout={holdout}"])).run()
+    common = [f"wm={root / 'wm'}", "progress=false", "log_every=1", f"holdout={holdout}", "bc.seq_len=6",
+              "rl.context=4"]
+    bc = agent_train.train(compose("train_agent", ["stage=bc", f"out={root / 'bc'}", f"steps={bc_steps}",
+                                                   *common]))
+    return {"root": root, "store": store, "wm": root / "wm", "bc": bc, "common": common}
+
+
+@pytest.fixture(scope="session")
+def tiny_agent():
+    """The builder above, for tests that need a world model and a BC agent to act with."""
+    return _tiny_agent

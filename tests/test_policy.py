@@ -14,18 +14,12 @@ ENV_KW = {"time_limit": 12}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_agent):
     from reverie.policy import train as agent_train
-    from reverie.sim.demos import record
-    from reverie.world_model.train import Trainer
 
-    root = tmp_path_factory.mktemp("policy")
-    store = root / "demos.zarr"
-    record(compose("sim_demos", ["task=touch", "episodes=4", "skill=1.0", f"out={store}", "time_limit=30"]))
-    Trainer(compose("train_wm", ["preset=tiny", f"data={store}", f"out={root / 'wm'}", "steps=4",
-                                 "progress=false", "holdout=0.25"])).run()
-    common = [f"wm={root / 'wm'}", "progress=false", "log_every=1", "holdout=0.25", "bc.seq_len=6", "rl.context=4"]
-    bc = agent_train.train(compose("train_agent", ["stage=bc", f"out={root / 'bc'}", "steps=4", *common]))
+    built = tiny_agent(tmp_path_factory.mktemp("policy"), episodes=4, time_limit=30, wm_steps=4, bc_steps=4,
+                       holdout=0.25)
+    root, store, bc, common = built["root"], built["store"], built["bc"], built["common"]
     rl = agent_train.train(compose("train_agent", ["stage=rl", f"init={bc}", f"out={root / 'rl'}", "steps=3",
                                                    "rl.batch_size=4", "rl.horizon=4", *common]))
     return {"root": root, "store": store, "wm": root / "wm", "bc": bc, "rl": rl}

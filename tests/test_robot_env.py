@@ -198,21 +198,13 @@ def test_eval_command_runs_a_policy_on_the_virtual_robot(arm, tmp_path, capsys):
     assert "options of robot envs (env=robot/<arm config>)" in capsys.readouterr().err
 
 
-def test_improve_runs_a_round_on_the_virtual_robot(arm, tmp_path):
+def test_improve_runs_a_round_on_the_virtual_robot(arm, tmp_path, tiny_agent):
     from reverie.config import compose
     from reverie.datasets.store import EpisodeStore
-    from reverie.policy import train as agent_train
     from reverie.policy.improve import improve
-    from reverie.sim.demos import record
-    from reverie.world_model.train import Trainer
 
     # the smallest world model and agent that run (tests/test_policy.py trains and checks them properly)
-    store = tmp_path / "demos.zarr"
-    record(compose("sim_demos", ["task=touch", "episodes=2", "skill=1.0", f"out={store}", "time_limit=20"]))
-    Trainer(compose("train_wm", ["preset=tiny", f"data={store}", f"out={tmp_path / 'wm'}", "steps=2",
-                                 "progress=false", "holdout=0"])).run()
-    common = [f"wm={tmp_path / 'wm'}", "progress=false", "log_every=1", "holdout=0", "bc.seq_len=6", "rl.context=4"]
-    bc = agent_train.train(compose("train_agent", ["stage=bc", f"out={tmp_path / 'bc'}", "steps=2", *common]))
+    bc = tiny_agent(tmp_path, episodes=2, time_limit=20, wm_steps=2, bc_steps=2, holdout=0)["bc"]
     rows = improve(compose("improve", [
         f"wm={tmp_path / 'wm'}", f"agent={bc}", f"prior={bc}", f"out={tmp_path / 'imp'}", "rounds=1",
         "episodes=2", "wm_steps=2", "rl_steps=2", "eval_episodes=2", "progress=false", "device=cpu",
