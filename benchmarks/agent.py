@@ -5,6 +5,8 @@
 On a 2-core machine run one process per task (each uses one torch thread), then merge:
     .venv/bin/python benchmarks/agent.py --tasks touch &  .venv/bin/python benchmarks/agent.py --tasks push
     .venv/bin/python benchmarks/agent.py --merge
+Re-score a finished run's saved agents on more (and other) evaluation seeds, without retraining:
+    .venv/bin/python benchmarks/agent.py --rescore 300 --tasks touch push
 
 Per task: scripted demos at a skill where behaviour cloning often fails -> one world model ->
   1. behaviour cloning from scratch (pixels + state + instruction, no world model)
@@ -39,7 +41,7 @@ def run_task(task: str, args, root: Path) -> dict:
     from reverie.policy.evaluate import evaluate
     from reverie.policy.improve import improve
     from reverie.policy.loading import load_controller
-    from reverie.policy.scratch_bc import ScratchController, train_scratch_bc
+    from reverie.policy.scratch_bc import ScratchController, save as save_scratch, train_scratch_bc
     from reverie.policy.train import train
     from reverie.sim.demos import record
     from reverie.world_model import checkpoint as wm_checkpoint
@@ -80,6 +82,7 @@ def run_task(task: str, args, root: Path) -> dict:
     _, wm_cfg, wm_info = wm_checkpoint.load_model(wm)
     data = AgentData(compose("train_agent", common), wm_cfg, wm_info, batch_size=16, seq_len=16)
     scratch, _ = timed("bc from scratch", lambda: train_scratch_bc(data, steps=args.bc_steps, progress=False))
+    save_scratch(root / "scratch_bc", scratch, {"image_key": "image/front"})  # kept for --rescore
     score("bc from scratch", ScratchController(scratch, "image/front"))
 
     bc = timed("bc on world-model features", lambda: train(compose("train_agent", [
@@ -100,6 +103,28 @@ def run_task(task: str, args, root: Path) -> dict:
         score(f"+ {k} corrective round{'s' if k > 1 else ''}", load_controller(agent))
     beats = wm_eval.get("beats_copy_last_at_every_horizon")
     return {"demo_success": demo_rate, "rows": rows, "seconds": times, "wm_beats_copy_last": beats}
+
+
+# row -> where run_task leaves its policy, relative to out/<task>
+SAVED = {"bc from scratch": "scratch_bc", "bc on world-model features": "bc", "imagination rl with prior": "rl",
+         "+ 1 corrective round": "improve1/round_1/agent", "+ 2 corrective rounds": "improve2/round_1/agent"}
+
+
+def rescore(task: str, args, root: Path) -> dict:
+    """Evaluate the saved policies of a finished run on `args.rescore` episodes from other seeds."""
+    from reverie.policy.evaluate import evaluate
+    from reverie.policy.loading import load_controller
+
+    old = json.loads((RESULTS / "agent" / f"{task}.json").read_text())["task"]
+    rows = {}
+    for name, rel in SAVED.items():
+        if not (root / rel).exists():
+            print(f"[{task}] {name}: no saved policy at {root / rel}, skipped", flush=True)
+            continue
+        rows[name] = evaluate(load_controller(root / rel), f"arm/{task}", args.rescore, ["train"],
+                              seed=70_000, env_kwargs={"time_limit": args.time_limit}, progress=False)["train"]
+        print(f"[{task}] {name}: {100 * rows[name]['success_rate']:.1f}% of {args.rescore}", flush=True)
+    return {**old, "rows": rows, "eval_seed": 70_000}
 
 
 def table(results: dict) -> str:
@@ -137,16 +162,22 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench_agent")
     p.add_argument("--quick", action="store_true", help="tiny preset, a few steps: checks the harness only")
     p.add_argument("--merge", action="store_true", help="merge results/agent/<task>.json into agent.json")
+    p.add_argument("--rescore", type=int, default=0, help="re-evaluate a finished run's policies on N episodes")
     args = p.parse_args()
     if args.merge:
         return merge()
+    if args.rescore:
+        torch_threads(args.threads)
+        results = {"args": vars(args), "tasks": {t: rescore(t, args, Path(args.out) / t) for t in args.tasks}}
+        text = table(results)
+        (RESULTS / f"agent_rescore{args.rescore}_{'_'.join(args.tasks)}.json").write_text(json.dumps(results, indent=1))
+        (RESULTS / f"agent_rescore{args.rescore}_{'_'.join(args.tasks)}.md").write_text("```\n" + text + "\n```\n")
+        return print(text)
     if args.quick:
         args.preset, args.demos, args.wm_steps, args.bc_steps, args.rl_steps = "tiny", 4, 5, 5, 3
         args.round_episodes, args.round_wm_steps, args.round_rl_steps, args.eval_episodes = 2, 2, 2, 2
         args.time_limit = 20
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
+    torch_threads(args.threads)
     results = {"args": vars(args), "tasks": {}}
     for task in args.tasks:
         results["tasks"][task] = run_task(task, args, Path(args.out) / task)
@@ -157,6 +188,12 @@ def main() -> None:
     print(table(results))
     if not args.quick:
         merge()
+
+
+def torch_threads(n: int) -> None:
+    if n:
+        import torch
+        torch.set_num_threads(n)
 
 
 def merge() -> None:
