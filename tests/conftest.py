@@ -42,8 +42,9 @@ def trained(tmp_path_factory) -> dict:
 
 
 def _tiny_agent(root: Path, episodes: int, time_limit: int, wm_steps: int, bc_steps: int,
-                holdout: float) -> dict:
-    """Scripted touch demos -> tiny world model -> tiny BC agent under `root` (seconds)."""
+                holdout: float, agent_options: tuple = ()) -> dict:
+    """Scripted touch demos -> tiny world model -> tiny BC agent under `root` (seconds), all on the CPU.
+    `agent_options` join the train-agent overrides returned as `common`."""
     from reverie.config import compose
     from reverie.policy import train as agent_train
     from reverie.sim.demos import record
@@ -53,9 +54,9 @@ def _tiny_agent(root: Path, episodes: int, time_limit: int, wm_steps: int, bc_st
     record(compose("sim_demos", ["task=touch", f"episodes={episodes}", "skill=1.0", f"out={store}",
                                  f"time_limit={time_limit}"]))
     Trainer(compose("train_wm", ["preset=tiny", f"data={store}", f"out={root / 'wm'}", f"steps={wm_steps}",
-                                 "progress=false", f"holdout={holdout}"])).run()
+                                 "progress=false", f"holdout={holdout}", "device=cpu"])).run()
     common = [f"wm={root / 'wm'}", "progress=false", "log_every=1", f"holdout={holdout}", "bc.seq_len=6",
-              "rl.context=4"]
+              "rl.context=4", "device=cpu", *agent_options]
     bc = agent_train.train(compose("train_agent", ["stage=bc", f"out={root / 'bc'}", f"steps={bc_steps}",
                                                    *common]))
     return {"root": root, "store": store, "wm": root / "wm", "bc": bc, "common": common}
