@@ -46,7 +46,7 @@ def record_rollouts(controller, env_name: str, episodes: int, store_path: Path, 
         spec = env.observation_spec()
         cams = {k.split("/", 1)[1]: tuple(s.shape[:2]) for k, s in spec.items() if k.startswith("image/")}
         schema = make_schema(cams, spec["state"].shape[0], env.action_spec().shape[0])
-        if env_name.startswith("robot/"):  # operator takeovers, as `reverie record` stores them
+        if getattr(env, "corrections", False):  # operator takeovers, as `reverie record` stores them
             schema["correction"] = ArraySpec((), "bool", units="True while the operator had taken over")
         narrated = bool(getattr(env, "narrates", False))  # keep the sim's narration, as `sim demos` does
         fps = getattr(env, "control_hz", None) or getattr(getattr(env, "cfg", None), "control_hz", 10.0)

@@ -45,6 +45,8 @@ def _say(text: str) -> None:
 
 
 class RobotEnv:
+    corrections = True  # timesteps carry info["correction"] (operator takeover); recorders store it
+
     def __init__(self, robot, time_limit: int = 80, operator=None, status: Path | None = None,
                  instruction: str | None = None, start: str = "auto", label_timeout_s: float | None = 60.0,
                  say=_say, keys=None):
