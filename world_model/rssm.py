@@ -194,7 +194,7 @@ class RSSM(WorldModel):
         kl_rep = _kl(post, prior.detach())
         terms["dyn"] = torch.clamp(kl_dyn, min=self.free_nats)
         terms["rep"] = torch.clamp(kl_rep, min=self.free_nats)
-        # `describe` is scaled 1 unless loss_scales names it (older configs list only the other terms).
+        # .get: configs saved before the description head have no `describe` scale (it is 1).
         total = sum(self.scales.get(k, 1.0) * v.mean() for k, v in terms.items())
         with torch.no_grad():
             metrics = {f"loss/{k}": v.mean().item() for k, v in terms.items()}
