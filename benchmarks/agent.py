@@ -33,12 +33,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RESULTS = Path(__file__).parent / "results"
 
 
+def success(controller, task: str, episodes: int, seed: int, time_limit: int) -> dict:
+    """The train-suite evaluation every row gets: fixed seeds from `seed`, Wilson interval."""
+    from reverie.policy.evaluate import evaluate
+
+    return evaluate(controller, f"arm/{task}", episodes, ["train"], seed=seed,
+                    env_kwargs={"time_limit": time_limit}, progress=False)["train"]
+
+
+def report(task: str, name: str, row: dict) -> None:
+    print(f"[{task}] {name}: {100 * row['success_rate']:.1f}% of {row['episodes']} "
+          f"[{100 * row['ci95'][0]:.0f}, {100 * row['ci95'][1]:.0f}]", flush=True)
+
+
 def run_task(task: str, args, root: Path) -> dict:
-    from omegaconf import OmegaConf
 
     from reverie.config import compose
     from reverie.policy.data import AgentData
-    from reverie.policy.evaluate import evaluate
     from reverie.policy.improve import improve
     from reverie.policy.loading import load_controller
     from reverie.policy.scratch_bc import ScratchController, save as save_scratch, train_scratch_bc
@@ -50,7 +61,6 @@ def run_task(task: str, args, root: Path) -> dict:
 
     root.mkdir(parents=True, exist_ok=True)
     times, rows = {}, {}
-    env_kwargs = {"time_limit": args.time_limit}
 
     def timed(name, fn):
         start = time.perf_counter()
@@ -60,10 +70,8 @@ def run_task(task: str, args, root: Path) -> dict:
         return out
 
     def score(name, controller):
-        rows[name] = evaluate(controller, f"arm/{task}", args.eval_episodes, ["train"], seed=50_000,
-                              env_kwargs=env_kwargs, progress=False)["train"]
-        print(f"[{task}] {name}: {100 * rows[name]['success_rate']:.1f}% "
-              f"[{100 * rows[name]['ci95'][0]:.0f}, {100 * rows[name]['ci95'][1]:.0f}]", flush=True)
+        rows[name] = success(controller, task, args.eval_episodes, 50_000, args.time_limit)
+        report(task, name, rows[name])
 
     store = root / "demos.zarr"
     demo_rate = timed("demos", lambda: record(compose("sim_demos", [
@@ -112,7 +120,6 @@ SAVED = {"bc from scratch": "scratch_bc", "bc on world-model features": "bc", "i
 
 def rescore(task: str, args, root: Path) -> dict:
     """Evaluate the saved policies of a finished run on `args.rescore` episodes from other seeds."""
-    from reverie.policy.evaluate import evaluate
     from reverie.policy.loading import load_controller
 
     old = json.loads((RESULTS / "agent" / f"{task}.json").read_text())["task"]
@@ -121,9 +128,8 @@ def rescore(task: str, args, root: Path) -> dict:
         if not (root / rel).exists():
             print(f"[{task}] {name}: no saved policy at {root / rel}, skipped", flush=True)
             continue
-        rows[name] = evaluate(load_controller(root / rel), f"arm/{task}", args.rescore, ["train"],
-                              seed=70_000, env_kwargs={"time_limit": args.time_limit}, progress=False)["train"]
-        print(f"[{task}] {name}: {100 * rows[name]['success_rate']:.1f}% of {args.rescore}", flush=True)
+        rows[name] = success(load_controller(root / rel), task, args.rescore, 70_000, args.time_limit)
+        report(task, name, rows[name])
     return {**old, "rows": rows, "eval_seed": 70_000}
 
 
