@@ -47,7 +47,6 @@ def report(task: str, name: str, row: dict) -> None:
 
 
 def run_task(task: str, args, root: Path) -> dict:
-
     from reverie.config import compose
     from reverie.policy.data import AgentData
     from reverie.policy.improve import improve
