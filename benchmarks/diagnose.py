@@ -1,0 +1,80 @@
+"""Two diagnostics behind figures in the issue notes (not targets; see world_model.py / agent.py for those).
+
+    .venv/bin/python benchmarks/diagnose.py joints WM_RUN    # per-joint MSE of the filtered (posterior)
+        state and of one imagined step, on held-out windows: which joints the latent keeps
+    .venv/bin/python benchmarks/diagnose.py bc AGENT STORE   # a BC agent's action error on the last 20
+        episodes of STORE, acting online (teacher-forced) and filtering whole episodes offline
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import torch
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@torch.no_grad()
+def joints(run: str, context: int = 8, windows: int = 64) -> None:
+    from reverie.world_model import checkpoint
+    from reverie.world_model.backend import replay_policy
+    from reverie.world_model.data import Language, collate, open_stores
+    from reverie.world_model.evaluate import eval_windows
+
+    model, _, trainer = checkpoint.load_model(run, "cpu")
+    image_key = trainer.get("image_key", "image/front")
+    stores = open_stores(trainer["stores"])
+    picked = eval_windows(stores, float(trainer.get("holdout", 0.0)), "holdout", context + 1, windows,
+                          slice(context - 1, context), image_key)
+    batch = collate(picked, image_key, int(model.cfg.image_size), Language(), False, torch.device("cpu"))
+    ctx = {k: (v[:, :context] if v.dim() > 1 and v.shape[1] == context + 1 else v) for k, v in batch.items()}
+    last, _ = model.observe(ctx)
+    traj = model.imagine(last, replay_policy(batch["action"][:, context - 1:context]), 1)
+    state = model.decode_state(traj["state"])                                    # (B, 2, J)
+    truth = batch["state"][:, context - 1:context + 1]                           # (B, 2, J)
+    fmt = lambda x: " ".join(f"{v:.4f}" for v in x.tolist())                     # noqa: E731
+    print(f"{len(picked)} held-out windows of {run}; per-joint MSE")
+    print(f"  filtered state, last context row: {fmt((state[:, 0] - truth[:, 0]).square().mean(0))}")
+    print(f"  one imagined step:                {fmt((state[:, 1] - truth[:, 1]).square().mean(0))}")
+    print(f"  copy-last baseline for that step: {fmt((truth[:, 0] - truth[:, 1]).square().mean(0))}")
+    print(f"  joint std over these rows:        {fmt(truth.flatten(0, 1).std(0))}")
+
+
+@torch.no_grad()
+def bc(agent: str, store_path: str, episodes: int = 20) -> None:
+    from reverie.datasets.store import EpisodeStore
+    from reverie.policy.loading import load_controller
+    from reverie.world_model.data import collate
+
+    ctrl = load_controller(agent)
+    store = EpisodeStore.open(store_path)
+    keys = [ctrl.image_key, "state", "action", "action_mask", "reward", "is_first", "is_last", "is_terminal"]
+    online, offline = [], []
+    for e in range(store.num_episodes - episodes, store.num_episodes):
+        ep, instruction = store.episode(e), store.meta(e).instruction
+        ctrl.reset(instruction)
+        for t in range(len(ep["state"])):  # act on o_t, then hear the recorded a_t, as in training
+            action = ctrl.act({ctrl.image_key: ep[ctrl.image_key][t], "state": ep["state"][t],
+                               "instruction": instruction})
+            if ep["action_mask"][t]:
+                online.append(np.abs(action - ep["action"][t]).mean())
+            ctrl.observe_executed(ep["action"][t])
+        window = {k: ep[k] for k in keys} | {"instruction": instruction, "start": 0}
+        b = collate([window], ctrl.image_key, ctrl.image_size, ctrl.language, False, ctrl.wm.device)
+        _, feat = ctrl.wm.observe(b)                                             # (1, T, F)
+        mode = ctrl.agent.policy(feat[0], b["instruction_embedding"].expand(feat.shape[1], -1)).mode()
+        offline.append((mode - b["action"][0]).abs().mean(-1)[b["action_mask"][0]].numpy())
+    print(f"{agent} on the last {episodes} episodes of {store_path}: mean |action error| "
+          f"online {np.mean(online):.3f}, offline {np.concatenate(offline).mean():.3f} ({len(online)} rows)")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    commands = {"joints": joints, "bc": bc}
+    if len(sys.argv) < 3 or sys.argv[1] not in commands:
+        raise SystemExit(__doc__)
+    commands[sys.argv[1]](*sys.argv[2:])
