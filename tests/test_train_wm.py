@@ -54,6 +54,21 @@ def test_train_checkpoint_resume_reproduce(toy_store, tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(params(fresh.model).values(), params(full.model).values()))
 
 
+def test_learning_rate_warmup_and_cosine_decay(toy_store, tmp_path):
+    trainer = Trainer(compose("train_wm", ["preset=tiny", f"data={toy_store}", f"out={tmp_path}",
+                                           "warmup=4", "lr_end=0.1"]))
+    base = float(trainer.mcfg.lr)
+    assert trainer.set_lr(0.0) == pytest.approx(base / 4)  # step 0 of a 4-step warm-up
+    trainer.step = 10
+    assert trainer.set_lr(0.0) == pytest.approx(base)
+    assert trainer.set_lr(0.5) == pytest.approx(base * 0.55)  # halfway down the cosine
+    assert trainer.set_lr(1.0) == pytest.approx(base * 0.1)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(base * 0.1)
+    # Without lr_end (the default, and configs saved before the schedule) the rate stays constant.
+    plain = Trainer(compose("train_wm", ["preset=tiny", f"data={toy_store}", f"out={tmp_path / 'plain'}"]))
+    assert plain.set_lr(0.9) == pytest.approx(base)
+
+
 def test_batches_mix_action_free_and_labelled_rows(toy_store, tmp_path):
     # The sampler's source weighting gives the one video episode half of the windows.
     cfg = compose("train_wm", ["preset=tiny", f"data={toy_store}", f"out={tmp_path}", "preset.rssm.batch_size=16",
