@@ -1,6 +1,7 @@
 """Dreamer 4 `shortcut` backend: speed rows (side by side with the RSSM) and quality vs sampling steps.
 
-    .venv/bin/python benchmarks/world_model_shortcut.py [preset=cpu] [threads=1] [checkpoint=RUN data=STORE]
+    .venv/bin/python benchmarks/world_model_shortcut.py [preset=cpu] [threads=1] [checkpoint=RUN data=STORE
+                                                        name=ROW plot=PNG speed=false]
     .venv/bin/python benchmarks/world_model_shortcut.py mask-half SRC.zarr DST.zarr
 
 Speed (random weights, the preset's sizes, one process): tokenizer and dynamics training frames/s,
@@ -173,6 +174,31 @@ def mask_half(src: str, dst: str) -> str:
     return dst
 
 
+def plot_quality(quality: dict, path: Path) -> Path:
+    """Open-loop image MSE per horizon for each K, copy-last and the tokenizer floor (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hs = np.arange(1, quality["horizon"] + 1)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for name, curve in quality["mse"].items():
+        ax.plot(hs, curve, "--k" if name == "copy_last" else "-o", ms=3, lw=1.5 if name == "K4" else 1,
+                label="copy last" if name == "copy_last" else f"{name[1:]} sampling steps")
+    ax.axhline(quality["tokenizer_recon_mse"], color="gray", lw=1, ls="-.", label="tokenizer reconstruction")
+    ax.set_xlabel("open-loop horizon")
+    ax.set_ylabel("image MSE")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"shortcut world model, step {quality['step']}, {quality['windows']} held-out windows", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def table(rows: dict, quality: dict | None) -> str:
     lines = [f"{k:<34} {v:>10.2f}" for k, v in rows.items()]
     if quality:
@@ -200,6 +226,8 @@ def main(argv: list[str]) -> int:
                           "threads": torch.get_num_threads()} if rows else {})
     if quality:
         result.setdefault("quality", {})[args.get("name", quality["checkpoint"])] = quality
+        if "plot" in args:
+            print(f"wrote {plot_quality(quality, Path(args['plot']))}")
     RESULTS.write_text(json.dumps(result, indent=1))
     print(table(rows, quality))
     return 0
