@@ -110,7 +110,7 @@ def quality_vs_steps(checkpoint: str, data: str | None = None, context: int = 8,
     from reverie.world_model.evaluate import eval_windows
 
     model, _, trainer = ckpt.load_model(checkpoint)
-    paths = data_paths(data) if data else trainer["stores"]
+    paths = data_paths(data.split(",")) if data else trainer["stores"]  # data=A.zarr,B.zarr
     image_key = trainer.get("image_key", "image/front")
     wins = eval_windows(open_stores(paths), float(trainer.get("holdout", 0.1)), "holdout",
                         context + horizon, windows, slice(context - 1, context + horizon - 1), image_key)
