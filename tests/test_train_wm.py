@@ -69,6 +69,13 @@ def test_learning_rate_warmup_and_cosine_decay(toy_store, tmp_path):
     assert plain.set_lr(0.9) == pytest.approx(base)
 
 
+def test_time_budget_stops_and_checkpoints(toy_store, tmp_path):
+    # A budget spent after the first step: training stops there, and that step is checkpointed.
+    run = train(toy_store, tmp_path, "steps=50", "minutes=1e-6", "lr_end=0.1")
+    assert run.step == 1
+    assert json.loads((tmp_path / "checkpoint" / "trainer.json").read_text())["step"] == 1
+
+
 def test_batches_mix_action_free_and_labelled_rows(toy_store, tmp_path):
     # The sampler's source weighting gives the one video episode half of the windows.
     cfg = compose("train_wm", ["preset=tiny", f"data={toy_store}", f"out={tmp_path}", "preset.rssm.batch_size=16",

@@ -102,13 +102,10 @@ class Trainer:
                    unit="step", dynamic_ncols=True, disable=self.rank != 0 or not cfg.progress)
         frames = self.mcfg.batch_size * self.mcfg.seq_len * self.world
         tick, tick_step = time.perf_counter(), self.step
-        start = time.monotonic()
-        deadline = start + 60 * float(cfg.minutes) if cfg.minutes else None
+        budget, start = (60 * float(cfg.minutes) if cfg.minutes else None), time.monotonic()
+        used = 0.0  # fraction of the time budget spent, agreed over ranks (same stop step, same lr)
         while self.step < self.steps:
-            done = self.step / self.steps  # schedule progress: steps, or the time budget if sooner
-            if deadline is not None:
-                done = max(done, (time.monotonic() - start) / (deadline - start))
-            self.set_lr(done)
+            self.set_lr(max(self.step / self.steps, used))  # the step or the time budget, if sooner
             batch = self.data.next()
             metrics = self.train_step(batch)
             self.step += 1
@@ -126,7 +123,9 @@ class Trainer:
                         self.writer.add_scalar(k, v, self.step)
             if self.writer and cfg.image_every and (self.step % cfg.image_every == 0 or self.step == 1):
                 self.log_images(batch)
-            out_of_time = deadline is not None and _agree(time.monotonic() > deadline, self.device)
+            if budget is not None:
+                used = _max_over_ranks(time.monotonic() - start, self.device) / budget
+            out_of_time = used >= 1
             if self.step % cfg.save_every == 0 or self.step == self.steps or out_of_time:
                 self.save()
             if out_of_time:
@@ -169,13 +168,13 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def _agree(flag: bool, device: torch.device) -> bool:
-    """True on every rank if it is True on any (so all ranks stop at the same step)."""
+def _max_over_ranks(value: float, device: torch.device) -> float:
+    """The largest of every rank's value (ranks' clocks differ; their decisions must not)."""
     if not distributed.is_distributed():
-        return flag
-    t = torch.tensor([float(flag)], device=device)
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
+    return float(t.item())
 
 
 def _resolve_run_dir(cfg) -> tuple[Path, Path | None]:
