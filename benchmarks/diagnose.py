@@ -1,9 +1,12 @@
-"""Two diagnostics behind figures in the issue notes (not targets; see world_model.py / agent.py for those).
+"""Diagnostics behind figures in the issue notes (not targets; see world_model.py / agent.py for those).
 
     .venv/bin/python benchmarks/diagnose.py joints WM_RUN    # per-joint MSE of the filtered (posterior)
         state and of one imagined step, on held-out windows: which joints the latent keeps
     .venv/bin/python benchmarks/diagnose.py bc AGENT STORE   # a BC agent's action error on the last 20
         episodes of STORE, acting online (teacher-forced) and filtering whole episodes offline
+    .venv/bin/python benchmarks/diagnose.py floor STORE[,STORE] [SIZE]   # held-out MSE of a linear
+        code (frame PCA) with as many numbers as a tokenizer's latents, and copy-last at h=1: how far a
+        tokenizer is from what its capacity allows
 """
 
 from __future__ import annotations
@@ -72,9 +75,36 @@ def bc(agent: str, store_path: str, episodes: int = 20) -> None:
           f"online {np.mean(online):.3f}, offline {np.concatenate(offline).mean():.3f} ({len(online)} rows)")
 
 
+def floor(stores: str, size: str = "32", holdout: float = 0.1, fit_frames: int = 6000) -> None:
+    import torch.nn.functional as F
+
+    from reverie.world_model.data import open_stores, split_episodes
+
+    train, test, copy = [], [], []
+    for store in open_stores(stores.split(",")):
+        episodes = [ep["image/front"] for ep, _ in store.iter_episodes(["image/front"])]
+        cut = len(split_episodes(len(episodes), holdout)[0])  # training's held-out split
+        for i, frames in enumerate(episodes):
+            x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+            x = F.interpolate(x, size=(int(size),) * 2, mode="bilinear", antialias=True).clamp(0, 1)
+            (train if i < cut else test).append(x.flatten(1))  # (T, 3 * size * size)
+            if i >= cut:
+                copy.append((x[1:] - x[:-1]).square().flatten(1).mean(1))
+    train, test = torch.cat(train), torch.cat(test)
+    train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:fit_frames]]
+    mean = train.mean(0)
+    basis = torch.linalg.svd(train - mean, full_matrices=False).Vh  # (components, pixels)
+    print(f"{stores} at {size}x{size}, {len(test)} held-out frames: mean image {(test - mean).square().mean():.5f}, "
+          f"copy-last h=1 {torch.cat(copy).mean():.5f}")
+    for rank in (32, 64, 128, 256):
+        v = basis[:rank]
+        rec = (test - mean) @ v.T @ v
+        print(f"  frame PCA, {rank:>3} numbers per frame: MSE {(test - mean - rec).square().mean():.5f}")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    commands = {"joints": joints, "bc": bc}
+    commands = {"joints": joints, "bc": bc, "floor": floor}
     if len(sys.argv) < 3 or sys.argv[1] not in commands:
         raise SystemExit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])
