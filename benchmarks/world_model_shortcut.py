@@ -1,7 +1,8 @@
 """Dreamer 4 `shortcut` backend: speed rows (side by side with the RSSM) and quality vs sampling steps.
 
     .venv/bin/python benchmarks/world_model_shortcut.py [preset=cpu] [threads=1] [checkpoint=RUN data=STORE
-                                                        name=ROW plot=PNG speed=false]
+                                                        name=ROW plot=PNG speed=false
+                                                        windows=48]
     .venv/bin/python benchmarks/world_model_shortcut.py mask-half SRC.zarr DST.zarr
 
 Speed (random weights, the preset's sizes, one process): tokenizer and dynamics training frames/s,
@@ -107,7 +108,7 @@ def quality_vs_steps(checkpoint: str, data: str | None = None, context: int = 8,
     from reverie.world_model import checkpoint as ckpt
     from reverie.world_model.backend import replay_policy
     from reverie.world_model.data import Language, collate, data_paths, open_stores
-    from reverie.world_model.evaluate import eval_windows
+    from reverie.world_model.evaluate import eval_windows, paired_gap
 
     model, _, trainer = ckpt.load_model(checkpoint)
     paths = data_paths(data.split(",")) if data else trainer["stores"]  # data=A.zarr,B.zarr
@@ -118,7 +119,8 @@ def quality_vs_steps(checkpoint: str, data: str | None = None, context: int = 8,
     batches = [collate(wins[i:i + batch_size], image_key, int(model.cfg.image_size), language, False, "cpu")
                for i in range(0, len(wins), batch_size)]
     out: dict = {"checkpoint": str(checkpoint), "step": trainer["step"], "windows": len(wins),
-                 "context": context, "horizon": horizon, "mse": {}, "seconds": {}}
+                 "context": context, "horizon": horizon, "mse": {}, "seconds": {}, "minus_copy_last": {}}
+    episodes = [(w["store"], w["episode"]) for w in wins]
     copy, agree, corr = [], [], []
     rec = torch.cat([(model.tokenizer.decode(model.tokenizer.encode(b["image"])).clamp(0, 1) - b["image"])
                      .square().mean((-3, -2, -1)).flatten() for b in batches])
@@ -136,7 +138,7 @@ def quality_vs_steps(checkpoint: str, data: str | None = None, context: int = 8,
             traj = model.imagine(state, replay_policy(actions), horizon, steps=k)
             sec += time.perf_counter() - t0
             real = batch["image"][:, c:]
-            pred = model.decode(traj["state"])[:, 1:]
+            pred = model.decode(traj["state"])[:, 1:].clamp(0, 1)  # as eval-wm: images live in [0, 1]
             mses.append((pred - real).square().mean((-3, -2, -1)))  # (B, H)
             if k == KS[0]:
                 copy.append((batch["image"][:, c - 1:c] - real).square().mean((-3, -2, -1)))
@@ -148,9 +150,12 @@ def quality_vs_steps(checkpoint: str, data: str | None = None, context: int = 8,
                 big = cum[..., :j].abs() > 0.5
                 agree.append(((torch.sign(ds[..., :j]) == torch.sign(cum[..., :j])) & big).sum() / big.sum().clamp(min=1))
                 corr.append(torch.corrcoef(torch.stack([ds[..., :j].flatten(), cum[..., :j].flatten()]))[0, 1])
+        if k == KS[0]:
+            copy = torch.cat(copy)                                        # (W, H)
         out["mse"][f"K{k}"] = torch.cat(mses).mean(0).tolist()
+        out["minus_copy_last"][f"K{k}"] = paired_gap(torch.cat(mses).numpy(), copy.numpy(), episodes)
         out["seconds"][f"K{k}"] = sec
-    out["mse"]["copy_last"] = torch.cat(copy).mean(0).tolist()
+    out["mse"]["copy_last"] = copy.mean(0).tolist()
     m4, m64, base = (np.array(out["mse"][n]) for n in ("K4", "K64", "copy_last"))
     out["K4_beats_copy_last_every_horizon"] = bool((m4 < base).all())
     out["K4_over_K64_mse"] = float(m4.mean() / m64.mean())
@@ -206,6 +211,9 @@ def table(rows: dict, quality: dict | None) -> str:
         lines.append("  h " + " ".join(f"{n:>9}" for n in quality["mse"]))
         for h in range(quality["horizon"]):
             lines.append(f"{h + 1:>3} " + " ".join(f"{quality['mse'][n][h]:>9.5f}" for n in quality["mse"]))
+        lines.append("  horizons beyond 2 SE (clustered by episode) of copy-last: "
+                     + "; ".join(f"{k} better {len(g['better'])} worse {g['worse']}"
+                                 for k, g in quality["minus_copy_last"].items()))
         for key in ("tokenizer_recon_mse", "tokenizer_recon_psnr", "K4_beats_copy_last_every_horizon", "K4_over_K64_mse", "K64_over_K4_seconds",
                     "action_sign_agreement", "action_state_corr"):
             lines.append(f"{key:<34} {quality[key]}")
@@ -219,7 +227,8 @@ def main(argv: list[str]) -> int:
     args = dict(a.split("=", 1) for a in argv)
     torch.set_num_threads(int(args.get("threads", 1)))
     rows = shortcut_rows(args.get("preset", "cpu")) if args.get("speed", "true") == "true" else {}
-    quality = quality_vs_steps(args["checkpoint"], args.get("data")) if "checkpoint" in args else None
+    quality = (quality_vs_steps(args["checkpoint"], args.get("data"), windows=int(args.get("windows", 48)))
+               if "checkpoint" in args else None)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     result = previous | ({"speed": rows, "preset": args.get("preset", "cpu"),

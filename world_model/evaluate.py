@@ -65,8 +65,25 @@ def eval_windows(stores, holdout: float, split: str, length: int, count: int, ac
             cache[(s, e)] = (stores[s].episode(e, [image_key, *ROW_KEYS]), stores[s].meta(e).instruction)
         ep, instruction = cache[(s, e)]
         w = {k: v[start:start + length] for k, v in ep.items()}
-        windows.append(w | {"instruction": instruction, "start": start})
+        windows.append(w | {"instruction": instruction, "start": start, "store": s, "episode": e})
     return windows
+
+
+def paired_gap(model: np.ndarray, base: np.ndarray, episodes: list) -> dict:
+    """Mean per-horizon error difference model - base over windows (W, H), with its standard error
+    clustered by episode: windows cut from one episode are not independent, so the SE treats each
+    episode's summed deviation as one draw. `better`/`worse`: horizons where the difference is
+    beyond two standard errors (about 95%) below/above zero."""
+    diff = np.asarray(model, np.float64) - np.asarray(base, np.float64)             # (W, H)
+    mean = diff.mean(0)
+    groups = np.unique([str(e) for e in episodes], return_inverse=True)[1].ravel()
+    g = groups.max() + 1
+    sums = np.zeros((g, diff.shape[1]))
+    np.add.at(sums, groups, diff - mean)
+    se = np.sqrt((sums ** 2).sum(0) * g / max(g - 1, 1)) / len(diff)
+    return {"diff": mean.tolist(), "se": se.tolist(), "episodes": int(g),
+            "better": [int(h) + 1 for h in np.flatnonzero(mean + 2 * se < 0)],
+            "worse": [int(h) + 1 for h in np.flatnonzero(mean - 2 * se > 0)]}
 
 
 @torch.no_grad()
@@ -92,6 +109,7 @@ def evaluate(cfg) -> dict:
                     "only; train world_model.stage=dynamics world_model.tokenizer=RUN for open-loop "
                     "prediction", cfg.checkpoint, mcfg.get("stage"), trainer["step"])
     sums: dict[str, np.ndarray] = {}
+    per_window: dict[str, list] = {"model": [], "copy_last": []}  # image MSE (B, H) per batch
     counts = {"windows": 0, "steps": 0}
     tok_mse: list[torch.Tensor] = []  # per-frame reconstruction MSE, (B*L,) per batch
     gif_frames = None
@@ -123,6 +141,8 @@ def evaluate(cfg) -> dict:
         for name, x in (("model", pred), ("copy_last", last), ("zero_action", pred_zero)):
             mse = (x - real).square().mean((-3, -2, -1))                             # (B, H)
             add(f"mse/{name}", mse)
+            if name in per_window:
+                per_window[name].append(mse.double().cpu().numpy())
             add(f"psnr/{name}", _psnr(mse))
         if has_state:
             true_state = batch["state"][:, c:]                                       # (B, H, J)
@@ -162,6 +182,9 @@ def evaluate(cfg) -> dict:
     per_h = {k: (v / n).tolist() for k, v in sums.items()}
     if imagines:
         results |= _open_loop_results(per_h, has_state)
+        results["model_minus_copy_last"] = paired_gap(np.concatenate(per_window["model"]),
+                                                      np.concatenate(per_window["copy_last"]),
+                                                      [(w["store"], w["episode"]) for w in windows])
     else:
         results["dynamics_untrained"] = True
     (out / "eval.json").write_text(json.dumps(results, indent=1))
@@ -268,15 +291,18 @@ def table(results: dict) -> str:
                 "dynamics untrained (only the tokenizer stage ran): no open-loop prediction; train it "
                 "with world_model.stage=dynamics world_model.tokenizer=RUN")
     ph = results["per_horizon"]
-    rows = [f"{'h':>3} {'MSE model':>10} {'MSE copy':>10} {'PSNR model':>11} {'PSNR copy':>10}"
+    gap = results["model_minus_copy_last"]
+    rows = [f"{'h':>3} {'MSE model':>10} {'MSE copy':>10} {'diff +- 2SE':>20} {'PSNR model':>11} {'PSNR copy':>10}"
             + (f" {'state rec':>10} {'state zero':>10}" if "state_mse/model" in ph else "")]
     for i in range(results["horizon"]):
         line = (f"{i + 1:>3} {ph['mse/model'][i]:>10.5f} {ph['mse/copy_last'][i]:>10.5f} "
+                f"{gap['diff'][i]:>+10.5f} +- {2 * gap['se'][i]:.5f} "
                 f"{ph['psnr/model'][i]:>11.2f} {ph['psnr/copy_last'][i]:>10.2f}")
         if "state_mse/model" in ph:
             line += f" {ph['state_mse/model'][i]:>10.5f} {ph['state_mse/zero_action'][i]:>10.5f}"
         rows.append(line)
-    rows.append(f"beats copy-last at every horizon: {results['beats_copy_last_at_every_horizon']}; "
+    rows.append(f"beats copy-last at every horizon: {results['beats_copy_last_at_every_horizon']} (beyond 2 SE, "
+                f"clustered over {gap['episodes']} episodes: better at h={gap['better']}, worse at h={gap['worse']}); "
                 f"reward MAE {results['reward_mae']:.4f}, reward acc {results['reward_accuracy']:.3f}, "
                 f"continue acc {results['cont_accuracy']:.3f}; windows {results['windows']}")
     f = results["follows_actions"]
