@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -52,6 +53,50 @@ def test_train_checkpoint_resume_reproduce(toy_store, tmp_path):
     # Training moved the weights away from initialisation.
     fresh = Trainer(compose("train_wm", ["preset=tiny", f"data={toy_store}", f"out={tmp_path / 'init'}"]))
     assert not all(torch.equal(a, b) for a, b in zip(params(fresh.model).values(), params(full.model).values()))
+
+
+def test_ema_weights_checkpoint_for_consumers_and_resume_exactly(toy_store, tmp_path):
+    full = train(toy_store, tmp_path / "full", "steps=6", "ema=0.9")
+    ckpt = tmp_path / "full" / "checkpoint"
+    averaged, raw = load_file(ckpt / "model.safetensors"), load_file(ckpt / "train_model.safetensors")
+    assert all(torch.equal(raw[k], v) for k, v in full.model.state_dict().items())  # training's own
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw)
+    model, _, _ = checkpoint.load_model(tmp_path / "full")  # eval, policy and export get the average
+    assert all(torch.equal(averaged[k], v) for k, v in model.state_dict().items())
+    # Interrupted and resumed: the same weights and the same average as the uninterrupted run.
+    train(toy_store, tmp_path / "split", "steps=3", "ema=0.9")
+    train(toy_store, tmp_path / "split", "steps=6", "ema=0.9", "resume=true")
+    again = tmp_path / "split" / "checkpoint"
+    for name, ref in (("model.safetensors", averaged), ("train_model.safetensors", raw)):
+        got = load_file(again / name)
+        assert all(torch.equal(ref[k], got[k]) for k in ref), name
+    # Resuming a run without an average starts one at its weights.
+    train(toy_store, tmp_path / "plain", "steps=2")
+    late = train(toy_store, tmp_path / "plain", "steps=3", "ema=0.9", "resume=true")
+    assert late.ema.updates == 1 and (tmp_path / "plain" / "checkpoint" / "train_model.safetensors").exists()
+    with pytest.raises(ConfigError, match="ema=1.5"):
+        train(toy_store, tmp_path / "bad", "steps=1", "ema=1.5")
+
+
+def test_ema_averages_trained_and_copies_frozen_parameters():
+    from reverie.world_model.ema import EMA
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    net[1].requires_grad_(False)
+    ema = EMA(net, decay=0.5)
+    start = [p.detach().clone() for p in net.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)  # an optimiser step on [0], a late-loaded frozen module on [1]
+    ema.update()  # decay min(0.5, 2/11)
+    w = 2 / 11
+    assert torch.allclose(ema.shadow[0], w * start[0] + (1 - w) * (start[0] + 1))
+    assert torch.equal(ema.shadow[2], start[2] + 1)  # frozen: copied
+    with ema.applied():
+        assert torch.equal(net[0].weight, ema.shadow[0] * 0 + net[0].weight)
+        inside = net[0].weight.detach().clone()
+    assert torch.allclose(inside, w * start[0] + (1 - w) * (start[0] + 1))
+    assert torch.equal(net[0].weight, start[0] + 1)  # swapped back
 
 
 def test_learning_rate_warmup_and_cosine_decay(toy_store, tmp_path):
@@ -109,6 +154,27 @@ def test_eval_writes_metrics_plot_and_gif(toy_store, tmp_path):
         assert (out / name).stat().st_size > 0
     written = json.loads((out / "eval.json").read_text())
     assert written["horizon"] == 6 and "tokenizer" not in written  # RSSM has no tokenizer to report
+    gap = written["model_minus_copy_last"]
+    assert np.allclose(gap["diff"], np.subtract(results["per_horizon"]["mse/model"],
+                                                results["per_horizon"]["mse/copy_last"]))
+    assert len(gap["se"]) == 6 and gap["episodes"] >= 1
+
+
+def test_paired_gap_clusters_windows_by_episode():
+    from reverie.world_model.evaluate import paired_gap
+
+    rng = np.random.default_rng(0)
+    base = rng.random((40, 3))
+    # h=1 clearly better, h=2 a wash, h=3 clearly worse; noise shared within an episode
+    shift = np.repeat(rng.normal(0, 0.01, (10, 1)), 4, 0)
+    model = base + np.array([-0.1, 0.0, 0.1]) + shift
+    episodes = [(0, e // 4) for e in range(40)]
+    gap = paired_gap(model, base, episodes)
+    assert gap["episodes"] == 10 and gap["better"] == [1] and gap["worse"] == [3]
+    assert np.allclose(gap["diff"], (model - base).mean(0))
+    # four windows of one episode carry one episode's information: clustered SE = SE over 10 means
+    means = (model - base)[:, 1].reshape(10, 4).mean(1)
+    assert np.isclose(gap["se"][1], means.std(ddof=1) / np.sqrt(10))
 
 
 def test_loading_never_unpickles(toy_store, tmp_path, monkeypatch):

@@ -1,11 +1,12 @@
 """Checkpoints: safetensors for tensors, JSON/YAML for everything else; loading never unpickles.
 
     <run>/checkpoint/
-      model.safetensors        full (unsharded) model weights
+      model.safetensors        full (unsharded) model weights: the averaged ones when training keeps an EMA
+      train_model.safetensors  with an EMA only: the optimiser's own weights, which training resumes from
       optimizer.safetensors    optimiser tensors, keys "<param fqn>|<slot>" (e.g. "core.gates.weight|exp_avg")
       optimizer.json           optimiser param groups (lr, eps, ... and parameter names)
       rng_rank<r>.safetensors  torch (and CUDA) generator state of rank r
-      trainer.json             step, backend, data spec, per-rank data-sampler RNG state, stores
+      trainer.json             step, backend, data spec, per-rank data-sampler RNG state, stores (EMA updates)
       config.yaml              the resolved training config
 
 A checkpoint is written to `checkpoint.tmp/` and renamed into place, so an interrupted save leaves
@@ -30,6 +31,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from reverie.errors import ConfigError
 from reverie.world_model import distributed
 from reverie.world_model.backend import DataSpec, WorldModel, build, model_config
+from reverie.world_model.ema import EMA
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -45,11 +47,16 @@ def find(path: str | Path) -> Path:
 
 
 def save(run_dir: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Any,
-         trainer: dict) -> Path:
+         trainer: dict, ema: EMA | None = None) -> Path:
     """Collective under torch.distributed: every rank calls it; rank 0 writes the shared files."""
     final, tmp = run_dir / "checkpoint", run_dir / "checkpoint.tmp"
     rank = distributed.rank()
     model_sd = get_model_state_dict(module, options=FULL)          # gathers on every rank
+    train_sd = None
+    if ema is not None:  # consumers (eval, policy, export) read model.safetensors: give them the average
+        train_sd = {k: v.clone() for k, v in model_sd.items()}  # on CPU these alias the parameters
+        with ema.applied():
+            model_sd = {k: v.clone() for k, v in get_model_state_dict(module, options=FULL).items()}
     optim_sd = get_optimizer_state_dict(module, optimizer, options=FULL)
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -58,6 +65,8 @@ def save(run_dir: Path, module: torch.nn.Module, optimizer: torch.optim.Optimize
     save_file(_rng_state(), tmp / f"rng_rank{rank}.safetensors")
     if rank == 0:
         save_file({k: v.contiguous() for k, v in model_sd.items()}, tmp / "model.safetensors")
+        if train_sd is not None:
+            save_file({k: v.contiguous() for k, v in train_sd.items()}, tmp / "train_model.safetensors")
         tensors = {f"{fqn}|{slot}": torch.as_tensor(value).contiguous()
                    for fqn, slots in optim_sd["state"].items() for slot, value in slots.items()}
         save_file(tensors, tmp / "optimizer.safetensors")
@@ -76,10 +85,19 @@ def save(run_dir: Path, module: torch.nn.Module, optimizer: torch.optim.Optimize
     return final
 
 
-def load_training(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore weights, optimiser and this rank's RNG; returns trainer.json."""
+def load_training(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  ema: EMA | None = None) -> dict:
+    """Restore weights (and the EMA: from the checkpoint's, or started at the weights when it has
+    none), optimiser and this rank's RNG; returns trainer.json."""
     path = find(path)
-    set_model_state_dict(module, load_file(path / "model.safetensors"), options=FULL)
+    averaged = (path / "train_model.safetensors").exists()
+    weights = path / ("train_model.safetensors" if averaged else "model.safetensors")
+    set_model_state_dict(module, load_file(weights), options=FULL)
+    if ema is not None and averaged:
+        with ema.applied():
+            set_model_state_dict(module, load_file(path / "model.safetensors"), options=FULL)
+    elif ema is not None:
+        ema.reset()
     tensors = load_file(path / "optimizer.safetensors")
     state: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():

@@ -7,6 +7,10 @@ loop runs single-process (CPU or GPU) and under `torchrun` (DDP, or FSDP when th
 Resume: `resume=true` continues the run in `out`; `resume=PATH` starts from the checkpoint at PATH (a
 run or checkpoint folder) and writes to `out`. Step counter, optimiser state, torch
 RNG and the data sampler's RNG all continue, so a resumed CPU run equals an uninterrupted one.
+
+Schedule and averaging: `warmup=N lr_end=F` warm the rate up linearly, then decay it on a cosine to
+lr * F by the end of the steps or of `minutes`; `ema=0.999` keeps a moving average of the weights
+(world_model/ema.py) that the checkpoint hands to evaluation, policy training and export.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from reverie.errors import ConfigError
 from reverie.world_model import checkpoint, distributed
 from reverie.world_model.backend import build, model_config, replay_policy
 from reverie.world_model.data import TrainData, parse_data_arg
+from reverie.world_model.ema import EMA
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +53,16 @@ class Trainer:
         self.module = distributed.wrap(self.model, self.device, fsdp, bool(cfg.compile))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.mcfg.lr,
                                           eps=self.mcfg.adam_eps, weight_decay=self.mcfg.weight_decay)
+        self.ema = EMA(self.model, float(cfg.ema)) if cfg.get("ema") else None
         self.step = 0
         if resume_from is not None:
-            state = checkpoint.load_training(resume_from, self.model, self.optimizer)
+            state = checkpoint.load_training(resume_from, self.model, self.optimizer, self.ema)
             if state["backend"] != self.backend:
                 raise ConfigError(f"resume: checkpoint holds a {state['backend']!r} model but "
                                   f"world_model={self.backend}; pass world_model={state['backend']}")
             self.step = int(state["step"])
+            if self.ema is not None:  # the decay's ramp continues (0: a fresh average at these weights)
+                self.ema.updates = int(state.get("ema_updates", 0))
             self.data.set_state(state["data_rng"][str(self.rank)] if self.world > 1
                                 else state["data_rng"]["0"])
             log.info("resumed %s at step %d", resume_from, self.step)
@@ -81,6 +89,8 @@ class Trainer:
             if grads:
                 metrics[f"grad_norm/{name}"] = float(torch.stack(grads).norm())
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
         return metrics
 
     def set_lr(self, done: float) -> float:
@@ -141,7 +151,9 @@ class Trainer:
                    "stores": self.data.paths, "holdout": float(self.cfg.holdout),
                    "image_key": self.cfg.image_key,
                    "data_rng": self.data.gather_state()}
-        return checkpoint.save(self.out, self.model, self.optimizer, self.cfg, trainer)
+        if self.ema is not None:
+            trainer["ema_updates"] = self.ema.updates
+        return checkpoint.save(self.out, self.model, self.optimizer, self.cfg, trainer, self.ema)
 
     @torch.no_grad()
     def log_images(self, batch) -> None:
