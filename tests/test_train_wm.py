@@ -74,6 +74,10 @@ def test_ema_weights_checkpoint_for_consumers_and_resume_exactly(toy_store, tmp_
     train(toy_store, tmp_path / "plain", "steps=2")
     late = train(toy_store, tmp_path / "plain", "steps=3", "ema=0.9", "resume=true")
     assert late.ema.updates == 1 and (tmp_path / "plain" / "checkpoint" / "train_model.safetensors").exists()
+    # A preset may ask for an average (the cpu shortcut preset does); ema=0 turns it off.
+    preset = ["preset=tiny", f"data={toy_store}", "+preset.rssm.ema=0.9"]
+    assert Trainer(compose("train_wm", preset + [f"out={tmp_path / 'p1'}"])).ema.decay == 0.9
+    assert Trainer(compose("train_wm", preset + [f"out={tmp_path / 'p2'}", "ema=0"])).ema is None
     with pytest.raises(ConfigError, match="ema=1.5"):
         train(toy_store, tmp_path / "bad", "steps=1", "ema=1.5")
 

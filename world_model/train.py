@@ -53,7 +53,8 @@ class Trainer:
         self.module = distributed.wrap(self.model, self.device, fsdp, bool(cfg.compile))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.mcfg.lr,
                                           eps=self.mcfg.adam_eps, weight_decay=self.mcfg.weight_decay)
-        self.ema = EMA(self.model, float(cfg.ema)) if cfg.get("ema") else None
+        decay = cfg.get("ema") if cfg.get("ema") is not None else self.mcfg.get("ema", 0)
+        self.ema = EMA(self.model, float(decay)) if decay else None
         self.step = 0
         if resume_from is not None:
             state = checkpoint.load_training(resume_from, self.model, self.optimizer, self.ema)
