@@ -32,32 +32,33 @@ class EMA:
         finished stage) are copied, not averaged: they may have been loaded after the EMA began."""
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        live = [(s, p.detach()) for s, p in zip(self.shadow, self.params) if p.requires_grad]
-        if live:
-            torch._foreach_lerp_([s for s, _ in live], [p for _, p in live], 1.0 - decay)
+        live, frozen = ([], []), ([], [])
         for s, p in zip(self.shadow, self.params):
-            if not p.requires_grad:
-                s.copy_(p)
+            group = live if p.requires_grad else frozen
+            group[0].append(s)
+            group[1].append(p.detach())
+        if live[0]:
+            torch._foreach_lerp_(*live, 1.0 - decay)
+        if frozen[0]:
+            torch._foreach_copy_(*frozen)
 
+    @torch.no_grad()
     def reset(self) -> None:
         """Start the average at the current weights (a resume from a checkpoint without one)."""
-        with torch.no_grad():
-            for s, p in zip(self.shadow, self.params):
-                s.copy_(p)
+        torch._foreach_copy_(self.shadow, [p.detach() for p in self.params])
+
+    @torch.no_grad()
+    def _swap(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            live = p.detach().clone()
+            p.copy_(s)
+            s.copy_(live)
 
     @contextmanager
     def applied(self):
         """Swap the averaged weights into the model for the block (save, load, evaluate), then back."""
-        with torch.no_grad():
-            for s, p in zip(self.shadow, self.params):
-                tmp = p.detach().clone()
-                p.copy_(s)
-                s.copy_(tmp)
+        self._swap()
         try:
             yield
         finally:
-            with torch.no_grad():
-                for s, p in zip(self.shadow, self.params):
-                    tmp = p.detach().clone()
-                    p.copy_(s)
-                    s.copy_(tmp)
+            self._swap()
