@@ -311,3 +311,22 @@ def test_eval_reports_tokenizer_reconstruction(toy_store, tmp_path):
     only = run_eval(tmp_path / "tok")
     assert only["dynamics_untrained"] and "per_horizon" not in only and only["tokenizer"]["frames"] == 14
     assert "dynamics untrained" in table(only) and (tmp_path / "tok" / "eval" / "eval.gif").stat().st_size
+
+
+def test_checkpoint_from_before_known_action_loads_as_written(toy_store, tmp_path):
+    """Runs written before `known_action` existed have no such key in their config and no weight for
+    it: they load as the model they were (missing action == zero action), not as a mismatch."""
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+
+    from reverie.world_model import checkpoint
+
+    run = train(toy_store, tmp_path / "old", "steps=4", "world_model.known_action=false")
+    ckpt = checkpoint.find(tmp_path / "old")
+    cfg = OmegaConf.create((ckpt / "config.yaml").read_text())
+    del cfg.world_model["known_action"]
+    (ckpt / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    assert not any("act_known" in k for k in load_file(ckpt / "model.safetensors"))
+    model, _, _ = checkpoint.load_model(tmp_path / "old")
+    assert model.dynamics.act_known is None and run.model.dynamics.act_known is None
+    assert make_model().dynamics.act_known is not None  # new runs carry it

@@ -150,9 +150,23 @@ def test_dynamics_tokens_masks_and_actions():
     o1, _, _ = dyn(z, ti, di, act, off, instr)
     o2, _, _ = dyn(z, ti, di, torch.randn_like(act), off, instr)
     assert torch.allclose(o1, o2, atol=1e-6) and not torch.allclose(o1, out, atol=1e-4)
-    # action token of a frame is the learned embedding plus a linear map of the components
+    # action token of a frame: learned embedding + linear map of the components + "known" embedding
     tok = dyn.tokens(z, ti, di, act, am, instr)[:, :, dyn.s + dyn.r + 1]
-    assert torch.allclose(tok, act @ dyn.act_in.weight.T + dyn.act_emb, atol=1e-5)
+    assert torch.allclose(tok, act @ dyn.act_in.weight.T + dyn.act_emb + dyn.act_known, atol=1e-5)
+
+
+def test_missing_action_is_not_a_zero_command():
+    # In action-free video the arm moves; were "missing" the token of a zero (stand-still) command,
+    # that video would teach the model to discount small actions (half-labelled stores, issue 6).
+    z, ti, di, act, am, instr = _dyn_inputs()
+    zero, off = torch.zeros_like(act), torch.zeros_like(am)
+    dyn = _dyn()
+    a = dyn.s + dyn.r + 1  # the action token's slot
+    assert not torch.allclose(dyn.tokens(z, ti, di, zero, am, instr)[:, :, a],
+                              dyn.tokens(z, ti, di, zero, off, instr)[:, :, a], atol=1e-4)
+    legacy = _dyn(known_action=False)  # checkpoints from before the switch: the two coincide
+    assert legacy.act_known is None
+    assert torch.allclose(legacy(z, ti, di, zero, am, instr)[0], legacy(z, ti, di, act, off, instr)[0], atol=1e-6)
 
 
 def test_dynamics_causal_and_kv_cache_generation_matches_full_forward():

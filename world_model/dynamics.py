@@ -4,8 +4,11 @@ Tokens per frame, in this order:
   S spatial latent tokens   the (noisy) tokenizer latents, packed to S tokens of width C
   R register tokens         learned, free scratch space
   1 noise token             concat(embed(tau index), embed(log2(1/d)))  -- both discrete
-  1 action token            learned embedding + sum_j a_j w_j (each component linear-encoded);
-                            only the learned embedding when the action is missing (action_mask False)
+  1 action token            learned embedding + sum_j a_j w_j (each component linear-encoded)
+                            + a learned "known" embedding; only the first when the action is missing
+                            (action_mask False). Without the "known" term a missing continuous action
+                            reads as a zero (stand-still) command, and action-free video, where the arm
+                            moves anyway, teaches the model to discount small actions.
   G agent tokens            linear(instruction embedding) + learned; they read every token and are
                             read by none (space mask), so the world model's video path ignores them
 Frame t carries a_{t-1} (the action that led to it); callers pass the already shifted actions.
@@ -26,7 +29,7 @@ class Dynamics(nn.Module):
                  depth: int = 8, heads: int = 4, kv_heads: int | None = None, registers: int = 4,
                  agents: int = 1, time_every: int = 4, k_max: int = 64, instruction_dim: int = 384,
                  softcap: float = 50.0, qk_norm: bool = True, v_pred: bool = False,
-                 feat: str = "agent"):
+                 feat: str = "agent", known_action: bool = True):
         super().__init__()
         if feat not in ("agent", "pooled"):
             raise ValueError(f"feat={feat!r}: choose agent or pooled")
@@ -42,6 +45,9 @@ class Dynamics(nn.Module):
         self.d_emb = nn.Embedding(int(math.log2(k_max)) + 1, dim - dim // 2)  # log2(1/d)
         self.act_in = nn.Linear(max(action_dim, 1), dim, bias=False)
         self.act_emb = nn.Parameter(torch.randn(dim) * std)
+        # known_action=False: the token of a zero action equals that of a missing one (checkpoints
+        # written before this switch existed)
+        self.act_known = nn.Parameter(torch.randn(dim) * std) if known_action else None
         self.instr_in = nn.Linear(instruction_dim, dim)
         self.agent_emb = nn.Parameter(torch.randn(agents, dim) * std)
         self.transformer = SpaceTimeTransformer(dim, depth, heads, kv_heads, time_every,
@@ -60,10 +66,10 @@ class Dynamics(nn.Module):
         lat = self.z_in(z) + self.z_pos  # (B, T, S, D)
         reg = self.registers.expand(b, t, -1, -1)
         noise = torch.cat([self.tau_emb(tau_idx), self.d_emb(d_idx)], -1)[:, :, None]  # (B, T, 1, D)
-        if self.a:
-            act = self.act_in(action * action_mask[..., None].to(action.dtype))
-        else:
-            act = torch.zeros_like(noise[:, :, 0])
+        known = action_mask[..., None].to(action.dtype)  # (B, T, 1)
+        act = self.act_in(action * known) if self.a else torch.zeros_like(noise[:, :, 0])
+        if self.act_known is not None:
+            act = act + known * self.act_known
         act = (act + self.act_emb)[:, :, None]  # (B, T, 1, D)
         agent = (self.instr_in(instr)[:, None, None] + self.agent_emb).expand(b, t, -1, -1)
         return torch.cat([lat, reg.to(lat.dtype), noise.to(lat.dtype), act.to(lat.dtype),

@@ -62,7 +62,7 @@ class ShortcutWorldModel(WorldModel):
         self.dynamics = Dynamics(c.latents // c.pack, c.bottleneck * c.pack, spec.action_dim, c.dim,
                                  c.depth, c.heads, c.kv_heads, c.registers, c.agents, c.time_every,
                                  c.k_max, spec.instruction_dim, c.softcap, c.qk_norm, c.v_pred,
-                                 feat=c.feat)
+                                 feat=c.feat, known_action=c.get("known_action", False))
         self.feat_dim = c.dim
         self.twohot = TwoHot(c.reward_bins, c.bins_range)
         self.reward_head = MLP(c.dim, c.reward_bins, c.head_units, c.head_layers, zero_out=True)
