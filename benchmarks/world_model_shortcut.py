@@ -11,7 +11,8 @@ generation frames/s at batch 1 for K in {1, 2, 4, 8, 64} sampling steps, imagina
 Quality (with checkpoint=RUN): open-loop image MSE per horizon for each K against copy-last-frame on
 held-out windows, the K=4 / K=64 error and speed ratios, and whether predictions follow the actions:
 the predicted joint state under the recorded actions a vs the negated actions -a should move apart
-along the commanded direction (sign agreement of state(a) - state(-a) with the cumulative action).
+along the commanded direction (sign agreement of state(a) - state(-a) with the cumulative action),
+and how much worse the teacher-forced one-pass prediction gets when every action is marked missing.
 `mask-half` writes a copy of a store whose every other episode is action-free (the video ablation).
 Writes benchmarks/results/world_model_shortcut.json and prints a table; `shortcut_rows()` is what
 benchmarks/world_model.py calls to add these rows to its own table.
@@ -156,6 +157,7 @@ def quality_vs_steps(checkpoint: str, data: str | None = None, context: int = 8,
         out["minus_copy_last"][f"K{k}"] = paired_gap(torch.cat(mses).numpy(), copy.numpy(), episodes)
         out["seconds"][f"K{k}"] = sec
     out["mse"]["copy_last"] = copy.mean(0).tolist()
+    out["teacher_forced"] = action_reliance(model, batches, context, seed)
     m4, m64, base = (np.array(out["mse"][n]) for n in ("K4", "K64", "copy_last"))
     out["K4_beats_copy_last_every_horizon"] = bool((m4 < base).all())
     out["K4_over_K64_mse"] = float(m4.mean() / m64.mean())
@@ -163,6 +165,33 @@ def quality_vs_steps(checkpoint: str, data: str | None = None, context: int = 8,
     out["action_sign_agreement"] = float(torch.stack(agree).mean())
     out["action_state_corr"] = float(torch.stack(corr).mean())
     return out
+
+
+@torch.no_grad()
+def action_reliance(model, batches: list[dict], context: int, seed: int = 0) -> dict:
+    """How much the dynamics leans on actions: its one-pass x-prediction error (latent MSE) on the
+    frames after `context`, noised to tau in {1/4, 1/2, 3/4} behind a clean context (tau 1 - ctx_noise),
+    with the recorded actions vs with every action marked missing. A model that predicts motion from
+    context alone scores nearly the same under both."""
+    from reverie.world_model.shortcut import d_index
+
+    dyn, gen = model.dynamics, torch.Generator().manual_seed(seed)
+    err = {"recorded": [], "missing": []}
+    for batch in batches:
+        z1 = model.pack_z(model.tokenizer.encode(model._image(batch)))  # (B, T, S, C)
+        prev, known, seg = model._prev_action(batch)
+        instr = batch["instruction_embedding"].to(z1.dtype)
+        d = d_index(torch.full(z1.shape[:2], 1 / dyn.k_max))
+        for level in (0.25, 0.5, 0.75):
+            tau = torch.full(z1.shape[:2], level)
+            tau[:, :context] = round((1 - model.ctx_noise) * dyn.k_max) / dyn.k_max
+            z_tau = (1 - tau[..., None, None]) * torch.randn(z1.shape, generator=gen) + tau[..., None, None] * z1
+            for name, mask in (("recorded", known), ("missing", torch.zeros_like(known))):
+                x = dyn.predict_x(z_tau, tau, d, prev, mask, instr, seg)[0]
+                err[name].append(float((x - z1)[:, context:].square().mean()))
+    rec, mis = float(np.mean(err["recorded"])), float(np.mean(err["missing"]))
+    return {"latent_mse_recorded_actions": rec, "latent_mse_actions_missing": mis,
+            "missing_over_recorded": mis / rec}
 
 
 def mask_half(src: str, dst: str) -> str:
@@ -217,6 +246,8 @@ def table(rows: dict, quality: dict | None) -> str:
         for key in ("tokenizer_recon_mse", "tokenizer_recon_psnr", "K4_beats_copy_last_every_horizon", "K4_over_K64_mse", "K64_over_K4_seconds",
                     "action_sign_agreement", "action_state_corr"):
             lines.append(f"{key:<34} {quality[key]}")
+        for key, value in quality["teacher_forced"].items():
+            lines.append(f"teacher-forced {key:<19} {value:.5f}")
     return "\n".join(lines)
 
 
