@@ -268,10 +268,11 @@ def test_tiny_two_stage_run_trains_checkpoints_resumes_and_evaluates(toy_store, 
 
     full = train(toy_store, tmp_path / "full", "steps=5")  # 3 tokenizer steps, then 2 dynamics steps
     assert int(full.model.updates) == 5 and full.model.current_stage() == "dynamics"
-    train(toy_store, tmp_path / "split", "steps=2")        # interrupted inside the tokenizer stage
-    resumed = train(toy_store, tmp_path / "split", "steps=5", "resume=true")
-    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(a, b), k
+    for stop in (2, 3):  # interrupted inside the tokenizer stage, and where the dynamics' turn begins
+        train(toy_store, tmp_path / f"split{stop}", f"steps={stop}")
+        resumed = train(toy_store, tmp_path / f"split{stop}", "steps=5", "resume=true")
+        for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+            assert torch.equal(a, b), (stop, k)
     model, _, trainer = checkpoint.load_model(tmp_path / "full")
     assert trainer["backend"] == "shortcut" and isinstance(model, WorldModel)
     results = evaluate(compose("eval_wm", [f"checkpoint={tmp_path / 'full'}", "windows=2", "context=3",
@@ -330,3 +331,14 @@ def test_checkpoint_from_before_known_action_loads_as_written(toy_store, tmp_pat
     model, _, _ = checkpoint.load_model(tmp_path / "old")
     assert model.dynamics.act_known is None and run.model.dynamics.act_known is None
     assert make_model().dynamics.act_known is not None  # new runs carry it
+
+
+def test_resuming_a_run_from_before_known_action_names_the_flag(toy_store, tmp_path):
+    from reverie.errors import ConfigError
+
+    train(toy_store, tmp_path / "old", "steps=3", "world_model.known_action=false")
+    with pytest.raises(ConfigError, match="world_model.known_action=false"):
+        train(toy_store, tmp_path / "new", "steps=5", f"resume={tmp_path / 'old'}")
+    resumed = train(toy_store, tmp_path / "new", "steps=5", f"resume={tmp_path / 'old'}",
+                    "world_model.known_action=false")
+    assert resumed.step == 5

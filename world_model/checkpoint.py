@@ -34,6 +34,9 @@ from reverie.world_model.backend import DataSpec, WorldModel, build, model_confi
 from reverie.world_model.ema import EMA
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+# A parameter frozen until the checkpoint (the dynamics while the tokenizer trains) has no Adam state
+# yet; it starts fresh, as it would have uninterrupted. Model keys are checked by _check_keys.
+OPTIM_LOAD = StateDictOptions(full_state_dict=True, cpu_offload=True, strict=False)
 
 
 def find(path: str | Path) -> Path:
@@ -91,8 +94,9 @@ def load_training(path: Path, module: torch.nn.Module, optimizer: torch.optim.Op
     none), optimiser and this rank's RNG; returns trainer.json."""
     path = find(path)
     averaged = (path / "train_model.safetensors").exists()
-    weights = path / ("train_model.safetensors" if averaged else "model.safetensors")
-    set_model_state_dict(module, load_file(weights), options=FULL)
+    weights = load_file(path / ("train_model.safetensors" if averaged else "model.safetensors"))
+    _check_keys(path, set(module.state_dict()), set(weights))
+    set_model_state_dict(module, weights, options=FULL)
     if ema is not None and averaged:
         with ema.applied():
             set_model_state_dict(module, load_file(path / "model.safetensors"), options=FULL)
@@ -104,7 +108,10 @@ def load_training(path: Path, module: torch.nn.Module, optimizer: torch.optim.Op
         fqn, slot = key.rsplit("|", 1)
         state.setdefault(fqn, {})[slot] = value
     groups = json.loads((path / "optimizer.json").read_text())["param_groups"]
-    set_optimizer_state_dict(module, optimizer, {"state": state, "param_groups": groups}, options=FULL)
+    set_optimizer_state_dict(module, optimizer, {"state": state, "param_groups": groups}, options=OPTIM_LOAD)
+    for name, param in module.named_parameters():  # loading ran a zero step on these: start them fresh
+        if name not in state:
+            optimizer.state.pop(param, None)
     rng = path / f"rng_rank{distributed.rank()}.safetensors"
     if rng.exists():
         _set_rng_state(load_file(rng))
@@ -123,6 +130,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Wo
                           f"its config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
                           "was it written by another version of reverie?")
     return model.to(device).eval(), cfg, trainer
+
+
+def _check_keys(path: Path, built: set[str], saved: set[str]) -> None:
+    """Resuming needs the model the checkpoint was trained as; say which setting differs."""
+    missing, unexpected = sorted(built - saved), sorted(saved - built)
+    if not (missing or unexpected):
+        return
+    trainer = json.loads((path / "trainer.json").read_text())
+    hint = f"; resume with the settings it was trained with (its config.yaml, world_model={trainer['backend']})"
+    if any(k.endswith("act_known") for k in missing):
+        hint = "; it predates world_model.known_action (or was trained without it): add world_model.known_action=false"
+    elif any(k.endswith("act_known") for k in unexpected):
+        hint = "; it was trained with world_model.known_action=true: drop world_model.known_action=false"
+    raise ConfigError(f"resume: checkpoint {path} does not match the model this config builds "
+                      f"(missing {missing[:3]}, unexpected {unexpected[:3]}){hint}")
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
