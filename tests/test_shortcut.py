@@ -333,11 +333,18 @@ def test_checkpoint_from_before_known_action_loads_as_written(toy_store, tmp_pat
     assert make_model().dynamics.act_known is not None  # new runs carry it
 
 
-def test_resuming_a_run_from_before_known_action_names_the_flag(toy_store, tmp_path):
+def test_resuming_a_run_from_before_known_action_names_the_setting(toy_store, tmp_path):
+    from omegaconf import OmegaConf
+
     from reverie.errors import ConfigError
+    from reverie.world_model import checkpoint
 
     train(toy_store, tmp_path / "old", "steps=3", "world_model.known_action=false")
-    with pytest.raises(ConfigError, match="world_model.known_action=false"):
+    ckpt = checkpoint.find(tmp_path / "old")
+    cfg = OmegaConf.create((ckpt / "config.yaml").read_text())
+    del cfg.world_model["known_action"]  # as written before the setting existed
+    (ckpt / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    with pytest.raises(ConfigError, match="known_action: absent there, True here"):
         train(toy_store, tmp_path / "new", "steps=5", f"resume={tmp_path / 'old'}")
     resumed = train(toy_store, tmp_path / "new", "steps=5", f"resume={tmp_path / 'old'}",
                     "world_model.known_action=false")

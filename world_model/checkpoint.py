@@ -89,13 +89,13 @@ def save(run_dir: Path, module: torch.nn.Module, optimizer: torch.optim.Optimize
 
 
 def load_training(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                  ema: EMA | None = None) -> dict:
+                  ema: EMA | None = None, model_cfg: Any = None) -> dict:
     """Restore weights (and the EMA: from the checkpoint's, or started at the weights when it has
     none), optimiser and this rank's RNG; returns trainer.json."""
     path = find(path)
     averaged = (path / "train_model.safetensors").exists()
     weights = load_file(path / ("train_model.safetensors" if averaged else "model.safetensors"))
-    _check_keys(path, set(module.state_dict()), set(weights))
+    _check_keys(path, set(module.state_dict()), set(weights), model_cfg)
     set_model_state_dict(module, weights, options=FULL)
     if ema is not None and averaged:
         with ema.applied():
@@ -132,19 +132,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Wo
     return model.to(device).eval(), cfg, trainer
 
 
-def _check_keys(path: Path, built: set[str], saved: set[str]) -> None:
-    """Resuming needs the model the checkpoint was trained as; say which setting differs."""
+def _check_keys(path: Path, built: set[str], saved: set[str], model_cfg: Any = None) -> None:
+    """Resuming needs the model the checkpoint was trained as; name the model settings that differ
+    from its config.yaml (a setting newer than the checkpoint shows as absent there)."""
     missing, unexpected = sorted(built - saved), sorted(saved - built)
     if not (missing or unexpected):
         return
-    trainer = json.loads((path / "trainer.json").read_text())
-    hint = f"; resume with the settings it was trained with (its config.yaml, world_model={trainer['backend']})"
-    if any(k.endswith("act_known") for k in missing):
-        hint = "; it predates world_model.known_action (or was trained without it): add world_model.known_action=false"
-    elif any(k.endswith("act_known") for k in unexpected):
-        hint = "; it was trained with world_model.known_action=true: drop world_model.known_action=false"
+    hint = "resume with the settings it was trained with (its config.yaml, world_model.*)"
+    if model_cfg is not None:
+        then = OmegaConf.to_container(model_config(OmegaConf.create((path / "config.yaml").read_text())))
+        now = OmegaConf.to_container(model_cfg)
+        differ = [f"{k}: {then.get(k, 'absent')} there, {now.get(k, 'absent')} here"
+                  for k in sorted(then.keys() | now.keys()) if then.get(k, now) != now.get(k, then)]
+        if differ:
+            hint += "; differing: " + "; ".join(differ)
     raise ConfigError(f"resume: checkpoint {path} does not match the model this config builds "
-                      f"(missing {missing[:3]}, unexpected {unexpected[:3]}){hint}")
+                      f"(missing {missing[:3]}, unexpected {unexpected[:3]}); {hint}")
 
 
 def _rng_state() -> dict[str, torch.Tensor]:

@@ -57,7 +57,7 @@ class Trainer:
         self.ema = EMA(self.model, float(decay)) if decay else None
         self.step = 0
         if resume_from is not None:
-            state = checkpoint.load_training(resume_from, self.model, self.optimizer, self.ema)
+            state = checkpoint.load_training(resume_from, self.model, self.optimizer, self.ema, self.mcfg)
             if state["backend"] != self.backend:
                 raise ConfigError(f"resume: checkpoint holds a {state['backend']!r} model but "
                                   f"world_model={self.backend}; pass world_model={state['backend']}")
