@@ -181,6 +181,23 @@ def test_paired_gap_clusters_windows_by_episode():
     assert np.isclose(gap["se"][1], means.std(ddof=1) / np.sqrt(10))
 
 
+def test_eval_windows_split_train_holdout_all(toy_store):
+    from reverie.world_model.data import open_stores
+    from reverie.world_model.evaluate import eval_windows
+
+    stores = open_stores([toy_store])
+
+    def episodes(split):
+        return {w["episode"] for w in eval_windows(stores, 0.2, split, 6, 100, slice(0, 5), "image/front")}
+
+    # 7 episodes, holdout 0.2 -> the last two are held out; episode 1 has no actions, so no window
+    assert episodes("holdout") == {5, 6}
+    assert episodes("train") == {0, 2, 3, 4}
+    assert episodes("all") == episodes("train") | episodes("holdout")
+    with pytest.raises(ConfigError, match="choose holdout, train"):
+        eval_windows(stores, 0.2, "test", 6, 100, slice(0, 5), "image/front")
+
+
 def test_loading_never_unpickles(toy_store, tmp_path, monkeypatch):
     train(toy_store, tmp_path / "run", "steps=1")
 

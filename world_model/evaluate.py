@@ -41,12 +41,12 @@ def eval_windows(stores, holdout: float, split: str, length: int, count: int, ac
                  image_key: str) -> list[dict]:
     """Up to `count` windows of `length` rows spread evenly over the evaluation episodes; only
     windows whose actions in `action_rows` are all known (the replayed commands)."""
-    if split not in ("holdout", "all"):
-        raise ConfigError(f"split={split!r}: choose holdout or all")
+    if split not in ("holdout", "train", "all"):
+        raise ConfigError(f"split={split!r}: choose holdout, train (to compare and see overfitting) or all")
     candidates = []  # (store, episode, start)
     for s, store in enumerate(stores):
-        episodes = (split_episodes(store.num_episodes, holdout)[1] if split == "holdout"
-                    else list(range(store.num_episodes)))
+        train, held = split_episodes(store.num_episodes, holdout)
+        episodes = {"holdout": held, "train": train}.get(split, list(range(store.num_episodes)))
         for e in episodes:
             mask = store.episode(e, ["action_mask"])["action_mask"]
             for start in range(0, len(mask) - length + 1):
