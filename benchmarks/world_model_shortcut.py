@@ -2,17 +2,18 @@
 
     .venv/bin/python benchmarks/world_model_shortcut.py [preset=cpu] [threads=1] [checkpoint=RUN data=STORE
                                                         name=ROW plot=PNG speed=false
-                                                        windows=48]
+                                                        windows=48 split=holdout|train]
     .venv/bin/python benchmarks/world_model_shortcut.py mask-half SRC.zarr DST.zarr
 
 Speed (random weights, the preset's sizes, one process): tokenizer and dynamics training frames/s,
 generation frames/s at batch 1 for K in {1, 2, 4, 8, 64} sampling steps, imagination steps/s at batch
 256 (K = 4), and the RSSM's imagination steps/s at batch 256 measured in the same run (ratio).
 Quality (with checkpoint=RUN): open-loop image MSE per horizon for each K against copy-last-frame on
-held-out windows, the K=4 / K=64 error and speed ratios, and whether predictions follow the actions:
-the predicted joint state under the recorded actions a vs the negated actions -a should move apart
-along the commanded direction (sign agreement of state(a) - state(-a) with the cumulative action),
-and how much worse the teacher-forced one-pass prediction gets when every action is marked missing.
+held-out windows (`split=train`: windows of the training episodes, to see overfitting), the K=4 / K=64
+error and speed ratios, and whether predictions follow the actions: the predicted joint state under
+the recorded actions a vs the negated actions -a should move apart along the commanded direction
+(sign agreement of state(a) - state(-a) with the cumulative action), and how much worse the
+teacher-forced one-pass prediction gets when every action is marked missing.
 `mask-half` writes a copy of a store whose every other episode is action-free (the video ablation).
 Writes benchmarks/results/world_model_shortcut.json and prints a table; `shortcut_rows()` is what
 benchmarks/world_model.py calls to add these rows to its own table.
@@ -104,7 +105,7 @@ def shortcut_rows(preset: str = "cpu", reps: int = 2, horizon: int = 4) -> dict:
 
 @torch.no_grad()
 def quality_vs_steps(checkpoint: str, data: str | None = None, context: int = 8, horizon: int = 16,
-                     windows: int = 48, batch_size: int = 16, seed: int = 0) -> dict:
+                     windows: int = 48, batch_size: int = 16, seed: int = 0, split: str = "holdout") -> dict:
     """Open-loop MSE per horizon for each K, copy-last baseline, and the action-direction test."""
     from reverie.world_model import checkpoint as ckpt
     from reverie.world_model.backend import replay_policy
@@ -114,12 +115,12 @@ def quality_vs_steps(checkpoint: str, data: str | None = None, context: int = 8,
     model, _, trainer = ckpt.load_model(checkpoint)
     paths = data_paths(data.split(",")) if data else trainer["stores"]  # data=A.zarr,B.zarr
     image_key = trainer.get("image_key", "image/front")
-    wins = eval_windows(open_stores(paths), float(trainer.get("holdout", 0.1)), "holdout",
+    wins = eval_windows(open_stores(paths), float(trainer.get("holdout", 0.1)), split,
                         context + horizon, windows, slice(context - 1, context + horizon - 1), image_key)
     language = Language()
     batches = [collate(wins[i:i + batch_size], image_key, int(model.cfg.image_size), language, False, "cpu")
                for i in range(0, len(wins), batch_size)]
-    out: dict = {"checkpoint": str(checkpoint), "step": trainer["step"], "windows": len(wins),
+    out: dict = {"checkpoint": str(checkpoint), "step": trainer["step"], "windows": len(wins), "split": split,
                  "context": context, "horizon": horizon, "mse": {}, "seconds": {}, "minus_copy_last": {}}
     episodes = [(w["store"], w["episode"]) for w in wins]
     copy, agree, corr = [], [], []
@@ -208,6 +209,10 @@ def mask_half(src: str, dst: str) -> str:
     return dst
 
 
+def _split_name(quality: dict) -> str:
+    return {"holdout": "held-out", "train": "training-episode"}.get(quality.get("split", "holdout"), "evaluation")
+
+
 def plot_quality(quality: dict, path: Path) -> Path:
     """Open-loop image MSE per horizon for each K, copy-last and the tokenizer floor (PNG)."""
     import matplotlib
@@ -225,7 +230,8 @@ def plot_quality(quality: dict, path: Path) -> Path:
     ax.set_ylabel("image MSE")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(f"shortcut world model, step {quality['step']}, {quality['windows']} held-out windows", fontsize=9)
+    ax.set_title(f"shortcut world model, step {quality['step']}, {quality['windows']} {_split_name(quality)} windows",
+                 fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -236,7 +242,8 @@ def plot_quality(quality: dict, path: Path) -> Path:
 def table(rows: dict, quality: dict | None) -> str:
     lines = [f"{k:<34} {v:>10.2f}" for k, v in rows.items()]
     if quality:
-        lines.append(f"open-loop MSE per horizon (step {quality['step']}, {quality['windows']} held-out windows):")
+        lines.append(f"open-loop MSE per horizon (step {quality['step']}, {quality['windows']} "
+                     f"{_split_name(quality)} windows):")
         lines.append("  h " + " ".join(f"{n:>9}" for n in quality["mse"]))
         for h in range(quality["horizon"]):
             lines.append(f"{h + 1:>3} " + " ".join(f"{quality['mse'][n][h]:>9.5f}" for n in quality["mse"]))
@@ -258,7 +265,8 @@ def main(argv: list[str]) -> int:
     args = dict(a.split("=", 1) for a in argv)
     torch.set_num_threads(int(args.get("threads", 1)))
     rows = shortcut_rows(args.get("preset", "cpu")) if args.get("speed", "true") == "true" else {}
-    quality = (quality_vs_steps(args["checkpoint"], args.get("data"), windows=int(args.get("windows", 48)))
+    quality = (quality_vs_steps(args["checkpoint"], args.get("data"), windows=int(args.get("windows", 48)),
+                                split=args.get("split", "holdout"))
                if "checkpoint" in args else None)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
