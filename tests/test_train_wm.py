@@ -196,6 +196,8 @@ def test_eval_windows_split_train_holdout_all(toy_store):
     assert episodes("all") == episodes("train") | episodes("holdout")
     with pytest.raises(ConfigError, match="choose holdout, train"):
         eval_windows(stores, 0.2, "test", 6, 100, slice(0, 5), "image/front")
+    with pytest.raises(ConfigError, match="need training, action-labelled episodes of at least 100 rows"):
+        eval_windows(stores, 0.2, "train", 100, 4, slice(0, 5), "image/front")
 
 
 def test_loading_never_unpickles(toy_store, tmp_path, monkeypatch):

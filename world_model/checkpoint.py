@@ -143,7 +143,7 @@ def _check_keys(path: Path, built: set[str], saved: set[str], model_cfg: Any = N
         then = OmegaConf.to_container(model_config(OmegaConf.create((path / "config.yaml").read_text())))
         now = OmegaConf.to_container(model_cfg)
         differ = [f"{k}: {then.get(k, 'absent')} there, {now.get(k, 'absent')} here"
-                  for k in sorted(then.keys() | now.keys()) if then.get(k, now) != now.get(k, then)]
+                  for k in sorted(then.keys() | now.keys()) if then.get(k, "absent") != now.get(k, "absent")]
         if differ:
             hint += "; differing: " + "; ".join(differ)
     raise ConfigError(f"resume: checkpoint {path} does not match the model this config builds "

@@ -35,13 +35,14 @@ from reverie.world_model.distributed import pick_device
 
 log = logging.getLogger(__name__)
 MOVED = 0.05  # rad: a joint displacement large enough that its direction is not noise
+SPLITS = {"holdout": "held-out", "train": "training", "all": "any"}  # split= -> the episodes it scores
 
 
 def eval_windows(stores, holdout: float, split: str, length: int, count: int, action_rows: slice,
                  image_key: str) -> list[dict]:
     """Up to `count` windows of `length` rows spread evenly over the evaluation episodes; only
     windows whose actions in `action_rows` are all known (the replayed commands)."""
-    if split not in ("holdout", "train", "all"):
+    if split not in SPLITS:
         raise ConfigError(f"split={split!r}: choose holdout, train (to compare and see overfitting) or all")
     candidates = []  # (store, episode, start)
     for s, store in enumerate(stores):
@@ -54,7 +55,7 @@ def eval_windows(stores, holdout: float, split: str, length: int, count: int, ac
                     candidates.append((s, e, start))
     if not candidates:
         raise ConfigError(
-            f"no evaluation window: need held-out, action-labelled episodes of at least {length} rows "
+            f"no evaluation window: need {SPLITS[split]}, action-labelled episodes of at least {length} rows "
             f"(context + horizon). Train with holdout>0 on a store with more episodes, pass split=all, "
             f"or lower context/horizon")
     pick = np.unique(np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round().astype(int))
