@@ -103,6 +103,27 @@ def test_ema_averages_trained_and_copies_frozen_parameters():
     assert torch.equal(net[0].weight, start[0] + 1)  # swapped back
 
 
+def test_weight_decay_shrinks_matrices_only_and_resumes_exactly(toy_store, tmp_path):
+    from reverie.world_model.train import param_groups
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))
+    assert len(param_groups(net, 0.0)) == 1  # no decay: one group, as checkpoints before the split
+    decayed, plain = param_groups(net, 0.5)
+    assert decayed["params"] == [net[0].weight] and len(plain["params"]) == 3  # bias, gain, norm bias
+    opt = torch.optim.AdamW(param_groups(net, 0.5), lr=0.1)
+    before = [p.detach().clone() for p in net.parameters()]
+    net(torch.zeros(1, 3)).sum().mul(0).backward()  # zero gradients: only the decay moves a weight
+    opt.step()
+    assert torch.allclose(net[0].weight, before[0] * (1 - 0.1 * 0.5))
+    assert all(torch.equal(p, b) for p, b in zip(list(net.parameters())[1:], before[1:]))
+
+    full = train(toy_store, tmp_path / "full", "steps=4", "world_model.weight_decay=0.1")
+    train(toy_store, tmp_path / "split", "steps=2", "world_model.weight_decay=0.1")
+    resumed = train(toy_store, tmp_path / "split", "steps=4", "resume=true", "world_model.weight_decay=0.1")
+    for (k, a), b in zip(params(full.model).items(), params(resumed.model).values()):
+        assert torch.equal(a, b), k
+
+
 def test_learning_rate_warmup_and_cosine_decay(toy_store, tmp_path):
     trainer = Trainer(compose("train_wm", ["preset=tiny", f"data={toy_store}", f"out={tmp_path}",
                                            "warmup=4", "lr_end=0.1"]))

@@ -32,6 +32,17 @@ from reverie.world_model.ema import EMA
 log = logging.getLogger(__name__)
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decoupled decay on the weight matrices (linear, embedding) only. Norm gains and
+    biases stay undecayed: pulling a gain to zero fights the normalisation it scales. With no decay
+    one group, so checkpoints from before the split resume unchanged."""
+    if weight_decay <= 0:
+        return [{"params": list(model.parameters()), "weight_decay": 0.0}]
+    matrices = [p for p in model.parameters() if p.ndim >= 2]
+    vectors = [p for p in model.parameters() if p.ndim < 2]
+    return [{"params": matrices, "weight_decay": weight_decay}, {"params": vectors, "weight_decay": 0.0}]
+
+
 class Trainer:
     """One training run; `run()` trains to `steps` and checkpoints. Attributes are for tests/tools."""
 
@@ -51,8 +62,8 @@ class Trainer:
         self.model = build(self.backend, self.mcfg, self.data.spec).to(self.device)
         fsdp = bool(self.mcfg.get("fsdp", False) if cfg.fsdp is None else cfg.fsdp)
         self.module = distributed.wrap(self.model, self.device, fsdp, bool(cfg.compile))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.mcfg.lr,
-                                          eps=self.mcfg.adam_eps, weight_decay=self.mcfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, float(self.mcfg.weight_decay)),
+                                           lr=self.mcfg.lr, eps=self.mcfg.adam_eps)
         decay = cfg.get("ema") if cfg.get("ema") is not None else self.mcfg.get("ema", 0)
         self.ema = EMA(self.model, float(decay)) if decay else None
         self.step = 0
