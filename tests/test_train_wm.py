@@ -122,6 +122,9 @@ def test_weight_decay_shrinks_matrices_only_and_resumes_exactly(toy_store, tmp_p
     resumed = train(toy_store, tmp_path / "split", "steps=4", "resume=true", "world_model.weight_decay=0.1")
     for (k, a), b in zip(params(full.model).items(), params(resumed.model).values()):
         assert torch.equal(a, b), k
+    # A resumed run takes its decay from the command line, not from the checkpoint's optimiser state.
+    stronger = train(toy_store, tmp_path / "split", "steps=5", "resume=true", "world_model.weight_decay=0.3")
+    assert [g["weight_decay"] for g in stronger.optimizer.param_groups] == [0.3, 0.0]
 
 
 def test_learning_rate_warmup_and_cosine_decay(toy_store, tmp_path):

@@ -62,8 +62,8 @@ class Trainer:
         self.model = build(self.backend, self.mcfg, self.data.spec).to(self.device)
         fsdp = bool(self.mcfg.get("fsdp", False) if cfg.fsdp is None else cfg.fsdp)
         self.module = distributed.wrap(self.model, self.device, fsdp, bool(cfg.compile))
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, float(self.mcfg.weight_decay)),
-                                           lr=self.mcfg.lr, eps=self.mcfg.adam_eps)
+        groups = param_groups(self.model, float(self.mcfg.weight_decay))
+        self.optimizer = torch.optim.AdamW(groups, lr=self.mcfg.lr, eps=self.mcfg.adam_eps)
         decay = cfg.get("ema") if cfg.get("ema") is not None else self.mcfg.get("ema", 0)
         self.ema = EMA(self.model, float(decay)) if decay else None
         self.step = 0
@@ -73,6 +73,9 @@ class Trainer:
                 raise ConfigError(f"resume: checkpoint holds a {state['backend']!r} model but "
                                   f"world_model={self.backend}; pass world_model={state['backend']}")
             self.step = int(state["step"])
+            # loading restored the checkpoint's decay; the config's rules, as the schedule's lr does
+            for group, wanted in zip(self.optimizer.param_groups, groups):
+                group["weight_decay"] = wanted["weight_decay"]
             if self.ema is not None:  # the decay's ramp continues (0: a fresh average at these weights)
                 self.ema.updates = int(state.get("ema_updates", 0))
             self.data.set_state(state["data_rng"][str(self.rank)] if self.world > 1
