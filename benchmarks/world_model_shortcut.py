@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/world_model_shortcut.py [preset=cpu] [threads=1] [checkpoint=RUN data=STORE
                                                         name=ROW plot=PNG speed=false
                                                         windows=48 split=holdout|train]
-    .venv/bin/python benchmarks/world_model_shortcut.py mask-half SRC.zarr DST.zarr
+    .venv/bin/python benchmarks/world_model_shortcut.py mask-half|mask-all SRC.zarr DST.zarr
 
 Speed (random weights, the preset's sizes, one process): tokenizer and dynamics training frames/s,
 generation frames/s at batch 1 for K in {1, 2, 4, 8, 64} sampling steps, imagination steps/s at batch
@@ -14,7 +14,8 @@ error and speed ratios, and whether predictions follow the actions: the predicte
 the recorded actions a vs the negated actions -a should move apart along the commanded direction
 (sign agreement of state(a) - state(-a) with the cumulative action), and how much worse the
 teacher-forced one-pass prediction gets when every action is marked missing.
-`mask-half` writes a copy of a store whose every other episode is action-free (the video ablation).
+`mask-half` writes a copy of a store whose every other episode is action-free (the half-labelled
+ablation); `mask-all` one with no actions at all (the video-only baseline).
 Writes benchmarks/results/world_model_shortcut.json and prints a table; `shortcut_rows()` is what
 benchmarks/world_model.py calls to add these rows to its own table.
 """
@@ -105,8 +106,14 @@ def shortcut_rows(preset: str = "cpu", reps: int = 2, horizon: int = 4) -> dict:
 
 @torch.no_grad()
 def quality_vs_steps(checkpoint: str, data: str | None = None, context: int = 8, horizon: int = 16,
-                     windows: int = 48, batch_size: int = 16, seed: int = 0, split: str = "holdout") -> dict:
-    """Open-loop MSE per horizon for each K, copy-last baseline, and the action-direction test."""
+                     windows: int = 48, batch_size: int = 16, seed: int = 0, split: str = "holdout",
+                     actions: str = "recorded") -> dict:
+    """Open-loop MSE per horizon for each K, copy-last baseline, and the action-direction test.
+    actions="missing": context and rollout are marked action-free (video prediction; the only fair
+    score of a model trained without actions, whose action encoder never learned), no direction test."""
+    if actions not in ("recorded", "missing"):
+        raise ValueError(f"actions={actions!r}: choose recorded or missing")
+    known = actions == "recorded"
     from reverie.world_model import checkpoint as ckpt
     from reverie.world_model.backend import replay_policy
     from reverie.world_model.data import Language, collate, data_paths, open_stores
@@ -121,6 +128,7 @@ def quality_vs_steps(checkpoint: str, data: str | None = None, context: int = 8,
     batches = [collate(wins[i:i + batch_size], image_key, int(model.cfg.image_size), language, False, "cpu")
                for i in range(0, len(wins), batch_size)]
     out: dict = {"checkpoint": str(checkpoint), "step": trainer["step"], "windows": len(wins), "split": split,
+                 "actions": actions,
                  "context": context, "horizon": horizon, "mse": {}, "seconds": {}, "minus_copy_last": {}}
     episodes = [(w["store"], w["episode"]) for w in wins]
     copy, agree, corr = [], [], []
@@ -134,20 +142,22 @@ def quality_vs_steps(checkpoint: str, data: str | None = None, context: int = 8,
         for batch in batches:
             c = context
             ctx = {n: (v[:, :c] if v.dim() > 1 and v.shape[1] == c + horizon else v) for n, v in batch.items()}
+            if not known:
+                ctx["action_mask"] = torch.zeros_like(ctx["action_mask"])
             state, _ = model.observe(ctx)
-            actions = batch["action"][:, c - 1:c + horizon - 1]
+            acts = batch["action"][:, c - 1:c + horizon - 1]
             t0 = time.perf_counter()
-            traj = model.imagine(state, replay_policy(actions), horizon, steps=k)
+            traj = model.imagine(state, replay_policy(acts), horizon, steps=k, known=known)
             sec += time.perf_counter() - t0
             real = batch["image"][:, c:]
             pred = model.decode(traj["state"])[:, 1:].clamp(0, 1)  # as eval-wm: images live in [0, 1]
             mses.append((pred - real).square().mean((-3, -2, -1)))  # (B, H)
             if k == KS[0]:
                 copy.append((batch["image"][:, c - 1:c] - real).square().mean((-3, -2, -1)))
-            if k == 4:  # actions matter: recorded a vs negated -a from the same start
-                neg = model.imagine(state, replay_policy(-actions), horizon, steps=k)
+            if k == 4 and known:  # actions matter: recorded a vs negated -a from the same start
+                neg = model.imagine(state, replay_policy(-acts), horizon, steps=k)
                 ds = model.decode_state(traj["state"])[:, 1:] - model.decode_state(neg["state"])[:, 1:]
-                cum = actions.cumsum(1)  # (B, H, A) commanded displacement (joint-delta actions)
+                cum = acts.cumsum(1)  # (B, H, A) commanded displacement (joint-delta actions)
                 j = min(ds.shape[-1], cum.shape[-1])
                 big = cum[..., :j].abs() > 0.5
                 agree.append(((torch.sign(ds[..., :j]) == torch.sign(cum[..., :j])) & big).sum() / big.sum().clamp(min=1))
@@ -163,8 +173,8 @@ def quality_vs_steps(checkpoint: str, data: str | None = None, context: int = 8,
     out["K4_beats_copy_last_every_horizon"] = bool((m4 < base).all())
     out["K4_over_K64_mse"] = float(m4.mean() / m64.mean())
     out["K64_over_K4_seconds"] = out["seconds"]["K64"] / out["seconds"]["K4"]
-    out["action_sign_agreement"] = float(torch.stack(agree).mean())
-    out["action_state_corr"] = float(torch.stack(corr).mean())
+    out["action_sign_agreement"] = float(torch.stack(agree).mean()) if agree else None
+    out["action_state_corr"] = float(torch.stack(corr).mean()) if corr else None
     return out
 
 
@@ -195,16 +205,18 @@ def action_reliance(model, batches: list[dict], context: int, seed: int = 0) -> 
             "missing_over_recorded": mis / rec}
 
 
-def mask_half(src: str, dst: str) -> str:
-    """Copy a store, making every other episode action-free (action 0, action_mask False, source video)."""
+def mask_actions(src: str, dst: str, every: int = 2) -> str:
+    """Copy a store, making every `every`-th episode action-free (action 0, action_mask False, source
+    video): every=2 is the half-labelled ablation (episodes 1, 3, 5, ...), every=1 the video-only one."""
     from reverie.datasets.store import EpisodeStore
 
     s = EpisodeStore.open(src, "r")
     d = EpisodeStore.create(dst, s.schema, fps=s.fps, robot=s.robot)
     for i, (ep, meta) in enumerate(s.iter_episodes()):
-        if i % 2 == 1:
+        video = i % every == every - 1
+        if video:
             ep = {**ep, "action": np.zeros_like(ep["action"]), "action_mask": np.zeros_like(ep["action_mask"])}
-        d.add_episode(ep, meta.instruction, "video" if i % 2 == 1 else meta.source, meta.round, meta.success)
+        d.add_episode(ep, meta.instruction, "video" if video else meta.source, meta.round, meta.success)
     d.close()
     return dst
 
@@ -230,8 +242,9 @@ def plot_quality(quality: dict, path: Path) -> Path:
     ax.set_ylabel("image MSE")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(f"shortcut world model, step {quality['step']}, {quality['windows']} {_split_name(quality)} windows",
-                 fontsize=9)
+    missing = ", actions missing" if quality.get("actions") == "missing" else ""
+    ax.set_title(f"shortcut world model, step {quality['step']}, {quality['windows']} {_split_name(quality)} "
+                 f"windows{missing}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -259,14 +272,14 @@ def table(rows: dict, quality: dict | None) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["mask-half"]:
-        print(mask_half(argv[1], argv[2]))
+    if argv[:1] in (["mask-half"], ["mask-all"]):
+        print(mask_actions(argv[1], argv[2], every=2 if argv[0] == "mask-half" else 1))
         return 0
     args = dict(a.split("=", 1) for a in argv)
     torch.set_num_threads(int(args.get("threads", 1)))
     rows = shortcut_rows(args.get("preset", "cpu")) if args.get("speed", "true") == "true" else {}
     quality = (quality_vs_steps(args["checkpoint"], args.get("data"), windows=int(args.get("windows", 48)),
-                                split=args.get("split", "holdout"))
+                                split=args.get("split", "holdout"), actions=args.get("actions", "recorded"))
                if "checkpoint" in args else None)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

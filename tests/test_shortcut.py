@@ -175,6 +175,24 @@ def test_backend_interface_shapes_and_stages():
     assert traj["feat"].shape == (B, 7, model.feat_dim)
 
 
+def test_imagine_without_actions_is_video_prediction():
+    """known=False marks every imagined step action-free, so the policy's actions cannot matter;
+    with known=True (the default) the same rollout follows them."""
+    model = make_model()
+    model.updates.fill_(10)
+    model.eval()
+    batch = make_batch()
+    state, _ = model.observe({k: (v[:, :5] if k != "instruction_embedding" else v) for k, v in batch.items()})
+    acts = batch["action"][:, 4:]
+
+    def rollout(sign, known):
+        torch.manual_seed(3)
+        return model.imagine(state, replay_policy(sign * acts), 3, known=known)["state"]["z"]
+
+    assert torch.equal(rollout(1, False), rollout(-1, False))
+    assert not torch.allclose(rollout(1, True), rollout(-1, True))
+
+
 def test_online_observe_one_row_at_a_time_equals_one_long_observe():
     """observe(batch, state) continues both KV caches (tokenizer and dynamics) exactly."""
     model = make_model()

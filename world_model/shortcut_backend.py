@@ -214,13 +214,16 @@ class ShortcutWorldModel(WorldModel):
         return state, feat
 
     @torch.no_grad()
-    def imagine(self, state: State, policy: Policy, horizon: int, steps: int | None = None) -> dict:
+    def imagine(self, state: State, policy: Policy, horizon: int, steps: int | None = None,
+                known: bool = True) -> dict:
+        """known=False marks every imagined step action-free (the policy's actions are ignored):
+        video prediction, what the model expects when it is not told the action."""
         steps = steps or self.steps
         cache, seg, t0 = _unpack(state["k"], state["v"]), state["seg"], int(state["t"][0])
         instr, feat = state["instr"], state["feat"]
         b = feat.shape[0]
         feats, zs, actions = [feat], [state["z"]], []
-        on = torch.ones(b, 1, dtype=torch.bool, device=feat.device)
+        on = torch.full((b, 1), known, dtype=torch.bool, device=feat.device)
         for _ in range(horizon):
             action = policy(feat)  # (B, A)
             actions.append(action)
