@@ -17,7 +17,6 @@ segment ids of the cached frames, the frame counter, the last latents `z` (B, L,
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
