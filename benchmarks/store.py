@@ -265,7 +265,7 @@ def main() -> None:
               f"{pair('cached_batches_per_s'):>13} {r['cache_hit_rate']:>5.2f} "
               f"{r['memmap_over_uncached_wall']:>7.1f}/{r['memmap_over_uncached_cpu']:<9.1f} "
               f"{r['memmap_over_cached_wall']:>7.2f}/{r['memmap_over_cached_cpu']:<7.2f}")
-    print(f"\nadd() latency with frames arriving at a camera's rate (ms):")
+    print("\nadd() latency with frames arriving at a camera's rate (ms):")
     for r in paced:
         print(f"{r['size']:<8} {r['codec']:<9} {r['hz']:.0f} Hz x {r['frames']}: median {r['add_ms_median']:.2f}, "
               f"p99 {r['add_ms_p99']:.2f}, max {r['add_ms_max']:.1f}; commit {r['commit_ms']:.0f}")

@@ -214,7 +214,7 @@ def learning_curves(run: Run, agents: dict[str, Path], path: Path) -> None:
 
 
 def write_report(run: Run, final: dict, deployed: list[dict]) -> Path:
-    lines = [f"# reverie pipeline report", "",
+    lines = ["# reverie pipeline report", "",
              f"Task `arm/{run.cfg.task}`, world model `{run.cfg.backend}` at preset `{run.cfg.choices.preset}`, "
              f"seed {run.cfg.seed}. Generated {datetime.datetime.now().isoformat(timespec='seconds')}.", "",
              "## Stage times", "", "| stage | seconds |", "|---|---|"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from reverie.errors import ConfigError
 from reverie.world_model.backend import DataSpec, Policy, State, WorldModel, register

@@ -78,7 +78,7 @@ def shortcut_loss(model: Dynamics, z1: Tensor, action: Tensor, action_mask: Tens
     k_max = model.k_max
     tau, d = sample_levels(b, t, k_max, shortcut, z1.device, boot_frac)  # (B, T)
     z0 = torch.randn_like(z1)
-    tau4, d4 = tau[..., None, None], d[..., None, None]
+    tau4 = tau[..., None, None]
     z_tau = (1 - tau4) * z0 + tau4 * z1
     out, agent, _ = model(z_tau, (tau * k_max).round().long(), d_index(d), action, action_mask,
                           instr, segments)
