@@ -297,8 +297,12 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["labels"]:  # labels none=ROW part=ROW full=ROW: rows of quality in the JSON
         rows = json.loads(RESULTS.read_text())["quality"]
-        names = dict(a.split("=", 1) for a in argv[1:])
-        rec = label_recovery(rows[names["none"]], rows[names["part"]], rows[names["full"]])
+        names = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
+        wanted = [names.get(k) for k in ("none", "part", "full")]
+        if None in wanted or not set(wanted) <= rows.keys():
+            raise SystemExit(f"labels needs none=ROW part=ROW full=ROW, each a row of quality in {RESULTS} "
+                             f"(got {names}); score the runs first (actions=missing for the video-only one)")
+        rec = label_recovery(*(rows[n] for n in wanted))
         print(f"{'K':<4} {'MSE none':>9} {'part':>9} {'full':>9} {'recovered':>9}   "
               f"{'PSNR none':>9} {'part':>7} {'full':>7} {'recovered':>9}")
         for k, r in rec.items():
