@@ -1,9 +1,17 @@
 """Random training windows from episode stores, for world-model and policy training.
 
-A window is `length` consecutive rows of one episode; windows never cross an episode boundary, and
-episodes shorter than `length` are skipped. Rows are copied as stored, so `is_first` is True at a
-window's first row only when that row is the episode's first. Models reset their recurrent state
-at every window start anyway, so a window that starts mid-episode simply begins from a fresh state.
+A window is `length` (T) consecutive rows of one episode; windows never cross an episode boundary.
+Every committed episode contributes, short ones included: an episode of L rows has window starts
+0..max(L - T, 0), and a window that runs past the episode's end is padded. Padding repeats the
+episode's last row (images and low-dim keys alike, so shapes stay fixed and values sane), except
+that `action_mask`, `is_first`, `is_last` and `is_terminal` are False and `reward` is 0 there. Every
+window carries `valid` (T,) bool, True on real rows and False on padding; consumers mask their
+per-step losses with it (world_model/rssm.py, shortcut_backend.py). Padding only ever follows the
+real rows, so causal models see the real rows exactly as without it.
+
+Rows are copied as stored, so `is_first` is True at a window's first row only when that row is the
+episode's first. Models reset their recurrent state at every window start anyway, so a window that
+starts mid-episode simply begins from a fresh state.
 
 Reading. Low-dimensional keys are loaded into memory once per store (EpisodeStore.lowdim). Images are
 read per window, chunk by chunk (a T=32 window of 64x64 frames spans one or two 32-frame chunks):
@@ -11,10 +19,20 @@ ChunkReader decodes a local store's chunk files directly, since zarr costs ~1 ms
 chunks stay in a small LRU cache (`cache_bytes`, per process). benchmarks/store.py measures both paths
 against numpy memmaps.
 
-Weighting. `weights={"source": {"teleop": 2, "video": 1}}` (or `{"instruction": {...}}`) gives each
-category a share of the samples proportional to its weight, whatever its size; "*" sets the weight of
-categories not named (default 1), and weight 0 leaves a category out. Within a category every window
-is equally likely. Without weights every window of every store is equally likely.
+Mass. `per="row"` (default, for world models): an episode is drawn with probability proportional to
+its length L, so every row is about equally likely to be covered, short episodes included.
+`per="episode"`: every episode is equally likely, whatever its length (e.g. for policies, so short
+successful demos are not outweighed by long failures). Within an episode the window start is uniform.
+
+Weighting. `weights={"source": {"teleop": 2, "video": 1}}` gives each category of a field a share of
+the samples proportional to its weight, whatever its size (within a category, the `per` mass above).
+Fields: "source", "instruction", "success" (categories "true", "false", "unknown" for episodes without
+a label) and "round" (the integer as a string, e.g. "0"; YAML booleans and integers are accepted as
+names). "*" sets the weight of categories not named (default 1), and weight 0 leaves a category out.
+Several fields, e.g. `{"source": {...}, "success": {"true": 3, "false": 1}}`, apply in the order given,
+each rescaling the mass so that its own categories get shares proportional to its weights: the last
+field's shares hold exactly, and within each of its categories the earlier fields' proportions are
+kept (all shares hold exactly when the fields are independent, e.g. one success rate in every source).
 
 Several stores with different schemas: only keys present in all, with the same shape and dtype, are
 sampled (or the `keys` asked for, which must be common).
@@ -23,7 +41,6 @@ sampled (or the `keys` asked for, which must be common).
 from __future__ import annotations
 
 import collections
-import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -39,9 +56,8 @@ from reverie.datasets.schema import is_image_key
 from reverie.datasets.store import EpisodeStore
 from reverie.errors import StoreError
 
-log = logging.getLogger(__name__)
-
-CATEGORY_FIELDS = ("source", "instruction")
+CATEGORY_FIELDS = ("source", "instruction", "success", "round")
+PER = ("row", "episode")
 
 
 def _open(stores) -> list[EpisodeStore]:
@@ -150,17 +166,20 @@ class ChunkCache:
 
 
 class WindowSampler:
-    """Draws windows of `length` rows. sample() -> {key: (T, ...), "instruction": str, "episode": int,
-    "store": int}; "episode" indexes the episode within store number "store". sample_batch(B) draws B
-    windows at once into (B, T, ...) arrays (vectorised draws and low-dim gathers)."""
+    """Draws windows of `length` rows. sample() -> {key: (T, ...), "valid": (T,) bool, "instruction": str,
+    "episode": int, "store": int}; "episode" indexes the episode within store number "store".
+    sample_batch(B) draws B windows at once into (B, T, ...) arrays (vectorised draws and low-dim
+    gathers). `per` and `weights`: see the module docstring."""
 
     def __init__(self, stores, length: int, keys: Sequence[str] | None = None,
-                 weights: Mapping[str, Mapping[str, float]] | None = None, seed=0,
-                 cache_bytes: int = 256 << 20):
+                 weights: Mapping[str, Mapping] | None = None, seed=0,
+                 cache_bytes: int = 256 << 20, per: str = "row"):
         if int(length) < 1:
             raise StoreError(f"window length must be >= 1, got {length}")
+        if per not in PER:
+            raise StoreError(f"per={per!r}: choose one of {PER}")
         self.stores = _open(stores)
-        self.length = int(length)
+        self.length, self.per = int(length), per
         self.keys = common_keys(self.stores, keys)
         self.rng = np.random.default_rng(seed)
         self.cache = ChunkCache(cache_bytes)
@@ -173,54 +192,68 @@ class WindowSampler:
         self._build_index(weights)
 
     def _build_index(self, weights) -> None:
-        rows = []  # (store, episode, first row, number of window starts, instruction, category)
-        field, table = self._parse_weights(weights)
-        longest = 0
-        for si, store in enumerate(self.stores):
-            for ei in range(store.num_episodes):
-                meta = store.meta(ei)
-                longest = max(longest, meta.length)
-                if meta.length >= self.length:
-                    rows.append((si, ei, meta.start, meta.length - self.length + 1, meta.instruction,
-                                 getattr(meta, field) if field else ""))
-        skipped = sum(len(s) for s in self.stores) - len(rows)
-        if skipped:
-            log.info("skipping %d episodes shorter than the window length %d", skipped, self.length)
-        if not rows:
-            raise StoreError(f"no episode has at least {self.length} rows (longest: {longest}); "
-                             "lower the window length")
-        self._store, self._episode, self._start, self._n_starts = (np.array([r[k] for r in rows]) for k in range(4))
-        self._instruction = [r[4] for r in rows]
-        mass = self._n_starts.astype(np.float64)
-        if field:  # each category gets its weight's share; windows uniform within a category
-            categories = np.array([r[5] for r in rows], dtype=object)
+        tables = self._parse_weights(weights)
+        metas = [(si, store.meta(ei)) for si, store in enumerate(self.stores) for ei in range(store.num_episodes)]
+        for si, m in metas:
+            if m.length < 1:
+                raise StoreError(f"{self.stores[si].url}: episode {m.index} has no rows (meta/episode_ends "
+                                 f"repeats {m.start}), so no window can be drawn from it; rewrite the "
+                                 "store without empty episodes (reverie data import ...)")
+        if not metas:
+            raise StoreError(f"no committed episode in {[s.url for s in self.stores]}; record or import some first")
+        self._store = np.array([si for si, _ in metas])                    # (E,) over all stores
+        self._episode = np.array([m.index for _, m in metas])
+        self._start = np.array([m.start for _, m in metas], np.int64)      # global first row
+        self._len = np.array([m.length for _, m in metas], np.int64)
+        self._n_starts = np.maximum(self._len - self.length, 0) + 1        # window starts 0..max(L-T, 0)
+        self._instruction = [m.instruction for _, m in metas]
+        mass = self._len.astype(np.float64) if self.per == "row" else np.ones(len(metas))
+        for field, table in tables:  # each field in turn: its categories get their weights' shares
+            categories = np.array([_category(getattr(m, field)) for _, m in metas], dtype=object)
             for cat in set(categories):
                 members = categories == cat
-                weight = float(table.get(cat, table.get("*", 1.0)))
-                mass[members] *= weight / mass[members].sum()
+                total = mass[members].sum()
+                if total > 0:  # an earlier field may have removed the whole category already
+                    mass[members] *= float(table.get(cat, table.get("*", 1.0))) / total
         if mass.sum() <= 0:
             raise StoreError(f"weights {weights} leave no episode to sample; give some category a weight > 0")
         self._cdf = np.cumsum(mass) / mass.sum()
 
     @staticmethod
-    def _parse_weights(weights) -> tuple[str | None, dict]:
+    def _parse_weights(weights) -> list[tuple[str, dict[str, float]]]:
+        """{field: {category: weight}} -> [(field, {category name: weight})] in the order given."""
         if not weights:
-            return None, {}
-        if len(weights) != 1 or next(iter(weights)) not in CATEGORY_FIELDS:
-            raise StoreError(f"weights must be {{'source': {{...}}}} or {{'instruction': {{...}}}}, got {weights!r}")
-        field, table = next(iter(weights.items()))
-        bad = {k: v for k, v in table.items() if not (np.isfinite(v) and v >= 0)}
-        if bad:
-            raise StoreError(f"weights must be finite and >= 0, got {bad}")
-        return field, dict(table)
+            return []
+        if not isinstance(weights, Mapping) or any(f not in CATEGORY_FIELDS for f in weights):
+            raise StoreError(f"weights must map fields {CATEGORY_FIELDS} to {{category: weight}}, e.g. "
+                             f"{{'source': {{'teleop': 2, '*': 1}}}}; got {weights!r}")
+        out = []
+        for field, table in weights.items():
+            if not isinstance(table, Mapping):
+                raise StoreError(f"weights[{field!r}] must be {{category: weight}}, got {table!r}")
+            table = {_category(k): v for k, v in table.items()}
+            bad = {k: v for k, v in table.items() if not (isinstance(v, (int, float, np.number)) and np.isfinite(v) and v >= 0)}
+            if bad:
+                raise StoreError(f"weights must be finite and >= 0, got {bad}")
+            if field == "success" and set(table) - {"true", "false", "unknown", "*"}:
+                raise StoreError(f"weights['success'] names {sorted(set(table) - {'true', 'false', 'unknown', '*'})}; "
+                                 "success categories are true, false, unknown (no label) and *")
+            out.append((field, {k: float(v) for k, v in table.items()}))
+        return out
+
+    @property
+    def episode_probs(self) -> dict[tuple[int, int], float]:
+        """(store, episode) -> probability that a window is drawn from that episode."""
+        probs = np.diff(self._cdf, prepend=0.0)
+        return {(int(s), int(e)): float(p) for s, e, p in zip(self._store, self._episode, probs)}
 
     @property
     def num_windows(self) -> int:
-        """Number of distinct windows (window starts) over all eligible episodes."""
+        """Number of distinct windows (window starts) over all episodes."""
         return int(self._n_starts.sum())
 
     def _draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """n random windows -> (index rows into the episode table, global start rows)."""
+        """n random windows -> (index rows into the episode table, global start rows), each (n,)."""
         rows = np.searchsorted(self._cdf, self.rng.random(n), side="right").clip(max=len(self._cdf) - 1)
         offsets = (self.rng.random(n) * self._n_starts[rows]).astype(np.int64)
         return rows, self._start[rows] + offsets
@@ -228,34 +261,42 @@ class WindowSampler:
     def sample(self) -> dict:
         rows, starts = self._draw(1)
         j, start = int(rows[0]), int(starts[0])
-        si = int(self._store[j])
-        out = {key: self._read(si, key, start) for key in self.keys}
+        si, end = int(self._store[j]), int(self._start[j] + self._len[j])
+        index = np.minimum(start + np.arange(self.length), end - 1)       # (T,) padding repeats the last row
+        n = min(end - start, self.length)                                 # real rows
+        out = {key: self._read_image(si, key, start, n) if is_image_key(key) else self._lowdim[si][key][index]
+               for key in self.keys}
+        out["valid"] = start + np.arange(self.length) < end              # (T,)
+        _mask_padding(out, out["valid"])
         return out | {"instruction": self._instruction[j], "episode": int(self._episode[j]), "store": si}
 
-    def _read(self, si: int, key: str, start: int, out: np.ndarray | None = None) -> np.ndarray:
-        stop = start + self.length
-        if key in self._lowdim[si]:
-            rows = self._lowdim[si][key][start:stop]
-            if out is None:
-                return rows.copy()
-            out[...] = rows
-            return out
-        return self.cache.read((si, key), self._readers[si][key], start, stop, out)
+    def _read_image(self, si: int, key: str, start: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows [start, start + n) of an image key into out (T, ...), the last one repeated over rows n..T-1."""
+        if out is None:
+            shape, dtype = self._shapes[key]
+            out = np.empty((self.length, *shape), dtype)
+        self.cache.read((si, key), self._readers[si][key], start, start + n, out[:n])
+        out[n:] = out[n - 1]
+        return out
 
     def sample_batch(self, batch_size: int) -> dict:
-        """{key: (B, T, ...)} plus "instruction" (list of B str), "episode" and "store" (B,) int."""
+        """{key: (B, T, ...)}, "valid" (B, T) bool, "instruction" (list of B str), "episode" and
+        "store" (B,) int."""
         rows, starts = self._draw(batch_size)
-        stores = self._store[rows]
+        stores, ends = self._store[rows], self._start[rows] + self._len[rows]   # (B,)
         batch = {key: np.empty((batch_size, self.length, *shape), dtype) for key, (shape, dtype) in self._shapes.items()}
-        steps = np.arange(self.length)
+        steps = starts[:, None] + np.arange(self.length)                         # (B, T) global rows
+        batch["valid"] = steps < ends[:, None]
+        index = np.minimum(steps, ends[:, None] - 1)                             # padding: the last row
+        real = np.minimum(ends - starts, self.length)                            # (B,) rows before padding
         for si in np.unique(stores):
             mine = np.flatnonzero(stores == si)
-            index = starts[mine, None] + steps  # (b, T) rows: one fancy-index gather per key
-            for key in self._lowdim_keys:
-                batch[key][mine] = self._lowdim[si][key][index]
+            for key in self._lowdim_keys:  # one fancy-index gather per key
+                batch[key][mine] = self._lowdim[si][key][index[mine]]
             for key in self._image_keys:
                 for b in mine:
-                    self._read(int(si), key, int(starts[b]), batch[key][b])
+                    self._read_image(int(si), key, int(starts[b]), int(real[b]), batch[key][b])
+        _mask_padding(batch, batch["valid"])
         batch["instruction"] = [self._instruction[j] for j in rows]
         batch["episode"] = self._episode[rows].copy()
         batch["store"] = stores.copy()
@@ -264,6 +305,27 @@ class WindowSampler:
     def __iter__(self) -> Iterator[dict]:
         while True:
             yield self.sample()
+
+
+def _category(value) -> str:
+    """A meta value or a weight table's key -> category name: success True/False/None -> "true" /
+    "false" / "unknown", round 3 -> "3", text as is."""
+    if value is None:
+        return "unknown"
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _mask_padding(window: dict, valid: np.ndarray) -> None:
+    """In place, on (T,) or (B, T) rows: flags are False and reward 0 where `valid` is False."""
+    if valid.all():
+        return
+    for key in ("action_mask", "is_first", "is_last", "is_terminal"):
+        if key in window:
+            window[key] &= valid
+    if "reward" in window:
+        window["reward"][~valid] = 0
 
 
 class WindowDataset(torch.utils.data.IterableDataset):
@@ -277,13 +339,13 @@ class WindowDataset(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, stores, length: int, keys=None, weights=None, seed: int = 0,
-                 samples_per_epoch: int = 10_000, cache_bytes: int = 256 << 20):
+                 samples_per_epoch: int = 10_000, cache_bytes: int = 256 << 20, per: str = "row"):
         if isinstance(stores, (EpisodeStore, str, os.PathLike)):
             stores = [stores]
         self.urls = [s.url if isinstance(s, EpisodeStore) else os.fspath(s) for s in stores]
         # Check everything in the main process, where an error is readable, not inside a worker.
-        self.keys = WindowSampler(self.urls, length, keys, weights, seed, cache_bytes=0).keys
-        self.length, self.weights, self.seed = length, weights, seed
+        self.keys = WindowSampler(self.urls, length, keys, weights, seed, cache_bytes=0, per=per).keys
+        self.length, self.weights, self.seed, self.per = length, weights, seed, per
         self.samples_per_epoch, self.cache_bytes = int(samples_per_epoch), cache_bytes
         self.epoch = 0  # iterations of this process's copy
         self._sampler: WindowSampler | None = None  # per process, kept across epochs (its cache too)
@@ -297,7 +359,8 @@ class WindowDataset(torch.utils.data.IterableDataset):
         entropy = [self.seed, self.epoch] + ([] if info is None else [info.seed])
         self.epoch += 1
         if self._sampler is None or self._pid != os.getpid():  # opened here, after any fork
-            self._sampler = WindowSampler(self.urls, self.length, self.keys, self.weights, 0, self.cache_bytes)
+            self._sampler = WindowSampler(self.urls, self.length, self.keys, self.weights, 0, self.cache_bytes,
+                                          self.per)
             self._pid = os.getpid()
         self._sampler.rng = np.random.default_rng(np.random.SeedSequence(entropy))
         count = self.samples_per_epoch // workers + (worker < self.samples_per_epoch % workers)

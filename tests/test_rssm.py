@@ -174,3 +174,27 @@ def test_a_few_steps_reduce_the_loss():
         opt.step()
         first = first if first is not None else loss.item()
     assert loss.item() < first
+
+
+def test_padding_past_the_episode_end_is_invisible_to_the_loss():
+    """Rows with valid False (the sampler's padding of short episodes) change neither loss nor metrics."""
+    model = make_model()
+    batch = make_batch()
+    batch["valid"] = torch.ones(B, T, dtype=torch.bool)
+    batch["valid"][0, 4:] = False  # item 0: a 4-row episode padded to T
+    other = {k: v.clone() for k, v in batch.items()}
+    for key in ("image", "state", "action", "reward"):
+        other[key][0, 4:] = torch.rand_like(other[key][0, 4:]) * 5
+    other["is_terminal"][0, 4:], other["is_first"][0, 5] = True, True
+
+    def run(b):
+        torch.manual_seed(0)
+        return model.loss(b)
+
+    (loss, metrics), (loss2, metrics2) = run(batch), run(other)
+    assert torch.allclose(loss, loss2) and metrics.keys() == metrics2.keys()
+    assert all(abs(metrics[k] - metrics2[k]) < 1e-4 * max(1.0, abs(metrics[k])) for k in metrics), metrics
+    # ...and with every item cut at the same row it equals the loss of the valid rows alone.
+    batch["valid"][:, 4:] = False
+    cut = {k: (v if k == "instruction_embedding" else v[:, :4]) for k, v in batch.items() if k != "valid"}
+    assert torch.allclose(run(batch)[0], run(cut)[0], atol=1e-5)

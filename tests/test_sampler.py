@@ -1,5 +1,7 @@
-"""Window sampler: windows stay inside episodes, match the store, honour weights, and feed a DataLoader."""
+"""Window sampler: windows stay inside episodes, match the store, pad short episodes, honour weights, and
+feed a DataLoader."""
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -26,13 +28,14 @@ def episode(T, seed, cameras=("front",), video=False, hw=(8, 8)):
     }
 
 
-def make_store(path, lengths, sources=None, cameras=("front",), codec="lossless"):
+def make_store(path, lengths, sources=None, cameras=("front",), codec="lossless", success=None, rounds=None):
     schema = make_schema(cameras={c: (8, 8) for c in cameras}, state_dim=2, action_dim=2)
     store = EpisodeStore.create(path, schema, fps=10.0, robot="x", image_codec=codec)
     for i, T in enumerate(lengths):
         source = sources[i] if sources else "scripted"
         store.add_episode(episode(T, i, cameras, video=source == "video"), instruction=f"task {i % 2}",
-                          source=source)
+                          source=source, success=success[i] if success else None,
+                          round=rounds[i] if rounds else 0)
     store.close()
     return EpisodeStore.open(path)
 
@@ -45,17 +48,17 @@ def test_windows_match_store_and_never_cross_episodes(tmp_path):
         s = sampler.sample()
         ep = episodes[s["episode"]]
         offset = int(np.searchsorted(ep["timestamp"], s["timestamp"][0]))
-        assert offset + 9 <= len(ep["timestamp"])  # inside one episode
+        n = min(9, len(ep["timestamp"]) - offset)  # real rows: all 9 unless the episode is shorter
+        assert n == 9 or offset == 0  # inside one episode; only short episodes pad
+        assert s["valid"].tolist() == [True] * n + [False] * (9 - n)
         for key in store.keys:
-            np.testing.assert_array_equal(s[key], ep[key][offset:offset + 9], err_msg=key)
+            np.testing.assert_array_equal(s[key][:n], ep[key][offset:offset + n], err_msg=key)
         assert s["is_first"][0] == (offset == 0) and not s["is_first"][1:].any()
         assert s["instruction"] == store.meta(s["episode"]).instruction and s["store"] == 0
         seen_first += offset == 0
     assert seen_first > 0  # episode starts are reachable
-    assert 2 not in {sampler.sample()["episode"] for _ in range(100)}  # 3 rows < 9: never sampled
     assert sampler.cache.hits > 0 and sampler.cache.bytes <= 20_000 + 8 * 8 * 3 * 32
-    with pytest.raises(StoreError, match="lower the window length"):
-        WindowSampler(store, length=71)
+    assert WindowSampler(store, length=71).sample()["valid"].sum() < 71  # longer than every episode: padded
 
 
 def test_weights_give_each_source_its_share(tmp_path):
@@ -63,7 +66,7 @@ def test_weights_give_each_source_its_share(tmp_path):
     store = make_store(tmp_path / "s.zarr", [100, 100, 10, 10], sources=["teleop", "teleop", "video", "video"])
     plain = WindowSampler(store, length=4, keys=["state"], seed=1)
     share = np.mean([plain.sample()["episode"] >= 2 for _ in range(2000)])
-    assert 0.05 < share < 0.085  # uniform over windows: 2 x 7 of the 208 windows are video
+    assert 0.075 < share < 0.11  # per row: 20 of the 220 rows are video
     equal = WindowSampler(store, length=4, keys=["state"], weights={"source": {"teleop": 1, "video": 1}}, seed=1)
     share = np.mean([equal.sample()["episode"] >= 2 for _ in range(2000)])
     assert 0.45 < share < 0.55
@@ -129,3 +132,72 @@ def test_chunk_reader_and_cache_read_like_zarr(tmp_path, codec):
             np.testing.assert_array_equal(cached.read(("k",), reader, start, stop), want)
             np.testing.assert_array_equal(direct.read(("k",), reader, start, stop), want)
         assert cached.hits > 0
+
+
+def counts(sampler, n=3000):
+    return np.bincount([sampler.sample()["episode"] for _ in range(n)], minlength=len(sampler._len)) / n
+
+
+def test_short_episodes_are_sampled_padded_and_masked(tmp_path):
+    store = make_store(tmp_path / "s.zarr", [3, 5, 40])
+    episodes = [store.episode(i) for i in range(3)]
+    sampler = WindowSampler(store, length=16, seed=0)
+    assert (counts(sampler, 600) * 600 > 20).all()  # every episode, the two shorter than the window too
+
+    def check(w, ep):  # one window (T, ...) against its episode
+        offset = int(np.searchsorted(ep["timestamp"], w["timestamp"][0]))
+        n = min(16, len(ep["timestamp"]) - offset)
+        assert w["valid"].dtype == bool and w["valid"].tolist() == [True] * n + [False] * (16 - n)
+        for key in ("image/front", "state", "action", "timestamp"):  # real rows, then the last one repeated
+            np.testing.assert_array_equal(w[key][:n], ep[key][offset:offset + n], err_msg=key)
+            np.testing.assert_array_equal(w[key][n:], np.repeat(ep[key][-1:], 16 - n, 0), err_msg=key)
+        assert not w["action_mask"][n:].any() and not w["reward"][n:].any()
+        assert w["is_last"].tolist() == ([False] * (n - 1) + [True] + [False] * (16 - n) if n < 16
+                                         else list(ep["is_last"][offset:offset + 16]))
+        return n
+
+    padded = [check(s, episodes[s["episode"]]) < 16 for s in (sampler.sample() for _ in range(100))]
+    assert any(padded) and not all(padded)
+    batch = sampler.sample_batch(64)  # the vectorised path pads the same way
+    assert batch["valid"].shape == (64, 16) and set(batch["episode"]) == {0, 1, 2}
+    for b in range(64):
+        check({k: v[b] for k, v in batch.items() if isinstance(v, np.ndarray) and v.ndim > 1},
+              episodes[batch["episode"][b]])
+    item = next(iter(WindowDataset(store, length=16, samples_per_epoch=1)))
+    assert item["valid"].shape == (16,)
+
+
+def test_per_episode_mass_and_empty_episodes(tmp_path, monkeypatch):
+    store = make_store(tmp_path / "s.zarr", [3, 5, 40])
+    by_row = counts(WindowSampler(store, length=16, keys=["state"], seed=0))
+    assert np.allclose(by_row, np.array([3, 5, 40]) / 48, atol=0.03)  # per row (default): mass = length
+    by_episode = counts(WindowSampler(store, length=16, keys=["state"], seed=0, per="episode"))
+    assert np.allclose(by_episode, 1 / 3, atol=0.04)
+    with pytest.raises(StoreError, match="per="):
+        WindowSampler(store, length=16, per="window")
+    # An episode that cannot be sampled (here: no rows) is an error naming it, not a log line.
+    meta = store.meta
+    monkeypatch.setattr(store, "meta", lambda i: dataclasses.replace(meta(i), length=0) if i == 1 else meta(i))
+    with pytest.raises(StoreError, match="episode 1 has no rows"):
+        WindowSampler(store, length=16)
+
+
+def test_weights_by_success_round_and_several_fields(tmp_path):
+    store = make_store(tmp_path / "s.zarr", [10] * 6, sources=["teleop"] * 4 + ["video"] * 2,
+                       success=[True, True, False, False, None, None], rounds=[0, 0, 0, 1, 1, 2])
+    no_failures = WindowSampler(store, length=4, keys=["state"], weights={"success": {"false": 0}})
+    assert set(np.flatnonzero(counts(no_failures, 500))) == {0, 1, 4, 5}
+    yaml_keys = WindowSampler(store, length=4, keys=["state"], weights={"success": {True: 1, "*": 0}})
+    assert set(np.flatnonzero(counts(yaml_keys, 200))) == {0, 1}  # YAML booleans name "true"/"false"
+    by_round = counts(WindowSampler(store, length=4, keys=["state"], weights={"round": {0: 3, "1": 1, "2": 0}}))
+    assert abs(by_round[:3].sum() - 0.75) < 0.03 and by_round[5] == 0
+    # Fields in turn: sources get equal shares, then success 2:1:1 over true/false/unknown.
+    both = counts(WindowSampler(store, length=4, keys=["state"], seed=2, weights={
+        "source": {"teleop": 1, "video": 1}, "success": {"true": 2, "false": 1, "unknown": 1}}), 4000)
+    assert np.allclose(both, [0.25, 0.25, 0.125, 0.125, 0.125, 0.125], atol=0.025)
+    with pytest.raises(StoreError, match="success categories are true, false, unknown"):
+        WindowSampler(store, length=4, weights={"success": {"yes": 1}})
+    with pytest.raises(StoreError, match="finite and >= 0"):
+        WindowSampler(store, length=4, weights={"round": {"0": -1}})
+    with pytest.raises(StoreError, match="no episode to sample"):  # each field leaves some, together none
+        WindowSampler(store, length=4, weights={"source": {"video": 0}, "success": {"unknown": 1, "*": 0}})

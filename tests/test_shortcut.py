@@ -367,3 +367,27 @@ def test_resuming_a_run_from_before_known_action_names_the_setting(toy_store, tm
     resumed = train(toy_store, tmp_path / "new", "steps=5", f"resume={tmp_path / 'old'}",
                     "world_model.known_action=false")
     assert resumed.step == 5
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "dynamics"])
+def test_padding_past_the_episode_end_is_invisible_to_the_loss(stage):
+    """Rows with valid False (the sampler's padding of short episodes) do not change the loss."""
+    model = make_model(f"world_model.stage={stage}")
+    model.eval()  # running RMS and pixel mean stay put between the two calls
+    batch = make_batch()
+    batch["valid"] = torch.ones(B, T, dtype=torch.bool)
+    batch["valid"][0, 3:] = False
+    other = {k: v.clone() for k, v in batch.items()}
+    for key in ("image", "state", "action", "reward"):
+        other[key][0, 3:] = torch.rand_like(other[key][0, 3:])
+    other["is_terminal"][0, 3:] = True
+
+    def run(b):
+        torch.manual_seed(0)
+        return model.loss(b)
+
+    (loss, metrics), (loss2, metrics2) = run(batch), run(other)
+    assert torch.allclose(loss, loss2, atol=1e-6)
+    assert all(abs(metrics[k] - metrics2[k]) < 1e-4 * max(1.0, abs(metrics[k])) for k in metrics), metrics
+    batch.pop("valid"), other.pop("valid")
+    assert not torch.allclose(run(batch)[0], run(other)[0])  # without the mask the padding would count

@@ -165,6 +165,20 @@ def test_batches_mix_action_free_and_labelled_rows(toy_store, tmp_path):
     assert torch.isfinite(loss)
 
 
+def test_episodes_shorter_than_the_window_train_with_padding_masked(tmp_path):
+    # Every episode (5 rows) is shorter than the tiny preset's seq_len (8): all train, padded.
+    short = write_toy_store(tmp_path / "short.zarr", episodes=3, length=5)
+    cfg = compose("train_wm", ["preset=tiny", f"data={short}", f"out={tmp_path / 'run'}", "preset.rssm.batch_size=4",
+                               "per=episode", "weights={success: {unknown: 1}, round: {0: 1}}"])
+    trainer = Trainer(cfg)
+    batch = trainer.data.next()
+    assert batch["valid"].dtype == torch.bool and batch["valid"].shape == (4, 8)
+    assert batch["valid"].sum(1).tolist() == [5] * 4  # windows start at row 0: five real rows, three padded
+    assert not (batch["action_mask"] & ~batch["valid"]).any() and batch["is_last"].sum() == 4
+    loss, _ = trainer.model.loss(batch)
+    assert torch.isfinite(loss)
+
+
 def test_eval_writes_metrics_plot_and_gif(toy_store, tmp_path):
     train(toy_store, tmp_path / "run", "steps=4")
     cfg = compose("eval_wm", [f"checkpoint={tmp_path / 'run'}", "windows=4", "context=4", "horizon=6",
@@ -182,6 +196,7 @@ def test_eval_writes_metrics_plot_and_gif(toy_store, tmp_path):
         assert (out / name).stat().st_size > 0
     written = json.loads((out / "eval.json").read_text())
     assert written["horizon"] == 6 and "tokenizer" not in written  # RSSM has no tokenizer to report
+    assert "privileged/target" in written["probe"]["skipped"]  # the toy store has no sim ground truth
     gap = written["model_minus_copy_last"]
     assert np.allclose(gap["diff"], np.subtract(results["per_horizon"]["mse/model"],
                                                 results["per_horizon"]["mse/copy_last"]))

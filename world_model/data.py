@@ -7,6 +7,10 @@ instruction strings -> 384-d embeddings with reverie.language.embed (cached per 
 for Dynalang, one language token per step, and with `describe` the sentence embedding of each row's
 narration (datasets/narration.py) as the description head's target.
 
+Every training episode contributes, short ones included: the sampler pads windows past an episode's
+end and marks real rows in `valid`, which collate passes on as batch["valid"] (B, T) bool (all True
+for windows without it); the backends' losses average over the valid rows only.
+
 Held-out episodes: the last `ceil(holdout * N)` episodes of each store (none when a store has only
 one episode) are excluded from training; evaluation uses exactly those.
 """
@@ -122,9 +126,10 @@ def make_spec(stores: list, image_key: str, image_size: int, dynalang: bool) -> 
 
 def collate(windows: list[dict], image_key: str, image_size: int, language: Language,
             dynalang: bool, device: torch.device, narrations: list[list[str]] | None = None) -> dict[str, Tensor]:
-    """Sampler windows (each key (T, ...)) -> the batch contract on `device`. With `narrations` (each
-    store's sentence table) the windows' `narration` indices become `describe_target` (B, T, 384) and
-    `describe_mask` (B, T), False on rows that were not narrated."""
+    """Sampler windows (each key (T, ...)) -> the batch contract on `device`, plus `valid` (B, T) bool
+    from the windows' `valid` (True where a window has none). With `narrations` (each store's sentence
+    table) the windows' `narration` indices become `describe_target` (B, T, 384) and `describe_mask`
+    (B, T), False on rows that were not narrated and on padding."""
     batch: dict[str, Tensor] = {}
     image = torch.from_numpy(np.stack([w[image_key] for w in windows])).to(device)  # (B, T, h, w, 3) u8
     image = image.float() / 255.0
@@ -137,6 +142,9 @@ def collate(windows: list[dict], image_key: str, image_size: int, language: Lang
     for key in ROW_KEYS:
         value = torch.from_numpy(np.stack([np.asarray(w[key]) for w in windows])).to(device)
         batch[key] = value.bool() if key in ("action_mask", "is_first", "is_last", "is_terminal") else value.float()
+    t = image.shape[1]
+    valid = np.stack([np.asarray(w["valid"], bool) if "valid" in w else np.ones(t, bool) for w in windows])
+    batch["valid"] = torch.from_numpy(valid).to(device)                         # (B, T) bool
     texts = [str(w.get("instruction", "")) for w in windows]
     batch["instruction_embedding"] = torch.from_numpy(language.embed(texts)).to(device)
     if dynalang:
@@ -149,7 +157,7 @@ def collate(windows: list[dict], image_key: str, image_size: int, language: Lang
         batch["lang_token"] = torch.from_numpy(np.stack(tokens)).to(device)      # (B, T, D)
     if narrations is not None:
         said = [narration.texts(narrations[int(w["store"])], w[narration.KEY]) for w in windows]
-        mask = np.array([[s is not None for s in row] for row in said])           # (B, T)
+        mask = np.array([[s is not None for s in row] for row in said]) & valid   # (B, T)
         flat = [s if s is not None else "" for row in said for s in row]
         target = language.embed(flat).reshape(*mask.shape, -1) * mask[..., None]  # (B, T, 384)
         batch["describe_target"] = torch.from_numpy(target.astype(np.float32)).to(device)
@@ -165,7 +173,9 @@ class TrainData:
     workers>0: a DataLoader over WindowDataset (each worker its own generator); resuming reseeds
     from (seed, rank, step) instead of restoring the stream.
     Held-out episodes are rejected as they are drawn (they are a small fraction), which keeps the
-    sampler's weighting (`weights`, by source or instruction) over the training episodes.
+    sampler's weighting (`weights` by source, instruction, success or round; mass `per` row or
+    episode, cfg.per, default row) over the training episodes. Every training episode is drawn, short
+    ones padded (batch["valid"]), so a store with any training episode trains.
     """
 
     def __init__(self, cfg, mcfg, rank: int = 0, world: int = 1, device: torch.device | str = "cpu"):
@@ -192,16 +202,14 @@ class TrainData:
             self.narrations = [narration.vocabulary(st) for st in self.stores]
             self.keys.append(narration.KEY)
         self.weights = _plain(cfg.get("weights"))
+        self.per = str(cfg.get("per", "row"))
         self.seed, self.rank, self.workers = int(cfg.seed), rank, int(cfg.workers)
         self.sampler = WindowSampler(self.stores, self.length, self.keys, self.weights,
-                                     seed=np.random.SeedSequence([self.seed, rank]))
-        trainable = [(s, e) for s, st in enumerate(self.stores) for e in range(st.num_episodes)
-                     if (s, e) not in self.held and st.meta(e).length >= self.length]
-        if not trainable:
-            raise ConfigError(
-                f"no training episode of at least {self.length} steps in {self.paths} after holding out "
-                f"{len(self.held)}: record more or longer episodes, lower holdout=, or lower "
-                f"preset.<backend>.seq_len")
+                                     seed=np.random.SeedSequence([self.seed, rank]), per=self.per)
+        if not any(p > 0 and key not in self.held for key, p in self.sampler.episode_probs.items()):
+            raise ConfigError(f"no training episode to draw in {self.paths} after holding out {len(self.held)}"
+                              f"{f' with weights={self.weights}' if self.weights else ''}: record more episodes, "
+                              "lower holdout=, or give a training episode's category a weight > 0")
         self._stream = None
 
     def _draw(self) -> dict:
@@ -225,7 +233,7 @@ class TrainData:
         from reverie.datasets.sampler import WindowDataset
 
         dataset = WindowDataset(self.paths, self.length, self.keys, self.weights,
-                                seed=self.seed * 1_000_003 + self.rank * 7919 + step)
+                                seed=self.seed * 1_000_003 + self.rank * 7919 + step, per=self.per)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + step)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.workers,
                                              generator=g, persistent_workers=True)

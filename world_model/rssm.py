@@ -173,9 +173,18 @@ class RSSM(WorldModel):
 
     # ----- the interface ----------------------------------------------------------------------
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        total, metrics, _ = self.loss_and_features(batch)
+        return total, metrics
+
+    def loss_and_features(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float], Tensor]:
+        """loss(batch) and the posterior features (B, T, F) of the same pass (BC fine-tuning).
+        Every per-step term is averaged over the rows where batch["valid"] (B, T) is True (all rows
+        without the key): the padding of short episodes (datasets/sampler.py) follows the real rows, so
+        it neither changes their states nor enters the loss."""
         states, _, post, prior = self._rollout(batch)
         feat = self.feat(states)                                           # (B, T, F)
-        b, t = feat.shape[:2]
+        valid = batch.get("valid")
+        w = None if valid is None else valid.float()                      # (B, T) or None: all rows
         terms = {}
         pred = self.image_dec(feat.flatten(0, 1)).reshape(batch["image"].shape)  # (B, T, H, W, 3)
         terms["image"] = (pred.float() - batch["image"]).square().sum((-3, -2, -1))
@@ -187,7 +196,7 @@ class RSSM(WorldModel):
         if self.dynalang:
             terms["lang"] = (self.lang_dec(feat).float() - batch["lang_token"]).square().sum(-1)
         if self.describes and "describe_target" in batch:  # batches without narration skip the term
-            m = batch["describe_mask"].float()                             # (B, T)
+            m = batch["describe_mask"].float() * (1.0 if w is None else w)  # (B, T)
             cos = (self.describe(feat) * batch["describe_target"]).sum(-1)  # (B, T)
             terms["describe"] = ((1 - cos) * m).sum() / m.sum().clamp(min=1.0)
         kl_dyn = _kl(post.detach(), prior)                                 # (B, T)
@@ -195,18 +204,18 @@ class RSSM(WorldModel):
         terms["dyn"] = torch.clamp(kl_dyn, min=self.free_nats)
         terms["rep"] = torch.clamp(kl_rep, min=self.free_nats)
         # .get: configs saved before the description head have no `describe` scale (it is 1).
-        total = sum(self.scales.get(k, 1.0) * v.mean() for k, v in terms.items())
+        total = sum(self.scales.get(k, 1.0) * _mean(v, w) for k, v in terms.items())
         with torch.no_grad():
-            metrics = {f"loss/{k}": v.mean().item() for k, v in terms.items()}
+            metrics = {f"loss/{k}": _mean(v, w).item() for k, v in terms.items()}
             metrics |= {
                 "loss/total": total.item(),
-                "kl/dyn": kl_dyn.mean().item(), "kl/rep": kl_rep.mean().item(),
-                "entropy/prior": _entropy(prior).mean().item(),
-                "entropy/post": _entropy(post).mean().item(),
-                "image_mse": (pred.float() - batch["image"]).square().mean().item(),
-                "reward_mae": (self.twohot.mean(self.reward_head(feat)) - batch["reward"]).abs().mean().item(),
+                "kl/dyn": _mean(kl_dyn, w).item(), "kl/rep": _mean(kl_rep, w).item(),
+                "entropy/prior": _mean(_entropy(prior), w).item(),
+                "entropy/post": _mean(_entropy(post), w).item(),
+                "image_mse": _mean((pred.float() - batch["image"]).square().mean((-3, -2, -1)), w).item(),
+                "reward_mae": _mean((self.twohot.mean(self.reward_head(feat)) - batch["reward"]).abs(), w).item(),
             }
-        return total, metrics
+        return total, metrics, feat
 
     def observe(self, batch: dict[str, Tensor], state: State | None = None) -> tuple[State, Tensor]:
         states, last, _, _ = self._rollout(batch, state)
@@ -248,6 +257,13 @@ class RSSM(WorldModel):
     def decode_state(self, state: State) -> Tensor:
         """Predicted joint state (..., J) (optional extra used by evaluation)."""
         return symexp(self.state_dec(self.feat(state)).float())
+
+
+def _mean(v: Tensor, w: Tensor | None) -> Tensor:
+    """Mean of a (B, T) term over the rows with weight w (B, T) (all rows if None); scalars pass through."""
+    if w is None or v.dim() == 0:
+        return v.mean()
+    return (v * w).sum() / w.sum().clamp(min=1.0)
 
 
 def _kl(p: Tensor, q: Tensor) -> Tensor:

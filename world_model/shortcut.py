@@ -66,9 +66,11 @@ def d_index(d: Tensor) -> Tensor:
 
 
 def shortcut_loss(model: Dynamics, z1: Tensor, action: Tensor, action_mask: Tensor, instr: Tensor,
-                  segments: Tensor | None = None, shortcut: bool = True, boot_frac: float | None = None
-                  ) -> tuple[Tensor, Tensor, dict[str, float]]:
+                  segments: Tensor | None = None, shortcut: bool = True, boot_frac: float | None = None,
+                  valid: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, float]]:
     """z1 (B, T, S, C) clean latents -> (loss, agent feats (B, T, D) of the main pass, metrics).
+    valid (B, T) bool: the loss and metrics average over these frames only (padding past an episode's
+    end; time attention is causal, so padding that follows the real frames does not change them).
 
     The two half-step passes run over the whole sequence at once, so frame t's second half-step sees
     the other frames advanced by their own half-steps as context (a cleaner context than the main
@@ -102,12 +104,17 @@ def shortcut_loss(model: Dynamics, z1: Tensor, action: Tensor, action_mask: Tens
             boot_err = (out - z_tau - (1 - tau4) * v_tgt).pow(2).mean((2, 3))
         err = torch.where(flow, flow_err, boot_err)
     w = 0.9 * tau + 0.1  # ramp: clean frames carry more signal
-    loss = (w * err).mean()
-    nf = flow.float().sum().clamp(min=1)
-    nb = (~flow).float().sum().clamp(min=1)
-    metrics = {"dyn_flow_mse": (flow_err * flow).sum().item() / nf.item(),
-               "dyn_boot_mse": (boot_err * ~flow).sum().item() / nb.item(),
-               "dyn_boot_frac": (~flow).float().mean().item()}
+    if valid is None:
+        loss, real = (w * err).mean(), torch.ones_like(flow)
+    else:
+        real = valid.bool()
+        loss = (w * err * real).sum() / real.sum().clamp(min=1)
+    flow_real, boot_real = flow & real, ~flow & real  # (B, T)
+    nf = flow_real.float().sum().clamp(min=1)
+    nb = boot_real.float().sum().clamp(min=1)
+    metrics = {"dyn_flow_mse": (flow_err * flow_real).sum().item() / nf.item(),
+               "dyn_boot_mse": (boot_err * boot_real).sum().item() / nb.item(),
+               "dyn_boot_frac": boot_real.float().sum().item() / max(real.float().sum().item(), 1.0)}
     return loss, agent, metrics
 
 

@@ -9,7 +9,9 @@ Features: the agent-token output (`feat: agent`; the agent tokens carry the inst
 token, and are read by none) or the mean of the latent-token outputs (`feat: pooled`), taken from
 the pass that runs a frame as slightly noised context. Heads on the features: reward (symexp
 two-hot), continue (Bernoulli) and joint state (symlog MSE, a probe used by evaluation). Every loss
-term is divided by a running RMS of itself.
+term is divided by a running RMS of itself, and averages over the rows where batch["valid"] (B, T) is
+True (all rows without the key): the padding after a short episode's end (datasets/sampler.py) follows
+the real rows, and tokenizer and dynamics are causal in time, so it reaches neither loss nor features.
 
 The state a rollout continues from: the KV cache of the time-attention layers (`k`, `v`, batch-major),
 segment ids of the cached frames, the frame counter, the last latents `z` (B, L, C) and feature.
@@ -152,13 +154,15 @@ class ShortcutWorldModel(WorldModel):
         if self.training:
             self.updates += 1
         img = self._image(batch)
+        valid = batch.get("valid")  # (B, T) bool: padding past an episode's end is False
         seg = batch["is_first"].bool().long().cumsum(1)
         seg, single = self._single_segments(seg)
         if stage == "tokenizer":
             if self.tok_seq_len and img.shape[1] > self.tok_seq_len:  # shorter clips: cheaper steps
                 i = int(torch.randint(0, img.shape[1] - self.tok_seq_len + 1, ()))
                 img, seg = img[:, i:i + self.tok_seq_len], seg[:, i:i + self.tok_seq_len]
-            mse, metrics = self.tokenizer.loss(img, seg)
+                valid = None if valid is None else valid[:, i:i + self.tok_seq_len]
+            mse, metrics = self.tokenizer.loss(img, seg, valid)
             total = self._norm("image", mse)
             return total, {"loss/total": total.item(), "loss/image": mse.item(),
                            **{f"tokenizer/{k}": v for k, v in metrics.items()}}
@@ -169,12 +173,14 @@ class ShortcutWorldModel(WorldModel):
         instr = batch["instruction_embedding"].to(z.dtype)
         dyn_step = int(self.updates) - (self.steps_tok if self.stage == "both" else 0)
         boot = self.shortcut and dyn_step > self.boot_start  # flow-only warm-up, then bootstrap targets
-        dyn, feat, metrics = shortcut_loss(self.dynamics, z, prev, prev_mask, instr, seg, boot, self.boot_frac)
-        terms = {"dyn": dyn}
-        terms["reward"] = self.twohot.loss(self.reward_head(feat), batch["reward"]).mean()
-        terms["cont"] = F.binary_cross_entropy_with_logits(
-            self.cont_head(feat).squeeze(-1).float(), 1.0 - batch["is_terminal"].float())
-        terms["state"] = (self.state_head(feat).float() - symlog(batch["state"].float())).square().mean()
+        dyn, feat, metrics = shortcut_loss(self.dynamics, z, prev, prev_mask, instr, seg, boot, self.boot_frac,
+                                           valid)
+        terms = {"dyn": dyn}  # heads: (B, T) per-step terms averaged over the valid rows
+        terms["reward"] = _mean(self.twohot.loss(self.reward_head(feat), batch["reward"]), valid)
+        terms["cont"] = _mean(F.binary_cross_entropy_with_logits(
+            self.cont_head(feat).squeeze(-1).float(), 1.0 - batch["is_terminal"].float(), reduction="none"), valid)
+        terms["state"] = _mean((self.state_head(feat).float() - symlog(batch["state"].float())).square().mean(-1),
+                               valid)
         total = sum(self._norm(k, v) for k, v in terms.items())
         out = {"loss/total": total.item(), **{f"loss/{k}": v.item() for k, v in terms.items()},
                **{f"dynamics/{k}": v for k, v in metrics.items()}}
@@ -276,6 +282,14 @@ def _pack(cache: list[KV], b: int, n: int, kname: str, vname: str) -> State:
     k, v = torch.stack([kv[0] for kv in cache], 1), torch.stack([kv[1] for kv in cache], 1)
     return {kname: k.view(b, n, *k.shape[1:]).transpose(1, 2),
             vname: v.view(b, n, *v.shape[1:]).transpose(1, 2)}
+
+
+def _mean(v: Tensor, valid: Tensor | None) -> Tensor:
+    """Mean of a (B, T) term over the rows where valid (B, T) is True (all rows if None)."""
+    if valid is None:
+        return v.mean()
+    w = valid.to(v.dtype)
+    return (v * w).sum() / w.sum().clamp(min=1.0)
 
 
 def _unpack(k: Tensor, v: Tensor) -> list[KV]:

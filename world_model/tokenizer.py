@@ -116,17 +116,26 @@ class Tokenizer(nn.Module):
         p = torch.rand(b, t, 1, device=device) * self.drop_max
         return torch.rand(b, t, self.n_patch, device=device) < p
 
-    def loss(self, img: Tensor, segments: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """Masked-autoencoding MSE on all pixels; img (B, T, H, W, 3) in [0, 1]."""
+    def loss(self, img: Tensor, segments: Tensor | None = None, valid: Tensor | None = None
+             ) -> tuple[Tensor, dict[str, float]]:
+        """Masked-autoencoding MSE on all pixels; img (B, T, H, W, 3) in [0, 1]. valid (B, T) bool: only
+        these frames count (padding after an episode's end; causal in time, so it cannot reach them)."""
         b, t = img.shape[:2]
+        real = None if valid is None else valid.bool()
         if self.training and self.center:  # running average, then an EMA with horizon 1000 batches
             with torch.no_grad():
                 self.mean_count += 1
                 rate = max(1 / float(self.mean_count), 1e-3)
-                self.pixel_mean.lerp_(img.float().mean((0, 1)), rate)
+                frames = img.float().flatten(0, 1) if real is None else img.float()[real]  # (N, H, W, 3)
+                if len(frames):
+                    self.pixel_mean.lerp_(frames.mean(0), rate)
         drop = self.sample_drop(b, t, img.device) if self.training else None
         rec = self.decode(self.encode(img, drop, segments), segments)
-        mse = F.mse_loss(rec.float(), img.float())
+        if real is None:
+            mse = F.mse_loss(rec.float(), img.float())
+        else:
+            per_frame = (rec.float() - img.float()).square().mean((-3, -2, -1))  # (B, T)
+            mse = (per_frame * real).sum() / real.sum().clamp(min=1)
         psnr = -10 * math.log10(max(mse.item(), 1e-10))
         return mse, {"tok_mse": mse.item(), "tok_psnr": psnr,
                      "tok_drop": 0.0 if drop is None else drop.float().mean().item()}
