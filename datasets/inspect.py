@@ -44,6 +44,7 @@ def summary(path: str) -> dict:
         "instructions": dict(collections.Counter(m.instruction for m in metas).most_common()),
         "rounds": dict(sorted(collections.Counter(int(m.round) for m in metas).items())),
         "success": {"labelled": len(labelled), "successes": int(sum(labelled)),
+                    "failures": len(labelled) - int(sum(labelled)), "unknown": len(metas) - len(labelled),
                     "rate": (sum(labelled) / len(labelled)) if labelled else None},
         "lengths": {"min": min((m.length for m in metas), default=0), "max": max((m.length for m in metas), default=0)},
         # Rows past the last committed end: an interrupted writer (mode "r" leaves them; "a" truncates).
@@ -76,7 +77,9 @@ def format_summary(s: dict) -> str:
         *[f"  {n:>5} x {text!r}" for text, n in list(s["instructions"].items())[:20]],
         *([f"  ... and {len(s['instructions']) - 20} more"] if len(s["instructions"]) > 20 else []),
         "success       " + (f"{s['success']['successes']}/{s['success']['labelled']} labelled episodes "
-                            f"({100 * rate:.0f}%)" if rate is not None else "no episode labelled"),
+                            f"({100 * rate:.0f}%)" if rate is not None else "no episode labelled")
+        + f"   labels: {s['success']['successes']} success, {s['success']['failures']} failure, "
+          f"{s['success']['unknown']} unknown (set with `reverie data label`)",
         "interrupted   " + (f"{s['interrupted_frames']} frames past the last committed episode (truncated "
                             f"when the store is next opened for appending)" if s["interrupted_frames"] else "none"),
         f"size on disk  {_human(s['bytes_on_disk'])}",

@@ -7,9 +7,19 @@ Row convention (CONTRIBUTING.md): row t holds observation o_t, `reward` r_t rece
 o_t (0 on the first row), the flags of o_t, `timestamp` measured when o_t was captured, and the
 action a_t sent after seeing o_t, with `action_mask` False where no action is known (video frames,
 the final row).
+
+Privileged keys. `privileged/<name>` keys are sim-only ground truth that no camera or sensor gives a
+real robot: `privileged/objects` float32 (3 * cubes,) the cubes' xyz in metres, world frame, in the
+sim's cube order (red, green, blue), and `privileged/target` float32 (3,) the instruction's target
+cube xyz. They are low-dim data to the store and the sampler (only `image/*` keys are images) and are
+recorded for measurement only (world_model/probe.py: do the features carry the objects?); they are
+never given to a policy or a world model as input. Stores without them (real robots, imports, older
+sim stores) are valid; readers that need them check `has_privileged(schema)` and skip otherwise.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from reverie.errors import StoreError
 from reverie.specs import ArraySpec
@@ -24,9 +34,38 @@ SOURCES = ("teleop", "policy", "correction", "video", "scripted")
 # them too (e.g. reward 0, action_mask False) so models never special-case a store.
 FLAG_KEYS = ("is_first", "is_last", "is_terminal")
 
+PRIVILEGED = "privileged/"  # key prefix of sim-only ground truth (module docstring)
+PRIVILEGED_OBJECTS, PRIVILEGED_TARGET = "privileged/objects", "privileged/target"
+
 
 def is_image_key(key: str) -> bool:
     return key.startswith("image/")
+
+
+def is_privileged_key(key: str) -> bool:
+    return key.startswith(PRIVILEGED)
+
+
+def privileged_specs(objects: tuple[str, ...]) -> dict[str, ArraySpec]:
+    """The privileged keys of a sim scene with these cubes (names in the order they are stored)."""
+    if not objects:
+        raise StoreError("privileged_specs needs at least one object name, e.g. ('red', 'green', 'blue')")
+    return {
+        PRIVILEGED_OBJECTS: ArraySpec((3 * len(objects),), "float32",
+                                      units=f"m, world frame: xyz of the {', '.join(objects)} cubes, in that order"),
+        PRIVILEGED_TARGET: ArraySpec((3,), "float32", units="m, world frame: xyz of the instruction's target cube"),
+    }
+
+
+def has_privileged(schema: dict[str, ArraySpec]) -> bool:
+    return PRIVILEGED_OBJECTS in schema and PRIVILEGED_TARGET in schema
+
+
+def privileged_row(info) -> dict[str, np.ndarray]:
+    """A timestep's `info["privileged"]` ({name: array}, sim envs) -> {"privileged/<name>": float32
+    array} store columns; {} when the env reports none (real robots, other sims)."""
+    values = (info or {}).get("privileged") or {}
+    return {f"{PRIVILEGED}{name}": np.asarray(v, np.float32) for name, v in values.items()}
 
 
 def make_schema(cameras: dict[str, tuple[int, int]], state_dim: int, action_dim: int) -> dict[str, ArraySpec]:

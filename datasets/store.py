@@ -460,6 +460,35 @@ class EpisodeStore:
         self._update_stats()
         return last
 
+    def set_success(self, episodes, success: bool | None) -> list[bool | None]:
+        """Label committed episodes success True / False / None (unknown) after the fact; returns
+        their previous labels, in the order given. Only meta/episodes/success is written: the chunks
+        holding these episodes (4096 episodes each) are rewritten whole, each atomically (zarr writes
+        a temp file and renames it), so a crash leaves every chunk either old or new; data,
+        episode_ends and lengths are never touched. The written column is read back and checked."""
+        self._require_append("relabel episodes")
+        if self._writer is not None:
+            raise StoreError("an episode writer is open; commit or discard it before relabelling episodes")
+        if success is not None and not isinstance(success, (bool, np.bool_)):
+            raise StoreError(f"success must be True, False or None (unknown), got {success!r}")
+        wanted = [self._index(int(i)) for i in episodes]  # out-of-range indices raise before any write
+        if not wanted:
+            raise StoreError("no episodes given to relabel; pass at least one episode index")
+        previous = [self.meta(i).success for i in wanted]
+        n, arr = self.num_episodes, self._meta["success"]
+        column = np.asarray(self._meta_rows["success"], np.int8).copy()
+        column[wanted] = -1 if success is None else int(bool(success))
+        chunk = int(arr.chunks[0])
+        for c in sorted({i // chunk for i in wanted}):
+            lo, hi = c * chunk, min((c + 1) * chunk, n)
+            arr[lo:hi] = column[lo:hi]
+        written = np.asarray(arr[:n], np.int8)
+        if not np.array_equal(written, column):
+            raise StoreError(f"relabelling {self.url}: meta/episodes/success reads back differently from what "
+                             "was written (a concurrent writer?); data rows were not touched; run it again")
+        self._meta_rows["success"] = written
+        return previous
+
     def _commit(self, writer: "EpisodeWriter", success: bool | None) -> int:
         i, start, length = self.num_episodes, writer.start, writer.length
         rows = {"instruction": writer.instruction, "source": writer.source, "notes": writer.notes,

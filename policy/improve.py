@@ -48,6 +48,8 @@ def record_rollouts(controller, env_name: str, episodes: int, store_path: Path, 
         schema = make_schema(cams, spec["state"].shape[0], env.action_spec().shape[0])
         if getattr(env, "corrections", False):  # operator takeovers, as `reverie record` stores them
             schema["correction"] = ArraySpec((), "bool", units="True while the operator had taken over")
+        if hasattr(env, "privileged_spec"):  # the sim's ground truth, as `sim demos` records it
+            schema |= env.privileged_spec()
         narrated = bool(getattr(env, "narrates", False))  # keep the sim's narration, as `sim demos` does
         fps = getattr(env, "control_hz", None) or getattr(getattr(env, "cfg", None), "control_hz", 10.0)
         store = EpisodeStore.create(str(store_path), narration.with_narration(schema) if narrated else schema,

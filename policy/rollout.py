@@ -7,7 +7,9 @@ Operator takeover (robot envs, robot_io/robot_env.py): when a time step's info h
 `operator_action`, that action is sent and stored instead of the controller's. The controller is
 still asked to act, so it keeps observing, and then hears what was really executed through its
 optional `observe_executed(action)`, so a recurrent latent state carries on across the takeover.
-Rows get a `correction` column whenever the env reports `info["correction"]`.
+Rows get a `correction` column whenever the env reports `info["correction"]`, and the sim's
+ground truth `privileged/<name>` columns whenever it reports `info["privileged"]` (datasets/schema.py;
+a store records them when its schema has them, see policy/improve.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from reverie.datasets.schema import privileged_row
 from reverie.specs import Env
 
 
@@ -85,4 +88,5 @@ def _row(ts, action: np.ndarray, image_key: str) -> dict[str, np.ndarray]:
         row["correction"] = np.bool_(ts.info["correction"])
     if "narration" in ts.info:  # sim narration of the step into o_t, text (improve stores index it)
         row["narration"] = np.str_(ts.info["narration"])
+    row.update(privileged_row(ts.info))  # sim ground truth (measurement only, never a policy input)
     return row

@@ -19,6 +19,7 @@ from reverie.errors import ReverieError
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "info"): ("reverie.datasets.inspect", "summarise an episode store (--json for machines)"),
     ("data", "view"): ("reverie.datasets.inspect", "write a PNG contact sheet and GIF of one episode"),
+    ("data", "label"): ("reverie.datasets.label", "set episodes' success labels (episodes=0,3,5-9 success=true|false|none)"),
     ("data", "import"): ("reverie.datasets.importers", "import video | lerobot | zarr-replay data into a store"),
     ("sim", "demos"): ("reverie.sim.demos", "record scripted-teleoperator demos of a sim task into a store"),
     ("sim", "serve-bus"): ("reverie.sim.serve_bus", "serve the sim arm as a virtual servo bus on a pseudo-terminal"),

@@ -72,8 +72,9 @@ def world_model(run: Run, store: Path) -> Path:
     c = run.cfg
     out = run.out / "wm"
     overrides = [f"world_model={c.backend}", f"preset={c.choices.preset}", f"data={store}", f"out={out}",
-                 f"seed={c.seed}", f"threads={c.threads}", f"minutes={c.wm.minutes}"]
+                 f"seed={c.seed}", f"threads={c.threads}"]
     overrides += [f"steps={c.wm.steps}"] if c.wm.steps else []
+    overrides += [f"minutes={c.wm.minutes}"] if c.wm.minutes else []
     Trainer(compose("train_wm", overrides)).run()
     e = c.wm_eval
     results = evaluate(compose("eval_wm", [f"checkpoint={out}", f"out={run.out / 'wm_eval'}", f"split={e.split}",
@@ -213,6 +214,30 @@ def learning_curves(run: Run, agents: dict[str, Path], path: Path) -> None:
     plt.close(fig)
 
 
+def probe_report(probe: dict | None) -> list[str]:
+    """eval-wm's cube probe (world_model/probe.py) -> report lines: a small table, or why it was skipped."""
+    if not probe:
+        return []
+    if "skipped" in probe:
+        return ["", f"Cube probe: skipped ({probe['skipped']})."]
+
+    def r2(q: str, name: str) -> str:
+        value = probe[q].get(name, {}).get("mean")
+        return "-" if value is None else f"{value:.3f}"
+
+    gate, pool = probe.get("passes_gate"), f"{probe['pool']}x{probe['pool']}"
+    return ["", f"### Do the features carry the cubes? (ridge probe, R² on {probe['test_episodes']} held-out "
+                f"episodes, fit on {probe['train_episodes']})", "",
+            f"| probed | world-model features | pixels {pool} (baseline) | pixels {pool} + which cube is the target |",
+            "|---|---|---|---|",
+            f"| every cube x, y | {r2('objects_xy', 'features')} | {r2('objects_xy', 'pixels')} | - |",
+            f"| target cube x, y | {r2('target_xy', 'features')} | {r2('target_xy', 'pixels')} | "
+            f"{r2('target_xy', 'pixels_given_target')} |", "",
+            f"Gate (features, every cube x, y: R² >= {probe['gate']}): "
+            f"**{'-' if gate is None else ('pass' if gate else 'fail')}**. The instruction, not the image, "
+            "says which cube is the target, so plain pixels cannot place it."]
+
+
 def write_report(run: Run, final: dict, deployed: list[dict]) -> Path:
     lines = ["# reverie pipeline report", "",
              f"Task `arm/{run.cfg.task}`, world model `{run.cfg.backend}` at preset `{run.cfg.choices.preset}`, "
@@ -240,6 +265,7 @@ def write_report(run: Run, final: dict, deployed: list[dict]) -> Path:
         if "tokenizer" in wm:
             lines[-1:-1] = [f"Tokenizer reconstruction: MSE {wm['tokenizer']['mse']:.4f}, "
                             f"PSNR {wm['tokenizer']['psnr']:.2f} dB.", ""]
+    lines += probe_report(wm.get("probe"))
     lines += ["", "## Deployment (torch-free runtime, virtual serial robot)", "",
               "| instruction | success | steps | achieved Hz | deadline misses |", "|---|---|---|---|---|"]
     for d in deployed:

@@ -12,6 +12,10 @@ onto the joint ranges (action_mode="absolute").
 Episodes end on success (LAST, discount 0, sparse reward 1) or at the time limit (LAST, discount 1).
 `info["narration"]` says in one sentence what the last step did (sim/narration.py; "" on reset and
 when nothing notable happened): the transition descriptions DLLM rewards are computed from.
+`info["privileged"]` holds sim-only ground truth at reset and every step, never part of the
+observation: {"objects": (9,) float32 the cubes' xyz in metres (world frame, order
+`phys.cube_names`: red, green, blue), "target": (3,) float32 the instruction's target cube xyz}.
+Recorders store them as `privileged/<name>` (datasets/schema.py; `privileged_spec()` gives the specs).
 """
 
 from __future__ import annotations
@@ -80,6 +84,18 @@ class ArmEnv:
 
     def action_spec(self) -> ArraySpec:
         return self._act_spec
+
+    def privileged_spec(self) -> dict[str, ArraySpec]:
+        """Store specs of the `privileged/*` columns built from info["privileged"] (module docstring)."""
+        from reverie.datasets.schema import privileged_specs  # lazily: the env itself needs no zarr
+
+        return privileged_specs(tuple(self.phys.cube_names))
+
+    def privileged(self) -> dict[str, np.ndarray]:
+        """Ground truth now: {"objects": (3 * cubes,) xyz metres, "target": (3,) the goal cube's xyz}."""
+        cubes = {c: self.phys.cube_pos(c).astype(np.float32) for c in self.phys.cube_names}
+        return {"objects": np.concatenate([cubes[c] for c in self.phys.cube_names]),
+                "target": cubes[self.goal.colour].copy()}
 
     @property
     def joint_names(self) -> tuple[str, ...]:
@@ -178,7 +194,7 @@ class ArmEnv:
         g = self.goal
         info = {"success": bool(success), "timestamp": stamp, "task": g.task, "colour": g.colour,
                 "direction": g.direction, "step": self._t,
-                "narration": narration}
+                "narration": narration, "privileged": self.privileged()}
         return obs, info
 
     def _checked_action(self, action) -> np.ndarray:

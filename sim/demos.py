@@ -6,7 +6,8 @@
 Rows follow the store convention: row t holds o_t, the reward received on arriving at o_t, and the
 action a_t the teleoperator sent after seeing o_t; the final row's action is zeros, masked out.
 Each row also holds the sim's narration of the step into o_t (`narration`, datasets/narration.py),
-unless appending to an older store without that key.
+and the sim's ground truth (`privileged/objects`, `privileged/target`: the cubes' and the target
+cube's xyz in metres, datasets/schema.py), each unless appending to an older store without that key.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from reverie.config import compose, show, split_args
 from reverie.datasets import narration
+from reverie.datasets.schema import has_privileged, is_privileged_key, privileged_row
 from reverie.errors import ConfigError
 from reverie.sim.arm_env import ArmEnv, make_arm_env
 from reverie.sim.scripted_teleop import ScriptedTeleop, run_episode
@@ -26,9 +28,10 @@ from reverie.sim.scripted_teleop import ScriptedTeleop, run_episode
 log = logging.getLogger(__name__)
 
 
-def episode_rows(rows: list, cameras: tuple[str, ...], vocab=None) -> list[dict]:
+def episode_rows(rows: list, cameras: tuple[str, ...], vocab=None, privileged: bool = True) -> list[dict]:
     """[(timestep, action or None)] from run_episode -> store rows (dicts of the schema's keys);
-    with `vocab` (a datasets.narration.Vocabulary) each row gets its narration index."""
+    with `vocab` (a datasets.narration.Vocabulary) each row gets its narration index, with
+    `privileged` the `privileged/*` columns from the timestep's info["privileged"]."""
     out = []
     for t, (ts, action) in enumerate(rows):
         known = action is not None
@@ -45,6 +48,8 @@ def episode_rows(rows: list, cameras: tuple[str, ...], vocab=None) -> list[dict]
         )
         if vocab is not None:
             row[narration.KEY] = np.int16(vocab.index(ts.info.get("narration", "")))
+        if privileged:
+            row.update(privileged_row(ts.info))
         out.append(row)
     return out
 
@@ -54,11 +59,14 @@ def open_store(cfg: DictConfig, env: ArmEnv):
 
     cameras = {c: tuple(env.cfg.image_size) for c in env.cfg.cameras}
     schema = narration.with_narration(make_schema(cameras=cameras, state_dim=6, action_dim=6))
+    schema |= env.privileged_spec()
     if not cfg.append:
         return EpisodeStore.create(cfg.out, schema, fps=float(cfg.control_hz), robot="sim/so101")
     store = EpisodeStore.open(cfg.out, mode="a")
     if narration.KEY not in store.schema:  # a store from before narration: append without it
         schema.pop(narration.KEY)
+    if not has_privileged(store.schema):  # nor before the privileged ground truth
+        schema = {k: s for k, s in schema.items() if not is_privileged_key(k)}
     if {k: s.shape for k, s in store.schema.items()} != {k: s.shape for k, s in schema.items()}:
         store.close()
         raise ConfigError(f"{cfg.out} holds keys {sorted(store.schema)} with other shapes than these demos "
@@ -79,6 +87,7 @@ def record(cfg: DictConfig) -> float:
     teleop = ScriptedTeleop(env, skill=float(cfg.skill))
     store = open_store(cfg, env)
     vocab = narration.Vocabulary(store) if narration.KEY in store.schema else None
+    privileged = has_privileged(store.schema)
     successes = 0
     try:
         bar = tqdm(range(int(cfg.episodes)), desc=f"demos {cfg.task} skill={cfg.skill}", unit="ep")
@@ -87,7 +96,7 @@ def record(cfg: DictConfig) -> float:
             rows, success = run_episode(env, teleop, seed=seed)
             with store.episode_writer(instruction=env.instruction, source="scripted", round=0,
                                       notes=f"skill={cfg.skill} seed={seed} preset={cfg.randomization}") as writer:
-                for row in episode_rows(rows, env.cfg.cameras, vocab):
+                for row in episode_rows(rows, env.cfg.cameras, vocab, privileged):
                     writer.add(row)
                 writer.commit(success=success)
             successes += success

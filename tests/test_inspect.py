@@ -56,6 +56,7 @@ def test_info_text_and_json(store_path, capsys):
     assert "teleop 2, video 1" in text
     assert "2 x 'pick the red cube'" in text and "1 x ''" in text
     assert "1/2 labelled episodes (50%)" in text
+    assert "labels: 1 success, 1 failure, 1 unknown" in text
     assert "5 frames past the last committed episode" in text
 
     assert cli.main(["data", "info", str(store_path), "--json"]) == 0
@@ -65,7 +66,7 @@ def test_info_text_and_json(store_path, capsys):
     assert set(s["keys"]) == set(make_schema({"front": (H, W)}, 3, 2))
     assert s["sources"] == {"teleop": 2, "video": 1}
     assert s["instructions"] == {"pick the red cube": 2, "": 1}
-    assert s["success"] == {"labelled": 2, "successes": 1, "rate": 0.5}
+    assert s["success"] == {"labelled": 2, "successes": 1, "failures": 1, "unknown": 1, "rate": 0.5}
     assert s["interrupted_frames"] == 5 and s["bytes_on_disk"] > 0
     # info only reads: the interrupted rows are still there for `mode="a"` to deal with.
     assert EpisodeStore.open(store_path, mode="r").array("state").shape[0] == 28 + 5

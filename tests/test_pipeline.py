@@ -28,6 +28,7 @@ def test_tiny_pipeline_writes_the_whole_report(tmp_path):
     deployed = [json.loads((out / "deploy" / f"instruction_{i}.json").read_text())[0] for i in range(3)]
     assert all(d["steps"] == 12 and d["success"] in (True, False) for d in deployed)
     assert "poke the blue block" in report  # the held-out paraphrase was deployed
+    assert "| target cube x, y |" in report  # the cube probe of eval-wm (sim demos record the ground truth)
 
 
 def test_pipeline_refuses_a_used_report_folder(tmp_path):

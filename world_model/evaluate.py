@@ -13,6 +13,11 @@ a tokenizer (`reconstruct`) add its reconstruction MSE / PSNR over every frame o
 the floor under the open-loop curves. Writes eval.json, eval.png (curves) and eval.gif (real |
 imagined, context frames framed in grey). A checkpoint whose dynamics is untrained (shortcut
 stage=tokenizer) gets the reconstruction only (GIF: real | reconstructed).
+When the stores hold the sim's ground truth (`privileged/*`, datasets/schema.py), `probe` reports
+whether the features carry the cubes: ridge R² from the features of whole observed episodes to the
+target cube's x, y and every cube's x, y, fit on the training episodes and scored on the held-out ones,
+next to the same probe from the raw image pooled to 16x16 (world_model/probe.py; the gate is
+R² >= 0.8 on every cube's x, y). Stores without the keys: `probe: {"skipped": why}`. `probe=false` turns it off.
 Works through the backend interface only (observe / imagine / decode, optional reconstruct).
 """
 
@@ -188,6 +193,7 @@ def evaluate(cfg) -> dict:
                                                       [(w["store"], w["episode"]) for w in windows])
     else:
         results["dynamics_untrained"] = True
+    results["probe"] = _probe(cfg, model, stores, float(trainer.get("holdout", 0.0)), image_key, imagines)
     (out / "eval.json").write_text(json.dumps(results, indent=1))
     files = ["eval.json", "eval.gif"]
     if imagines:  # no curves without open-loop prediction
@@ -197,6 +203,35 @@ def evaluate(cfg) -> dict:
     _write_gif(gif_frames, out / "eval.gif")
     results["files"] = [str(out / f) for f in files]
     return results
+
+
+def _probe(cfg, model, stores, holdout: float, image_key: str, imagines: bool) -> dict:
+    """world_model/probe.py's cube probe, or {"skipped": why}."""
+    from reverie.world_model.probe import feature_probe
+
+    if not cfg.get("probe", True):
+        return {"skipped": "probe=false"}
+    if not imagines:
+        return {"skipped": "dynamics untrained: no features to probe"}
+    cap = cfg.get("probe_episodes")
+    cap = None if cap is None else int(cap)
+    result = feature_probe(model, stores, holdout=holdout, image_key=image_key, max_train_episodes=cap,
+                           max_test_episodes=cap, seed=int(cfg.seed))
+    if result is None:
+        return {"skipped": "no store holds privileged/target and privileged/objects (sim ground truth); "
+                           "record the data with `reverie sim demos` to probe the features for the cubes"}
+    return result
+
+
+def probe_lines(probe: dict | None) -> list[str]:
+    """eval.json's `probe` -> text lines (eval-wm's table, the pipeline report)."""
+    from reverie.world_model.probe import table as probe_table
+
+    if not probe:
+        return []
+    if "skipped" in probe:
+        return [f"cube probe: skipped ({probe['skipped']})"]
+    return probe_table(probe).splitlines()
 
 
 def _ratio(hits: list, total: list) -> float:
@@ -287,10 +322,11 @@ def table(results: dict) -> str:
     tok = results.get("tokenizer")
     tok_line = (f"tokenizer reconstruction: MSE {tok['mse']:.5f}, PSNR {tok['psnr']:.2f} dB "
                 f"(of mean MSE {tok['psnr_of_mean_mse']:.2f} dB) over {tok['frames']} frames") if tok else ""
+    probe = probe_lines(results.get("probe"))
     if results.get("dynamics_untrained"):
-        return (f"{tok_line}; windows {results['windows']}\n"
-                "dynamics untrained (only the tokenizer stage ran): no open-loop prediction; train it "
-                "with world_model.stage=dynamics world_model.tokenizer=RUN")
+        return "\n".join([f"{tok_line}; windows {results['windows']}",
+                          "dynamics untrained (only the tokenizer stage ran): no open-loop prediction; train it "
+                          "with world_model.stage=dynamics world_model.tokenizer=RUN", *probe])
     ph = results["per_horizon"]
     gap = results["model_minus_copy_last"]
     rows = [f"{'h':>3} {'MSE model':>10} {'MSE copy':>10} {'diff +- 2SE':>20} {'PSNR model':>11} {'PSNR copy':>10}"
@@ -319,7 +355,7 @@ def table(results: dict) -> str:
                     f"{100 * f['direction_agreement_zero']:.1f}% under zero actions")
     if tok:
         rows.append(tok_line)
-    return "\n".join(rows)
+    return "\n".join(rows + probe)
 
 
 def main(argv: list[str]) -> int:
