@@ -89,7 +89,10 @@ def improve(cfg) -> dict:
     pick_device(cfg.device)  # a bad or absent device fails here, before any round starts
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    wm_run, agent_dir = str(cfg.wm), str(cfg.agent)
+    from reverie.policy.checkpoint import world_model_of
+
+    agent_dir = str(cfg.agent)
+    wm_run = world_model_of(agent_dir, cfg.wm)  # the BC-fine-tuned model, when the agent has one
     prior = str(cfg.prior or cfg.agent)
     _, wm_cfg, wm_info = wm_checkpoint.load_model(wm_run)
     stores = list(cfg.data) if cfg.data else list(wm_info["stores"])

@@ -1,9 +1,12 @@
 """Behaviour cloning from scratch: the baseline row of the results table.
 
-A reactive pixel policy trained only on the demonstrations, with no world model: a DreamerV3 CNN on
-the image, an MLP on symlog(state), the instruction embedding, and the same bounded Gaussian head
-as the agent. It sees one frame at a time (like most BC baselines on low-cost arms), so its gap to
-the world-model agent measures what the model's memory and imagination training add.
+A reactive pixel policy trained only on the demonstrations, with no world model: a CNN on the image
+whose every stage is FiLM-modulated by the instruction embedding (so the colour in the sentence
+decides which cube the filters look for), an MLP on symlog(state), and the agent's bounded Gaussian
+head over the next `chunk` actions (the first is executed, re-planned every step). Trained with the
+same recipe as the agent's BC (policy/bc.py): successful demos (the caller's sampler weights),
+random shift, multi-token targets. It sees one frame at a time (like most BC baselines on low-cost
+arms), so its gap to the world-model agent measures what the model's memory and imagination add.
 """
 
 from __future__ import annotations
@@ -14,37 +17,77 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
 from reverie.errors import ConfigError
+from reverie.policy.bc import chunk_targets, random_shift
 from reverie.policy.distributions import BoundedNormal
-from reverie.world_model.networks import MLP, ConvEncoder, symlog
+from reverie.world_model.networks import MLP, ChannelNorm, ConvEncoder, conv_stages, symlog
 
 log = logging.getLogger(__name__)
+
+
+class FiLMConvEncoder(nn.Module):
+    """(N, H, W, 3) float in [0, 1], instr (N, I) -> (N, E): stride-2 convs until 4x4, each stage's
+    channels scaled and shifted by the instruction (FiLM, starting at identity)."""
+
+    def __init__(self, size: int, depth: int, instr_dim: int):
+        super().__init__()
+        self.convs, self.norms, self.films = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        cin = 3
+        for i in range(conv_stages(size)):
+            cout = depth * 2 ** i
+            self.convs.append(nn.Conv2d(cin, cout, 4, 2, 1, bias=False))
+            self.norms.append(ChannelNorm(cout, eps=1e-4))
+            film = nn.Linear(instr_dim, 2 * cout)
+            nn.init.zeros_(film.weight)
+            nn.init.zeros_(film.bias)
+            self.films.append(film)
+            cin = cout
+        self.out_dim = cin * 4 * 4
+
+    def forward(self, image, instr):
+        x = image.permute(0, 3, 1, 2) - 0.5                                  # (N, 3, H, W)
+        for conv, norm, film in zip(self.convs, self.norms, self.films):
+            gamma, beta = film(instr)[..., None, None].chunk(2, 1)           # (N, C, 1, 1) each
+            x = F.silu(norm(conv(x)) * (1 + gamma) + beta)
+        return x.flatten(1)
 
 
 class ScratchPolicy(nn.Module):
     def __init__(self, image_size: int, state_dim: int, action_dim: int, instr_dim: int = 384,
                  cnn_depth: int = 16, units: int = 256, layers: int = 2, min_std: float = 0.1,
-                 max_std: float = 1.0):
+                 max_std: float = 1.0, chunk: int = 1, film: bool = False):
         super().__init__()
         self.sizes = dict(image_size=image_size, state_dim=state_dim, action_dim=action_dim,
                           instr_dim=instr_dim, cnn_depth=cnn_depth, units=units, layers=layers,
-                          min_std=min_std, max_std=max_std)
-        self.image_enc = ConvEncoder(image_size, cnn_depth)
+                          min_std=min_std, max_std=max_std, chunk=chunk, film=film)
+        self.film, self.chunk, self.action_dim = bool(film), int(chunk), action_dim
+        self.image_enc = (FiLMConvEncoder(image_size, cnn_depth, instr_dim) if self.film
+                          else ConvEncoder(image_size, cnn_depth))
         self.state_enc = MLP(state_dim, units, units, 1)
-        self.head = MLP(self.image_enc.out_dim + units + instr_dim, 2 * action_dim, units, layers)
+        self.head = MLP(self.image_enc.out_dim + units + instr_dim, 2 * action_dim * self.chunk, units, layers)
+
+    def chunk_policy(self, image, state, instr) -> BoundedNormal:
+        """image (N, H, W, 3) float [0, 1], state (N, J), instr (N, I) -> BoundedNormal over (N, chunk, A)."""
+        pixels = self.image_enc(image, instr) if self.film else self.image_enc(image)
+        x = torch.cat([pixels, self.state_enc(symlog(state)), instr], -1)
+        raw = self.head(x).float().reshape(-1, self.chunk, 2 * self.action_dim)
+        return BoundedNormal.from_raw(raw, self.sizes["min_std"], self.sizes["max_std"])
 
     def forward(self, image, state, instr) -> BoundedNormal:
-        """image (N, H, W, 3) float [0, 1], state (N, J), instr (N, I) -> action distribution."""
-        x = torch.cat([self.image_enc(image), self.state_enc(symlog(state)), instr], -1)
-        return BoundedNormal.from_raw(self.head(x).float(), self.sizes["min_std"], self.sizes["max_std"])
+        """-> BoundedNormal over the executed (first) action (N, A)."""
+        dist = self.chunk_policy(image, state, instr)
+        return BoundedNormal(dist.mean[:, 0], dist.std[:, 0])
 
 
-def train_scratch_bc(data, steps: int, lr: float = 3e-4, progress: bool = True,
+def train_scratch_bc(data, steps: int, lr: float = 3e-4, progress: bool = True, shift: int = 4,
                      **sizes) -> tuple[ScratchPolicy, list[dict]]:
-    """`data.next()` yields batches of the world-model contract; every row with an action is a sample."""
+    """`data.next()` yields batches of the world-model contract (draw them with the demos you want
+    cloned: e.g. success weights); every row with an action is a sample, its next `chunk` actions
+    the targets."""
     from tqdm import tqdm
 
     policy = ScratchPolicy(data.image_size, data.spec.state_dim, data.spec.action_dim, **sizes)
@@ -52,13 +95,16 @@ def train_scratch_bc(data, steps: int, lr: float = 3e-4, progress: bool = True,
     history = []
     for step in tqdm(range(1, steps + 1), desc="bc from scratch", disable=not progress, unit="step"):
         batch = data.next()
-        mask = batch["action_mask"].flatten()                                # (B*T,)
-        image = batch["image"].flatten(0, 1)[mask]
-        state = batch["state"].flatten(0, 1)[mask]
+        valid = batch.get("valid", torch.ones_like(batch["action_mask"]))
+        row_mask = (batch["action_mask"] & valid).flatten()                   # (B*T,)
+        targets, tmask = chunk_targets(batch["action"], batch["action_mask"] & valid, policy.chunk)
         t = batch["image"].shape[1]
-        instr = batch["instruction_embedding"].repeat_interleave(t, 0)[mask]
-        action = batch["action"].flatten(0, 1)[mask]
-        loss = -policy(image, state, instr).log_prob(action).mean()
+        image = random_shift(batch["image"], shift).flatten(0, 1)[row_mask]   # (N, H, W, 3)
+        state = batch["state"].flatten(0, 1)[row_mask]
+        instr = batch["instruction_embedding"].repeat_interleave(t, 0)[row_mask]
+        targets, tmask = targets.flatten(0, 1)[row_mask], tmask.flatten(0, 1)[row_mask].float()  # (N, K, A) (N, K)
+        logp = policy.chunk_policy(image, state, instr).log_prob(targets)     # (N, K)
+        loss = -(logp * tmask).sum() / tmask.sum().clamp(min=1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 100.0)

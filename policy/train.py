@@ -8,6 +8,9 @@ stage=rl  reinforcement learning purely in imagination (Dreamer 4): start from d
           frozen behaviour-cloning prior. No environment interaction. With rewards.dllm.enabled=true
           the reward also holds DLLM's language-goal reward (policy/dllm.py): the world model
           describes each imagined step, and reaching the instruction pays once, scaled by novelty.
+          Without DLLM, data with no recorded reward and no success label is refused (fix: `reverie
+          data label`). rl.reward_steps > 0 first trains the reward head alone on data batches with
+          the class-balanced loss of policy/reward.py.
 
 device=auto|cpu|cuda|cuda:N puts the world model, agent, prior and batches on one device. As in
 train-wm, precision=auto runs the frozen world model's passes (observe, imagine) under bf16 autocast
@@ -29,36 +32,16 @@ from reverie.config import compose, show, split_args
 from reverie.errors import ConfigError
 from reverie.policy import checkpoint
 from reverie.policy.agent import Agent
+from reverie.policy import bc as bc_lib
 from reverie.policy.data import AgentData
 from reverie.policy.dllm import DLLMReward
 from reverie.policy.pmpo import pmpo_loss
+from reverie.policy.reward import check_reward_signal, reward_step
 from reverie.policy.returns import lambda_returns, trajectory_weights
 from reverie.world_model import checkpoint as wm_checkpoint
 from reverie.world_model import distributed
 
 log = logging.getLogger(__name__)
-
-
-def bc_step(wm, agent: Agent, batch: dict, optimizer,
-            amp=contextlib.nullcontext) -> dict[str, torch.Tensor]:
-    with torch.no_grad(), amp():
-        _, feat = wm.observe(batch)
-    feat = feat.float()                                                    # (B, T, F)
-    instr = batch["instruction_embedding"]                                 # (B, 384)
-    mask = batch["action_mask"].float()                                    # (B, T)
-    logp = agent.policy(feat, instr).log_prob(batch["action"])             # (B, T)
-    bc = -(logp * mask).sum() / mask.sum().clamp(min=1.0)
-    reward = agent.twohot.loss(agent.reward_logits(feat, instr), batch["reward"]).mean()
-    loss = bc + reward
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad = torch.nn.utils.clip_grad_norm_(agent.parameters(), 100.0)
-    optimizer.step()
-    with torch.no_grad():
-        mode_err = (agent.policy(feat, instr).mode() - batch["action"]).abs().mean(-1)
-        mae = (mode_err * mask).sum() / mask.sum().clamp(min=1.0)
-    return {"bc/nll": bc.detach(), "bc/action_mae": mae, "bc/reward_loss": reward.detach(),
-            "bc/grad_norm": grad.detach()}
 
 
 def rl_step(wm, agent: Agent, prior: Agent, batch: dict, actor_opt, value_opt, c,
@@ -111,14 +94,21 @@ def train(cfg) -> Path:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = distributed.pick_device(cfg.device)
-    wm, wm_cfg, wm_info = wm_checkpoint.load_model(cfg.wm, device)
+    wm_path = checkpoint.world_model_of(cfg.init, cfg.wm) if cfg.init else str(cfg.wm)
+    if wm_path != str(cfg.wm):
+        log.info("init=%s acts on the world model behaviour cloning fine-tuned for it: %s (not wm=%s)",
+                 cfg.init, wm_path, cfg.wm)
+    wm, wm_cfg, wm_info = wm_checkpoint.load_model(wm_path, device)
     wm.requires_grad_(False)
     stage = str(cfg.stage)
     if stage not in STAGES:
         raise ConfigError(f"stage={stage!r}: choose one of {sorted(STAGES)}")
     sc = cfg[stage]
     data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size),
-                     seq_len=int(sc.seq_len if stage == "bc" else sc.context), device=device)
+                     seq_len=int(sc.seq_len if stage == "bc" else sc.context), device=device,
+                     weights=sc.get("weights"))
+    if stage == "rl" and not cfg.rewards.dllm.enabled:
+        check_reward_signal(data)  # no reward and no success label: nothing for RL to optimise
     if cfg.init:
         agent, init_info = checkpoint.load(cfg.init, device)
         if agent.feat_dim != wm.feat_dim:
@@ -140,7 +130,7 @@ def train(cfg) -> Path:
 
     writer = SummaryWriter(str(out / "tb"))
     history = []
-    step_fn = STAGES[stage](cfg, wm, agent, init_info)
+    step_fn = STAGES[stage](cfg, wm, agent, init_info, **({"data": data} if stage == "rl" else {}))
     bar = tqdm(total=steps, desc=f"train-agent {stage}", unit="step", dynamic_ncols=True,
                disable=not cfg.progress)
     tick = time.perf_counter()
@@ -160,7 +150,13 @@ def train(cfg) -> Path:
     writer.close()
     sizes = {"feat_dim": agent.feat_dim, "action_dim": agent.action_dim,
              "instr_dim": agent.instr_dim, **OmegaConf.to_container(cfg.agent)}
-    info = {"stage": stage, "steps": steps, "world_model": str(Path(cfg.wm).resolve()),
+    world_model, finetuned = Path(wm_path).resolve(), wm_path != str(cfg.wm)
+    if stage == "bc" and cfg.bc.finetune:  # the features the agent was trained on are the tuned model's
+        world_model, finetuned = wm_checkpoint.save_finetuned(wm_path, out / "world_model", wm).resolve(), True
+    # The train-wm run these features descend from (an RL agent on a BC-tuned copy keeps BC's base).
+    base = Path(init_info["base_world_model"] if wm_path != str(cfg.wm) else cfg.wm).resolve()
+    info = {"stage": stage, "steps": steps, "world_model": str(world_model), "finetuned_world_model": finetuned,
+            "base_world_model": str(base),
             "backend": wm_info["backend"], "image_key": data.image_key, "sizes": sizes,
             "stores": data.paths, "holdout": float(cfg.holdout),
             "prior": str(cfg.prior or cfg.init or ""), "history": history,
@@ -176,11 +172,29 @@ def _amp(cfg, wm):
 
 
 def _bc(cfg, wm, agent, init_info):
-    opt = torch.optim.Adam(agent.parameters(), lr=float(cfg.bc.lr), eps=1e-6)
-    return lambda batch: bc_step(wm, agent, batch, opt, _amp(cfg, wm))
+    opt, params = bc_lib.make_optimizer(wm, agent, cfg.bc)
+    if cfg.bc.finetune:
+        wm.train()
+    return lambda batch: bc_lib.bc_step(wm, agent, batch, opt, cfg.bc, _amp(cfg, wm), params)
 
 
-def _rl(cfg, wm, agent, init_info):
+def _rl(cfg, wm, agent, init_info, data=None):
+    """RL's step function; first `rl.reward_steps` reward-head-only steps on data batches (drawn with
+    rewards.positive_fraction), after which imagination contexts are drawn without oversampling."""
+    reward_steps = int(cfg.rl.get("reward_steps", 0) or 0)
+    if reward_steps < 0:
+        raise ConfigError(f"rl.reward_steps={reward_steps}: must be >= 0 (0 keeps the bc stage's reward head)")
+    if reward_steps:
+        if data is None:
+            raise ConfigError("rl.reward_steps needs data batches; call _rl with data=AgentData(...)")
+        reward_opt = torch.optim.Adam(agent.reward.parameters(), lr=float(cfg.bc.lr), eps=1e-6)
+        metrics = {}
+        for _ in range(reward_steps):
+            metrics = reward_step(wm, agent, data.next(), reward_opt, _amp(cfg, wm))
+        log.info("reward head: %d balanced steps before RL, %s", reward_steps,
+                 ", ".join(f"{k} {float(v):.3g}" for k, v in metrics.items()))
+    if data is not None:
+        data.positive_fraction = 0.0  # imagination starts from the data's own distribution of contexts
     prior, _ = checkpoint.load(cfg.prior or cfg.init, wm.device)
     prior.requires_grad_(False)
     actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=float(cfg.rl.lr), eps=1e-6)

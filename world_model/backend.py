@@ -119,6 +119,13 @@ class WorldModel(nn.Module, abc.ABC):
     def decode(self, state: State) -> Tensor:
         raise NotImplementedError
 
+    def loss_and_features(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float], Tensor]:
+        """loss(batch) plus observe(batch)'s features (B, T, F), both differentiable: behaviour cloning
+        fine-tunes the model through them (policy/bc.py). Backends that can share one pass override it."""
+        total, metrics = self.loss(batch)
+        _, feat = self.observe(batch)
+        return total, metrics, feat
+
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         return self.loss(batch)
 

@@ -102,6 +102,8 @@ def load_training(path: Path, module: torch.nn.Module, optimizer: torch.optim.Op
             set_model_state_dict(module, load_file(path / "model.safetensors"), options=FULL)
     elif ema is not None:
         ema.reset()
+    if not (path / "optimizer.safetensors").exists():  # save_finetuned's: weights only, a fresh optimiser
+        return json.loads((path / "trainer.json").read_text())
     tensors = load_file(path / "optimizer.safetensors")
     state: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -161,3 +163,24 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_finetuned(source: str | Path, out: Path, module: torch.nn.Module) -> Path:
+    """A world model fine-tuned outside train-wm (behaviour cloning, policy/bc.py) as an inference
+    checkpoint: the source checkpoint's config and trainer.json with these weights (no optimiser, so
+    it is loaded, not resumed). Written to `out/checkpoint.tmp` and renamed, like `save`."""
+    src = find(source)
+    out = Path(out)
+    tmp, final = out / "checkpoint.tmp", out / "checkpoint"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    trainer = json.loads((src / "trainer.json").read_text())
+    trainer["finetuned_from"] = str(src.resolve())
+    (tmp / "trainer.json").write_text(json.dumps(trainer, indent=1))
+    shutil.copy(src / "config.yaml", tmp / "config.yaml")
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, tmp / "model.safetensors")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return out
