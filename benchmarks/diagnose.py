@@ -33,7 +33,8 @@ def joints(run: str, context: int = 8, windows: int = 64) -> None:
     stores = open_stores(trainer["stores"])
     picked = eval_windows(stores, float(trainer.get("holdout", 0.0)), "holdout", context + 1, windows,
                           slice(context - 1, context), image_key)
-    batch = collate(picked, image_key, int(model.cfg.image_size), Language(), False, torch.device("cpu"))
+    batch = model.normalizer.batch(collate(picked, image_key, int(model.cfg.image_size), Language(), False,
+                                           torch.device("cpu")))
     ctx = {k: (v[:, :context] if v.dim() > 1 and v.shape[1] == context + 1 else v) for k, v in batch.items()}
     last, _ = model.observe(ctx)
     traj = model.imagine(last, replay_policy(batch["action"][:, context - 1:context]), 1)
@@ -67,7 +68,8 @@ def bc(agent: str, store_path: str, episodes: int = 20) -> None:
                 online.append(np.abs(action - ep["action"][t]).mean())
             ctrl.observe_executed(ep["action"][t])
         window = {k: ep[k] for k in keys} | {"instruction": instruction, "start": 0}
-        b = collate([window], ctrl.image_key, ctrl.image_size, ctrl.language, False, ctrl.wm.device)
+        b = ctrl.normalizer.batch(collate([window], ctrl.image_key, ctrl.image_size, ctrl.language, False,
+                                          ctrl.wm.device))
         _, feat = ctrl.wm.observe(b)                                             # (1, T, F)
         mode = ctrl.agent.policy(feat[0], b["instruction_embedding"].expand(feat.shape[1], -1)).mode()
         offline.append((mode - b["action"][0]).abs().mean(-1)[b["action_mask"][0]].numpy())

@@ -128,8 +128,8 @@ def quality_vs_steps(checkpoint: str, data: str | None = None, context: int = 8,
     wins = eval_windows(open_stores(paths), float(trainer.get("holdout", 0.1)), split,
                         context + horizon, windows, slice(context - 1, context + horizon - 1), image_key)
     language = Language()
-    batches = [collate(wins[i:i + batch_size], image_key, int(model.cfg.image_size), language, False, "cpu")
-               for i in range(0, len(wins), batch_size)]
+    batches = [model.normalizer.batch(collate(wins[i:i + batch_size], image_key, int(model.cfg.image_size), language,
+                                              False, "cpu")) for i in range(0, len(wins), batch_size)]
     out: dict = {"checkpoint": str(checkpoint), "step": trainer["step"], "windows": len(wins), "split": split,
                  "actions": actions,
                  "context": context, "horizon": horizon, "mse": {}, "seconds": {}, "minus_copy_last": {}}

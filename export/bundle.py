@@ -5,6 +5,10 @@
     bundle.reset()                                 # start of an episode: initial state tensors
     action = bundle.act(image, state, embedding)   # (A,) float32; the state carries over
 
+Units: act() takes the state and returns the action in the training data's units; the manifest's
+`normalization` (reverie/normalize.py) maps the state into the graph's units and the graph's action
+(in [-1, 1]) back. A bundle exported before normalisation existed has none: identity.
+
 No torch: numpy and onnxruntime only.
 """
 
@@ -17,6 +21,7 @@ import numpy as np
 from reverie.errors import BundleError
 from reverie.export import manifest as manifest_lib
 from reverie.export.text_encoder import TextEncoder, session
+from reverie.normalize import Normalizer
 
 
 class Bundle:
@@ -31,6 +36,10 @@ class Bundle:
         self.max_chars = int(obs["instruction"]["max_chars"])
         self.specs = manifest["state_tensors"]
         self.inputs = manifest["onnx"]["policy"]["inputs"]
+        try:
+            self.normalizer = Normalizer.from_json(manifest.get("normalization"))
+        except (ValueError, KeyError, TypeError) as e:
+            raise BundleError(f"{path}/manifest.json: bad `normalization` ({e}); re-run `reverie export`") from e
         self._carried: list[np.ndarray] = []
         self.reset()
 
@@ -84,9 +93,11 @@ class Bundle:
         self._carried = [np.full(s["shape"], s["initial"], np.float32) for s in self.specs]
 
     def act(self, image: np.ndarray, state: np.ndarray, embedding: np.ndarray) -> np.ndarray:
-        """image uint8 (H, W, 3), state (J,), embedding (1, 384) -> action (A,) float32."""
-        feeds = [np.ascontiguousarray(image, np.uint8)[None], np.asarray(state, np.float32).reshape(1, -1),
+        """image uint8 (H, W, 3), state (J,), embedding (1, 384) -> action (A,) float32, state and action
+        in the training data's units."""
+        state = self.normalizer.normalize("state", np.asarray(state, np.float32).reshape(-1))
+        feeds = [np.ascontiguousarray(image, np.uint8)[None], state.reshape(1, -1),
                  np.asarray(embedding, np.float32).reshape(1, -1), *self._carried]
         out = self.session.run(None, dict(zip(self.inputs, feeds)))
         self._carried = out[1:]
-        return np.asarray(out[0][0], np.float32)
+        return self.normalizer.denormalize("action", np.asarray(out[0][0], np.float32))

@@ -4,7 +4,12 @@
     text_encoder.onnx  MiniLM + mean pooling + L2 norm; input_ids/attention_mask int64 (N, L)
     tokenizer.json     the encoder's tokenizer (from reverie.language.model_dir())
     manifest.json      specs, action scaling, joint limits, control rate, state tensors, versions,
-                       parity errors, sha256 of every file (export/manifest.py, docs/bundle.md)
+                       the state/action normaliser, parity errors, sha256 of every file
+                       (export/manifest.py, docs/bundle.md)
+
+The graph works in the model's units (normalised state in, action in [-1, 1] out); the manifest's
+`normalization` (reverie/normalize.py JSON, the policy checkpoint's) lets the runtime map the robot's
+state in and the action back to the training data's units (export/bundle.py).
 
 The export verifies itself before it writes the manifest: over `parity_steps` recorded rows the
 ONNX actions must match PyTorch within `tolerance`, and so must the instruction embeddings; otherwise
@@ -21,6 +26,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from reverie.config import compose, show, split_args
@@ -109,6 +115,22 @@ def robot_section(cfg, store) -> dict:
             "control_hz": hz, "config": raw}
 
 
+def check_units(normalizer, robot: dict, action_dim: int) -> bool:
+    """The sim and robot_io targets take normalised commands in [-1, 1] (`robot.action_units`); warn
+    when the policy's actions, in its training data's units, range well outside that."""
+    bounds = normalizer.bounds("action", action_dim)
+    if bounds is None or normalizer.mode("action") == "identity":
+        return False
+    low, high = bounds
+    if float((high - low).max()) <= 2.2 and low.min() >= -1.1 and high.max() <= 1.1:
+        return False
+    log.warning("the policy's actions are in its training data's units (%s..%s per dimension) but %s takes "
+                "%s in [-1, 1]: the runtime will clip them. Export for the robot the data was recorded on, "
+                "or train on data recorded with its normalised commands", np.round(low, 3).tolist(),
+                np.round(high, 3).tolist(), robot["name"], robot.get("action_units", "normalised commands"))
+    return True
+
+
 # ----- writing the graphs -----------------------------------------------------------------------
 def _save(program, path: Path) -> None:
     import onnx
@@ -178,8 +200,13 @@ def versions() -> dict:
 
 
 def manifest_content(step: PolicyStep, info: dict, policy_path: Path, image_key: str, image_shape,
-                     robot: dict, opset: int, max_chars: int, parity_json: dict) -> dict:
+                     robot: dict, opset: int, max_chars: int, parity_json: dict, normalizer=None) -> dict:
     """Everything manifest.json says besides its format and file checksums (docs/bundle.md)."""
+    from reverie.normalize import Normalizer
+
+    normalizer = normalizer if normalizer is not None else Normalizer()
+    low, high = normalizer.bounds("action", step.action_dim)               # the action's range, data units
+    uniform = normalizer.mode("action") == "identity"
     return {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "policy": {"kind": info["kind"], "checkpoint": str(Path(policy_path).resolve()),
@@ -189,7 +216,9 @@ def manifest_content(step: PolicyStep, info: dict, policy_path: Path, image_key:
                         "image": {"shape": list(image_shape), "dtype": "uint8"},
                         "state": {"shape": [step.state_dim], "dtype": "float32"},
                         "instruction": {"max_chars": max_chars, "embedding_dim": 384, "max_tokens": 128}},
-        "action": {"shape": [step.action_dim], "dtype": "float32", "minimum": -1.0, "maximum": 1.0},
+        "action": {"shape": [step.action_dim], "dtype": "float32",
+                   "minimum": -1.0 if uniform else low.tolist(), "maximum": 1.0 if uniform else high.tolist()},
+        "normalization": normalizer.to_json(),
         "control_hz": robot["control_hz"],
         "robot": robot,
         "state_tensors": [s.to_json() for s in step.state_specs()],
@@ -226,6 +255,10 @@ def export(cfg) -> Path:
     if len(robot["joint_names"]) != step.action_dim:
         raise ConfigError(f"arm={cfg.arm} has {len(robot['joint_names'])} joints, the policy "
                           f"acts on {step.action_dim}; pass the arm the policy was trained for")
+    from reverie.normalize import Normalizer
+
+    normalizer = getattr(controller, "normalizer", None) or Normalizer()      # the checkpoint's units
+    check_units(normalizer, robot, step.action_dim)
 
     if out.exists():
         if not cfg.overwrite:
@@ -254,7 +287,7 @@ def export(cfg) -> Path:
                           f"{embed_err:.3g}, tolerance {tol:g} over {rows} steps; the bundle in {out} "
                           "has no manifest and will be refused. Report this with the checkpoint.")
     content = manifest_content(step, info, policy_path, image_key, image_shape, robot, int(cfg.opset),
-                               int(cfg.max_instruction_chars), result.to_json(tol))
+                               int(cfg.max_instruction_chars), result.to_json(tol), normalizer)
     manifest_lib.write(out, content)
     print(f"bundle {out}: {info['kind']} policy, image {image_shape[0]}x{image_shape[1]}, "
           f"{robot['control_hz']:g} Hz, parity over {rows} steps: action {action_err:.2e}, "

@@ -5,6 +5,10 @@ deterministic latents) and through policy.onnx in onnxruntime, carrying the stat
 the runtime does (initial values at each episode start, `next_*` fed back). Halfway through every
 episode the instruction switches to another episode's, so the check also covers a mid-episode change.
 Both sides get the same PyTorch instruction embedding, so action errors are the policy graph's own.
+Units: the controller takes the recorded state and returns actions in the data's units; the graph
+works in the model's, so it gets the state normalised as the runtime does (export/bundle.py) and the
+error is measured in model units (the actor's [-1, 1]), where the tolerance means the same for every
+store.
 
 Embeddings: text_encoder.onnx (through the bundle's tokenizer.json) against reverie.language.embed.
 """
@@ -50,6 +54,9 @@ def action_parity(controller, step, onnx_path: Path, stores, image_key: str, ste
     """-> (max |a_onnx - a_torch|, rows compared, episodes, instructions seen)."""
     from reverie.language import embed
 
+    from reverie.normalize import Normalizer
+
+    norm = getattr(controller, "normalizer", None) or Normalizer()
     sess = session(onnx_path, threads)
     names = step.input_names()
     initial = [s.zeros().numpy() for s in step.state_specs()]
@@ -66,9 +73,10 @@ def action_parity(controller, step, onnx_path: Path, stores, image_key: str, ste
                 current = switch_to
                 controller.set_instruction(current)
             obs = {image_key: ep[image_key][t], "state": ep["state"][t]}
-            expected = controller.act(obs)                                      # (A,)
+            expected = norm.normalize("action", controller.act(obs))           # (A,) model units
             instr = embed([current]).astype(np.float32)                        # (1, 384)
-            feeds = [ep[image_key][t][None], np.asarray(ep["state"][t], np.float32)[None], instr, *carried]
+            state = norm.normalize("state", np.asarray(ep["state"][t], np.float32))
+            feeds = [ep[image_key][t][None], state[None], instr, *carried]
             out = sess.run(None, dict(zip(names, feeds)))
             carried = out[1:]
             worst = max(worst, float(np.abs(out[0][0] - expected).max()))

@@ -4,7 +4,8 @@
     action, *next_state = step(image, state, instruction, *carried_state)
 
 Inputs (batch 1):  image uint8 (1, H, W, 3) at the camera's resolution (resized in the graph when the
-                   model was trained at another size, /255 folded in), state float32 (1, J),
+                   model was trained at another size, /255 folded in), state float32 (1, J) in
+                   the model's units (normalised by the runtime, reverie/normalize.py),
                    instruction float32 (1, 384) (unit-norm sentence embedding), then the carried
                    state tensors named by `state_specs()`.
 Outputs:           action float32 (1, A) (the actor's mode, clipped to [-1, 1]), then the next value

@@ -3,7 +3,8 @@
 Like world-model checkpoints, loading never unpickles. Tensors are written from CPU copies, so an
 agent trained on a GPU loads on any device (`load(path, device)`). An agent records the world-model
 run it was trained on, so `reverie eval policy=AGENT` and `reverie export policy=AGENT` need nothing
-else.
+else. agent.json also carries the world model's state/action normaliser (`normalizer`, the JSON of
+reverie/normalize.py): controllers and export map observations and actions with it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from reverie.errors import ConfigError
+from reverie.normalize import Normalizer
 from reverie.policy.agent import Agent
 
 SIZE_KEYS = ("feat_dim", "action_dim", "instr_dim", "units", "layers", "min_std", "max_std")
@@ -46,6 +48,14 @@ def find(path: str | Path) -> Path:
             return candidate
     raise ConfigError(f"no agent in {path}: expected {path}/agent.safetensors and agent.json "
                       "(written by `reverie train-agent`)")
+
+
+def normalizer(info: dict, wm=None) -> Normalizer:
+    """The agent's units: its agent.json's normaliser, else its world model's (`wm.normalizer`), else
+    (a checkpoint from before normalisation) identity."""
+    if info.get("normalizer"):
+        return Normalizer.from_json(info["normalizer"])
+    return getattr(wm, "normalizer", None) or Normalizer()
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[Agent, dict]:

@@ -5,6 +5,10 @@ model's latent state (`observe` over one row, continuing from the carried state 
 action), and the actor acts on the resulting feature. This is exactly what the exported ONNX policy
 computes, one step at a time. It runs on the world model's device: observations go there, actions
 come back as numpy.
+
+Units: observations and returned actions are in the store's units (pixels, radians, ...); the
+normaliser (the agent's / world model's, reverie/normalize.py) maps the state in and the action out,
+so the models see what they were trained on.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from reverie.normalize import Normalizer
 from reverie.policy.agent import Agent
 from reverie.world_model.data import Language, collate
 
@@ -21,8 +26,10 @@ ROW_DEFAULTS = {"reward": np.float32(0.0), "is_last": np.bool_(False), "is_termi
 
 class AgentController:
     def __init__(self, wm, agent: Agent, image_key: str, image_size: int, deterministic: bool = True,
-                 language: Language | None = None, seed: int = 0):
+                 language: Language | None = None, seed: int = 0, normalizer: Normalizer | None = None):
         self.wm, self.agent = wm.eval(), agent.to(wm.device).eval()  # one device for both
+        # store units <-> model units; default: the loaded world model's (checkpoint.load_model)
+        self.normalizer = normalizer if normalizer is not None else getattr(wm, "normalizer", None) or Normalizer()
         self.image_key, self.image_size = image_key, image_size
         self.deterministic = deterministic
         self.language = language or Language()
@@ -41,7 +48,7 @@ class AgentController:
     def batch(self, observation: dict) -> dict[str, torch.Tensor]:
         """One observation -> a one-row batch (B=1, T=1) in the world model's contract."""
         row = {self.image_key: observation[self.image_key][None],
-               "state": np.asarray(observation["state"], np.float32)[None],
+               "state": self.normalizer.normalize("state", np.asarray(observation["state"], np.float32))[None],
                "action": np.zeros((1, self.wm.spec.action_dim), np.float32),
                "is_first": np.array([self.state is None]),
                "instruction": self.instruction}
@@ -55,7 +62,8 @@ class AgentController:
     def observe_executed(self, action: np.ndarray) -> None:
         """The action really sent after the last act() (an operator's takeover, policy/rollout.py):
         the next observe() filters the latent state with it, as the world model saw in training."""
-        self.prev_action = torch.as_tensor(np.asarray(action, np.float32), device=self.wm.device)[None]  # (1, A)
+        action = self.normalizer.normalize("action", np.asarray(action, np.float32))  # the model's units
+        self.prev_action = torch.as_tensor(action, device=self.wm.device)[None]  # (1, A)
 
     @torch.no_grad()
     def act(self, observation: dict) -> np.ndarray:
@@ -64,5 +72,5 @@ class AgentController:
         dist = self.agent.policy(feat[:, -1], batch["instruction_embedding"])
         action = dist.mode() if self.deterministic else dist.sample(self.generator)
         action = action.clamp(-1.0, 1.0)
-        self.prev_action = action
-        return action[0].cpu().numpy().astype(np.float32)
+        self.prev_action = action                                               # model units
+        return self.normalizer.denormalize("action", action[0].cpu().numpy().astype(np.float32))

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from reverie.datasets.normalize import check_action_range
 from reverie.errors import ConfigError
+from reverie.normalize import Normalizer
 from reverie.world_model.backend import model_config
 from reverie.world_model.data import TrainData, data_paths
 
@@ -48,7 +50,10 @@ class AgentData(TrainData):
             "weights": OmegaConf.to_container(weights) if OmegaConf.is_config(weights) else weights})
         sizes = OmegaConf.create({"image_size": int(wm.image_size), "dynalang": bool(wm.get("dynalang", False)),
                                   "batch_size": batch_size, "seq_len": seq_len})
-        super().__init__(data_cfg, sizes, device=device)  # batches arrive on the training device
+        # the world model's own units (its checkpoint's normaliser; identity for one written before them)
+        super().__init__(data_cfg, sizes, device=device,  # batches arrive on the training device
+                         normalizer=Normalizer.from_json(wm_info.get("normalizer")))
+        check_action_range(self.stores, self.normalizer)  # e.g. a world model from before normalisation
         self.labelled = labelled_episodes(self.stores)
         self.success_reward = float(cfg.rewards.success_reward)
         self.positive_fraction = float(cfg.rewards.get("positive_fraction", 0.0))

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from reverie.config import compose, show, split_args
 from reverie.errors import ConfigError
-from reverie.policy.rollout import EpisodeResult, run_episode
+from reverie.policy.rollout import EpisodeResult, check_action_units, run_episode
 from reverie.policy.stats import wilson_interval
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ def evaluate(controller, env_name: str, episodes: int, suites: list[str], seed: 
         elif suite != "train":
             raise ConfigError(f"suite {suite!r} exists for the sim arm only; use suites=[train] for {env_name}")
         env = make(env_name, **kwargs)
+        check_action_units(controller, env)  # the policy's units (its normaliser) against the env's
         results = []
         try:  # close() parks a robot arm even when an episode fails or is interrupted
             for i in tqdm(range(episodes), desc=f"eval {suite}", disable=not progress, unit="ep"):

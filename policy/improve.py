@@ -46,6 +46,9 @@ def record_rollouts(controller, env_name: str, episodes: int, store_path: Path, 
         spec = env.observation_spec()
         cams = {k.split("/", 1)[1]: tuple(s.shape[:2]) for k, s in spec.items() if k.startswith("image/")}
         schema = make_schema(cams, spec["state"].shape[0], env.action_spec().shape[0])
+        act = env.action_spec()
+        if (act.minimum, act.maximum) != (-1.0, 1.0):  # an env in its own units (gym action_units=env)
+            schema["action"] = ArraySpec(act.shape, "float32", act.minimum, act.maximum, act.units or "env units")
         if getattr(env, "corrections", False):  # operator takeovers, as `reverie record` stores them
             schema["correction"] = ArraySpec((), "bool", units="True while the operator had taken over")
         if hasattr(env, "privileged_spec"):  # the sim's ground truth, as `sim demos` records it

@@ -15,7 +15,8 @@ def _agent(path: Path, device):
 
     agent, info = checkpoint.load(path, device)
     wm, wm_cfg, _ = wm_checkpoint.load_model(info["world_model"], device)
-    return AgentController(wm, agent, info["image_key"], int(model_config(wm_cfg).image_size))
+    return AgentController(wm, agent, info["image_key"], int(model_config(wm_cfg).image_size),
+                           normalizer=checkpoint.normalizer(info, wm))
 
 
 def _scratch(path: Path, device):  # the small reactive baseline stays on the CPU

@@ -10,11 +10,16 @@ optional `observe_executed(action)`, so a recurrent latent state carries on acro
 Rows get a `correction` column whenever the env reports `info["correction"]`, and the sim's
 ground truth `privileged/<name>` columns whenever it reports `info["privileged"]` (datasets/schema.py;
 a store records them when its schema has them, see policy/improve.py).
+
+Units: a controller speaks the units of the data it was trained on (its normaliser maps back from
+the model's [-1, 1]); actions are clipped to the env's own action_spec bounds, not to [-1, 1], so an
+env that takes pixels or metres gets them (check_action_units warns when the two disagree).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Protocol
 
@@ -22,6 +27,8 @@ import numpy as np
 
 from reverie.datasets.schema import privileged_row
 from reverie.specs import Env
+
+log = logging.getLogger(__name__)
 
 
 class Controller(Protocol):
@@ -43,6 +50,37 @@ class EpisodeResult:
     labelled: bool = True  # False: the env could not tell success (a real arm nobody labelled)
 
 
+def clip_to_spec(action: np.ndarray, spec) -> np.ndarray:
+    """Clip to the spec's minimum/maximum (scalars or per dimension; None: unbounded on that side)."""
+    action = np.asarray(action, np.float32)
+    low = -np.inf if spec.minimum is None else np.asarray(spec.minimum, np.float64)
+    high = np.inf if spec.maximum is None else np.asarray(spec.maximum, np.float64)
+    return np.clip(action, low, high).astype(np.float32)
+
+
+def check_action_units(controller, env) -> bool:
+    """Warn when the controller's action range (its normaliser's, in store units) lies well outside the
+    env's action bounds, i.e. the data and the env use different units (e.g. pixels against a [-1, 1]
+    adapter). Returns True when it warned."""
+    norm = getattr(controller, "normalizer", None)
+    spec = env.action_spec()
+    if norm is None or norm.mode("action") != "minmax":
+        return False
+    low, high = norm.bounds("action")
+    lo = -np.inf if spec.minimum is None else np.asarray(spec.minimum, np.float64)
+    hi = np.inf if spec.maximum is None else np.asarray(spec.maximum, np.float64)
+    span = np.maximum(high - low, 1e-6)
+    outside = np.maximum(lo - low, 0) + np.maximum(high - hi, 0)                # per dimension, store units
+    if not np.any(outside > 0.1 * span):
+        return False
+    log.warning("the policy acts in the units of its training data (range %s..%s per dimension) but the env "
+                "takes %s..%s (%s): its actions will be clipped. Evaluate on an env that takes the data's "
+                "units (gym/<id>: action_units=env), or train on data recorded in the env's units",
+                np.round(low, 3).tolist(), np.round(high, 3).tolist(), spec.minimum, spec.maximum,
+                spec.units or "no units given")
+    return True
+
+
 def run_episode(env: Env, controller: Controller, seed: int, instruction: str | None = None,
                 record_frames: bool = False, record_steps: bool = False,
                 image_key: str = "image/front") -> EpisodeResult:
@@ -55,9 +93,9 @@ def run_episode(env: Env, controller: Controller, seed: int, instruction: str | 
         if record_frames:
             frames.append(ts.observation[image_key])
         action = np.zeros(env.action_spec().shape, np.float32) if ts.last() else \
-            np.clip(np.asarray(controller.act(ts.observation), np.float32), -1.0, 1.0)
+            clip_to_spec(controller.act(ts.observation), env.action_spec())
         if not ts.last() and ts.info.get("operator_action") is not None:  # the operator has taken over
-            action = np.clip(np.asarray(ts.info["operator_action"], np.float32), -1.0, 1.0)
+            action = clip_to_spec(ts.info["operator_action"], env.action_spec())
             if hasattr(controller, "observe_executed"):
                 controller.observe_executed(action)
         if record_steps:

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from reverie.errors import ConfigError
+from reverie.normalize import Normalizer
 from reverie.policy.bc import chunk_targets, random_shift
 from reverie.policy.distributions import BoundedNormal
 from reverie.world_model.networks import MLP, ChannelNorm, ConvEncoder, conv_stages, symlog
@@ -111,13 +112,17 @@ def train_scratch_bc(data, steps: int, lr: float = 3e-4, progress: bool = True, 
         opt.step()
         if step % 25 == 0 or step == steps:
             history.append({"step": step, "bc/nll": float(loss.detach())})
+    policy.normalizer = getattr(data, "normalizer", None) or Normalizer()  # the units it learnt in
     return policy.eval(), history
 
 
 def save(out: Path, policy: ScratchPolicy, info: dict) -> Path:
+    """scratch_bc.json holds the sizes and the state/action normaliser (the policy's, unless info has one)."""
     from reverie.policy.checkpoint import save_module
 
-    return save_module(out, policy, "policy.safetensors", "scratch_bc.json", {**info, "sizes": policy.sizes})
+    norm = info.get("normalizer") or (getattr(policy, "normalizer", None) or Normalizer()).to_json()
+    return save_module(out, policy, "policy.safetensors", "scratch_bc.json",
+                       {**info, "sizes": policy.sizes, "normalizer": norm})
 
 
 def load(path: str | Path) -> tuple[ScratchPolicy, dict]:
@@ -127,14 +132,19 @@ def load(path: str | Path) -> tuple[ScratchPolicy, dict]:
     info = json.loads((path / "scratch_bc.json").read_text())
     policy = ScratchPolicy(**info["sizes"])
     policy.load_state_dict(load_file(path / "policy.safetensors"))
+    policy.normalizer = Normalizer.from_json(info.get("normalizer"))  # older checkpoints: identity
     return policy.eval(), info
 
 
 class ScratchController:
-    def __init__(self, policy: ScratchPolicy, image_key: str):
+    """Observations and actions in store units; the policy's normaliser maps the state in and the
+    action out (reverie/normalize.py)."""
+
+    def __init__(self, policy: ScratchPolicy, image_key: str, normalizer: Normalizer | None = None):
         from reverie.world_model.data import Language
 
         self.policy, self.image_key, self.language = policy, image_key, Language()
+        self.normalizer = normalizer if normalizer is not None else getattr(policy, "normalizer", None) or Normalizer()
         self.instr = None
 
     def reset(self, instruction: str) -> None:
@@ -150,6 +160,6 @@ class ScratchController:
         if image.shape[1:3] != (size, size):
             image = torch.nn.functional.interpolate(image.permute(0, 3, 1, 2), size=(size, size),
                                                     mode="bilinear", antialias=True).permute(0, 2, 3, 1)
-        state = torch.from_numpy(np.asarray(observation["state"], np.float32))[None]
+        state = torch.from_numpy(self.normalizer.normalize("state", np.asarray(observation["state"], np.float32)))[None]
         action = self.policy(image, state, self.instr).mode().clamp(-1, 1)
-        return action[0].numpy()
+        return self.normalizer.denormalize("action", action[0].numpy())

@@ -158,7 +158,7 @@ def train(cfg) -> Path:
     info = {"stage": stage, "steps": steps, "world_model": str(world_model), "finetuned_world_model": finetuned,
             "base_world_model": str(base),
             "backend": wm_info["backend"], "image_key": data.image_key, "sizes": sizes,
-            "stores": data.paths, "holdout": float(cfg.holdout),
+            "stores": data.paths, "holdout": float(cfg.holdout), "normalizer": data.normalizer.to_json(),
             "prior": str(cfg.prior or cfg.init or ""), "history": history,
             "lineage": [*init_info.get("lineage", []), {"stage": stage, "steps": steps}]}
     path = checkpoint.save(out / "agent", agent, info)

@@ -6,7 +6,15 @@ reverie Env, so policies trained here can be evaluated (and corrected) on it. Im
     or such Boxes inside a Dict observation, one `image/<key>` per Box; or
   - env.render() with render_mode="rgb_array", for environments whose observation is a vector
     (CartPole, the MuJoCo locomotion tasks); the vector then becomes `state`.
-Action mapping, reverie [-1, 1] vector -> gymnasium action:
+Action units (`action_units=`, stated by action_spec() and used by policy/rollout.py to clip):
+  - "normalised" (default): the reverie action is a normalised command in [-1, 1] (action_spec's
+    bounds, like the sim's), mapped onto the gymnasium space below. Stores
+    recorded through it hold [-1, 1] actions and train with an identity action normaliser.
+  - "env": a Box action is in the environment's own units, passed through (clipped to its bounds);
+    action_spec() reports those bounds. Use it for a policy trained on data in the env's units (an
+    imported dataset in pixels or metres), whose controller already maps actions back to them
+    (reverie/normalize.py); the adapter then must not rescale again. Box spaces only.
+Action mapping, reverie [-1, 1] vector -> gymnasium action (action_units="normalised"):
   - Box: rescaled linearly to [low, high]; dimensions with an infinite bound are passed unscaled.
   - Discrete(n): the vector has n entries, one score per choice; the action is start + argmax.
   - MultiDiscrete(nvec): one block of nvec[i] scores per sub-action, argmax within each block.
@@ -14,7 +22,7 @@ Action mapping, reverie [-1, 1] vector -> gymnasium action:
 Success is info["is_success"] or info["success"] when the environment reports it, else None.
 
 ReverieToGym: any reverie Env as a gymnasium.Env, with a Dict observation space (images Box uint8,
-state Box float32, instruction Text) and a Box [-1, 1] action space. It passes
+state Box float32, instruction Text) and a Box action space with the env's action_spec bounds. It passes
 gymnasium.utils.env_checker.check_env. The instruction is chosen with reset(options={"instruction": s}).
 """
 
@@ -43,12 +51,13 @@ INSTRUCTIONS = {
     "Ant": "walk forward",
     "Humanoid": "walk forward",
 }
+ACTION_UNITS = ("normalised", "env")
 # Keys that mean "the main camera" in common image environments.
 PLAIN_IMAGE_KEYS = ("image", "pixels", "rgb", "observation")
 
 
 def make_gym_env(id: str, *, size=(64, 64), camera: str = "front", instruction: str | None = None,
-                 action_repeat: int = 1, **make_kwargs) -> "GymToReverie":
+                 action_repeat: int = 1, action_units: str = "normalised", **make_kwargs) -> "GymToReverie":
     """gymnasium.make(id, **make_kwargs) wrapped as a reverie Env; see the module docstring."""
     try:
         env = gym.make(id, **make_kwargs)
@@ -65,10 +74,19 @@ def make_gym_env(id: str, *, size=(64, 64), camera: str = "front", instruction: 
         raise ConfigError(f"gym/{id}: gymnasium could not make it ({e}); check the id with "
                           "`python -c 'import gymnasium; gymnasium.pprint_registry()'`") from e
     except TypeError as e:  # a keyword the environment's constructor does not take
-        raise ConfigError(f"gym/{id}: bad option ({e}); reverie takes size, camera, instruction and "
-                          "action_repeat, everything else goes to gymnasium.make") from e
+        raise ConfigError(f"gym/{id}: bad option ({e}); reverie takes size, camera, instruction, "
+                          "action_repeat and action_units, everything else goes to gymnasium.make") from e
     return GymToReverie(env, size=size, camera=camera, instruction=instruction,
-                        action_repeat=action_repeat, name=id)
+                        action_repeat=action_repeat, name=id, action_units=action_units)
+
+
+def _bound(values: np.ndarray):
+    """A Box bound as an ArraySpec minimum/maximum: one float when all equal, else a tuple per
+    dimension (infinite entries kept), None when unbounded everywhere."""
+    v = np.asarray(values, np.float64).ravel()
+    if not np.isfinite(v).any():
+        return None
+    return float(v[0]) if np.all(v == v[0]) else tuple(float(x) for x in v)
 
 
 def _is_image(space) -> bool:
@@ -100,12 +118,19 @@ def _to_rgb(image: np.ndarray, size) -> np.ndarray:
 
 
 class GymToReverie:
-    """A gymnasium.Env as a reverie Env (dm_env-style TimeSteps, dict observations, [-1, 1] actions)."""
+    """A gymnasium.Env as a reverie Env (dm_env-style TimeSteps, dict observations, actions in
+    [-1, 1] or, with action_units="env", in the Box's own units)."""
 
     def __init__(self, env, *, size=(64, 64), camera: str = "front", instruction: str | None = None,
-                 action_repeat: int = 1, name: str | None = None):
+                 action_repeat: int = 1, name: str | None = None, action_units: str = "normalised"):
         self.env = env
         self.name = name or (env.spec.id if env.spec else type(env.unwrapped).__name__)
+        if action_units not in ACTION_UNITS:
+            raise ConfigError(f"action_units={action_units!r}: choose {' or '.join(ACTION_UNITS)}")
+        if action_units == "env" and not isinstance(env.action_space, spaces.Box):
+            raise ConfigError(f"{self.name}: action_units=env needs a Box action space, this one is "
+                              f"{env.action_space}; use action_units=normalised (one score per choice)")
+        self.action_units = action_units
         self._size = None if size is None else (int(size[0]), int(size[1]))
         self._repeat = int(action_repeat)
         if self._repeat < 1:
@@ -183,6 +208,9 @@ class GymToReverie:
 
     def _to_gym_action(self, action: np.ndarray):
         space = self._action_space
+        if isinstance(space, spaces.Box) and self.action_units == "env":  # already in the env's units
+            a = np.clip(action, space.low.astype(np.float64).ravel(), space.high.astype(np.float64).ravel())
+            return a.reshape(space.shape).astype(space.dtype)
         if isinstance(space, spaces.Box):
             a = self._low + (np.clip(action, -1, 1) + 1) / 2 * (self._high - self._low)
             return a.reshape(space.shape).astype(space.dtype)
@@ -202,7 +230,11 @@ class GymToReverie:
         return spec
 
     def action_spec(self) -> ArraySpec:
-        return ArraySpec(self._action_shape, "float32", -1.0, 1.0)
+        if self.action_units == "env":  # the Box's bounds, per dimension (None: unbounded everywhere)
+            space = self._action_space
+            return ArraySpec(self._action_shape, "float32", _bound(space.low), _bound(space.high),
+                             f"env units of {self.name}")
+        return ArraySpec(self._action_shape, "float32", -1.0, 1.0)  # action_units="normalised"
 
     # --- episode -----------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, instruction: str | None = None) -> TimeStep:
@@ -273,9 +305,13 @@ def _gym_space(spec):
         return spaces.Text(max_length=spec.max_chars, min_length=0, charset=INSTRUCTION_CHARSET)
     if spec.dtype == "uint8":
         return spaces.Box(0, 255, spec.shape, np.uint8)
-    low = -np.inf if spec.minimum is None else spec.minimum
-    high = np.inf if spec.maximum is None else spec.maximum
-    return spaces.Box(low, high, spec.shape, np.dtype(spec.dtype))
+
+    def bound(v, fill):  # a scalar, or one value per dimension (sim/gym adapters' env-unit specs)
+        if v is None:
+            return fill
+        return np.asarray(v, np.dtype(spec.dtype)).reshape(spec.shape) if np.ndim(v) else v
+
+    return spaces.Box(bound(spec.minimum, -np.inf), bound(spec.maximum, np.inf), spec.shape, np.dtype(spec.dtype))
 
 
 class ReverieToGym(gym.Env):
@@ -295,8 +331,8 @@ class ReverieToGym(gym.Env):
         self.render_mode = render_mode
         self._spec = env.observation_spec()
         self.observation_space = spaces.Dict({k: _gym_space(s) for k, s in self._spec.items()})
-        action = env.action_spec()
-        self.action_space = spaces.Box(-1.0, 1.0, action.shape, np.float32)
+        action = env.action_spec()  # the env's own bounds: [-1, 1], or its units' range
+        self.action_space = _gym_space(action)
         self.timestep: TimeStep | None = None
         self._closed = False
 

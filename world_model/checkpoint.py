@@ -6,7 +6,8 @@
       optimizer.safetensors    optimiser tensors, keys "<param fqn>|<slot>" (e.g. "core.gates.weight|exp_avg")
       optimizer.json           optimiser param groups (lr, eps, ... and parameter names)
       rng_rank<r>.safetensors  torch (and CUDA) generator state of rank r
-      trainer.json             step, backend, data spec, per-rank data-sampler RNG state, stores (EMA updates)
+      trainer.json             step, backend, data spec, per-rank data-sampler RNG state, stores, the
+                               state/action normaliser (reverie/normalize.py JSON) (EMA updates)
       config.yaml              the resolved training config
 
 A checkpoint is written to `checkpoint.tmp/` and renamed into place, so an interrupted save leaves
@@ -29,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 
 from reverie.errors import ConfigError
+from reverie.normalize import Normalizer
 from reverie.world_model import distributed
 from reverie.world_model.backend import DataSpec, WorldModel, build, model_config
 from reverie.world_model.ema import EMA
@@ -120,8 +122,15 @@ def load_training(path: Path, module: torch.nn.Module, optimizer: torch.optim.Op
     return json.loads((path / "trainer.json").read_text())
 
 
+def normalizer(trainer: dict) -> Normalizer:
+    """The state/action normaliser a checkpoint's model was trained with (trainer.json "normalizer",
+    written by train-wm); a checkpoint from before normalisation existed: identity."""
+    return Normalizer.from_json(trainer.get("normalizer"))
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[WorldModel, Any, dict]:
-    """Build a trained world model for inference: (model in eval mode, training config, trainer.json)."""
+    """Build a trained world model for inference: (model in eval mode, training config, trainer.json).
+    The model's `normalizer` attribute holds its units (see normalizer(); trainer["normalizer"] its JSON)."""
     path = find(path)
     cfg = OmegaConf.create((path / "config.yaml").read_text())
     trainer = json.loads((path / "trainer.json").read_text())
@@ -131,6 +140,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Wo
         raise ConfigError(f"checkpoint {path} does not match the {trainer['backend']} model built from "
                           f"its config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
                           "was it written by another version of reverie?")
+    model.normalizer = normalizer(trainer)  # a plain attribute: store units <-> the model's
     return model.to(device).eval(), cfg, trainer
 
 

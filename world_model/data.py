@@ -176,13 +176,19 @@ class TrainData:
     sampler's weighting (`weights` by source, instruction, success or round; mass `per` row or
     episode, cfg.per, default row) over the training episodes. Every training episode is drawn, short
     ones padded (batch["valid"]), so a store with any training episode trains.
+    Batches carry state and action in model units: `self.normalizer` (from the stores and
+    cfg.normalize, or the one given, e.g. the world model's for agent data) is applied in next().
     """
 
-    def __init__(self, cfg, mcfg, rank: int = 0, world: int = 1, device: torch.device | str = "cpu"):
+    def __init__(self, cfg, mcfg, rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
+                 normalizer=None):
+        from reverie.datasets.normalize import from_stores
         from reverie.datasets.sampler import WindowSampler
 
         self.paths = data_paths(cfg.data)
         self.stores = open_stores(self.paths)
+        # store units -> model units for state and action (datasets/normalize.py); next() applies it
+        self.normalizer = normalizer if normalizer is not None else from_stores(self.stores, cfg.get("normalize"))
         self.image_key, self.image_size = cfg.image_key, int(mcfg.image_size)
         self.dynalang = bool(mcfg.get("dynalang", False))
         self.spec = make_spec(self.stores, self.image_key, self.image_size, self.dynalang)
@@ -223,8 +229,8 @@ class TrainData:
             w = self._draw()
             if (w["store"], w["episode"]) not in self.held:
                 windows.append(w)
-        return collate(windows, self.image_key, self.image_size, self.language, self.dynalang, self.device,
-                       self.narrations)
+        return self.normalizer.batch(collate(windows, self.image_key, self.image_size, self.language, self.dynalang,
+                                             self.device, self.narrations))
 
     def start_stream(self, step: int = 0) -> None:
         """With workers > 0: (re)start the DataLoader stream, seeded by (seed, rank, step)."""

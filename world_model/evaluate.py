@@ -124,8 +124,8 @@ def evaluate(cfg) -> dict:
         sums[key] = sums.get(key, 0) + value.sum(0).double().cpu().numpy()
 
     for i in range(0, len(windows), int(cfg.batch_size)):
-        batch = collate(windows[i:i + int(cfg.batch_size)], image_key, int(mcfg.image_size), language,
-                        dynalang, device)
+        batch = model.normalizer.batch(collate(windows[i:i + int(cfg.batch_size)], image_key, int(mcfg.image_size),
+                                               language, dynalang, device))  # the model's units
         b = batch["image"].shape[0]
         counts["windows"] += b
         if has_tok:

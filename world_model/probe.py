@@ -137,11 +137,13 @@ def episode_features(wm, episode: dict, instruction: str, image_key: str, langua
     feats, state = [], None
     for start in range(0, n, chunk):
         w = {k: episode[k][start:start + chunk] for k in (image_key, *ROW_KEYS)}
+        w = wm.normalizer.batch(w) if hasattr(wm, "normalizer") else w  # the model's units
         batch = collate([w | {"instruction": instruction, "start": start}], image_key, int(mcfg.image_size),
                         language, dynalang, wm.device)
         if state is not None:  # a_{start-1}, sent before this chunk's first row
-            batch["prev_action"] = torch.as_tensor(episode["action"][start - 1:start], dtype=torch.float32,
-                                                   device=wm.device)
+            prev = episode["action"][start - 1:start]
+            prev = wm.normalizer.normalize("action", prev) if hasattr(wm, "normalizer") else prev
+            batch["prev_action"] = torch.as_tensor(prev, dtype=torch.float32, device=wm.device)
             batch["prev_action_mask"] = torch.as_tensor(episode["action_mask"][start - 1:start], device=wm.device)
         state, feat = wm.observe(batch, state)
         feats.append(feat[0].float().cpu().numpy())

@@ -80,6 +80,7 @@ class Trainer:
                 self.ema.updates = int(state.get("ema_updates", 0))
             self.data.set_state(state["data_rng"][str(self.rank)] if self.world > 1
                                 else state["data_rng"]["0"])
+            self.data.normalizer = checkpoint.normalizer(state)  # the units it was trained in (old: identity)
             log.info("resumed %s at step %d", resume_from, self.step)
         self.data.start_stream(self.step)  # workers > 0 only
         self.writer = None
@@ -123,7 +124,8 @@ class Trainer:
         cfg = self.cfg
         from tqdm import tqdm
 
-        bar = tqdm(total=self.steps, initial=self.step, desc=f"train-wm {self.backend}",
+        cap = f", capped at {cfg.minutes} min" if cfg.minutes else ""  # the bar names both budgets
+        bar = tqdm(total=self.steps, initial=self.step, desc=f"train-wm {self.backend}{cap}",
                    unit="step", dynamic_ncols=True, disable=self.rank != 0 or not cfg.progress)
         frames = self.mcfg.batch_size * self.mcfg.seq_len * self.world
         tick, tick_step = time.perf_counter(), self.step
@@ -141,8 +143,9 @@ class Trainer:
                 metrics["perf/lr"] = self.optimizer.param_groups[0]["lr"]
                 metrics["perf/frames_per_s"] = frames * (self.step - tick_step) / max(now - tick, 1e-9)
                 tick, tick_step = now, self.step
-                bar.set_postfix(loss=f"{metrics['loss/total']:.3g}",
-                                fps=f"{metrics['perf/frames_per_s']:.0f}")
+                # With a time cap, the share of it spent: whichever of steps and time reaches 100% ends the run.
+                bar.set_postfix(loss=f"{metrics['loss/total']:.3g}", fps=f"{metrics['perf/frames_per_s']:.0f}",
+                                **({"time": f"{100 * used:.0f}%"} if budget is not None else {}))
                 if self.writer:
                     for k, v in metrics.items():
                         self.writer.add_scalar(k, v, self.step)
@@ -154,7 +157,9 @@ class Trainer:
             if self.step % cfg.save_every == 0 or self.step == self.steps or out_of_time:
                 self.save()
             if out_of_time:
-                log.info("time budget of %s minutes reached at step %d", cfg.minutes, self.step)
+                log.warning("the %s-minute cap ended the run at step %d of %d: a run on a faster or less loaded "
+                            "machine gets more steps; for reproducible results give steps= and no minutes=",
+                            cfg.minutes, self.step, self.steps)
                 break
         bar.close()
         if self.writer:
@@ -164,7 +169,7 @@ class Trainer:
     def save(self) -> Path:
         trainer = {"step": self.step, "backend": self.backend, "spec": self.data.spec.to_json(),
                    "stores": self.data.paths, "holdout": float(self.cfg.holdout),
-                   "image_key": self.cfg.image_key,
+                   "image_key": self.cfg.image_key, "normalizer": self.data.normalizer.to_json(),
                    "data_rng": self.data.gather_state()}
         if self.ema is not None:
             trainer["ema_updates"] = self.ema.updates
