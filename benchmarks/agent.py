@@ -1,22 +1,26 @@
 """The results table: what each stage of reverie adds, on the sim arm, same data and seeds per row.
 
-    .venv/bin/python benchmarks/agent.py [--tasks touch push] [--preset cpu] [--quick]
+    .venv/bin/python benchmarks/agent.py [--tasks touch push] [--seeds 0 1] [--stages scratch bc rl rounds]
 
-On a 2-core machine run one process per task (each uses one torch thread), then merge:
-    .venv/bin/python benchmarks/agent.py --tasks touch &  .venv/bin/python benchmarks/agent.py --tasks push
+Run one task at a time on a 2-core machine (heavy runs never in parallel), then merge:
+    .venv/bin/python benchmarks/agent.py --tasks touch && .venv/bin/python benchmarks/agent.py --tasks push
     .venv/bin/python benchmarks/agent.py --merge
-Re-score a finished run's saved agents on more (and other) evaluation seeds, without retraining:
-    .venv/bin/python benchmarks/agent.py --rescore 300 --tasks touch push
+A stage whose output already exists under --out is reused, so an interrupted run continues.
 
-Per task: scripted demos at a skill where behaviour cloning often fails -> one world model ->
+Per task: scripted demos (seeds 0..demos-1) at a skill where behaviour cloning often fails, then per
+training seed: one world model (a fixed number of steps: results must not depend on machine load) ->
   1. behaviour cloning from scratch (pixels + state + instruction, no world model)
-  2. behaviour cloning on world-model features
+  2. behaviour cloning on world-model features, fine-tuning the world model (policy/bc.py)
   3. imagination RL with the behaviour-cloning prior
   4. + one corrective round     5. + two corrective rounds
-Each row: success rate over the same evaluation seeds with a 95% Wilson interval. Targets (issue 7):
-RL >= BC + 15 points; each round >= +5; no row below BC. Each task's figures go to
-benchmarks/results/agent/<task>.json as soon as it finishes; --merge writes benchmarks/results/agent.json
-and agent.md and prints the table. Slow (tens of minutes per task on 2 cores at the cpu preset); not part of the tests.
+Every behaviour-cloning row clones the successful demos. Each row: success over --eval-episodes per
+seed (seeds from 50,000 + 10,000 * training seed: disjoint from the demos), pooled over the training
+seeds with a 95% Wilson interval, each seed's own figure, the other suites (held-out paraphrases,
+shifted sim), and the action error on held-out successful demos, teacher-forced and closed-loop
+(policy/action_error.py). Targets (issue 19): touch BC >= 75%, RL >= BC + 10, two rounds >= RL; push BC
+>= 40%, RL >= BC + 10; lift BC >= 25%. Each task's figures go to benchmarks/results/agent/<task>.json
+after each seed; --merge writes benchmarks/results/agent.json and agent.md and prints the table.
+Slow (about an hour per task and seed on 2 cores at the cpu preset); not part of the tests.
 """
 
 from __future__ import annotations
@@ -27,27 +31,39 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def success(controller, task: str, episodes: int, seed: int, time_limit: int) -> dict:
-    """The train-suite evaluation every row gets: fixed seeds from `seed`, Wilson interval."""
+def success(controller, task: str, episodes: int, seed: int, time_limit: int, suites=("train",)) -> dict:
+    """The evaluation every row gets: fixed seeds from `seed`, Wilson interval, per suite."""
     from reverie.policy.evaluate import evaluate
 
-    return evaluate(controller, f"arm/{task}", episodes, ["train"], seed=seed,
-                    env_kwargs={"time_limit": time_limit}, progress=False)["train"]
+    return evaluate(controller, f"arm/{task}", episodes, list(suites), seed=seed,
+                    env_kwargs={"time_limit": time_limit}, progress=False)
 
 
 def report(task: str, name: str, row: dict) -> None:
+    err = row.get("action_error")
+    extra = f"  action error teacher-forced {err['teacher_forced']:.3f} closed-loop {err['closed_loop']:.3f}" if err else ""
     print(f"[{task}] {name}: {100 * row['success_rate']:.1f}% of {row['episodes']} "
-          f"[{100 * row['ci95'][0]:.0f}, {100 * row['ci95'][1]:.0f}]", flush=True)
+          f"[{100 * row['ci95'][0]:.0f}, {100 * row['ci95'][1]:.0f}]{extra}", flush=True)
 
 
-def run_task(task: str, args, root: Path) -> dict:
+def eval_seed(seed: int) -> int:
+    """Evaluation episodes start here: disjoint from the demos (seeds 0..demos-1) and per training seed."""
+    return 50_000 + 10_000 * seed
+
+
+def run_task(task: str, args, root: Path, seed: int) -> dict:
+    """One training seed of the whole chain; a stage whose output exists under `root` is reused."""
     from reverie.config import compose
+    from reverie.datasets.store import EpisodeStore
+    from reverie.policy.action_error import action_errors
     from reverie.policy.data import AgentData
     from reverie.policy.improve import improve
     from reverie.policy.loading import load_controller
@@ -55,6 +71,7 @@ def run_task(task: str, args, root: Path) -> dict:
     from reverie.policy.train import train
     from reverie.sim.demos import record
     from reverie.world_model import checkpoint as wm_checkpoint
+    from reverie.world_model.data import split_episodes
     from reverie.world_model.evaluate import evaluate as evaluate_wm
     from reverie.world_model.train import Trainer
 
@@ -65,51 +82,92 @@ def run_task(task: str, args, root: Path) -> dict:
         start = time.perf_counter()
         out = fn()
         times[name] = round(time.perf_counter() - start, 1)
-        print(f"[{task}] {name}: {times[name]:.0f} s", flush=True)
+        print(f"[{task} seed {seed}] {name}: {times[name]:.0f} s", flush=True)
         return out
 
-    def score(name, controller):
-        rows[name] = success(controller, task, args.eval_episodes, 50_000, args.time_limit)
+    store = root.parent / "demos.zarr"  # one demo set per task, shared by the training seeds
+    if not store.exists():
+        timed("demos", lambda: record(compose("sim_demos", [
+            f"task={task}", f"episodes={args.demos}", f"skill={args.skill}", f"time_limit={args.time_limit}",
+            f"out={store}", f"seed={args.demos_seed}"])))
+    opened = EpisodeStore.open(store, "r")
+    demo_rate = float(np.mean([bool(opened.meta(e).success) for e in range(opened.num_episodes)]))
+    held = split_episodes(opened.num_episodes, 0.1)[1]
+    held_ok = [e for e in held if opened.meta(e).success] or held  # error on demos worth imitating
+
+    def score(name, controller, suites=("train",)):
+        report_ = success(controller, task, args.eval_episodes, eval_seed(seed), args.time_limit, suites)
+        rows[name] = report_["train"] | {"action_error": action_errors(controller, opened, held_ok)}
+        rows[name]["suites"] = {k: {f: v[f] for f in ("episodes", "successes", "success_rate", "ci95")}
+                                for k, v in report_.items()}
         report(task, name, rows[name])
 
-    store = root / "demos.zarr"
-    demo_rate = timed("demos", lambda: record(compose("sim_demos", [
-        f"task={task}", f"episodes={args.demos}", f"skill={args.skill}", f"time_limit={args.time_limit}",
-        f"out={store}", "seed=0"])))
     wm = root / "wm"
-    budget = ([f"steps={args.wm_steps}"] if args.wm_steps else []) + (
-        [f"minutes={args.wm_minutes}"] if args.wm_minutes else [])
-    timed("world model", lambda: Trainer(compose("train_wm", [
-        f"world_model={args.backend}", f"preset={args.preset}", f"data={store}", f"out={wm}", "seed=0",
-        "progress=false", f"threads={args.threads}", *budget])).run())
+    if not (wm / "checkpoint").exists():
+        budget = [f"steps={args.wm_steps}"] + ([f"minutes={args.wm_minutes}"] if args.wm_minutes else [])
+        timed("world model", lambda: Trainer(compose("train_wm", [
+            f"world_model={args.backend}", f"preset={args.preset}", f"data={store}", f"out={wm}", f"seed={seed}",
+            "progress=false", f"threads={args.threads}", *budget])).run())
     wm_eval = timed("world model eval", lambda: evaluate_wm(compose("eval_wm", [
         f"checkpoint={wm}", *(["split=all", "horizon=4"] if args.quick else [])])))
-    common = [f"wm={wm}", "seed=0", "progress=false", f"threads={args.threads}"]
+    common = [f"wm={wm}", f"seed={seed}", "progress=false", f"threads={args.threads}"]
+    stages = set(args.stages)
 
-    _, wm_cfg, wm_info = wm_checkpoint.load_model(wm)
-    data = AgentData(compose("train_agent", common), wm_cfg, wm_info, batch_size=16, seq_len=16)
-    scratch, _ = timed("bc from scratch", lambda: train_scratch_bc(data, steps=args.bc_steps, progress=False))
-    save_scratch(root / "scratch_bc", scratch, {"image_key": "image/front"})  # kept for --rescore
-    score("bc from scratch", ScratchController(scratch, "image/front"))
-
-    bc = timed("bc on world-model features", lambda: train(compose("train_agent", [
-        "stage=bc", f"out={root / 'bc'}", f"steps={args.bc_steps}", *common])))
-    score("bc on world-model features", load_controller(bc))
-    rl = timed("imagination rl", lambda: train(compose("train_agent", [
-        "stage=rl", f"init={bc}", f"out={root / 'rl'}", f"steps={args.rl_steps}", *common])))
-    score("imagination rl with prior", load_controller(rl))
-
-    agent, wm_run = rl, wm
-    for k in (1, 2):
-        result = timed(f"round {k}", lambda: improve(compose("improve", [
-            f"wm={wm_run}", f"agent={agent}", f"prior={bc}", f"env=arm/{task}", f"out={root / f'improve{k}'}",
-            "rounds=1", f"episodes={args.round_episodes}", f"wm_steps={args.round_wm_steps}",
-            f"rl_steps={args.round_rl_steps}", "eval_episodes=1", "progress=false", f"seed={k}",
-            f"+env_kwargs.time_limit={args.time_limit}", f"beta={0.3 * 0.5 ** (k - 1)}"]))["round 1"])
-        agent, wm_run = Path(result["agent"]), Path(result["world_model"])
-        score(f"+ {k} corrective round{'s' if k > 1 else ''}", load_controller(agent))
+    if "scratch" in stages:
+        _, wm_cfg, wm_info = wm_checkpoint.load_model(wm)
+        data = AgentData(compose("train_agent", common), wm_cfg, wm_info, batch_size=16, seq_len=16,
+                         weights={"success": {"true": 1, "false": 0}})
+        torch_seed(seed)
+        scratch, _ = timed("bc from scratch", lambda: train_scratch_bc(
+            data, steps=args.scratch_steps, progress=False, chunk=8, film=True))
+        save_scratch(root / "scratch_bc", scratch, {"image_key": "image/front"})  # kept for --rescore
+        score("bc from scratch", ScratchController(scratch, "image/front"), args.suites)
+    bc = root / "bc"
+    if stages & {"bc", "rl", "rounds"}:
+        if not (bc / "agent").exists():
+            timed("bc on world-model features", lambda: train(compose("train_agent", [
+                "stage=bc", f"out={bc}", f"steps={args.bc_steps}", *common])))
+        score("bc on world-model features", load_controller(bc), args.suites)
+    rl = root / "rl"
+    if stages & {"rl", "rounds"}:
+        if not (rl / "agent").exists():
+            timed("imagination rl", lambda: train(compose("train_agent", [
+                "stage=rl", f"init={bc}", f"out={rl}", f"steps={args.rl_steps}", *common])))
+        score("imagination rl with prior", load_controller(rl), args.suites)
+    if "rounds" in stages:
+        agent, wm_run = rl / "agent", wm
+        for k in (1, 2):
+            result = timed(f"round {k}", lambda: improve(compose("improve", [
+                f"wm={wm_run}", f"agent={agent}", f"prior={bc}", f"env=arm/{task}", f"out={root / f'improve{k}'}",
+                "rounds=1", f"episodes={args.round_episodes}", f"wm_steps={args.round_wm_steps}",
+                f"rl_steps={args.round_rl_steps}", "eval_episodes=1", "progress=false", f"seed={seed * 100 + k}",
+                f"+env_kwargs.time_limit={args.time_limit}", f"beta={0.3 * 0.5 ** (k - 1)}"]))["round 1"])
+            agent, wm_run = Path(result["agent"]), Path(result["world_model"])
+            score(f"+ {k} corrective round{'s' if k > 1 else ''}", load_controller(agent), args.suites)
     beats = wm_eval.get("beats_copy_last_at_every_horizon")
-    return {"demo_success": demo_rate, "rows": rows, "seconds": times, "wm_beats_copy_last": beats}
+    return {"demo_success": demo_rate, "rows": rows, "seconds": times, "wm_beats_copy_last": beats,
+            "wm_probe": wm_eval.get("probe")}
+
+
+def pool_seeds(per_seed: dict[int, dict]) -> dict:
+    """Seeds' results -> one task entry: each row pools every seed's episodes (Wilson interval over
+    all of them) and keeps each seed's own figures under `seeds`."""
+    from reverie.policy.stats import wilson_interval
+
+    first = next(iter(per_seed.values()))
+    rows = {}
+    for name in first["rows"]:
+        parts = {s: r["rows"][name] for s, r in per_seed.items() if name in r["rows"]}
+        wins, n = sum(p["successes"] for p in parts.values()), sum(p["episodes"] for p in parts.values())
+        rows[name] = {"episodes": n, "successes": wins, "success_rate": wins / max(n, 1),
+                      "ci95": list(wilson_interval(wins, n)),
+                      "action_error": {k: float(np.mean([p["action_error"].get(k, np.nan) for p in parts.values()]))
+                                       for k in ("teacher_forced", "closed_loop")},
+                      "seeds": {str(s): p for s, p in parts.items()}}
+    return {"demo_success": first["demo_success"], "rows": rows,
+            "seconds": {str(s): r["seconds"] for s, r in per_seed.items()},
+            "wm_beats_copy_last": {str(s): r["wm_beats_copy_last"] for s, r in per_seed.items()},
+            "wm_probe": {str(s): r.get("wm_probe") for s, r in per_seed.items()}}
 
 
 # row -> where run_task leaves its policy, relative to out/<task>
@@ -118,31 +176,40 @@ SAVED = {"bc from scratch": "scratch_bc", "bc on world-model features": "bc", "i
 
 
 def rescore(task: str, args, root: Path) -> dict:
-    """Evaluate the saved policies of a finished run on `args.rescore` episodes from other seeds."""
+    """Evaluate the saved policies of a finished run (every seed under root) on `args.rescore`
+    episodes from other seeds (70,000 on), without retraining."""
     from reverie.policy.loading import load_controller
 
     old = json.loads((RESULTS / "agent" / f"{task}.json").read_text())["task"]
-    rows = {}
-    for name, rel in SAVED.items():
-        if not (root / rel).exists():
-            print(f"[{task}] {name}: no saved policy at {root / rel}, skipped", flush=True)
-            continue
-        rows[name] = success(load_controller(root / rel), task, args.rescore, 70_000, args.time_limit)
-        report(task, name, rows[name])
-    return {**old, "rows": rows, "eval_seed": 70_000}
+    per_seed = {}
+    for seed_dir in sorted(root.glob("seed*")):
+        rows = {}
+        for name, rel in SAVED.items():
+            if not (seed_dir / rel).exists():
+                print(f"[{task}] {name}: no saved policy at {seed_dir / rel}, skipped", flush=True)
+                continue
+            rows[name] = success(load_controller(seed_dir / rel), task, args.rescore, 70_000, args.time_limit)["train"]
+            rows[name]["action_error"] = old["rows"].get(name, {}).get("action_error", {})
+            report(task, name, rows[name])
+        per_seed[seed_dir.name] = {**old, "rows": rows}
+    return {**pool_seeds(per_seed), "eval_seed": 70_000}
 
 
 def table(results: dict) -> str:
     lines = []
     for task, r in sorted(results["tasks"].items()):
-        base = r["rows"]["bc on world-model features"]["success_rate"]
+        base = r["rows"].get("bc on world-model features", {"success_rate": 0.0})["success_rate"]
         lines += [f"arm/{task} (demos at skill {results['args']['skill']}: "
                   f"{100 * r['demo_success']:.0f}% success)",
-                  f"  {'row':<30} {'success':>8} {'95% CI':>14} {'vs BC':>7}"]
+                  f"  {'row':<30} {'episodes':>8} {'success':>8} {'95% CI':>14} {'vs BC':>7} "
+                  f"{'err TF':>7} {'err CL':>7}  per seed"]
         for name, s in r["rows"].items():
-            lines.append(f"  {name:<30} {100 * s['success_rate']:>7.1f}% "
+            err = s.get("action_error") or {}
+            seeds = " ".join(f"{100 * p['success_rate']:.0f}%" for p in s.get("seeds", {}).values())
+            lines.append(f"  {name:<30} {s['episodes']:>8} {100 * s['success_rate']:>7.1f}% "
                          f"[{100 * s['ci95'][0]:>4.0f}, {100 * s['ci95'][1]:>4.0f}] "
-                         f"{100 * (s['success_rate'] - base):>+6.1f}")
+                         f"{100 * (s['success_rate'] - base):>+6.1f} "
+                         f"{err.get('teacher_forced', float('nan')):>7.3f} {err.get('closed_loop', float('nan')):>7.3f}  {seeds}")
     return "\n".join(lines)
 
 
@@ -155,15 +222,20 @@ def main() -> None:
     p.add_argument("--demos", type=int, default=200)
     p.add_argument("--time-limit", type=int, default=60)
     p.add_argument("--demos-seed", type=int, default=0)
-    p.add_argument("--wm-steps", type=int, default=0, help="0: the preset's steps")
-    p.add_argument("--wm-minutes", type=float, default=20.0, help="wall-clock cap on the world model (0: none)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (eval seeds follow them)")
+    p.add_argument("--stages", nargs="+", default=["scratch", "bc", "rl", "rounds"],
+                   help="rows to run: scratch bc rl rounds (rl needs bc, rounds need rl)")
+    p.add_argument("--suites", nargs="+", default=["train", "heldout", "shifted"])
+    p.add_argument("--wm-steps", type=int, default=1500, help="world-model steps: results compare at fixed steps")
+    p.add_argument("--wm-minutes", type=float, default=0.0, help="optional wall-clock cap on the world model (0: none)")
+    p.add_argument("--scratch-steps", type=int, default=1500)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--bc-steps", type=int, default=1500)
-    p.add_argument("--rl-steps", type=int, default=300)
+    p.add_argument("--rl-steps", type=int, default=400)
     p.add_argument("--round-episodes", type=int, default=30)
     p.add_argument("--round-wm-steps", type=int, default=300)
     p.add_argument("--round-rl-steps", type=int, default=150)
-    p.add_argument("--eval-episodes", type=int, default=40)
+    p.add_argument("--eval-episodes", type=int, default=100)
     p.add_argument("--out", default="runs/bench_agent")
     p.add_argument("--quick", action="store_true", help="tiny preset, a few steps: checks the harness only")
     p.add_argument("--merge", action="store_true", help="merge results/agent/<task>.json into agent.json")
@@ -180,19 +252,28 @@ def main() -> None:
         return print(text)
     if args.quick:
         args.preset, args.demos, args.wm_steps, args.bc_steps, args.rl_steps = "tiny", 4, 5, 5, 3
+        args.scratch_steps, args.seeds, args.suites = 5, args.seeds[:1], ["train"]
         args.round_episodes, args.round_wm_steps, args.round_rl_steps, args.eval_episodes = 2, 2, 2, 2
         args.time_limit = 20
     torch_threads(args.threads)
     results = {"args": vars(args), "tasks": {}}
     for task in args.tasks:
-        results["tasks"][task] = run_task(task, args, Path(args.out) / task)
-        if not args.quick:  # each task is kept the moment it is done
-            (RESULTS / "agent").mkdir(parents=True, exist_ok=True)
-            (RESULTS / "agent" / f"{task}.json").write_text(
-                json.dumps({"args": vars(args), "task": results["tasks"][task]}, indent=1))
+        per_seed = {}
+        for seed in args.seeds:
+            per_seed[seed] = run_task(task, args, Path(args.out) / task / f"seed{seed}", seed)
+            results["tasks"][task] = pool_seeds(per_seed)
+            if not args.quick:  # kept the moment each seed is done
+                (RESULTS / "agent").mkdir(parents=True, exist_ok=True)
+                (RESULTS / "agent" / f"{task}.json").write_text(
+                    json.dumps({"args": vars(args), "task": results["tasks"][task]}, indent=1))
     print(table(results))
     if not args.quick:
         merge()
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+    torch.manual_seed(seed)
 
 
 def torch_threads(n: int) -> None:
