@@ -22,7 +22,8 @@ plain `next.done` is the recording stopping, not the task ending. The table's ac
 frame is kept with `action_mask` True: LeRobot records the command sent there. An episode's task
 strings become its instruction (several are joined with "; "); the early layout has none, so
 instruction= supplies it. Cameras: observation.images.<name> -> image/<name>, and the lone
-observation.image -> image/front.
+observation.image -> image/front. state= / action= pick the table columns (joined with +), and
+state_dims= / action_dims= the dimensions of them kept (0:2 or 0,1); the store attrs `import` record both.
 """
 
 from __future__ import annotations
@@ -33,13 +34,16 @@ from pathlib import Path
 import numpy as np
 
 from reverie.datasets.import_video import decode
-from reverie.datasets.importers import Episode, Source, make_rows, parse_size, resize, schema_for
+from reverie.datasets.importers import (Episode, Source, dims_help, make_rows, note_picks, parse_size, pick, resize,
+                                        schema_for)
 from reverie.errors import StoreError
 from reverie.specs import ArraySpec
 
 OPTIONS = {
     "state": "table column(s) for state, joined with + (default: observation.state)",
+    "state_dims": dims_help("state"),
     "action": "table column(s) for action, joined with + (default: action)",
+    "action_dims": dims_help("action"),
     "cameras": "key:camera pairs, comma-separated, e.g. observation.images.top:front; only these are "
                "imported (default: every camera, observation.images.<name> -> image/<name>)",
 }
@@ -91,6 +95,8 @@ class Layout:
             if col not in sample.column_names:
                 raise StoreError(f"{self.root}: no column {col!r} in the frame table (columns: "
                                  f"{sample.column_names}); pass state=/action= with existing columns")
+        self.picks = {key: pick(opts, key, _split(cols), _width(sample, cols))
+                      for key, cols in (("state", self.state_cols), ("action", self.action_cols))}
         found = self.camera_keys(sample)
         self.cameras = {k: _camera_name(k) for k in found}  # source key -> store camera name
         if "cameras" in opts:
@@ -104,14 +110,16 @@ class Layout:
             schema = existing
         else:
             cams = {cam: self.size or self.native_size(k) for k, cam in self.cameras.items()}
-            schema = schema_for(cams, max(1, _width(sample, self.state_cols)),
-                                max(1, _width(sample, self.action_cols)), units=f"as in LeRobot {self.root.name}")
+            schema = note_picks(schema_for(cams, max(1, self.picks["state"].out_width),
+                                           max(1, self.picks["action"].out_width),
+                                           units=f"as in LeRobot {self.root.name}"), list(self.picks.values()))
         self.schema = schema
         self.default_instruction = opts.get("instruction", "")
         return Source(schema=schema, fps=self.fps, robot=self.info.get("robot_type") or "unknown",
                       source="teleop", episodes=self.episodes(), num_episodes=self.num_episodes(),
                       attrs={"imported_from": f"lerobot {self.version}", "lerobot_root": str(self.root),
-                             "lerobot_cameras": {cam: k for k, cam in self.cameras.items()}})
+                             "lerobot_cameras": {cam: k for k, cam in self.cameras.items()},
+                             "import": {k: p.record() for k, p in self.picks.items()}})
 
     def to_episode(self, table, frames: dict[str, np.ndarray], tasks: list[str], index: int) -> Episode:
         n = table.num_rows
@@ -123,8 +131,8 @@ class Layout:
             reward = np.zeros(n, np.float32)
             reward[1:] = _column(table, "next.reward")[:-1]  # next.* belongs to the transition out of t
         success = bool(_column(table, "next.success").any()) if "next.success" in table.column_names else None
-        state = _columns(table, self.state_cols)
-        action = _columns(table, self.action_cols)
+        state = self.picks["state"].apply(_columns(table, self.state_cols))
+        action = self.picks["action"].apply(_columns(table, self.action_cols))
         steps = make_rows(self.schema, _column(table, "timestamp").astype(np.float64), frames,
                           state=state, action=action, reward=reward, terminal=bool(success))
         instruction = "; ".join(tasks) if tasks else self.default_instruction

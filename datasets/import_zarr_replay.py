@@ -10,7 +10,8 @@ exclusive end index of each episode). Keys differ between projects, so they are 
   action  action
   time    timestamp, if the buffer has one
 
-Each can be overridden: state=a+b, action=key, images=src:camera,src2:camera2, timestamp=key. A
+Each can be overridden: state=a+b, action=key, images=src:camera,src2:camera2, timestamp=key;
+state_dims= / action_dims= keep some dimensions of the joined state / action (0:2 or 0,1). A
 buffer without timestamps needs fps=<Hz> (the rate it was recorded at, e.g. 10 for PushT); rows
 then get t = i / fps, and the episode notes say so. Replay buffers hold no per-step reward with a
 shared meaning, so reward rows are 0.
@@ -23,13 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from reverie.datasets.importers import Episode, Source, make_rows, parse_size, resize, schema_for
+from reverie.datasets.importers import (Episode, Source, dims_help, make_rows, note_picks, parse_size, pick, resize,
+                                        schema_for)
 from reverie.errors import ReverieError, StoreError
 from reverie.specs import ArraySpec
 
 OPTIONS = {
     "state": "data key(s) for state, joined with + (default: state, agent_pos, ... or UMI robot0_*)",
+    "state_dims": dims_help("state"),
     "action": "data key for action (default: action)",
+    "action_dims": dims_help("action"),
     "images": "src:camera pairs, comma-separated (default: every (N, H, W, 3) array)",
     "timestamp": "data key holding capture times in seconds (default: timestamp if present)",
     "fps": "recording rate in Hz; required when the buffer has no timestamps",
@@ -90,6 +94,9 @@ def read(srcs: list[str], opts: dict[str, str], existing: dict[str, ArraySpec] |
     state = [arrays[k] for k in keys["state"]]
     action = arrays[keys["action"]] if keys["action"] else None
     times = arrays[keys["timestamp"]] if keys["timestamp"] else None
+    picks = {"state": pick(opts, "state", keys["state"], _width(state)),
+             "action": pick(opts, "action", [keys["action"]] if action is not None else [],
+                            _width([action] if action is not None else []))}
     if not images and existing is None:
         raise StoreError(f"{src} has no image arrays (keys: {sorted(arrays)}); name one with images=<key>:<camera>")
     try:
@@ -105,8 +112,8 @@ def read(srcs: list[str], opts: dict[str, str], existing: dict[str, ArraySpec] |
         schema = existing
     else:
         cams = {cam: size or _hw(a) for cam, a in images.items()}
-        schema = schema_for(cams, max(1, _width(state)), max(1, _width([action] if action is not None else [])),
-                            units=f"as in replay buffer {name}")
+        schema = note_picks(schema_for(cams, max(1, picks["state"].out_width), max(1, picks["action"].out_width),
+                                       units=f"as in replay buffer {name}"), list(picks.values()))
 
     def episodes():
         for i, (start, end) in enumerate(zip(np.r_[0, ends[:-1]], ends)):
@@ -114,6 +121,7 @@ def read(srcs: list[str], opts: dict[str, str], existing: dict[str, ArraySpec] |
             t = _read(times, rows, np.float64).reshape(-1) if times is not None else np.arange(length) / fps
             s = np.concatenate([_read(a, rows, np.float32).reshape(length, -1) for a in state], 1) if state else None
             a = _read(action, rows, np.float32).reshape(length, -1) if action is not None else None
+            s, a = picks["state"].apply(s), picks["action"].apply(a)
             frames = {cam: _frames(_read(arr, rows), size, cam) for cam, arr in images.items()}
             note = f"replay buffer {name} episode {i}"
             if times is None:
@@ -123,29 +131,31 @@ def read(srcs: list[str], opts: dict[str, str], existing: dict[str, ArraySpec] |
 
     return Source(schema=schema, fps=fps, robot=opts.get("robot", "unknown"), source="teleop",
                   episodes=episodes(), num_episodes=len(ends),
-                  attrs={"imported_from": "zarr replay buffer", "replay_buffer": src, "replay_keys": keys})
+                  attrs={"imported_from": "zarr replay buffer", "replay_buffer": src, "replay_keys": keys,
+                         "import": {k: p.record() for k, p in picks.items()}})
 
 
 def select_keys(arrays: dict, opts: dict[str, str], src: str) -> dict:
     """Which data/<key> arrays become images, state, action and timestamps (see the module doc)."""
-    def need(key: str) -> str:
+    def need(key: str, option: str) -> str:
         if key not in arrays:
-            raise StoreError(f"{src} has no data/{key} (keys: {sorted(arrays)}); pass an existing key")
+            raise StoreError(f"{src} has no data/{key} (keys: {sorted(arrays)}); pass {option}= with an existing key")
         return key
 
     if "images" in opts:
         pairs = [p.split(":", 1) if ":" in p else (p, camera_name(p)) for p in opts["images"].split(",") if p]
-        images = {cam: need(key) for key, cam in pairs}
+        images = {cam: need(key, "images") for key, cam in pairs}
     else:
         images = {camera_name(k): k for k, a in sorted(arrays.items()) if is_image(a)}
     if "state" in opts:
-        state = [need(k) for k in opts["state"].split("+") if k]
+        state = [need(k, "state") for k in opts["state"].split("+") if k]
     else:
         umi = sorted((k for k in arrays if UMI_STATE.match(k)),
                      key=lambda k: (int(UMI_STATE.match(k)[1]), UMI_ORDER[UMI_STATE.match(k)[2]]))
         state = next(([k] for k in STATE_KEYS if k in arrays), umi)
-    action = need(opts["action"]) if "action" in opts else ("action" if "action" in arrays else None)
-    timestamp = need(opts["timestamp"]) if "timestamp" in opts else ("timestamp" if "timestamp" in arrays else None)
+    action = need(opts["action"], "action") if "action" in opts else ("action" if "action" in arrays else None)
+    timestamp = (need(opts["timestamp"], "timestamp") if "timestamp" in opts
+                 else ("timestamp" if "timestamp" in arrays else None))
     return {"images": images, "state": state, "action": action, "timestamp": timestamp}
 
 

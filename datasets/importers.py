@@ -77,6 +77,103 @@ def schema_for(cameras: dict[str, tuple[int, int]], state_dim: int, action_dim: 
     return schema
 
 
+def dims_help(what: str) -> str:
+    return (f"dimensions of the {what} vector to keep: a python slice or indices, e.g. 0:2, 0,1, -1 or 0:2,4 "
+            f"(default: all); counted after the {what}= columns are flattened and joined")
+
+
+@dataclasses.dataclass
+class Pick:
+    """Which source columns, and which dimensions of them joined, make up the store's state or action."""
+
+    key: str  # state | action
+    columns: list[str]
+    width: int  # of the source columns flattened and joined
+    dims: list[int] | None = None  # kept dimensions, in order; None keeps all
+
+    @property
+    def out_width(self) -> int:
+        return self.width if self.dims is None else len(self.dims)
+
+    def apply(self, rows: np.ndarray | None) -> np.ndarray | None:
+        """(T, width) source rows -> (T, out_width)."""
+        return rows if rows is None or self.dims is None else rows[:, self.dims]
+
+    def record(self) -> dict:
+        """For the store attrs (`import`): what was taken from where."""
+        return {"columns": list(self.columns), "source_width": self.width,
+                "dims": list(range(self.width)) if self.dims is None else list(self.dims)}
+
+    def note(self) -> str:
+        """'; dims [0, 1] of state (5 wide)' for the key's units, or '' when every dimension is kept."""
+        if self.dims is None:
+            return ""
+        return f"; dims {self.dims} of {'+'.join(self.columns)} ({self.width} wide)"
+
+
+def parse_dims(text: str, option: str) -> list[int | slice]:
+    """'0:2' / '0,1' / '-1' / '0:2,4' -> ints and slices (syntax only; ranges are checked by pick())."""
+    items: list[int | slice] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if ":" in part:
+                bounds = [int(b) if b.strip() else None for b in part.split(":")]
+                if len(bounds) > 3 or (len(bounds) == 3 and bounds[2] == 0):
+                    raise ValueError(part)
+                items.append(slice(*bounds))
+            else:
+                items.append(int(part))
+        except ValueError:
+            raise ReverieError(f"{option}={text!r} is not a dimension selection; write a python slice "
+                               f"({option}=0:2), indices ({option}=0,1) or both ({option}=0:2,4)") from None
+    return items
+
+
+def pick(opts: dict[str, str], key: str, columns: list[str], width: int) -> Pick:
+    """The `<key>_dims=` selection of `columns` (joined: `width` wide), checked against that width."""
+    option, text = f"{key}_dims", opts.get(f"{key}_dims")
+    if text is None:
+        return Pick(key, columns, width)
+    named = "+".join(columns)
+    if not columns or width == 0:
+        raise ReverieError(f"{option}={text!r} selects dimensions of {key}, but this import takes no {key} "
+                           f"column; name one with {key}=<column>")
+
+    def out_of_range(what) -> ReverieError:
+        return ReverieError(f"{option}={text!r}: {what} is out of range, {key} ({named}) is {width} wide "
+                            f"(dimensions 0..{width - 1}, or -{width}..-1 from the end); pick dimensions "
+                            f"within it, e.g. {option}=0:{min(2, width)}")
+
+    dims: list[int] = []
+    for item in parse_dims(text, option):
+        if isinstance(item, int):
+            if not -width <= item < width:
+                raise out_of_range(f"dimension {item}")
+            dims.append(item % width)
+        else:  # python would clip a slice past the end; here it is a mistake worth naming
+            for bound in (item.start, item.stop):
+                if bound is not None and not -width <= bound <= width:
+                    raise out_of_range(f"slice bound {bound}")
+            dims.extend(range(width)[item])
+    if not dims:
+        raise ReverieError(f"{option}={text!r} keeps no dimension of {key} ({named}, {width} wide); "
+                           f"pick at least one, e.g. {option}=0:{min(2, width)}")
+    twice = sorted({d for d in dims if dims.count(d) > 1})
+    if twice:
+        raise ReverieError(f"{option}={text!r} picks dimension(s) {twice} more than once; list each dimension once")
+    return Pick(key, columns, width, dims)
+
+
+def note_picks(schema: dict[str, ArraySpec], picks: list[Pick]) -> dict[str, ArraySpec]:
+    """Append each pick's dims note to its key's units (a new store's schema)."""
+    schema = dict(schema)
+    for p in picks:
+        if p.note() and p.key in schema:
+            schema[p.key] = dataclasses.replace(schema[p.key], units=(schema[p.key].units + p.note()).lstrip("; "))
+    return schema
+
+
 def make_rows(
     schema: dict[str, ArraySpec],
     timestamp: np.ndarray,
@@ -176,6 +273,9 @@ def check_options(opts: dict[str, str]) -> None:
         raise ReverieError(f"image_codec={opts['image_codec']!r}: choose lossless or lossy")
     if opts.get("source", "teleop") not in SOURCES:
         raise ReverieError(f"source={opts['source']!r}: choose one of {', '.join(SOURCES)}")
+    for option in ("state_dims", "action_dims"):  # syntax only: the widths are known once the source is read
+        if option in opts:
+            parse_dims(opts[option], option)
 
 
 def open_or_create(out: str, src: Source, opts: dict[str, str]):

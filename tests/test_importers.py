@@ -453,3 +453,75 @@ def test_zarr_replay_key_mapping_and_bad_buffers(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(StoreError, match="not a zarr group"):
         run("zarr-replay", [str(tmp_path / "plain")], str(tmp_path / "o4.zarr"))
+
+
+# --- picking state / action columns and dimensions ----------------------------------------------------
+
+
+def pusht_replay(path: Path, n: int = 12) -> dict[str, np.ndarray]:
+    """A tiny diffusion-policy PushT replay buffer: state is 5-D (agent xy, block xy, block angle)."""
+    rng = np.random.default_rng(2)
+    arrays = {"img": moving_square(n, 16, 16).astype(np.float32),
+              "state": rng.normal(size=(n, 5)).astype(np.float32),
+              "action": rng.normal(size=(n, 2)).astype(np.float32)}
+    write_buffer(path, 2, arrays, [5, n])
+    return arrays
+
+
+@pytest.mark.parametrize("dims, keep", [("0:2", [0, 1]), ("0,1", [0, 1]), ("-1,0:2", [4, 0, 1]), ("::2", [0, 2, 4])])
+def test_zarr_replay_state_dims_slice_the_state(tmp_path, dims, keep):
+    arrays = pusht_replay(tmp_path / "r.zarr")
+    out = tmp_path / "o.zarr"
+    assert cli.main(["data", "import", "zarr-replay", str(tmp_path / "r.zarr"), str(out), "fps=10",
+                     "size=native", "state=state", f"state_dims={dims}", "action_dims=1"]) == 0
+    store = EpisodeStore.open(out, mode="r")
+    assert store.schema["state"].shape == (len(keep),) and store.schema["action"].shape == (1,)
+    assert f"dims {keep} of state (5 wide)" in store.schema["state"].units
+    assert "dims [1] of action (2 wide)" in store.schema["action"].units
+    assert store.attrs["import"] == {"state": {"columns": ["state"], "source_width": 5, "dims": keep},
+                                     "action": {"columns": ["action"], "source_width": 2, "dims": [1]}}
+    np.testing.assert_array_equal(store.episode(1)["state"], arrays["state"][5:, keep])
+    np.testing.assert_array_equal(store.episode(1)["action"], arrays["action"][5:, [1]])
+
+
+def test_lerobot_state_dims_keeps_one_dimension(fixtures_dir, tmp_path):
+    root = fixtures_dir / "lerobot_v1" / "pusht"
+    out = tmp_path / "p.zarr"
+    run("lerobot", [str(root)], str(out), ["state=observation.state", "state_dims=0", "size=8x8"])
+    store = EpisodeStore.open(out, mode="r")
+    table = arrow_table(root).to_pydict()
+    assert store.schema["state"].shape == (1,) and store.schema["action"].shape == (2,)
+    np.testing.assert_array_equal(store.episode(0)["state"], np.array(table["observation.state"], np.float32)[:, :1])
+    np.testing.assert_array_equal(store.episode(0)["action"], np.array(table["action"], np.float32))
+    assert store.attrs["import"]["state"] == {"columns": ["observation.state"], "source_width": 2, "dims": [0]}
+    assert store.attrs["import"]["action"]["dims"] == [0, 1]
+    assert "dims [0] of observation.state (2 wide)" in store.schema["state"].units
+
+
+def test_bad_state_and_dims_options_write_nothing(fixtures_dir, tmp_path):
+    pusht_replay(tmp_path / "r.zarr")
+    src, out = str(tmp_path / "r.zarr"), tmp_path / "o.zarr"
+    cases = [
+        (["state_dims=0:7"], r"state_dims='0:7': slice bound 7 is out of range, state \(state\) is 5 wide"),
+        (["state_dims=5"], r"dimension 5 is out of range, state \(state\) is 5 wide .dimensions 0..4"),
+        (["action_dims=-3"], r"dimension -3 is out of range, action \(action\) is 2 wide"),
+        (["state_dims=x"], r"state_dims='x' is not a dimension selection; write a python slice \(state_dims=0:2\)"),
+        (["state_dims=0:2,1"], r"picks dimension\(s\) \[1\] more than once"),
+        (["state_dims=3:1"], r"keeps no dimension of state"),
+        (["state=pos"], r"no data/pos \(keys: \['action', 'img', 'state'\]\); pass state= with an existing key"),
+    ]
+    for opts, message in cases:
+        with pytest.raises(ReverieError, match=message):
+            run("zarr-replay", [src], str(out), ["fps=10", *opts])
+        assert not out.exists()
+    root = str(fixtures_dir / "lerobot_v1" / "pusht")
+    with pytest.raises(StoreError, match=r"no column 'observation.pos'.*observation.state.*pass state=/action="):
+        run("lerobot", [root], str(out), ["state=observation.pos"])
+    with pytest.raises(ReverieError, match=r"state_dims='2': dimension 2 is out of range, state \(observation.state\) "
+                                           r"is 2 wide.*state_dims=0:2"):
+        run("lerobot", [root], str(out), ["state_dims=2"])
+    with pytest.raises(ReverieError, match="takes no state column; name one with state=<column>"):
+        run("lerobot", [root], str(out), ["state=", "state_dims=0"])
+    assert not out.exists()
+    with pytest.raises(ReverieError, match="unknown option 'state_dims' for `data import video`"):
+        run("video", [str(tmp_path)], str(out), ["state_dims=0"])
