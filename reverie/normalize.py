@@ -88,23 +88,20 @@ class Normalizer:
     # ----- the maps -------------------------------------------------------------------------------
     def normalize(self, key: str, x):
         """Store units -> model units. numpy (returned float32) or a torch tensor (same dtype/device)."""
-        e = self.entries.get(key)
-        if e is None or e["mode"] == "identity":
-            return x if _is_tensor(x) else np.asarray(x, np.float32)
-        offset, scale = _like(e["offset"], x), _like(e["scale"], x)
-        if _is_tensor(x):
-            return (x - offset) / scale
-        return ((np.asarray(x, np.float64) - offset) / scale).astype(np.float32)
+        return self._map(key, x, inverse=False)
 
     def denormalize(self, key: str, x):
         """Model units -> store units (the inverse of normalize)."""
+        return self._map(key, x, inverse=True)
+
+    def _map(self, key: str, x, inverse: bool):
         e = self.entries.get(key)
         if e is None or e["mode"] == "identity":
             return x if _is_tensor(x) else np.asarray(x, np.float32)
         offset, scale = _like(e["offset"], x), _like(e["scale"], x)
-        if _is_tensor(x):
-            return x * scale + offset
-        return (np.asarray(x, np.float64) * scale + offset).astype(np.float32)
+        value = x if _is_tensor(x) else np.asarray(x, np.float64)  # numpy maps in float64, returns float32
+        out = value * scale + offset if inverse else (value - offset) / scale
+        return out if _is_tensor(x) else out.astype(np.float32)
 
     def batch(self, batch: dict) -> dict:
         """Normalise a batch's (or an episode's) "state" and "action" in place and return it. Rows with
