@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from reverie.policy.distributions import BoundedNormal
-from reverie.world_model.networks import MLP, Dense, TwoHot
+from reverie.world_model.networks import MLP, Dense, TwoHot, zeroed
 
 
 class FiLMMLP(nn.Module):
@@ -36,14 +36,9 @@ class FiLMMLP(nn.Module):
         super().__init__()
         dims = [din] + [units] * layers
         self.layers = nn.ModuleList(Dense(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.films = nn.ModuleList(nn.Linear(instr_dim, 2 * units) for _ in range(layers))
-        for film in self.films:  # start as the plain MLP
-            nn.init.zeros_(film.weight)
-            nn.init.zeros_(film.bias)
-        self.out = nn.Linear(dims[-1], dout)
-        if zero_out:
-            nn.init.zeros_(self.out.weight)
-            nn.init.zeros_(self.out.bias)
+        # FiLM starts as identity: the plain MLP
+        self.films = nn.ModuleList(zeroed(nn.Linear(instr_dim, 2 * units)) for _ in range(layers))
+        self.out = zeroed(nn.Linear(dims[-1], dout)) if zero_out else nn.Linear(dims[-1], dout)
         self.instr_dim = instr_dim
 
     def forward(self, x: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ from reverie.errors import ConfigError
 from reverie.normalize import Normalizer
 from reverie.policy.bc import chunk_targets, random_shift
 from reverie.policy.distributions import BoundedNormal
-from reverie.world_model.networks import MLP, ChannelNorm, ConvEncoder, conv_stages, symlog
+from reverie.world_model.networks import MLP, ChannelNorm, ConvEncoder, conv_stages, symlog, zeroed
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,7 @@ class FiLMConvEncoder(nn.Module):
             cout = depth * 2 ** i
             self.convs.append(nn.Conv2d(cin, cout, 4, 2, 1, bias=False))
             self.norms.append(ChannelNorm(cout, eps=1e-4))
-            film = nn.Linear(instr_dim, 2 * cout)
-            nn.init.zeros_(film.weight)
-            nn.init.zeros_(film.bias)
-            self.films.append(film)
+            self.films.append(zeroed(nn.Linear(instr_dim, 2 * cout)))
             cin = cout
         self.out_dim = cin * 4 * 4
 

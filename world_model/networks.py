@@ -62,6 +62,13 @@ class Dense(nn.Sequential):
         super().__init__(nn.Linear(din, dout, bias=False), nn.RMSNorm(dout, eps=1e-4), nn.SiLU())
 
 
+def zeroed(layer: nn.Linear) -> nn.Linear:
+    """A linear layer that starts at zero output (heads that start neutral, FiLM that starts as identity)."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 class MLP(nn.Module):
     """`layers` Dense layers of `units`, then a linear output (zero-initialised when `zero_out`)."""
 
@@ -69,10 +76,7 @@ class MLP(nn.Module):
         super().__init__()
         dims = [din] + [units] * layers
         self.body = nn.Sequential(*[Dense(a, b) for a, b in zip(dims[:-1], dims[1:])])
-        self.out = nn.Linear(dims[-1], dout)
-        if zero_out:
-            nn.init.zeros_(self.out.weight)
-            nn.init.zeros_(self.out.bias)
+        self.out = zeroed(nn.Linear(dims[-1], dout)) if zero_out else nn.Linear(dims[-1], dout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.out(self.body(x))
