@@ -32,12 +32,22 @@ class Clamped:
 
 
 class SafetyFilter:
-    """goal -> safe goal, per joint: inside [lower, upper], within `max_step` of the present position
-    and within `max_velocity * dt` of the previous goal.
+    """goal -> safe goal, per joint, satisfying three constraints at once:
 
-    Joint limits are applied first and the two distance clamps after, around where the arm is: if
-    the arm sits outside its limits (moved by hand, limits tightened), it is brought back at the
-    step and velocity limits instead of being yanked there in one command.
+        limits    lower <= out <= upper
+        step      |out - present| <= max_step               (how hard the servo is driven)
+        velocity  |out - previous_goal| <= max_velocity * dt (how fast the command moves)
+
+    The output is the point nearest the (limit-clipped) goal where all three hold. When they cannot
+    all hold, the safe choice, in this order:
+    - step always holds: no command ever drives a servo more than max_step from where it is.
+    - An arm outside its limits (moved by hand, limits narrowed by a bundle) is brought back toward
+      them, at most a step (and, where it can, the velocity limit) per command, never yanked and never
+      sent farther out. So `out` is inside the limits whenever the arm is.
+    - If the velocity window around the previous goal lies beyond a step from the arm (the arm is
+      blocked, lagging, or was pushed), that previous goal is stale: following it would drive the
+      arm toward a goal it did not reach. The velocity limit is dropped for this command and the goal
+      is taken within a step of the arm; the next command is continuous with this one again.
     """
 
     def __init__(self, lower, upper, max_step, max_velocity):
@@ -56,14 +66,26 @@ class SafetyFilter:
         if not np.all(np.isfinite(goal)):
             # A NaN from a policy must never reach a servo: hold where the arm is.
             goal = np.where(np.isfinite(goal), goal, present)
-        limited = np.clip(goal, self.lower, self.upper)
-        stepped = np.clip(limited, present - self.max_step, present + self.max_step)
-        out = stepped
+        wanted = np.clip(goal, self.lower, self.upper)
+        # Within a step of the arm, inside the limits or between the arm and them: never empty.
+        step_lo, step_hi = present - self.max_step, present + self.max_step
+        lo = np.maximum(step_lo, np.minimum(self.lower, present))
+        hi = np.minimum(step_hi, np.maximum(self.upper, present))
+        vel_lo, vel_hi, meets = -np.inf, np.inf, np.zeros(goal.shape, bool)
         if previous_goal is not None and dt is not None and dt > 0:
             reach = self.max_velocity * dt
             previous_goal = np.asarray(previous_goal, np.float64)
-            out = np.clip(stepped, previous_goal - reach, previous_goal + reach)
-        return out, Clamped(limits=limited != goal, step=stepped != limited, velocity=out != stepped)
+            vel_lo, vel_hi = previous_goal - reach, previous_goal + reach
+            meets = np.maximum(lo, vel_lo) <= np.minimum(hi, vel_hi)  # False: a stale previous goal
+            lo = np.where(meets, np.maximum(lo, vel_lo), lo)
+            hi = np.where(meets, np.minimum(hi, vel_hi), hi)
+        out = np.clip(wanted, lo, hi)
+
+        def bound(low, high):  # the constraint cut the goal and the output sits on its bound
+            return (out != goal) & (((goal < low) & (out <= low)) | ((goal > high) & (out >= high)))
+
+        return out, Clamped(limits=bound(self.lower, self.upper), step=bound(step_lo, step_hi),
+                            velocity=meets & bound(vel_lo, vel_hi))
 
 
 class Watchdog:
