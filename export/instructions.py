@@ -13,6 +13,9 @@ a message to its sender; the arm keeps following the current one.
 
 Socket protocol (TCP, loopback only): one request per connection, a single line of at most
 `max_bytes` bytes: the token, one space, the instruction. Reply: "ok <version>" or "error: <why>".
+The server waits on every open connection at once (selectors), so a silent or trickling client
+delays nobody: each request must arrive whole within `request_timeout_s` of connecting, and past
+`max_connections` open ones a newcomer closes the oldest.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import selectors
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -30,8 +35,9 @@ import numpy as np
 from reverie.errors import ConfigError
 
 log = logging.getLogger(__name__)
-MAX_BYTES = 4096       # one socket request, token included
-READ_TIMEOUT_S = 2.0   # a client that connects and sends nothing cannot hold the server
+MAX_BYTES = 4096          # one socket request, token included
+REQUEST_TIMEOUT_S = 2.0   # from connecting to the newline: a slow client cannot hold its slot longer
+MAX_CONNECTIONS = 64      # open at once; more close the oldest
 
 
 def check_instruction(text: object, max_chars: int) -> str:
@@ -98,12 +104,22 @@ class StdinReader:
                 print(f"instruction refused: {e}", file=sys.stderr, flush=True)
 
 
+class _Request:
+    """One open connection: what it has sent so far and when its whole request is due."""
+
+    def __init__(self, conn: socket.socket, deadline: float):
+        self.conn, self.deadline, self.data = conn, deadline, b""
+
+
 class SocketServer:
-    """Loopback TCP server for instructions from other programs; requires the token."""
+    """Loopback TCP server for instructions from other programs; requires the token. One thread
+    serves every connection through a selector."""
 
     def __init__(self, channel: InstructionChannel, port: int = 0, token: str | None = None,
-                 max_bytes: int = MAX_BYTES):
+                 max_bytes: int = MAX_BYTES, request_timeout_s: float = REQUEST_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS):
         self.channel, self.max_bytes = channel, max_bytes
+        self.request_timeout_s, self.max_connections = float(request_timeout_s), int(max_connections)
         self.token = token or secrets.token_urlsafe(16)
         if len(self.token) < 8 or any(c.isspace() for c in self.token):
             raise ConfigError("socket token must be at least 8 characters without spaces")
@@ -115,9 +131,12 @@ class SocketServer:
             self.sock.close()
             raise ConfigError(f"cannot listen for instructions on 127.0.0.1:{port} ({e}); pick another "
                               "socket=PORT or socket=0 for a free one") from e
-        self.sock.listen(4)
-        self.sock.settimeout(0.2)
+        self.sock.listen(self.max_connections)
+        self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.sock, selectors.EVENT_READ)
+        self._open: dict[socket.socket, _Request] = {}  # in the order they connected
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="instructions-socket", daemon=True)
 
@@ -129,40 +148,68 @@ class SocketServer:
         self._stop.set()
         if self.thread.is_alive():
             self.thread.join(timeout=2.0)
+        for request in list(self._open.values()):
+            request.conn.close()
+        self._open.clear()
+        self._selector.close()
         self.sock.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            now = time.monotonic()
+            wait = min([0.1] + [r.deadline - now for r in self._open.values()])  # 0.1 s: notice stop()
+            try:
+                ready = self._selector.select(max(wait, 0.0))
+            except OSError:
+                return  # closed under us by stop()
+            for key, _ in ready:
+                if key.fileobj is self.sock:
+                    self._accept()
+                else:
+                    self._receive(self._open[key.fileobj])
+            now = time.monotonic()
+            for request in [r for r in self._open.values() if r.deadline <= now]:
+                self._finish(request, f"error: no complete line received within {self.request_timeout_s:g} s; "
+                                      f"send '<token> <instruction>\\n' at once")
+
+    def _accept(self) -> None:
+        while True:
             try:
                 conn, _ = self.sock.accept()
-            except (TimeoutError, socket.timeout):
-                continue
-            except OSError:
+            except OSError:  # BlockingIOError: nobody else is waiting
                 return
-            with conn:
-                conn.settimeout(READ_TIMEOUT_S)
-                try:
-                    reply = self.handle(self._read(conn))
-                except (TimeoutError, socket.timeout):
-                    reply = "error: no complete line received in time"
-                except OSError:
-                    continue
-                try:
-                    conn.sendall((reply + "\n").encode())
+            if len(self._open) >= self.max_connections:
+                oldest = next(iter(self._open.values()))
+                self._finish(oldest, f"error: {self.max_connections} connections open; the oldest is closed: "
+                                     f"send the whole request as soon as you connect")
+            conn.setblocking(False)
+            self._open[conn] = _Request(conn, time.monotonic() + self.request_timeout_s)
+            self._selector.register(conn, selectors.EVENT_READ)
+
+    def _receive(self, request: _Request) -> None:
+        """Take what arrived; answer once a line, the end of the stream, or too many bytes came."""
+        try:
+            chunk = request.conn.recv(self.max_bytes + 1 - len(request.data))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._finish(request, None)
+            return
+        request.data += chunk
+        if len(request.data) > self.max_bytes:
+            self._finish(request, self.handle(b""))  # too long: the rest is never read
+        elif not chunk or b"\n" in request.data:
+            self._finish(request, self.handle(request.data))
+
+    def _finish(self, request: _Request, reply: str | None) -> None:
+        self._selector.unregister(request.conn)
+        del self._open[request.conn]
+        with request.conn:
+            if reply is not None:
+                try:  # a short line into an empty send buffer: it goes at once or the client is gone
+                    request.conn.send((reply + "\n").encode())
                 except OSError:
                     pass
-
-    def _read(self, conn) -> bytes:
-        """Bytes up to the first newline; more than max_bytes without one is an error (None)."""
-        data = b""
-        while b"\n" not in data:
-            chunk = conn.recv(self.max_bytes + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > self.max_bytes:
-                return b""  # too long: handled as an error below, the rest is never read
-        return data if len(data) <= self.max_bytes else b""
 
     def handle(self, data: bytes) -> str:
         if not data:
