@@ -77,6 +77,7 @@ class EpisodeStats:
     clamped: int = 0
     instructions: int = 1
     stopped: str = ""
+    faults: dict = dataclasses.field(default_factory=dict)    # servo arms: bus noise ridden out
 
     def summary(self, hz: float) -> dict:
         p = np.asarray(self.periods) if self.periods else np.zeros(1)
@@ -85,7 +86,8 @@ class EpisodeStats:
                 "deadline_misses": self.misses, "miss_fraction": self.misses / max(self.steps, 1),
                 "policy_p50_ms": float(np.percentile(self.act_ms, 50)) if self.act_ms else 0.0,
                 "policy_p99_ms": float(np.percentile(self.act_ms, 99)) if self.act_ms else 0.0,
-                "clamped_steps": self.clamped, "instructions": self.instructions, "stopped": self.stopped}
+                "clamped_steps": self.clamped, "instructions": self.instructions, "stopped": self.stopped,
+                "faults": self.faults}
 
 
 def make_target(bundle: Bundle, args: dict):
@@ -106,6 +108,9 @@ class Deployment:
 
     def episode(self, max_steps: int) -> EpisodeStats:
         stats = EpisodeStats()
+        # A servo arm (ArmTarget's robot_io.Robot) counts the bus faults it rode out since connect.
+        fault_counts = getattr(getattr(self.target, "robot", None), "fault_counts", None)
+        faults_before = fault_counts() if fault_counts else {}
         text, embedding, version = self.channel.current()
         self.bundle.reset()
         obs = self.target.reset(text)                        # robots move to their home pose here
@@ -157,6 +162,8 @@ class Deployment:
                 self.recorder.observe(obs, time.time(), info.get("reward", 0.0), last, info.get("terminal", False))
             if last:
                 break
+        if fault_counts:
+            stats.faults = {k: v - faults_before.get(k, 0) for k, v in fault_counts().items()}
         if stats.success is None and hasattr(self.target, "episode_success"):
             stats.success = self.target.episode_success(started)
         if self.recorder:
@@ -170,8 +177,9 @@ def print_episode(i: int, s: dict) -> None:
     print(f"episode {i}: success {success}, {s['steps']} steps at {s['rate_hz']:.1f} Hz (target "
           f"{s['target_hz']:g}), jitter {s['jitter_ms']:.2f} ms, p99 period {s['period_p99_ms']:.1f} ms, "
           f"{s['deadline_misses']} deadline misses ({100 * s['miss_fraction']:.2f}%), policy step p50 "
-          f"{s['policy_p50_ms']:.2f} ms p99 {s['policy_p99_ms']:.2f} ms, {s['instructions']} instruction(s)",
-          flush=True)
+          f"{s['policy_p50_ms']:.2f} ms p99 {s['policy_p99_ms']:.2f} ms, {s['instructions']} instruction(s)"
+          + (f"; bus: {f['reads_retried']} reads retried, {f['read_faults']} failed, {f['steps_held']} steps "
+             f"held" if (f := s.get("faults")) else ""), flush=True)
 
 
 def deploy(args: dict) -> list[dict]:
@@ -218,6 +226,11 @@ def deploy(args: dict) -> list[dict]:
         if recorder:
             recorder.close()
         target.close()
+    parked = getattr(getattr(target, "robot", None), "parked", "")  # what the final disconnect did
+    if parked:
+        print(f"arm: {parked}", flush=True)
+        if results:
+            results[-1]["stopped"] = parked
     return results
 
 

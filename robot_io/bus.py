@@ -7,12 +7,14 @@
     bus.close()
 
 Every exchange is half duplex: send one instruction packet, then collect the status packets it
-asks for. A missing or corrupt reply is retried up to `retries` times (the whole exchange, since a
-servo that missed the request will not answer late); after that a HardwareError names the servo,
-the instruction, the register and the bytes that did come back. Errors reported by a servo in
-its status packet (Dynamixel error numbers) are not retried: they would repeat. Hardware alarms
-(Dynamixel alert bit, any Feetech alarm flag) raise ServoAlarm after the exchange completed, with
-the values read so far attached, so safety code can still act on them.
+asks for. A missing or corrupt reply is retried up to `retries` times per servo: a sync or bulk
+read keeps the replies that arrived and asks again only the servos still missing (a servo that
+missed the request will not answer late). After that MissingReply (a HardwareError) names the
+servo, the instruction, the register and the bytes that did come back, and carries the values the
+other servos did answer. Errors reported by a servo in its status packet (Dynamixel error
+numbers) are not retried: they would repeat. Hardware alarms (Dynamixel alert bit, any Feetech
+alarm flag) raise ServoAlarm after the exchange completed, with the values read so far attached,
+so safety code can still act on them.
 
 Timing: each read waits up to `timeout_s` for the expected bytes. USB adapters add their own
 latency (FTDI latency timer, 16 ms by default) and each servo waits Return_Delay_Time before
@@ -55,10 +57,23 @@ class ServoAlarm(HardwareError):
         self.values = values or {}
 
 
+class MissingReply(HardwareError):
+    """Servos in `missing` gave no valid reply (none, short, or failing its checksum) after every
+    retry. `values` holds what the others answered (sync and bulk reads), so a control loop can
+    keep the joints it did hear from."""
+
+    def __init__(self, message: str, missing: list[int], replies: dict[int, Any]):
+        super().__init__(message)
+        self.missing = missing
+        self.replies = replies
+        self.values: dict[int, int] = {}
+
+
 @dataclasses.dataclass
 class BusStats:
-    """Counters since connect. `retries` counts re-sent packets; `timeouts` replies that never came
-    (or came short); `crc_errors` replies that failed their CRC/checksum."""
+    """Counters since connect. `retries` counts re-sent packets (a sync read re-sent to the servos
+    still missing counts once); `timeouts` attempts where a reply never came (or came short);
+    `crc_errors` replies that failed their CRC/checksum."""
 
     packets_sent: int = 0
     replies: int = 0
@@ -277,8 +292,12 @@ class ServoBus:
         """One SYNC_READ packet for all `ids`; each servo answers with its own status packet."""
         ids = [int(i) for i in ids]
         model, reg = self._shared_register(name, ids)
-        packet = self.family.proto.sync_read(reg.address, reg.size, ids)
-        replies = self._exchange(packet, ids, "SYNC_READ", name, reg.size, alarms=False)
+        packet = lambda some: self.family.proto.sync_read(reg.address, reg.size, some)  # noqa: E731
+        try:
+            replies = self._exchange(packet, ids, "SYNC_READ", name, reg.size, alarms=False)
+        except MissingReply as e:
+            e.values = self._decode_some(e.replies, {i: (self.models[i], reg) for i in ids})
+            raise
         values = {i: self.family.decode(self.models[i], reg, replies[i].params) for i in ids}
         self._raise_alarms(replies, "SYNC_READ", name, values)
         return values
@@ -295,10 +314,14 @@ class ServoBus:
         if self.protocol != "dynamixel":
             raise HardwareError("bulk read is a Dynamixel Protocol 2.0 instruction; use sync_read on Feetech")
         regs = {int(i): self._register(int(i), name) for i, name in requests.items()}
-        packet = dxl.bulk_read([(i, reg.address, reg.size) for i, (_, reg) in regs.items()])
+        packet = lambda some: dxl.bulk_read([(i, regs[i][1].address, regs[i][1].size) for i in some])  # noqa: E731
         label = ",".join(sorted(set(requests.values())))
-        replies = self._exchange(packet, list(regs), "BULK_READ", label, alarms=False,
-                                 sizes={i: reg.size for i, (_, reg) in regs.items()})
+        try:
+            replies = self._exchange(packet, list(regs), "BULK_READ", label, alarms=False,
+                                     sizes={i: reg.size for i, (_, reg) in regs.items()})
+        except MissingReply as e:
+            e.values = self._decode_some(e.replies, regs)
+            raise
         values = {i: self.family.decode(m, reg, replies[i].params) for i, (m, reg) in regs.items()}
         self._raise_alarms(replies, "BULK_READ", label, values)
         return values
@@ -352,21 +375,32 @@ class ServoBus:
         except (ValueError, OverflowError) as e:
             raise HardwareError(f"value {value} does not fit {name} of servo {servo_id} ({model.name}): {e}") from e
 
-    def _exchange(self, packet: bytes, expect: list[int], instruction: str, register: str = "",
+    def _decode_some(self, replies: dict[int, Any], regs: dict[int, tuple]) -> dict[int, int]:
+        """Values of the replies that did arrive, where their size is right."""
+        return {i: self.family.decode(m, reg, replies[i].params) for i, (m, reg) in regs.items()
+                if i in replies and len(replies[i].params) == reg.size}
+
+    def _exchange(self, packet, expect: list[int], instruction: str, register: str = "",
                   size: int | None = None, alarms: bool = True,
                   sizes: dict[int, int] | None = None) -> dict[int, Any]:
-        """Send `packet`, collect one status packet from each id in `expect`, retrying the whole
-        exchange on a timeout or a corrupt reply. Returns {id: Packet}."""
+        """Send `packet`, collect one status packet from each id in `expect`, retrying on a timeout
+        or a corrupt reply. `packet` is bytes, or ids -> bytes for an exchange several servos
+        answer: a retry then asks only the servos still missing and keeps the replies that came.
+        Returns {id: Packet}."""
         if not self.is_connected:
             raise HardwareError(f"bus on {self.port} is not connected: call connect() first")
         what = f"{instruction} {register}".strip()
         sizes = sizes or {i: size or 0 for i in expect}
-        expected_bytes = sum(self.family.status_overhead + sizes.get(i, 0) for i in expect)
+        build = packet if callable(packet) else (lambda ids: packet)
+        got: dict[int, Any] = {}
         with self._lock:
             for attempt in range(self.retries + 1):
                 if attempt:
                     self.stats.retries += 1
-                got, received, bad = self._send_and_collect(packet, expect, expected_bytes, what)
+                waiting = [i for i in expect if i not in got]
+                expected_bytes = sum(self.family.status_overhead + sizes.get(i, 0) for i in waiting)
+                new, received, bad = self._send_and_collect(build(waiting), waiting, expected_bytes, what)
+                got.update(new)
                 if len(got) == len(expect):
                     break
                 if bad:
@@ -378,10 +412,10 @@ class ServoBus:
                 cause = ("a reply that failed its checksum" if bad else
                          "an incomplete reply" if self._reader.buffer else "no reply")
                 answered = f" (servo(s) {sorted(got)} did)" if got else ""
-                raise HardwareError(
+                raise MissingReply(
                     f"servo(s) {missing} gave {cause} to {what} on {self.port}{answered} after "
                     f"{self.retries + 1} tries ({self.timeout_s * 1e3:.0f} ms timeout each); last bytes "
-                    f"received: {_hex(received)}")
+                    f"received: {_hex(received)}", missing, got)
         for servo_id, status in got.items():
             fault = self.family.fault(status.error)
             if fault:

@@ -84,6 +84,10 @@ class ArmConfig:
     safe_pose: tuple[float, ...] = ()  # where the arm rests unpowered without falling
     watchdog_s: float = 0.25           # hold position when no command arrives for this long
     settle_tol: float = 0.05           # pose moves end when every joint is this close
+    # A position read that loses a servo's reply after every retry holds the last goal for a step;
+    # the run stops only when more than this share of the last `fault_window` reads failed.
+    max_fault_rate: float = 0.1
+    fault_window: int = 30
     cameras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
@@ -220,6 +224,12 @@ def arm_from_mapping(raw: Mapping[str, Any], calibration: Mapping[str, Any] | No
     control_hz = float(raw.get("control_hz", 30.0))
     if not 0 < control_hz <= 1000:
         raise ConfigError(f"arm {name!r}: control_hz must be in (0, 1000], got {control_hz}")
+    max_fault_rate, fault_window = _number(raw, "max_fault_rate", 0.1, name), _number(raw, "fault_window", 30, name)
+    if not 0 <= max_fault_rate < 1:
+        raise ConfigError(f"arm {name!r}: max_fault_rate={max_fault_rate:g} must be in [0, 1): the share of "
+                          f"recent position reads allowed to fail (0.1: 3 of 30)")
+    if fault_window < 1 or fault_window != int(fault_window):
+        raise ConfigError(f"arm {name!r}: fault_window={fault_window:g} must be a whole number of reads >= 1")
     return ArmConfig(
         name=name, protocol=protocol, joints=joints, port=raw.get("port"),
         baudrate=int(raw.get("baudrate", 1_000_000)), timeout_s=float(raw.get("timeout_s", 0.02)),
@@ -227,7 +237,14 @@ def arm_from_mapping(raw: Mapping[str, Any], calibration: Mapping[str, Any] | No
         home_pose=_pose(raw.get("home_pose"), joints, name, "home_pose"),
         safe_pose=_pose(raw.get("safe_pose"), joints, name, "safe_pose"),
         watchdog_s=float(raw.get("watchdog_s", 0.25)), settle_tol=float(raw.get("settle_tol", 0.05)),
-        cameras=dict(raw.get("cameras") or {}))
+        max_fault_rate=max_fault_rate, fault_window=int(fault_window), cameras=dict(raw.get("cameras") or {}))
+
+
+def _number(raw: Mapping[str, Any], key: str, default: float, arm: str) -> float:
+    try:
+        return float(raw.get(key, default))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"arm {arm!r}: {key}={raw.get(key)!r} must be a number") from e
 
 
 def load_arm(name_or_path: str | Path, **overrides) -> ArmConfig:

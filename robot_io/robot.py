@@ -6,10 +6,16 @@
     ts = robot.step(action)                 # float32 [-1, 1] per joint, paced at control_hz
     robot.disconnect()                      # safe pose first, then torque off
 
-Every goal passes through the SafetyFilter; a watchdog holds position if step() stops coming. Any
-bus fault inside reset/step brings the arm to its safe pose (if the bus still answers), releases
-torque, and re-raises a HardwareError that says what happened and what state the arm was left in.
-connect() never prompts: calibration is `reverie robot calibrate`.
+Every goal passes through the SafetyFilter; a watchdog holds position if step() stops coming.
+
+A noisy bus is ridden out: a position read that still misses a servo after the bus's per-servo
+retries keeps that joint at its last known position, and the next step holds the last goal instead
+of acting on a guess (`faults` counts both). Only when more than `max_fault_rate` of the last
+`fault_window` reads failed, or on any other bus fault (an alarm, a vanished port), does reset/step
+stop: the arm goes to its safe pose, torque is released there, and a HardwareError says what
+happened and where the arm was left. Parking rides out lost replies too; torque is released away
+from the safe pose only when the bus is gone or the operator asks (disconnect(limp=True)), and
+the message says which. connect() never prompts: calibration is `reverie robot calibrate`.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 
 import numpy as np
 
 from reverie.errors import HardwareError, ReverieError
 from reverie.robot_io.arm_bus import connect_bus, first_line, make_bus
-from reverie.robot_io.bus import ServoAlarm
+from reverie.robot_io.bus import MissingReply, ServoAlarm
 from reverie.robot_io.config import ArmConfig
 from reverie.robot_io.safety import SafetyFilter, Watchdog
 from reverie.specs import ArraySpec, StepType, TextSpec, TimeStep
@@ -49,6 +56,11 @@ class Robot:
         self.parked = ""  # what the last disconnect or fault did with the arm, for messages
         self._torque = False
         self._state: np.ndarray | None = None
+        self._ticks: dict[int, int] | None = None  # last position heard from each servo
+        self.stale: list[int] = []                  # servos the last read did not hear from
+        self._read_error: MissingReply | None = None
+        self._recent_faults: deque[bool] = deque(maxlen=arm.fault_window)
+        self.faults = {"read_faults": 0, "steps_held": 0, "watchdog_holds": 0}
         self._goal: np.ndarray | None = None
         self._deadline = 0.0
         self._t = 0
@@ -73,6 +85,8 @@ class Robot:
         if self._bus is None:
             self._bus = make_bus(self.arm)
         self._closed = False
+        self._ticks, self.stale = None, []
+        self._recent_faults.clear()
         connect_bus(self._bus, self.arm)
         try:
             state = self._read_state()
@@ -94,11 +108,13 @@ class Robot:
         self._connected = True
         self._watchdog = Watchdog(self.arm.watchdog_s, self._hold, name=f"{self.arm.name}-watchdog").start()
 
-    def disconnect(self) -> str:
-        """Safe pose, torque off, close. Safe to call twice and after a fault. Says what it did."""
+    def disconnect(self, limp: bool = False) -> str:
+        """Safe pose, torque off, close. Safe to call twice and after a fault. Says what it did.
+        Torque stays on where the safe pose is not reached, unless `limp` (the operator asks for a
+        limp arm wherever it is: they are holding it)."""
         if self._bus is None or self._closed:
             return ""
-        outcome = self._release(move=True)
+        outcome = self._release(move=True, limp=limp)
         log.debug("%s: %s", self.arm.name, outcome)
         return outcome
 
@@ -125,15 +141,21 @@ class Robot:
             with self._faults_stop_the_arm("holding position after a stalled loop"):
                 raise error
         with self._faults_stop_the_arm(f"step {self._t + 1}"):
-            goal = self.goal_from_action(action, self._state)
-            safe, clamped = self.safety.filter(goal, self._state, self._goal, 1.0 / self.control_hz)
+            held = bool(self.stale)
+            if held:  # the last read lost a servo: where the arm is is unknown, so hold the last goal
+                safe, clamped = self._goal, False
+                self.faults["steps_held"] += 1
+            else:
+                goal = self.goal_from_action(action, self._state)
+                safe, clamps = self.safety.filter(goal, self._state, self._goal, 1.0 / self.control_hz)
+                clamped = clamps.any
             with self._lock:
                 self._write_goal(safe)
             self._watchdog.kick()
             late = self._wait_for_tick()
             self._t += 1
             obs, info = self._observe()
-        info.update(clamped=clamped.any, late=late, goal=safe)
+        info.update(clamped=clamped, late=late, goal=safe, held=held, read_failed=bool(self.stale))
         last = self.max_steps is not None and self._t >= self.max_steps
         return TimeStep(StepType.LAST if last else StepType.MID, 0.0, 1.0, obs, info)
 
@@ -192,11 +214,11 @@ class Robot:
         period = 1.0 / self.control_hz
         start = time.monotonic()
         with self._lock:
-            state = self._read_state(tolerate_alarms=stopping)
-            goal = state
+            state = self._read_state(tolerate_alarms=stopping, parking=stopping)
+            goal = self._goal if self.stale and self._goal is not None else state
             while True:
                 err = np.abs(state - pose)
-                if np.all(err <= self.arm.settle_tol):
+                if np.all(err <= self.arm.settle_tol) and not self.stale:  # settled by a fresh read
                     return
                 if time.monotonic() - start > timeout_s:
                     worst = int(np.argmax(err))
@@ -204,27 +226,49 @@ class Robot:
                         f"arm did not reach the {what} within {timeout_s:g} s: joint "
                         f"{self.arm.names[worst]} is {err[worst]:.3f} away (blocked, overloaded, or "
                         f"the pose is outside what it can reach); clear the workspace and check the pose")
-                goal, _ = self.safety.filter(pose, state, goal, period)
+                new, _ = self.safety.filter(pose, state, goal, period)
+                goal = np.where(self._stale_mask(), goal, new)  # a joint not heard from holds its goal
                 self._write_goal(goal)
                 time.sleep(period)
-                state = self._read_state(tolerate_alarms=stopping)
+                state = self._read_state(tolerate_alarms=stopping, parking=stopping)
 
     # --- internals -------------------------------------------------------------------------
+    def _stale_mask(self) -> np.ndarray:
+        return np.isin(self.arm.ids, self.stale)
+
     def _require_connected(self) -> None:
         if not self._connected:
             raise HardwareError(f"robot {self.arm.name!r} is not connected: call connect() first "
                                 "(a fault disconnects it; reconnect after fixing the cause)")
 
-    def _read_state(self, tolerate_alarms: bool = False) -> np.ndarray:
+    def _read_state(self, tolerate_alarms: bool = False, parking: bool = False) -> np.ndarray:
+        """Present positions. A servo whose reply is lost after every retry keeps its last known
+        position and is listed in `stale`; more lost reads than the fault rate allows raise,
+        except while parking, which must not give up on a noisy bus."""
         try:
             with self._lock:
                 ticks = self._bus.sync_read("Present_Position", self.arm.ids)
+            self.stale = []
         except ServoAlarm as e:
             # A servo flags overload/overheating in every reply until the cause is gone. When we are
             # already stopping the arm, positions that came with the alarm still guide it home.
             if not tolerate_alarms or set(e.values) != set(self.arm.ids):
                 raise
-            ticks = e.values
+            ticks, self.stale = e.values, []
+        except MissingReply as e:
+            if self._ticks is None:
+                raise  # nothing known to fall back on (the first read after connect)
+            ticks, self.stale, self._read_error = {**self._ticks, **e.values}, list(e.missing), e
+            self.faults["read_faults"] += 1
+            log.warning("%s: %s; holding the last goal", self.arm.name, first_line(e))
+        self._recent_faults.append(bool(self.stale))
+        if not parking and sum(self._recent_faults) > self.arm.max_fault_rate * self.arm.fault_window:
+            raise HardwareError(
+                f"{sum(self._recent_faults)} of the last {len(self._recent_faults)} position reads lost a "
+                f"servo's reply after every retry, more than max_fault_rate={self.arm.max_fault_rate:g} of "
+                f"fault_window={self.arm.fault_window} allows; last: {first_line(self._read_error)}. Check "
+                f"the bus cable, connectors and servo power, or raise max_fault_rate in the arm config")
+        self._ticks = dict(ticks)
         self._state = self.arm.ticks_to_values(ticks)
         return self._state
 
@@ -257,32 +301,54 @@ class Robot:
         return True
 
     def _hold(self) -> None:
-        """Watchdog: the loop went quiet, so the goal becomes wherever the arm is now."""
+        """Watchdog: the loop went quiet, so the goal becomes wherever the arm is now (the last goal
+        again where a servo's reply was lost)."""
         with self._lock:
             if self._connected:
-                self._write_goal(self._read_state())
+                state = self._read_state()
+                self._write_goal(self._goal if self.stale and self._goal is not None else state)
+                self.faults["watchdog_holds"] += 1
+
+    def fault_counts(self) -> dict[str, int]:
+        """Bus noise ridden out since connect: packets re-sent, replies lost or corrupt, reads
+        that failed after every retry, steps that held the last goal, watchdog holds."""
+        stats = getattr(self._bus, "stats", None)
+        bus = {k: int(getattr(stats, k, 0)) for k in ("retries", "timeouts", "crc_errors")}
+        return {"reads_retried": bus["retries"], "reply_timeouts": bus["timeouts"],
+                "corrupt_replies": bus["crc_errors"], **self.faults}
 
     def _faults_stop_the_arm(self, doing: str):
         return _FaultGuard(self, doing)
 
-    def _release(self, move: bool) -> str:
+    def _release(self, move: bool, limp: bool = False) -> str:
         """Best effort: safe pose, torque off, close bus and cameras. Returns what happened."""
         with _ctrl_c_deferred(self.arm.name):
-            self.parked = self._release_now(move)
+            self.parked = self._release_now(move, limp)
         return self.parked
 
-    def _release_now(self, move: bool) -> str:
+    def _release_now(self, move: bool, limp: bool = False) -> str:
         self._connected = False
         if self._watchdog is not None:
             self._watchdog.stop()
             self._watchdog = None
         notes = []
+        parked = False
         if move and self._torque:
             try:
                 self.move_to(self.arm.safe_pose, what="safe pose", timeout_s=5.0, stopping=True)
                 notes.append("arm moved to its safe pose")
+                parked = True
             except ReverieError as e:
                 notes.append(f"could not reach the safe pose ({first_line(e)})")
+        if self._torque and not getattr(self._bus, "is_connected", True):
+            notes.append("the bus is gone, so torque could not be released: the servos hold their last "
+                         "goal while powered; support the arm and switch its power off")
+            self._torque = False
+        elif self._torque and move and not parked and not limp:
+            # A limp arm away from its rest pose falls: keep it holding where it is.
+            notes.append("torque left on so the arm does not drop: the servos hold their last goal; support "
+                         "the arm, then switch its power off (or disconnect(limp=True) to release it)")
+            self._torque = False
         if self._torque:
             failed = []
             for servo_id in self.arm.ids:  # one by one: a servo that fails must not keep the rest on

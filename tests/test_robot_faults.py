@@ -110,6 +110,7 @@ def test_port_vanishing_mid_recording_keeps_committed_episodes(tmp_path, capsys)
     assert "recording stopped" in err and "unplugged" in err
     assert "committed to" in err and "are intact" in err and "unfinished episode was discarded" in err
     assert "could not reach the safe pose" in err  # the port is gone: said, not hidden
+    assert "the bus is gone, so torque could not be released" in err
     store = EpisodeStore.open(out)
     assert store.num_episodes >= 1
     assert store.num_frames == sum(store.meta(i).length for i in range(store.num_episodes))
