@@ -267,6 +267,40 @@ def arm_from_command(cfg) -> ArmConfig:
     return arm_from_mapping(raw)
 
 
+def read_arm_yaml(name_or_path: str | Path) -> dict:
+    """The raw mapping of an arm config, by shipped name (its hydra defaults list resolved here) or by
+    YAML path, without hydra: the torch-free runtime reads the robot's own config with it."""
+    path = Path(str(name_or_path))
+    return _read_yaml(path) if path.suffix in (".yaml", ".yml") else _shipped(str(name_or_path))
+
+
+def _shipped(name: str, depth: int = 0) -> dict:
+    """reverie/conf/robot/<name>.yaml merged as hydra merges a config group: each `defaults` entry in
+    order, `_self_` (implicitly last) where the file's own keys apply; mappings merge, lists replace."""
+    import yaml
+
+    known = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+    if name not in known or depth > 8:
+        raise ConfigError(f"arm config {name!r} not found: use one of {known} or a YAML path")
+    own = yaml.safe_load((CONF_DIR / f"{name}.yaml").read_text()) or {}
+    defaults = own.pop("defaults", None) or []
+    if "_self_" not in defaults:
+        defaults = [*defaults, "_self_"]
+    merged: dict = {}
+    for entry in defaults:
+        _merge(merged, own if entry == "_self_" else _shipped(str(entry), depth + 1))
+    return merged
+
+
+def _merge(into: dict, new: Mapping) -> dict:
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+    return into
+
+
 def _group(name: str) -> dict:
     from reverie.config import compose
 

@@ -199,6 +199,17 @@ def test_shipped_arm_configs_load_and_round_trip_ticks():
         np.testing.assert_allclose(back, values, atol=2 * math.pi / 4096)
 
 
+def test_shipped_arm_configs_read_without_hydra_as_hydra_composes_them():
+    """The torch-free runtime reads the robot's own config with read_arm_yaml (defaults lists merged
+    here); it must give exactly the arm hydra composes."""
+    from reverie.robot_io.config import CONF_DIR, read_arm_yaml
+
+    names = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+    assert len(names) >= 8
+    for name in names:
+        assert arm_from_mapping(read_arm_yaml(name)) == load_arm(name), name
+
+
 def _raw(**joint_changes):
     arm = {"name": "t", "protocol": "feetech",
            "joints": [{"name": "a", "id": 1, "model": "sts3215", "limits": [-1, 1], "max_velocity": 1,
