@@ -2,8 +2,9 @@
 
 Numpy and json only: the torch-free runtime imports this module. The manifest lists every other file
 of the bundle with its size and sha256, so a truncated copy, a file swapped from another export or a
-bit flip on an SD card is refused before the policy ever runs. The layout is documented in
-docs/bundle.md.
+bit flip on an SD card is refused before the policy ever runs. The manifest itself is sealed by
+manifest.json.sha256 beside it (`sha256sum` format), checked before the manifest is even parsed, so
+a damaged or hand-edited manifest is refused too. The layout is documented in docs/bundle.md.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from reverie.errors import BundleError
 
 FORMAT = "reverie-bundle/1"
 MANIFEST = "manifest.json"
+DIGEST = MANIFEST + ".sha256"
 REQUIRED = ("policy.onnx", "text_encoder.onnx", "tokenizer.json")
 REQUIRED_KEYS = ("format", "policy", "observation", "action", "control_hz", "state_tensors", "onnx",
                  "files", "robot")
@@ -30,22 +32,60 @@ def sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def write(bundle: Path, content: dict) -> Path:
-    """Checksum every file in `bundle` (the manifest excepted) and write manifest.json atomically."""
+    """Checksum every file in `bundle` (the manifest and its digest excepted) and write manifest.json
+    and its digest atomically: the digest first, so a crash between the two leaves no manifest."""
     bundle = Path(bundle)
     files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(bundle.iterdir()) if p.is_file() and p.name != MANIFEST}
+             for p in sorted(bundle.iterdir()) if p.is_file() and p.name not in (MANIFEST, DIGEST)
+             and not p.name.endswith(".tmp")}
     missing = [name for name in REQUIRED if name not in files]
     if missing:
         raise BundleError(f"cannot write the manifest of {bundle}: {missing} missing (export did not finish)")
     manifest = {"format": FORMAT, **content, "files": files}
-    tmp = bundle / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(bundle / MANIFEST)
+    text = json.dumps(manifest, indent=1).encode()
+    _replace(bundle / DIGEST, _digest_line(text))
+    _replace(bundle / MANIFEST, text)
     return bundle / MANIFEST
 
 
+def seal(bundle: Path) -> Path:
+    """Write the digest of the manifest.json now in `bundle` (export does this; tests use it to build
+    bundles whose manifest is consistent but wrong, to reach the checks behind the digest)."""
+    bundle = Path(bundle)
+    return _replace(bundle / DIGEST, _digest_line((bundle / MANIFEST).read_bytes()))
+
+
+def _digest_line(text: bytes) -> bytes:
+    return f"{hashlib.sha256(text).hexdigest()}  {MANIFEST}\n".encode()
+
+
+def _replace(path: Path, data: bytes) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+def _check_digest(bundle: Path, text: bytes) -> None:
+    """manifest.json must match manifest.json.sha256: checked before anything in it is believed."""
+    path = bundle / DIGEST
+    if not path.is_file():
+        raise BundleError(f"{path} is missing, so {bundle}/{MANIFEST} cannot be checked (a bundle from an older "
+                          "reverie, or an incomplete copy); copy the whole bundle folder again or re-run `reverie export`")
+    try:
+        expected = path.read_text().split()[0].lower()
+    except (OSError, UnicodeDecodeError, IndexError):
+        expected = ""
+    digest = hashlib.sha256(text).hexdigest()
+    if digest != expected:
+        raise BundleError(f"{bundle}/{MANIFEST} fails its checksum (sha256 {digest[:12]}..., {DIGEST} says "
+                          f"{expected[:12] or 'nothing readable'}...): it was edited or damaged after export; copy "
+                          "the bundle again or re-run `reverie export` (limits are changed in the robot's arm "
+                          "config, never in a bundle)")
+
+
 def read(bundle: Path) -> dict:
-    """Parse manifest.json, without checking files (see verify)."""
+    """Parse manifest.json once its digest matches, without checking the other files (see verify)."""
     bundle = Path(bundle)
     if not bundle.is_dir():
         raise BundleError(f"bundle {bundle} is not a folder; pass bundle=PATH of a folder written by "
@@ -53,8 +93,10 @@ def read(bundle: Path) -> dict:
     path = bundle / MANIFEST
     if not path.exists():
         raise BundleError(f"{path} is missing: {bundle} is not a complete bundle; re-run `reverie export`")
+    text = path.read_bytes()
+    _check_digest(bundle, text)
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{path} is not valid JSON ({e}); the bundle is damaged, re-run `reverie export`") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

@@ -8,16 +8,20 @@ Options (key=value):
                     virtual: episode k>0 asks serve-bus for the scene of seed+k (robot_io/scene.py)
   link= frames=     robot=virtual: the serve-bus link, and its frame-file prefix (default <link>.frames)
   port= camera= calibration=   feetech/dynamixel: serial port, OpenCV camera (index or path), calibration JSON
+  arm=NAME|YAML     this robot's own arm config (default: the shipped config the bundle was exported
+                    for): its joint limits, max_step and max_velocity are authoritative; the bundle can
+                    only narrow them, and one asking for more is refused before torque
   stdin=true        read new instructions from standard input, one per line
   socket=PORT token=TOKEN      also accept them on 127.0.0.1:PORT (0: a free port), token required
   record=STORE round=0         record the episodes into an episode store (source=policy)
   threads=1         onnxruntime threads
   report=PATH       also write the per-episode summaries (rate, jitter, deadline misses...) as JSON
 
-Before anything moves: the bundle's checksums and graph signatures, the instruction, and the robot's
-camera, joints and rate against the manifest. While running: the loop keeps the manifest's rate with
-deadlines measured on time.perf_counter, every action goes through the robot's safety limits, and
-any fault or non-finite action ends in a safe stop (robot: safe pose, then torque off).
+Before anything moves: the bundle's checksums and graph signatures, the instruction, the bundle's
+limits against the robot's own, and the robot's camera, joints and rate against the manifest. While
+running: the loop keeps the manifest's rate with deadlines measured on time.perf_counter, every action
+goes through the robot's safety limits, and any fault or non-finite action ends in a safe stop
+(robot: safe pose, then torque off).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from reverie.export.instructions import InstructionChannel, SocketServer, StdinR
 
 log = logging.getLogger(__name__)
 ROBOTS = ("sim", "virtual", "feetech", "dynamixel")
-KEYS = {"bundle", "robot", "instruction", "episodes", "steps", "task", "seed", "link", "frames", "port",
+KEYS = {"bundle", "robot", "instruction", "episodes", "steps", "task", "seed", "link", "frames", "port", "arm",
         "camera", "calibration", "stdin", "socket", "token", "record", "round", "threads", "report"}
 
 

@@ -4,11 +4,13 @@ Both expose describe() -> (image shape, state dim, action dim, rate) before anyt
 connect() (servo arms: torque on where the arm is, no motion), reset(instruction) -> obs,
 step(action) -> (obs, done, info), safe_stop() -> what it did, and `paced`: whether step() itself
 waits for the control tick (robot_io.Robot does; the sim returns at once and the runtime paces it).
-Every action passes the robot's safety limits (robot_io/safety.py) before it reaches a joint.
+Every action passes the robot's safety limits (robot_io/safety.py) before it reaches a joint; for a
+servo arm those are the robot's own (its arm config on this computer), which a bundle can only narrow.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -170,42 +172,92 @@ class ArmTarget:
         self.robot.disconnect()
 
 
-def arm_target(manifest: dict, robot: str, args: dict) -> ArmTarget:
-    """robot=virtual link=PATH | feetech port=... | dynamixel port=... -> an ArmTarget built from the
-    arm config the bundle was exported with (joints, limits, scaling), on this port."""
-    from reverie.robot_io.config import arm_from_mapping
+# The limits a bundle may only narrow: (field, joint attribute, side) with side +1 where a larger
+# bundle value is wider (upper limit, step, velocity) and -1 where a smaller one is (lower limit).
+LIMITS = (("lower limit", lambda j: j.limits[0], -1), ("upper limit", lambda j: j.limits[1], 1),
+          ("max_step", lambda j: j.max_step, 1), ("max_velocity", lambda j: j.max_velocity, 1))
+
+
+def deploy_arm(manifest: dict, robot: str, args: dict):
+    """The ArmConfig a deployment drives: the robot's own arm config on this computer (`arm=NAME|YAML`,
+    default the shipped config the bundle was exported for; `calibration=` applies to it), which is
+    authoritative for servos, calibration, safe pose and limits. The bundle brings what its actions
+    mean (action mode and scale, rate, home pose) and may narrow the joint limits, max_step and
+    max_velocity; a bundle asking for more than the robot allows is refused, before any torque."""
+    from reverie.robot_io.config import arm_from_mapping, read_arm_yaml
 
     section = manifest["robot"]
-    if section["kind"] != "arm":
-        raise BundleError(f"this bundle's actions are scaled for the simulator ({section['name']}), not "
+    if section.get("kind") != "arm":
+        raise BundleError(f"this bundle's actions are scaled for the simulator ({section.get('name')}), not "
                           f"for a servo arm; deploy it with robot=sim, or re-export with arm=<arm config> "
                           f"(e.g. arm=so101_virtual for robot=virtual)")
-    config = dict(section["config"])
+    if not isinstance(section.get("config"), dict):
+        raise BundleError("the bundle's manifest has no robot.config (the arm it was exported for); re-run "
+                          "`reverie export ... arm=<arm config>`")
+    try:
+        wanted = arm_from_mapping(section["config"])
+    except ConfigError as e:
+        raise BundleError(f"the bundle's arm config is invalid ({e}); re-run `reverie export`") from e
+    source = args.get("arm") or section.get("name")
+    raw = read_arm_yaml(source)
+    if args.get("calibration"):
+        raw["calibration"] = args["calibration"]
+    own = arm_from_mapping(raw)
+    if robot != "virtual" and robot != own.protocol:
+        raise BundleError(f"this robot's arm config {own.name!r} ({source}) has {own.protocol} servos, not "
+                          f"robot={robot}; use robot={own.protocol} or pass arm=<this robot's arm config>")
+    if wanted.protocol != own.protocol or wanted.names != own.names:
+        raise BundleError(f"the bundle was exported for {wanted.name} ({wanted.protocol} servos, joints "
+                          f"{wanted.names}), this robot is {own.name} ({own.protocol}, joints {own.names}); "
+                          f"re-export with arm={own.name} or pass arm=<this robot's arm config>")
+    wider = [(j.name, field, get(b), get(j)) for j, b in zip(own.joints, wanted.joints)
+             for field, get, side in LIMITS if side * (get(b) - get(j)) > 1e-9 * max(1.0, abs(get(j)))]
+    if wider:
+        joint, field, theirs, mine = wider[0]
+        where = own.name if str(source) == own.name else f"{own.name} ({source})"
+        more = f" (and {len(wider) - 1} more)" if len(wider) > 1 else ""
+        raise BundleError(f"bundle {section.get('name')} is wider than this robot allows: joint {joint!r} "
+                          f"{field} {theirs:g} in the bundle, {mine:g} in the robot's arm config {where}"
+                          f"{more}; a bundle can only narrow the robot's limits: re-export it "
+                          f"with arm={own.name}, or if this arm really allows more, raise the limit in its "
+                          f"own arm config and pass arm=<that YAML>")
+    data = own.to_dict()  # calibrated: the ticks are this robot's
+    for joint, b in zip(data["joints"], wanted.joints):
+        joint.update(limits=list(b.limits), max_step=b.max_step, max_velocity=b.max_velocity,
+                     action_scale=b.action_scale)
+    data.update(action_mode=wanted.action_mode, home_pose=list(wanted.home_pose),
+                control_hz=float(manifest["control_hz"]))
+    try:
+        return arm_from_mapping(data)
+    except ConfigError as e:  # e.g. the robot's safe pose outside the bundle's narrower limits
+        raise BundleError(f"the bundle's limits do not fit this robot: {e}") from e
+
+
+def arm_target(manifest: dict, robot: str, args: dict) -> ArmTarget:
+    """robot=virtual link=PATH | feetech port=... | dynamixel port=... -> an ArmTarget on this port,
+    driving `deploy_arm`: this robot's arm config narrowed by the bundle."""
     camera = manifest["observation"]["image_key"].split("/", 1)[1]
     h, w, _ = manifest["observation"]["image"]["shape"]
     if robot == "virtual":
-        link = args.get("link")
-        if not link:
+        port = args.get("link")
+        if not port:
             raise ConfigError("robot=virtual needs link=PATH: the link of `reverie sim serve-bus link=PATH`")
-        port = link
-        prefix = args.get("frames") or f"{link}.frames"
-        config["cameras"] = {camera: {"type": "frame_file", "path": f"{prefix}.{camera}"}}
     else:
         port = args.get("port")
         if not port:
             raise ConfigError(f"robot={robot} needs port=...: /dev/ttyACM0 (Linux) or /dev/tty.usbmodem... (macOS)")
-        if robot != config["protocol"]:
-            raise BundleError(f"the bundle was exported for {section['name']} ({config['protocol']} servos), "
-                              f"not robot={robot}; use robot={config['protocol']} or re-export with arm=<arm config>")
-        if args.get("camera") is not None:
-            source = args["camera"]
-            config["cameras"] = {camera: {"type": "opencv", "source": int(source) if str(source).isdigit() else source,
-                                          "width": w, "height": h}}
+    arm = deploy_arm(manifest, robot, args)
+    cameras = dict(arm.cameras)
+    if robot == "virtual":
+        prefix = args.get("frames") or f"{port}.frames"
+        cameras = {camera: {"type": "frame_file", "path": f"{prefix}.{camera}"}}
+    elif args.get("camera") is not None:
+        source = args["camera"]
+        cameras = {camera: {"type": "opencv", "source": int(source) if str(source).isdigit() else source,
+                            "width": w, "height": h}}
     if not Path(port).exists():
         raise HardwareError(f"port {port} does not exist: check the cable and `ls /dev/tty*`"
                             + (" (is `reverie sim serve-bus` running with that link?)" if robot == "virtual" else ""))
-    config["port"] = str(port)
-    if args.get("calibration"):
-        config["calibration"] = args["calibration"]
+    arm = dataclasses.replace(arm, port=str(port), cameras=cameras)
     status = Path(f"{port}.status") if robot == "virtual" else None
-    return ArmTarget(arm_from_mapping(config), float(manifest["control_hz"]), status, int(args.get("seed", 0)))
+    return ArmTarget(arm, float(manifest["control_hz"]), status, int(args.get("seed", 0)))

@@ -121,6 +121,37 @@ def test_manifest_detects_missing_and_changed_files(tmp_path):
         manifest.verify(tmp_path)
 
 
+def test_manifest_is_sealed_by_its_digest(tmp_path):
+    """manifest.json.sha256 (sha256sum format) beside the manifest, checked before it is parsed: one
+    changed character is refused, and so is a missing or unreadable digest; a re-export reseals."""
+    import hashlib
+
+    from reverie.errors import BundleError
+    from reverie.export import manifest
+
+    for name in manifest.REQUIRED:
+        (tmp_path / name).write_bytes(name.encode())
+    content = {k: {} for k in manifest.REQUIRED_KEYS if k not in ("format", "files")}
+    content["control_hz"] = 30.0
+    path = manifest.write(tmp_path, content)
+    digest = (tmp_path / manifest.DIGEST).read_text()
+    assert digest == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  manifest.json\n"
+    assert manifest.DIGEST not in manifest.verify(tmp_path)["files"]
+    path.write_text(path.read_text().replace("30.0", "90.0"))  # still valid JSON, same length
+    with pytest.raises(BundleError, match=r"manifest.json fails its checksum \(sha256 [0-9a-f]{12}\.\.\., "
+                                          r"manifest.json.sha256 says [0-9a-f]{12}\.\.\.\): it was edited"):
+        manifest.read(tmp_path)
+    (tmp_path / manifest.DIGEST).write_bytes(b"\xff\xfe")
+    with pytest.raises(BundleError, match="says nothing readable"):
+        manifest.read(tmp_path)
+    (tmp_path / manifest.DIGEST).unlink()
+    with pytest.raises(BundleError, match="manifest.json.sha256 is missing"):
+        manifest.verify(tmp_path)
+    manifest.write(tmp_path, content)  # an export over the folder: the old digest is not a bundle file
+    assert manifest.read(tmp_path)["control_hz"] == 30.0
+    assert set(manifest.read(tmp_path)["files"]) == set(manifest.REQUIRED)
+
+
 def test_quick_export_writes_a_verified_bundle(quick):
     """The CLI path on a scratch-BC policy: files, manifest content, parity numbers, ONNX versions."""
     import onnx

@@ -54,20 +54,38 @@ def test_onnx_file_that_does_not_load_is_refused(bundle):
         sim(bundle)
 
 
-def test_manifest_specs_that_disagree_with_the_graph_are_refused(bundle):
+def edit_manifest(bundle: Path, change, seal: bool = True) -> None:
+    """Change manifest.json in place; `seal` rewrites its digest too, as a tamperer could, so only the
+    checks behind the digest can notice."""
+    from reverie.export import manifest
+
     path = bundle / "manifest.json"
     m = json.loads(path.read_text())
-    m["observation"]["image"]["shape"] = [32, 32, 3]
+    change(m)
     path.write_text(json.dumps(m))
+    if seal:
+        manifest.seal(bundle)
+
+
+def test_hand_edited_manifest_fails_its_digest_before_it_is_read(bundle):
+    edit_manifest(bundle, lambda m: m["robot"]["config"]["joints"][0].update(limits=[-3.0, 3.0]), seal=False)
+    with pytest.raises(BundleError, match=r"manifest.json fails its checksum .* edited or damaged after export"):
+        sim(bundle)
+    edit_manifest(bundle, lambda m: None)  # sealed again: accepted by the digest check
+    (bundle / "manifest.json.sha256").unlink()
+    with pytest.raises(BundleError, match=r"manifest.json.sha256 is missing.*re-run `reverie export`"):
+        sim(bundle)
+
+
+def test_manifest_specs_that_disagree_with_the_graph_are_refused(bundle):
+    edit_manifest(bundle, lambda m: m["observation"]["image"].update(shape=[32, 32, 3]))
     with pytest.raises(BundleError, match="input 'image' has shape"):
         sim(bundle)
 
 
 def test_sim_scaled_bundle_is_refused_on_a_servo_arm(bundle, tmp_path):
-    path = bundle / "manifest.json"
-    m = json.loads(path.read_text())
-    m["robot"] = {"kind": "sim", "name": "sim/so101", "action_scale": [0.15] * 6, "action_mode": "delta"}
-    path.write_text(json.dumps(m))
+    edit_manifest(bundle, lambda m: m.update(robot={"kind": "sim", "name": "sim/so101", "action_scale": [0.15] * 6,
+                                                    "action_mode": "delta"}))
     with pytest.raises(BundleError, match="scaled for the simulator"):
         deploy(f"bundle={bundle}", "robot=virtual", f"link={tmp_path / 'arm'}", "instruction=touch the red cube")
 
@@ -142,3 +160,100 @@ def test_non_finite_action_while_running_ends_in_a_safe_stop(bundle, monkeypatch
     monkeypatch.setattr(Bundle, "act", failing)
     with pytest.raises(HardwareError, match=r"(?s)non-finite action.*step 5.*safe stop"):
         sim(bundle, "steps=30")
+
+
+def widen(field: str, scale: float, joints=("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll")):
+    """A manifest change that multiplies one limit of the named joints, in the arm config the runtime
+    used to rebuild the arm from and in the summary fields beside it."""
+    def change(m):
+        robot = m["robot"]
+        for i, j in enumerate(robot["config"]["joints"]):
+            if j["name"] not in joints:
+                continue
+            if field == "limits":
+                j["limits"] = [v * scale for v in j["limits"]]
+                robot["joint_limits"]["lower"][i] *= scale
+                robot["joint_limits"]["upper"][i] *= scale
+            else:  # the config may give it per joint or in joint_defaults: set it per joint
+                robot[field][i] *= scale
+                j[field] = robot[field][i]
+    return change
+
+
+@pytest.mark.parametrize("change, match", [
+    (widen("limits", 1.8), r"joint 'shoulder_pan' lower limit -3.42 in the bundle, -1.9 in the robot's arm config "
+                           r"so101_virtual \(and 9 more\);"),
+    (widen("max_step", 40), r"joint 'shoulder_pan' max_step 10 in the bundle, 0.25 in the robot's arm config"),
+    (widen("max_velocity", 50), r"joint 'shoulder_pan' max_velocity 100 in the bundle, 2 in the robot's arm config"),
+    (widen("limits", 1.0625, joints=("elbow_flex",)), r"joint 'elbow_flex' lower limit -1.7 in the bundle, -1.6"),
+])
+def test_bundle_with_wider_limits_than_the_robot_is_refused_before_torque(bundle, tmp_path, change, match):
+    """The issue's tampering (limits x1.8, max_step x40, max_velocity x50, digest rewritten too): the
+    robot's own config wins, the error names joint, field, both values and the fix, and no servo was
+    ever powered."""
+    from reverie.robot_io.bus import ServoBus
+    from reverie.robot_io.virtual_robot import VirtualArm
+
+    edit_manifest(bundle, change)
+    link = tmp_path / "arm"
+    with VirtualArm("feetech", link=link):
+        with pytest.raises(BundleError, match=match + r".*can only narrow the robot's limits: re-export it with "
+                                                      r"arm=so101_virtual"):
+            deploy(f"bundle={bundle}", "robot=virtual", f"link={link}", "instruction=touch the red cube")
+        bus = ServoBus(str(link), "feetech", timeout_s=0.1)
+        bus.connect()
+        try:
+            assert not any(bus.read(i, "Torque_Enable") for i in range(1, 7))
+        finally:
+            bus.close()
+
+
+def test_narrower_bundle_limits_apply_and_the_robot_keeps_its_own_hardware(bundle, tmp_path):
+    from reverie.export import manifest
+    from reverie.export.targets import deploy_arm
+    from reverie.robot_io.config import load_arm
+    from reverie.robot_io.safety import SafetyFilter
+
+    edit_manifest(bundle, widen("max_step", 0.5))
+    edit_manifest(bundle, widen("limits", 0.5, joints=("shoulder_pan",)))
+    m = manifest.read(bundle)
+    m["robot"]["config"]["joints"][0]["zero_ticks"] = 100  # hardware facts come from the robot, not the bundle
+    arm = deploy_arm(m, "virtual", {})
+    own = load_arm("so101_virtual")
+    assert arm.joints[0].limits == (-0.95, 0.95) and arm.joints[1].limits == own.joints[1].limits
+    safety = SafetyFilter.from_arm(arm)
+    np.testing.assert_allclose(safety.max_step[:5], own.vector("max_step")[:5] / 2)
+    assert [j.zero_ticks for j in arm.joints] == [j.zero_ticks for j in own.joints]
+    assert arm.safe_pose == own.safe_pose and arm.control_hz == m["control_hz"]
+    # ...and they really run: a short deployment on the virtual robot.
+    from reverie.robot_io.virtual_robot import VirtualArm
+
+    link = tmp_path / "arm"
+    with VirtualArm("feetech", link=link):
+        deploy(f"bundle={bundle}", "robot=virtual", f"link={link}", "instruction=touch the red cube", "steps=5")
+
+
+def test_the_robots_own_arm_config_is_authoritative(bundle, tmp_path):
+    """arm=YAML on the robot's computer: its narrower limits refuse a bundle exported with the shipped
+    ones; its wider limits accept it (the bundle then narrows them)."""
+    from reverie.export import manifest
+    from reverie.export.targets import deploy_arm
+
+    m = manifest.read(bundle)
+    careful = tmp_path / "careful.yaml"
+    careful.write_text("base: so101_virtual\nname: careful\njoints:\n"
+                       + "".join(f"  - {{name: {n}, id: {i + 1}, limits: [-1.2, 1.2]}}\n" for i, n in
+                                 enumerate(["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll"]))
+                       + "  - {name: gripper, id: 6, gripper: true, limits: [0.0, 1.0], range_ticks: [1937, 3189],"
+                         " max_step: 0.5}\n"
+                       + "safe_pose: [0, -1.2, 1.2, 0.8, 0, 0]\n")
+    with pytest.raises(BundleError, match=r"joint 'shoulder_pan' lower limit -1.9 in the bundle, -1.2 in the "
+                                          r"robot's arm config careful \(.*careful.yaml\) \(and 9 more\)"):
+        deploy_arm(m, "virtual", {"arm": str(careful)})
+    roomy = tmp_path / "roomy.yaml"
+    roomy.write_text("base: so101_virtual\nname: roomy\njoint_defaults: {model: sts3215, max_velocity: 4.0, "
+                     "max_step: 0.5, action_scale: 0.05}\n")
+    arm = deploy_arm(m, "virtual", {"arm": str(roomy)})
+    assert arm.vector("max_velocity")[:5].tolist() == [2.0] * 5  # the bundle's, inside the robot's 4.0
+    with pytest.raises(ConfigError, match="arm config 'no_such_arm' not found"):
+        deploy_arm(m, "virtual", {"arm": "no_such_arm"})
