@@ -92,6 +92,10 @@ def serve(cfg) -> int:
     except (ValueError, KeyError) as e:
         raise ConfigError(f"serve-bus: {e}") from e
 
+    goal_log = open(cfg.goal_log, "w") if cfg.goal_log else None  # noqa: SIM115 (closed on exit below)
+    if goal_log:  # every goal a servo accepts, for checks that no goal left the limits (benchmarks/faults.py)
+        goal_log.write("time id goal present\n")
+        bus.on_goal = lambda i, goal, present: goal_log.write(f"{time.time():.4f} {i} {goal} {present}\n")
     link = Path(cfg.link)
     master, slave = open_link(link)
     writers = {}
@@ -124,6 +128,8 @@ def serve(cfg) -> int:
             except OSError:
                 pass
         physics.close()
+        if goal_log:
+            goal_log.close()
         log.info("served %s", bus.stats)
     return 0
 

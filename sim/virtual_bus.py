@@ -150,6 +150,8 @@ class VirtualBus:
         # Servo i drives physics joint i, in id order.
         self.servos = [VirtualServo(i, protocol, tables[m]) for i, m in zip(ids, models)]
         self.stats = {"packets": 0, "bad_packets": 0, "dropped": 0, "corrupted": 0, "replies": 0}
+        # Called (id, goal, present) for every Goal_Position a servo accepts (serve-bus goal_log=).
+        self.on_goal = None
         self._last = None
         self._sync_registers(np.asarray(physics.qpos()), np.zeros(len(self.servos)))
         for servo in self.servos:  # a powered-up servo's goal is where it stands
@@ -376,6 +378,8 @@ class VirtualBus:
         if not was_on and servo.get("Torque_Enable") and not _covers(address, data, servo, "Goal_Position"):
             # Torque on holds the joint where it is rather than jumping to a stale goal.
             servo.set("Goal_Position", servo.get("Present_Position"))
+        if self.on_goal is not None and _covers(address, data, servo, "Goal_Position"):
+            self.on_goal(servo.id, servo.get("Goal_Position"), servo.get("Present_Position"))
         return True
 
 

@@ -194,3 +194,21 @@ def test_deploy_rides_out_a_noisy_bus_and_reports_its_faults(quick, tmp_path):
     assert episode["stopped"] == "arm moved to its safe pose; torque released"
     assert f"bus: {faults['reads_retried']} reads retried" in run.stdout
     assert "arm: arm moved to its safe pose; torque released" in run.stdout
+
+
+def test_serve_bus_logs_every_goal_a_servo_accepts(tmp_path):
+    log = tmp_path / "goals.txt"
+    with VirtualArm("feetech", link=tmp_path / "arm", camera_fps=0, goal_log=log) as v:
+        bus = ServoBus(v.link, "feetech", timeout_s=0.25, retries=3)
+        bus.connect()
+        present = bus.sync_read("Present_Position", [1, 2])
+        bus.sync_write("Goal_Position", {1: 2100, 2: 2000})
+        bus.write(2, "Goal_Position", 1990)
+        bus.write(1, "Torque_Enable", 1)  # not a goal
+        bus.sync_read("Present_Position", [1, 2])  # the server has handled the writes
+        bus.close()
+    lines = log.read_text().splitlines()
+    assert lines[0] == "time id goal present"
+    rows = [tuple(int(x) for x in line.split()[1:]) for line in lines[1:]]
+    assert [r[:2] for r in rows] == [(1, 2100), (2, 2000), (2, 1990)]
+    assert abs(rows[0][2] - present[1]) <= 2  # the servo's position when it took the goal
