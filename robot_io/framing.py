@@ -22,6 +22,7 @@ class FrameReader(abc.ABC):
         self.crc_errors = 0
         self.skipped = 0
         self.last_bad = b""  # the last frame that failed its checksum, for error messages
+        self.on_bad = None  # called with each frame that fails its checksum (a servo may answer it)
 
     def feed(self, data: bytes) -> None:
         self.buffer += data
@@ -36,6 +37,16 @@ class FrameReader(abc.ABC):
         return out
 
     CHECK = "checksum"  # what the protocol calls its frame check, for error messages
+
+    def next(self) -> Any | None:
+        """One whole packet, or None until more bytes arrive (bad frames before it went to on_bad)."""
+        return self._next()
+
+    def _reject(self, frame: bytes) -> None:
+        self.crc_errors += 1
+        self.last_bad = frame
+        if self.on_bad is not None:
+            self.on_bad(frame)
 
     @classmethod
     def decode_one(cls, frame: bytes, kind: str = "status") -> Any:

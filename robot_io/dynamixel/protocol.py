@@ -40,11 +40,14 @@ class Instruction(enum.IntEnum):
     STATUS = 0x55
     SYNC_READ = 0x82
     SYNC_WRITE = 0x83
+    FAST_SYNC_READ = 0x8A
     BULK_READ = 0x92
     BULK_WRITE = 0x93
+    FAST_BULK_READ = 0x9A
 
 
 # The low 7 bits of the status error byte: what went wrong with the instruction itself.
+RESULT_FAIL, INSTRUCTION_ERROR, CRC_ERROR, RANGE_ERROR, LENGTH_ERROR, LIMIT_ERROR, ACCESS_ERROR = range(1, 8)
 ERRORS = {
     0x01: "result fail (the instruction could not be processed)",
     0x02: "instruction error (undefined instruction, or ACTION without REG_WRITE)",
@@ -208,8 +211,7 @@ class Reader(FrameReader):
             frame = bytes(buf[:total])
             del buf[:total]
             if crc16(frame[:-2]) != (frame[-2] | (frame[-1] << 8)):
-                self.crc_errors += 1
-                self.last_bad = frame
+                self._reject(frame)
                 continue
             packet = self._parse(frame)
             if packet is not None:

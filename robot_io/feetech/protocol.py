@@ -176,8 +176,7 @@ class Reader(FrameReader):
             frame = bytes(buf[:total])
             del buf[:total]
             if checksum(frame[2:-1]) != frame[-1]:
-                self.crc_errors += 1
-                self.last_bad = frame
+                self._reject(frame)
                 continue
             servo_id, first, params = frame[2], frame[4], frame[5:-1]
             if self.kind == "status":
