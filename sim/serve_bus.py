@@ -245,6 +245,11 @@ def _loop(bus, physics, master: int, writers: dict, cfg, scene: Scene) -> None:
             except (BlockingIOError, InterruptedError):
                 data = b""
             if data:
+                # Half duplex: a host that talks again has stopped listening, and a reply not yet sent
+                # would collide with its packet, so it is not sent (a unicast ACTION's status, which
+                # the Dynamixel SDK never reads, must not become the answer to its next READ).
+                bus.stats["talked_over"] += len(pending)
+                pending.clear()
                 pending.extend(bus.receive(data, time.monotonic()))
         now = time.monotonic()
         while pending and pending[0][0] <= now:

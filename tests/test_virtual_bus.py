@@ -11,7 +11,7 @@ from reverie.robot_io.dynamixel import protocol as dxl
 from reverie.robot_io.feetech import protocol as ft
 from reverie.sim.arm import ArmPhysics
 from reverie.sim.frame_share import FrameFileCamera, FrameWriter
-from reverie.sim.virtual_bus import Faults, VirtualBus, rad_to_ticks, ticks_to_rad
+from reverie.sim.virtual_bus import PACKET_TIMEOUT_S, Faults, VirtualBus, rad_to_ticks, ticks_to_rad
 
 IDS = [1, 2, 3, 4, 5, 6]
 
@@ -66,16 +66,19 @@ def test_sync_read_answers_in_order_with_the_joints(physics):
         assert got == expected
 
 
-def test_bad_checksum_gets_no_reply(physics):
+def test_bad_checksum_feetech_is_silent_dynamixel_answers_crc_error(physics):
     bus = make("feetech", physics)
     packet = bytearray(ft.read(1, 56, 2))
     packet[-1] ^= 0x01
-    assert bus.receive(bytes(packet), 1.0) == []
+    assert bus.receive(bytes(packet), 1.0) == []  # the STS status byte has no checksum flag
     assert bus.stats["bad_packets"] == 1
-    packet = bytearray(dxl.ping(1))
+    packet = bytearray(dxl.read(3, 132, 4))
     packet[-1] ^= 0x01
     bus = make("dynamixel", physics)
-    assert bus.receive(bytes(packet), 1.0) == [] and bus.stats["bad_packets"] == 1
+    [(_, s)] = ask(bus, bytes(packet) + dxl.ping(2), 1.0)  # the good packet after it is still served
+    assert (s.id, s.error) == (2, 0) and bus.stats["bad_packets"] == 1 and bus.stats["talked_over"] == 1
+    [(_, s)] = ask(bus, bytes(packet), 2.0)
+    assert (s.id, s.error, s.params) == (3, dxl.CRC_ERROR, b"")
 
 
 def test_torque_off_is_limp_and_torque_on_tracks_goals(physics):
@@ -104,8 +107,8 @@ def test_dynamixel_errors_bulk_read_and_status_return_level(physics):
     ask(bus, dxl.write(2, 64, b"\x01"))
     [(_, s)] = ask(bus, dxl.write(2, 9, b"\x00"))
     assert s.error == 0x07  # EEPROM (Return_Delay_Time) while torque is on
-    [(_, s)] = ask(bus, dxl.instruction_packet(2, dxl.Instruction.REBOOT))
-    assert s.error == 0x02  # not emulated: instruction error, not silence
+    [(_, s)] = ask(bus, dxl.instruction_packet(2, 0x07))
+    assert s.error == 0x02  # undefined instruction: instruction error, not silence
     [(_, ping)] = ask(bus, dxl.ping(3))
     assert ping.params[:2] == dxl.u16(1200)  # XL330-M288 on the Koch wrist
 
@@ -133,6 +136,38 @@ def test_registered_write_waits_for_action(physics):
     assert bus.servos[1].get("Acceleration") == 0
     assert bus.receive(ft.instruction_packet(ft.BROADCAST_ID, ft.Instruction.ACTION), 1.0) == []
     assert bus.servos[1].get("Acceleration") == 7
+
+
+def test_replies_the_host_talks_over_are_not_sent(physics):
+    bus = make("dynamixel", physics)
+    ask(bus, dxl.instruction_packet(4, dxl.Instruction.REG_WRITE, dxl.u16(65) + b"\x01"))
+    # A unicast ACTION answered, but the host sent its READ straight after: only the READ is answered.
+    [(_, s)] = ask(bus, dxl.instruction_packet(4, dxl.Instruction.ACTION) + dxl.read(4, 65, 1), 1.0)
+    assert (s.id, s.params) == (4, b"\x01") and bus.stats["talked_over"] == 1
+
+
+def test_a_truncated_packet_is_dropped_after_the_inter_byte_timeout(physics):
+    for protocol, proto, truncated in (("dynamixel", dxl, bytes.fromhex("ff ff fd 00 01 ff 03 02")),
+                                       ("feetech", ft, bytes.fromhex("ff ff 01 ff 02"))):
+        bus = make(protocol, physics)
+        assert bus.receive(truncated, 1.0) == []
+        assert bus.receive(proto.ping(1), 1.0 + PACKET_TIMEOUT_S / 2) == []  # still inside that packet
+        [(_, s)] = ask(bus, proto.ping(2), 1.0 + 2 * PACKET_TIMEOUT_S)
+        assert s.id == 2 and bus.stats["timed_out"] == 1
+
+
+def test_baud_rate_register_matches_the_bus_and_a_servo_switched_away_goes_silent(physics):
+    for protocol, proto, address, codes in (("dynamixel", dxl, 8, {1_000_000: 3, 57_600: 1}),
+                                            ("feetech", ft, 6, {1_000_000: 0, 500_000: 1})):
+        for baud, code in codes.items():
+            physics.reset(0)
+            bus = VirtualBus(protocol, physics, baudrate=baud)
+            assert {s.get("Baud_Rate") for s in bus.servos} == {code}
+        [(_, s)] = ask(bus, proto.write(3, address, bytes((codes[1_000_000],))))
+        assert s.id == 3 and s.error == 0  # answered at the old rate, then switched
+        assert bus.receive(proto.ping(3), 1.0) == [] and len(bus.receive(proto.ping(2), 1.0)) == 1
+    with pytest.raises(ValueError, match="no dynamixel Baud_Rate setting"):
+        VirtualBus("dynamixel", physics, baudrate=123_456)
 
 
 def test_faults(physics):
