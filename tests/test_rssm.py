@@ -6,7 +6,7 @@ import torch
 from reverie.config import compose
 from reverie.world_model.backend import (BACKENDS, DataSpec, WorldModel, build, load_backends,
                                          model_config, replay_policy)
-from reverie.world_model.networks import BlockGRU, TwoHot, symexp, symlog
+from reverie.world_model.networks import BlockGRU, ConvDecoder, PixelMean, TwoHot, symexp, symlog
 
 B, T, J, A = 2, 6, 5, 4
 
@@ -187,14 +187,65 @@ def test_padding_past_the_episode_end_is_invisible_to_the_loss():
         other[key][0, 4:] = torch.rand_like(other[key][0, 4:]) * 5
     other["is_terminal"][0, 4:], other["is_first"][0, 5] = True, True
 
-    def run(b):
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def run(b):  # from the same weights and running mean frame each time
+        model.load_state_dict(start)
         torch.manual_seed(0)
         return model.loss(b)
 
-    (loss, metrics), (loss2, metrics2) = run(batch), run(other)
+    (loss, metrics), mean = run(batch), model.pixels.pixel_mean.clone()
+    loss2, metrics2 = run(other)
+    assert torch.allclose(mean, model.pixels.pixel_mean)  # the padding does not enter the mean frame either
     assert torch.allclose(loss, loss2) and metrics.keys() == metrics2.keys()
     assert all(abs(metrics[k] - metrics2[k]) < 1e-4 * max(1.0, abs(metrics[k])) for k in metrics), metrics
     # ...and with every item cut at the same row it equals the loss of the valid rows alone.
     batch["valid"][:, 4:] = False
     cut = {k: (v if k == "instruction_embedding" else v[:, :4]) for k, v in batch.items() if k != "valid"}
     assert torch.allclose(run(batch)[0], run(cut)[0], atol=1e-5)
+
+
+def test_pixel_mean_weights_the_foreground():
+    """Pixels like the mean frame weigh 1, pixels far from it 1 + boost; before any frame, or at boost 0, all 1."""
+    pm = PixelMean(8, boost=10.0)
+    scene = torch.full((8, 8, 3), 0.4)
+    assert torch.equal(pm.weights(scene), torch.ones(8, 8))  # no mean yet: plain MSE
+    pm.update(scene.expand(5, 8, 8, 3))
+    assert torch.allclose(pm.pixel_mean, scene)
+    frame = scene.clone()
+    frame[2:4, 5:7] = torch.tensor([0.9, 0.1, 0.1])  # a red cube on the table
+    frame[0, 0] += 0.05                               # half the threshold: half the boost
+    w = pm.weights(frame)
+    assert torch.allclose(w[2:4, 5:7], torch.full((2, 2), 11.0))
+    assert torch.isclose(w[0, 0], torch.tensor(6.0)) and w[7, 7] == 1.0
+    assert torch.equal(PixelMean(8, boost=0.0).weights(frame), torch.ones(8, 8))
+    # The mean follows the frames: a running average, so two updates of a and b give their midpoint.
+    pm2 = PixelMean(8, boost=1.0)
+    pm2.update(torch.zeros(1, 8, 8, 3))
+    pm2.update(torch.ones(1, 8, 8, 3))
+    assert torch.allclose(pm2.pixel_mean, torch.full((8, 8, 3), 0.5))
+
+
+def test_decoder_draws_the_base_image_before_it_learns():
+    dec = ConvDecoder(12, 16, 4)
+    last = dec.net[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.zeros_(last.bias)
+    base = torch.rand(16, 16, 3) * 0.9 + 0.05
+    out = dec(torch.randn(3, 12), base)
+    assert torch.allclose(out, base.expand(3, 16, 16, 3), atol=1e-5)
+    assert torch.allclose(dec(torch.randn(3, 12)), torch.full((3, 16, 16, 3), 0.5))  # no base: grey
+
+
+def test_foreground_weight_scales_the_image_term_and_is_optional():
+    """The weighted image term counts the foreground more; image_foreground=0 is DreamerV3's plain sum."""
+    batch = make_batch()
+    plain, weighted = make_model("world_model.image_foreground=0"), make_model("world_model.image_foreground=10")
+    weighted.load_state_dict(plain.state_dict())
+    torch.manual_seed(0)
+    _, m0 = plain.loss(batch)
+    torch.manual_seed(0)
+    _, m1 = weighted.loss(batch)
+    assert m1["loss/image"] > 2 * m0["loss/image"]  # random frames are far from their mean almost everywhere
+    assert abs(m1["image_mse"] - m0["image_mse"]) < 1e-6  # the reported MSE stays unweighted
+    assert float(weighted.pixels.mean_count) == 1 and float(plain.pixels.mean_count) == 1

@@ -55,6 +55,25 @@ def test_train_checkpoint_resume_reproduce(toy_store, tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(params(fresh.model).values(), params(full.model).values()))
 
 
+def test_checkpoint_from_before_the_mean_frame_loads_and_resumes(toy_store, tmp_path):
+    """A checkpoint written before the RSSM kept a mean frame (no pixels.* buffers) still loads for
+    inference and resumes; the mean frame then starts neutral (grey) and is learnt from there."""
+    from safetensors.torch import load_file, save_file
+
+    from reverie.world_model.checkpoint import load_model
+
+    train(toy_store, tmp_path / "old", "steps=2")
+    ckpt = tmp_path / "old" / "checkpoint"
+    for name in ("model.safetensors", "train_model.safetensors"):
+        if (ckpt / name).exists():
+            weights = {k: v for k, v in load_file(ckpt / name).items() if not k.startswith("pixels.")}
+            save_file(weights, ckpt / name)
+    model, _, _ = load_model(ckpt)
+    assert torch.allclose(model.pixels.pixel_mean, torch.full_like(model.pixels.pixel_mean, 0.5))
+    resumed = train(toy_store, tmp_path / "old", "steps=3", "resume=true")
+    assert resumed.step == 3 and float(resumed.model.pixels.mean_count) == 1
+
+
 def test_ema_weights_checkpoint_for_consumers_and_resume_exactly(toy_store, tmp_path):
     full = train(toy_store, tmp_path / "full", "steps=6", "ema=0.9")
     ckpt = tmp_path / "full" / "checkpoint"

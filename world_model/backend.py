@@ -94,6 +94,7 @@ class WorldModel(nn.Module, abc.ABC):
     feat_dim: int
     can_imagine = True  # False: observe / imagine are untrained (see the module docstring)
     describes = False   # True: `describe(feat)` exists (see the module docstring)
+    optional_state: tuple[str, ...] = ()  # state_dict keys a checkpoint may lack (newer buffers)
 
     def __init__(self, cfg: Any, spec: DataSpec):
         super().__init__()

@@ -96,12 +96,12 @@ def load_training(path: Path, module: torch.nn.Module, optimizer: torch.optim.Op
     none), optimiser and this rank's RNG; returns trainer.json."""
     path = find(path)
     averaged = (path / "train_model.safetensors").exists()
-    weights = load_file(path / ("train_model.safetensors" if averaged else "model.safetensors"))
+    weights = _fill_optional(module, load_file(path / ("train_model.safetensors" if averaged else "model.safetensors")))
     _check_keys(path, set(module.state_dict()), set(weights), model_cfg)
     set_model_state_dict(module, weights, options=FULL)
     if ema is not None and averaged:
         with ema.applied():
-            set_model_state_dict(module, load_file(path / "model.safetensors"), options=FULL)
+            set_model_state_dict(module, _fill_optional(module, load_file(path / "model.safetensors")), options=FULL)
     elif ema is not None:
         ema.reset()
     if not (path / "optimizer.safetensors").exists():  # save_finetuned's: weights only, a fresh optimiser
@@ -135,13 +135,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Wo
     cfg = OmegaConf.create((path / "config.yaml").read_text())
     trainer = json.loads((path / "trainer.json").read_text())
     model = build(trainer["backend"], model_config(cfg), DataSpec.from_json(trainer["spec"]))
-    missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"), strict=False)
+    weights = _fill_optional(model, load_file(path / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ConfigError(f"checkpoint {path} does not match the {trainer['backend']} model built from "
                           f"its config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
                           "was it written by another version of reverie?")
     model.normalizer = normalizer(trainer)  # a plain attribute: store units <-> the model's
     return model.to(device).eval(), cfg, trainer
+
+
+def _fill_optional(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint from before a backend's `optional_state` buffers keeps the module's own (neutral) values."""
+    model = getattr(module, "module", module)  # DDP/FSDP wrappers hold the backend as .module
+    own = model.state_dict()
+    return weights | {k: own[k] for k in getattr(model, "optional_state", ()) if k not in weights and k in own}
 
 
 def _check_keys(path: Path, built: set[str], saved: set[str], model_cfg: Any = None) -> None:

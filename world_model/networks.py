@@ -2,7 +2,8 @@
 
 symlog/symexp squash vector inputs and regression targets; TwoHot is the symexp two-hot
 distribution of reward and value heads; Dense = Linear -> RMSNorm -> SiLU; BlockGRU is DreamerV3's
-block-diagonal GRU; ConvEncoder / ConvDecoder map 64x64-style images to vectors and back.
+block-diagonal GRU; ConvEncoder / ConvDecoder map 64x64-style images to vectors and back; PixelMean
+weights an image loss towards the pixels that differ from the mean frame.
 """
 
 from __future__ import annotations
@@ -182,6 +183,43 @@ class ConvDecoder(nn.Module):
             cin = cout
         self.net = nn.Sequential(*layers)
 
-    def forward(self, feat: Tensor) -> Tensor:
+    def forward(self, feat: Tensor, base: Tensor | None = None) -> Tensor:
+        """base (H, W, 3) in (0, 1), optional: the network predicts the logit residual over it, so an
+        untrained decoder already draws the base image (the static scene) instead of grey."""
         x = self.inp(feat).reshape(-1, self.cin, 4, 4)          # (N, C, 4, 4)
-        return torch.sigmoid(self.net(x)).permute(0, 2, 3, 1)   # (N, H, W, 3)
+        logits = self.net(x).permute(0, 2, 3, 1)                # (N, H, W, 3)
+        if base is not None:
+            logits = logits + torch.logit(base.clamp(0.02, 0.98)).to(logits.dtype)
+        return torch.sigmoid(logits)
+
+
+class PixelMean(nn.Module):
+    """Running mean of the training frames and the foreground weights it gives.
+
+    The frames of a fixed camera differ from their mean where something moves or is placed anew each
+    episode (the arm, the objects); the static scene matches it. An image loss weighted by
+    `weights(image)` (1 on the scene, 1 + boost on the foreground) makes the few pixels that carry the
+    task count as much as the textured table, which plain MSE lets dominate the first thousand steps.
+    Buffers (saved with the model): `pixel_mean` (H, W, 3), `mean_count` (frames batches seen).
+    """
+
+    def __init__(self, size: int, boost: float, threshold: float = 0.1):
+        super().__init__()
+        self.boost, self.threshold = float(boost), float(threshold)
+        self.register_buffer("pixel_mean", torch.full((size, size, 3), 0.5))
+        self.register_buffer("mean_count", torch.zeros(()))
+
+    @torch.no_grad()
+    def update(self, frames: Tensor) -> None:
+        """frames (N, H, W, 3) in [0, 1]: a running average, then an EMA with a horizon of 1,000 batches."""
+        if len(frames):
+            self.mean_count += 1
+            self.pixel_mean.lerp_(frames.float().mean(0), max(1 / float(self.mean_count), 1e-3))
+
+    @torch.no_grad()
+    def weights(self, image: Tensor) -> Tensor:
+        """(..., H, W, 3) in [0, 1] -> (..., H, W) per-pixel loss weights in [1, 1 + boost]."""
+        if self.boost <= 0 or float(self.mean_count) == 0:
+            return torch.ones(image.shape[:-1], device=image.device)
+        far = (image.float() - self.pixel_mean).abs().amax(-1)  # (..., H, W)
+        return 1.0 + self.boost * (far / self.threshold).clamp(max=1.0)
