@@ -253,6 +253,8 @@ def _loop(bus, physics, master: int, writers: dict, cfg, scene: Scene) -> None:
                 pending.extend(bus.receive(data, time.monotonic()))
         now = time.monotonic()
         while pending and pending[0][0] <= now:
+            if select.select([master], [], [], 0)[0]:
+                break  # the host spoke while we were busy: read it first (it may cancel this reply)
             _, reply = pending.popleft()
             try:
                 os.write(master, reply)
