@@ -15,7 +15,8 @@ Options (key=value):
   socket=PORT token=TOKEN      also accept them on 127.0.0.1:PORT (0: a free port), token required
   record=STORE round=0         record the episodes into an episode store (source=policy)
   threads=1         onnxruntime threads
-  report=PATH       also write the per-episode summaries (rate, jitter, deadline misses...) as JSON
+  report=PATH       also write the per-episode summaries (rate, jitter, deadline misses, bus faults
+                    ridden out, how the arm was left...) as JSON
 
 Before anything moves: the bundle's checksums and graph signatures, the instruction, the bundle's
 limits against the robot's own, and the robot's camera, joints and rate against the manifest. While

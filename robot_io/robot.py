@@ -106,7 +106,7 @@ class Robot:
             self._release(move=self._torque)
             raise
         self._connected = True
-        self._watchdog = Watchdog(self.arm.watchdog_s, self._hold, name=f"{self.arm.name}-watchdog").start()
+        self._watchdog = Watchdog(self.arm.watchdog_s, self._watchdog_hold, name=f"{self.arm.name}-watchdog").start()
 
     def disconnect(self, limp: bool = False) -> str:
         """Safe pose, torque off, close. Safe to call twice and after a fault. Says what it did.
@@ -245,9 +245,12 @@ class Robot:
         """Present positions. A servo whose reply is lost after every retry keeps its last known
         position and is listed in `stale`; more lost reads than the fault rate allows raise,
         except while parking, which must not give up on a noisy bus."""
+        with self._lock:  # the watchdog's thread reads too: one read and its bookkeeping at a time
+            return self._read_state_locked(tolerate_alarms, parking)
+
+    def _read_state_locked(self, tolerate_alarms: bool, parking: bool) -> np.ndarray:
         try:
-            with self._lock:
-                ticks = self._bus.sync_read("Present_Position", self.arm.ids)
+            ticks = self._bus.sync_read("Present_Position", self.arm.ids)
             self.stale = []
         except ServoAlarm as e:
             # A servo flags overload/overheating in every reply until the cause is gone. When we are
@@ -301,13 +304,19 @@ class Robot:
         return True
 
     def _hold(self) -> None:
-        """Watchdog: the loop went quiet, so the goal becomes wherever the arm is now (the last goal
-        again where a servo's reply was lost)."""
+        """The goal becomes wherever the arm is now, inside its limits (the last goal again where a
+        servo's reply was lost)."""
         with self._lock:
             if self._connected:
                 state = self._read_state()
-                self._write_goal(self._goal if self.stale and self._goal is not None else state)
-                self.faults["watchdog_holds"] += 1
+                # Through the filter too: a joint pressed a tick past its limit is held at the limit.
+                here, _ = self.safety.filter(state, state)
+                self._write_goal(self._goal if self.stale and self._goal is not None else here)
+
+    def _watchdog_hold(self) -> None:
+        """Watchdog: the loop went quiet (a stalled policy, or a read waiting out a lost reply)."""
+        self.faults["watchdog_holds"] += 1
+        self._hold()
 
     def fault_counts(self) -> dict[str, int]:
         """Bus noise ridden out since connect: packets re-sent, replies lost or corrupt, reads

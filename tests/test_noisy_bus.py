@@ -170,6 +170,24 @@ def test_torque_is_released_away_from_the_safe_pose_only_when_the_operator_asks(
         assert _torque_and_pose(v)[0] == {0}
 
 
+
+def test_a_watchdog_hold_keeps_its_goal_inside_the_limits(tmp_path):
+    # The virtual arm rests folded with elbow_flex beyond its 1.6 rad limit: a hold there must not
+    # command the joint's own out-of-limit position, only bring it back, at most max_step at once.
+    with VirtualArm("feetech", link=tmp_path / "arm", camera_fps=0) as v:
+        robot, bus = _lossy_robot(v)
+        robot.connect()
+        try:
+            elbow, limit, max_step = robot.state[2], robot.arm.upper[2], robot.arm.joints[2].max_step
+            assert elbow > limit + 0.01
+            robot._watchdog_hold()
+            assert limit <= robot.goal[2] < elbow and elbow - robot.goal[2] <= max_step + 1e-9
+            ticks = bus.sync_read("Goal_Position", [3])[3]
+            assert ticks == robot.arm.values_to_ticks(robot.goal)[3]
+            assert robot.fault_counts()["watchdog_holds"] == 1
+        finally:
+            robot.disconnect()
+
 def test_fault_rate_keys_are_checked():
     with pytest.raises(ConfigError, match=r"max_fault_rate=1.5 must be in \[0, 1\)"):
         load_arm("so101_virtual", max_fault_rate=1.5)
