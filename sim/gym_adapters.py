@@ -1,7 +1,9 @@
 """Gymnasium <-> reverie adapters.
 
 GymToReverie / make_gym_env ("gym/<id>"): any gymnasium environment with image observations becomes a
-reverie Env, so policies trained here can be evaluated (and corrected) on it. Images come from
+reverie Env, so policies trained here can be evaluated (and corrected) on it. A third-party package
+registers its ids when imported: "gym/<module>:<id>" has gymnasium import <module> first, e.g.
+gym/gym_pusht:gym_pusht/PushT-v0 (an unknown namespace's error suggests this form). Images come from
   - the observation itself: a Box uint8 (H, W, 3) (or grayscale (H, W) / (H, W, 1), repeated to RGB),
     or such Boxes inside a Dict observation, one `image/<key>` per Box; or
   - env.render() with render_mode="rgb_array", for environments whose observation is a vector
@@ -24,6 +26,9 @@ Success is info["is_success"] or info["success"] when the environment reports it
 ReverieToGym: any reverie Env as a gymnasium.Env, with a Dict observation space (images Box uint8,
 state Box float32, instruction Text) and a Box action space with the env's action_spec bounds. It passes
 gymnasium.utils.env_checker.check_env. The instruction is chosen with reset(options={"instruction": s}).
+
+ArmGymEnv: the sim arm's tasks registered as gymnasium ids by `import reverie.sim`:
+reverie/ArmTouch-v0, ArmPush-v0, ArmLift-v0 and ArmAll-v0 (keywords: ArmEnvConfig's fields).
 """
 
 from __future__ import annotations
@@ -70,6 +75,11 @@ def make_gym_env(id: str, *, size=(64, 64), camera: str = "front", instruction: 
                 raise ConfigError(f"gym/{id} has no image observation and cannot render rgb_array "
                                   f"(render modes {modes}); pick an environment with pixels")
             env = gym.make(id, render_mode="rgb_array", **make_kwargs)
+    except gym.error.NamespaceNotFound as e:
+        raise ConfigError(unknown_namespace_message(id)) from e
+    except ModuleNotFoundError as e:  # the <module> of gym/<module>:<id> (gymnasium imports it)
+        raise ConfigError(f"gym/{id}: {e.name or e} cannot be imported; install the package that "
+                          f"provides it (pip install ...) or fix the module before the ':'") from e
     except gym.error.Error as e:
         raise ConfigError(f"gym/{id}: gymnasium could not make it ({e}); check the id with "
                           "`python -c 'import gymnasium; gymnasium.pprint_registry()'`") from e
@@ -78,6 +88,21 @@ def make_gym_env(id: str, *, size=(64, 64), camera: str = "front", instruction: 
                           "action_repeat and action_units, everything else goes to gymnasium.make") from e
     return GymToReverie(env, size=size, camera=camera, instruction=instruction,
                         action_repeat=action_repeat, name=id, action_units=action_units)
+
+
+def unknown_namespace_message(id: str) -> str:
+    """Third-party environments register on import (gym_pusht, ale_py, ...); gymnasium imports the
+    module named before a ':' in the id, which is how reverie reaches them."""
+    module, _, env_id = id.rpartition(":")
+    namespace = env_id.split("/")[0]
+    if module:
+        return (f"gym/{id}: importing {module} registered no gymnasium namespace {namespace!r}; "
+                f"name the module that registers it, gym/<module>:{env_id}, and check the id with "
+                "`python -c 'import gymnasium; gymnasium.pprint_registry()'` after importing it")
+    return (f"gym/{id}: gymnasium has no namespace {namespace!r} yet: its package registers it when "
+            f"imported. Name the module to import before a colon, gym/<module>:<id>, e.g. "
+            f"env=gym/{namespace}:{env_id} (the module is usually the package: gym_pusht for "
+            f"gym_pusht/PushT-v0, ale_py for ALE/Pong-v5); pip install it first")
 
 
 def _bound(values: np.ndarray):
@@ -103,7 +128,15 @@ def _image_paths(space) -> dict:
     return {}
 
 
-def _to_rgb(image: np.ndarray, size) -> np.ndarray:
+def image_key(key: str | None, camera: str) -> str:
+    """The reverie observation key of an image entry (None: the whole observation is the image)."""
+    if key is None or key in PLAIN_IMAGE_KEYS:
+        return f"image/{camera}"
+    return key if key.startswith("image/") else f"image/{key}"  # already reverie-named: keep
+
+
+def to_rgb(image: np.ndarray, size) -> np.ndarray:
+    """uint8 (H, W), (H, W, 1) or (H, W, 3) -> (H, W, 3), resized to `size` (H, W) unless None."""
     image = np.asarray(image, np.uint8)
     if image.ndim == 2:
         image = image[..., None]
@@ -146,7 +179,7 @@ class GymToReverie:
             if self._size is None:
                 raise ConfigError(f"{self.name}: rendered frames have no declared size; pass size=(H, W)")
         # dict key (None = whole observation) -> reverie observation key
-        self._images = {k: self._image_key(k, camera) for k in paths}
+        self._images = {k: image_key(k, camera) for k in paths}
         self._image_shapes = {}
         for k, key in self._images.items():
             shape = (obs_space if k is None else obs_space[k]).shape
@@ -182,12 +215,6 @@ class GymToReverie:
         self._default_instruction = instruction or INSTRUCTIONS.get(base, f"solve {self.name}")
         self._instruction = self._default_instruction
         self._last: TimeStep | None = None
-
-    @staticmethod
-    def _image_key(key, camera: str) -> str:
-        if key is None or key in PLAIN_IMAGE_KEYS:
-            return f"image/{camera}"
-        return key if key.startswith("image/") else f"image/{key}"  # already reverie-named: keep
 
     def _action_size(self, space) -> tuple[int]:
         if isinstance(space, spaces.Box):
@@ -277,14 +304,14 @@ class GymToReverie:
     def _timestep(self, step_type, reward, discount, obs, info) -> TimeStep:
         observation = {}
         for k, key in self._images.items():
-            observation[key] = _to_rgb(obs if k is None else obs[k], self._size)
+            observation[key] = to_rgb(obs if k is None else obs[k], self._size)
         if self._rendered:
             try:
                 frame = self.env.render()
             except gym.error.DependencyNotInstalled as e:
                 raise ConfigError(f"{self.name}: rendering needs a missing package ({e}); install it, "
                                   "e.g. `pip install pygame` for classic control") from e
-            observation[self._render_key] = _to_rgb(frame, self._size)
+            observation[self._render_key] = to_rgb(frame, self._size)
         parts = [np.asarray(obs if k is None else obs[k], np.float32).ravel() for k in self._state_keys]
         observation["state"] = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         if self._instruction_key is not None:
@@ -324,11 +351,15 @@ class ReverieToGym(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, env, render_mode: str | None = None):
+    def __init__(self, env, render_mode: str | None = None, render_fps: float | None = None):
         if render_mode not in (None, "rgb_array"):
             raise ConfigError(f"render_mode={render_mode!r}: ReverieToGym renders only 'rgb_array'")
         self.env = env
         self.render_mode = render_mode
+        # Frames come at the env's control rate when it states one (a robot's control_hz, the sim arm's cfg).
+        cfg = getattr(env, "cfg", None)
+        fps = render_fps or getattr(env, "control_hz", None) or getattr(cfg, "control_hz", None)
+        self.metadata = {**self.metadata, **({"render_fps": float(fps)} if fps else {})}
         self._spec = env.observation_spec()
         self.observation_space = spaces.Dict({k: _gym_space(s) for k, s in self._spec.items()})
         action = env.action_spec()  # the env's own bounds: [-1, 1], or its units' range
@@ -365,3 +396,30 @@ class ReverieToGym(gym.Env):
         if not self._closed:  # gymnasium allows close() twice
             self._closed = True
             self.env.close()
+
+
+# --- reverie's sim tasks as registered gymnasium environments --------------------------------------
+# sim/tasks.py's TASKS and "all" (held equal by a test); listed here so that registering, which
+# `import reverie.sim` does, needs neither mujoco nor the arm's physics.
+ARM_TASKS = ("touch", "push", "lift", "all")
+
+
+def arm_gym_id(task: str) -> str:
+    return f"reverie/Arm{task.title()}-v0"
+
+
+class ArmGymEnv(ReverieToGym):
+    """`gymnasium.make("reverie/ArmTouch-v0", render_mode="rgb_array", preset="randomized", ...)`: the
+    sim arm (sim/arm_env.py; every ArmEnvConfig field is a keyword) as a gymnasium.Env. Episodes end
+    at the arm's own time_limit, so no TimeLimit wrapper is registered."""
+
+    def __init__(self, task: str = "touch", render_mode: str | None = None, **options):
+        from reverie.sim.arm_env import make_arm_env  # mujoco only when an environment is made
+
+        super().__init__(make_arm_env(task, **options), render_mode=render_mode)
+
+
+def register_gym_envs() -> None:
+    for task in ARM_TASKS:
+        if arm_gym_id(task) not in gym.registry:
+            gym.register(arm_gym_id(task), entry_point="reverie.sim.gym_adapters:ArmGymEnv", kwargs={"task": task})

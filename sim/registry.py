@@ -1,7 +1,8 @@
 """Environment names -> constructors, imported on use.
 
 `make("arm/touch")`, `make("arm/push", preset="randomized")`, `make("dmc/walker-walk")`,
-`make("gym/CartPole-v1")`, `make("robot/so101_sim", link="/tmp/reverie-arm")` (a servo arm, physical
+`make("gym/CartPole-v1")`, `make("gym/gym_pusht:gym_pusht/PushT-v0")` (imports gym_pusht, which registers
+it), `make("robot/so101_sim", link="/tmp/reverie-arm")` (a servo arm, physical
 or the virtual one of `reverie sim serve-bus`). The part before the slash picks a family; the rest is
 passed on.
 """

@@ -290,3 +290,62 @@ def test_sim_arm_as_gymnasium_env():
     obs, _ = env.reset(seed=0)
     assert obs in env.observation_space
     env.close()
+
+
+# --- reverie's arm tasks registered with gymnasium ----------------------------------------------------
+
+def test_arm_tasks_are_registered_gymnasium_envs_that_pass_check_env():
+    import warnings
+
+    from reverie.sim import tasks
+    from reverie.sim.gym_adapters import arm_gym_id
+
+    registered = {k for k in gym.registry if k.startswith("reverie/")}  # `import reverie.sim` registered them
+    assert registered == {arm_gym_id(t) for t in (*tasks.TASKS, "all")} == {
+        "reverie/ArmTouch-v0", "reverie/ArmPush-v0", "reverie/ArmLift-v0", "reverie/ArmAll-v0"}
+    for gym_id in sorted(registered):
+        env = gym.make(gym_id, render_mode="rgb_array", time_limit=3, image_size=(24, 24))
+        with warnings.catch_warnings():
+            # Any complaint of check_env fails the test, except that `state` (joint angles) has no bounds.
+            warnings.simplefilter("error")
+            warnings.filterwarnings("ignore", message=".*observation space (minimum|maximum) value is")
+            check_env(env.unwrapped)
+        obs, info = env.reset(seed=0)
+        assert obs in env.observation_space and env.render().shape == (24, 24, 3)
+        assert env.unwrapped.metadata["render_fps"] == 10.0  # the arm's control rate
+        truncated = terminated = False
+        for _ in range(3):
+            obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert truncated and not terminated  # the arm's own time_limit, no TimeLimit wrapper on top
+        env.close()
+    task = gym.make("reverie/ArmPush-v0", preset="randomized", render=False).unwrapped.env.cfg
+    assert (task.task, task.preset) == ("push", "randomized")
+
+
+def test_gymnasium_imports_reverie_when_the_id_names_the_module():
+    import subprocess
+    import sys
+
+    code = ("import gymnasium as gym; env = gym.make('reverie.sim:reverie/ArmLift-v0', render=False); "
+            "print(env.reset(seed=0)[0]['instruction'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "cube" in out.stdout
+
+
+def test_unknown_gym_namespace_names_the_module_form(tmp_path, monkeypatch):
+    # A package that registers its namespace on import, as gym_pusht does.
+    (tmp_path / "reverie_plugin_pkg.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('reverie_plugin_pkg/Tiny-v0', entry_point='gymnasium.envs.classic_control:CartPoleEnv')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"gym/<module>:<id>.*env=gym/reverie_plugin_pkg:reverie_plugin_pkg/Tiny-v0"):
+        make("gym/reverie_plugin_pkg/Tiny-v0")
+    # ... and the form it names works: gymnasium imports the module, which registers the namespace
+    env = make("gym/reverie_plugin_pkg:reverie_plugin_pkg/Tiny-v0", render_mode="rgb_array", size=(8, 8))
+    assert env.action_spec().shape == (2,)
+    env.close()
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        make("gym/no_such_package_xyz:no_such_package_xyz/Tiny-v0")
+    with pytest.raises(ConfigError, match="registered no gymnasium namespace 'elsewhere'"):
+        make("gym/reverie_plugin_pkg:elsewhere/Tiny-v0")
