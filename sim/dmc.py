@@ -11,10 +11,8 @@ from __future__ import annotations
 import inspect
 import time
 
-import numpy as np
-
-from reverie.errors import ConfigError, ReverieError
-from reverie.specs import ArraySpec, StepType, TextSpec, TimeStep
+from reverie.errors import ConfigError
+from reverie.specs import ArraySpec, TimeStep
 
 # DreamerV3's short names for two domains whose suite names are long.
 DOMAIN_ALIASES = {"cup": "ball_in_cup", "pointmass": "point_mass"}
@@ -75,6 +73,8 @@ class DMCEnv:
         import mujoco
         from dm_control import suite  # imported here so reverie works without dm_control installed
 
+        from reverie.sim.dm_env_adapters import DmEnvToReverie
+
         if (domain, task) not in suite.ALL_TASKS:
             known = ", ".join(f"{d}-{t}" for d, t in suite.ALL_TASKS[:8])
             raise ConfigError(f"unknown dm_control task {domain}-{task}: pick one of suite.ALL_TASKS "
@@ -104,12 +104,10 @@ class DMCEnv:
         self._camera_id = camera_id
         self._image_key = "image/" + (model.id2name(camera_id, "camera") or f"camera{camera_id}")
 
-        spec = self._env.action_spec()
-        self._low = spec.minimum.astype(np.float64)
-        self._high = spec.maximum.astype(np.float64)
-        self._state_size = sum(int(np.prod(s.shape)) for s in self._env.observation_spec().values())
-        self._default_instruction = instruction or default_instruction(domain, task)
-        self._instruction = self._default_instruction
+        # The suite's observations are all vectors: DmEnvToReverie flattens them into `state`, maps
+        # actions from [-1, 1] onto the task bounds and re-seeds task.random on reset(seed=).
+        self._inner = DmEnvToReverie(self._env, instruction=instruction or default_instruction(domain, task),
+                                     name=f"dmc/{domain}-{task}")
         self._last: TimeStep | None = None
 
     @property
@@ -119,62 +117,43 @@ class DMCEnv:
 
     # --- specs -------------------------------------------------------------------------------
     def observation_spec(self) -> dict:
-        spec = {"state": ArraySpec((self._state_size,), "float32"), "instruction": TextSpec()}
+        spec = self._inner.observation_spec()
         if self._render:
             spec[self._image_key] = ArraySpec((*self._size, 3), "uint8")
         return spec
 
     def action_spec(self) -> ArraySpec:
-        return ArraySpec(self._low.shape, "float32", -1.0, 1.0)
+        return self._inner.action_spec()
 
     # --- episode -----------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, instruction: str | None = None) -> TimeStep:
-        # The suite draws initial states from task.random; re-seeding it in place makes a seeded
-        # reset reproducible without reloading the model (and its renderer).
-        if seed is not None:
-            self._env.task.random.seed(seed)
         # The instruction is what the agent is told; dm_control's reward does not depend on it.
-        self._instruction = instruction if instruction is not None else self._default_instruction
-        ts = self._env.reset()
-        self._last = self._timestep(StepType.FIRST, 0.0, 1.0, ts.observation)
+        self._last = self._rendered(self._inner.reset(seed=seed, instruction=instruction))
         return self._last
 
     def step(self, action) -> TimeStep:
         if self._last is None or self._last.last():
             return self.reset()  # dm_env convention: stepping past the end starts a new episode
-        action = np.asarray(action, np.float64)
-        if action.shape != self._low.shape:
-            raise ReverieError(f"dmc/{self.domain}-{self.task}: action shape {action.shape}, "
-                               f"expected {self._low.shape}")
-        if not np.all(np.isfinite(action)):
-            raise ReverieError(f"dmc/{self.domain}-{self.task}: action contains NaN or Inf")
-        scaled = self._low + (np.clip(action, -1.0, 1.0) + 1.0) / 2.0 * (self._high - self._low)
         reward = 0.0
         for _ in range(self._repeat):
-            ts = self._env.step(scaled)
-            reward += ts.reward or 0.0
+            ts = self._inner.step(action)
+            reward += ts.reward
             if ts.last():
                 break
-        if ts.last():
-            # The suite ends episodes by time limit (discount 1); a task that terminates gives 0.
-            step_type, discount = StepType.LAST, (0.0 if ts.discount == 0 else 1.0)
-        else:
-            step_type, discount = StepType.MID, 1.0
-        self._last = self._timestep(step_type, reward, discount, ts.observation)
+        # The suite ends episodes by time limit (discount 1); a task that terminates gives 0.
+        discount = (0.0 if ts.discount == 0 else 1.0) if ts.last() else 1.0
+        self._last = self._rendered(TimeStep(ts.step_type, float(reward), discount, ts.observation, ts.info))
         return self._last
 
     def close(self) -> None:
         self._env.close()
 
-    def _timestep(self, step_type, reward, discount, obs) -> TimeStep:
-        state = np.concatenate([np.asarray(v, np.float32).ravel() for v in obs.values()])
-        observation = {"state": state, "instruction": self._instruction}
+    def _rendered(self, ts: TimeStep) -> TimeStep:
         if self._render:
-            observation[self._image_key] = self._physics.render(
+            ts.observation[self._image_key] = self._physics.render(
                 *self._size, camera_id=self._camera_id, scene_callback=self._scene_callback)
-        # Stamped after rendering: the image shows the physics state as of this moment.
-        return TimeStep(step_type, float(reward), discount, observation,
-                        {"success": None, "timestamp": time.time()})
+        ts.info["timestamp"] = time.time()  # stamped after rendering: the image shows the state as of now
+        return ts
 
 
 def _plain_scene(physics, scene) -> None:
