@@ -1,13 +1,17 @@
-"""`reverie eval policy=AGENT env=arm/touch episodes=N [suites=[train,heldout,shifted]] out=DIR`
+"""`reverie eval policy=AGENT env=arm/touch episodes=N [suites=[train,heldout,shifted]] [instruction=TEXT] out=DIR`
 
-Honest evaluation: success rate per instruction with 95% Wilson intervals, average return, and
-episode videos, separately per suite:
+Honest evaluation: success rate per instruction with 95% Wilson intervals, the mean return and the
+mean per-episode max reward (the largest single-step reward: what coverage-style tasks score) with
+95% Student-t intervals, and episode videos, separately per suite:
   train    the training paraphrases, nominal sim
   heldout  paraphrases never seen in training (generalisation of the language conditioning)
   shifted  the `shifted` sim preset, outside the randomisation ranges (sim-to-sim transfer)
 Seeds are fixed per episode index, so every policy meets the same initial states.
+`instruction=TEXT` gives every episode that instruction (for the sim arm it also sets the goal; for
+gym/ and dmc/ envs it is what the policy is told); without it the env draws or keeps its own.
 Robots (env=robot/<arm config> link=PTY | port=DEV, robot_io/robot_env.py) run the `train` suite only
-(they have no held-out paraphrases or shifted physics); other suites are skipped with a note.
+(they have no held-out paraphrases or shifted physics); other suites are skipped with a note. Other
+envs (dmc/, gym/) have `train` only. Suites are checked before any episode runs.
 Writes eval.json, eval.md and eval.png (and GIFs) to `out`.
 """
 
@@ -24,7 +28,7 @@ from omegaconf import OmegaConf
 from reverie.config import compose, show, split_args
 from reverie.errors import ConfigError
 from reverie.policy.rollout import EpisodeResult, check_action_units, run_episode
-from reverie.policy.stats import wilson_interval
+from reverie.policy.stats import mean_interval, wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,38 @@ SUITES = {
 }
 
 
+def suite_options(env_name: str, suites: list[str], instruction: str | None = None) -> dict[str, dict]:
+    """suite -> the env options it adds, for the suites this env runs; raises on any suite it cannot
+    run, so a bad list fails before the first episode. The one place that knows which env family
+    has which suites: the sim arm all of them, a robot `train` (the rest skipped with a note), any
+    other env `train` only."""
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown or not suites:
+        raise ConfigError(f"{'unknown suite(s) ' + str(unknown) if unknown else 'no suites'} in suites="
+                          f"{list(suites)}: choose from {sorted(SUITES)}, e.g. suites=[train,heldout]")
+    family = env_name.partition("/")[0]
+    if family == "arm":
+        if instruction is not None:
+            from reverie.sim.tasks import parse_instruction
+
+            parse_instruction(instruction)  # it sets the goal: one the arm understands, or the list that works
+        if instruction is not None and "heldout" in suites:
+            raise ConfigError(f"instruction={instruction!r} gives every episode the same text, so the heldout "
+                              "suite (unseen paraphrases) would only repeat train: use suites=[train] or "
+                              "suites=[train,shifted], or drop instruction=")
+        return {s: SUITES[s] for s in suites}
+    others = [s for s in suites if s != "train"]
+    if others and family != "robot":  # a robot skips them (evaluate says so)
+        raise ConfigError(f"suite(s) {others} exist for the sim arm only (held-out paraphrases, the shifted "
+                          f"preset); use suites=[train] for {env_name}")
+    return {"train": {}} if "train" in suites else {}
+
+
+def _mean_and_ci(values: list[float]) -> tuple[float, list[float] | None]:
+    ci = mean_interval(values)
+    return (float(np.mean(values)) if values else 0.0), (None if ci is None else list(ci))
+
+
 def summarize(results: list[EpisodeResult]) -> dict:
     by_instr = defaultdict(list)
     for r in results:
@@ -43,10 +79,13 @@ def summarize(results: list[EpisodeResult]) -> dict:
     wins = sum(r.success for r in results)
     lo, hi = wilson_interval(wins, len(results))
     unlabelled = sum(not r.labelled for r in results)  # counted as failures; the report says how many
+    mean_return, return_ci = _mean_and_ci([r.ret for r in results])
+    mean_max, max_ci = _mean_and_ci([r.max_reward for r in results if r.max_reward is not None])
     return {
         "episodes": len(results), "successes": wins, **({"unlabelled": unlabelled} if unlabelled else {}),
         "success_rate": wins / max(len(results), 1), "ci95": [lo, hi],
-        "mean_return": float(np.mean([r.ret for r in results])) if results else 0.0,
+        "mean_return": mean_return, "return_ci95": return_ci,  # Student t; None under two episodes
+        "mean_max_reward": mean_max, "max_reward_ci95": max_ci,  # per episode, the largest step reward
         "mean_length": float(np.mean([r.length for r in results])) if results else 0.0,
         "per_instruction": {
             text: {"episodes": len(rs), "successes": sum(r.success for r in rs),
@@ -58,29 +97,26 @@ def summarize(results: list[EpisodeResult]) -> dict:
 
 def evaluate(controller, env_name: str, episodes: int, suites: list[str], seed: int = 10_000,
              env_kwargs: dict | None = None, videos: int = 0, out: Path | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, instruction: str | None = None) -> dict:
     from tqdm import tqdm
 
     from reverie.sim.registry import make
 
+    if episodes < 1:
+        raise ConfigError(f"episodes={episodes}: evaluate at least one episode (e.g. episodes=20)")
+    plan = suite_options(env_name, suites, instruction)  # every suite checked before anything runs
+    for suite in [s for s in suites if s not in plan]:
+        log.warning("suite %r skipped: a robot runs the train suite only", suite)
     report = {}
-    for suite in suites:
-        if suite not in SUITES:
-            raise ConfigError(f"unknown suite {suite!r}: choose from {sorted(SUITES)}")
-        kwargs = dict(env_kwargs or {})
-        if env_name.startswith("arm/"):
-            kwargs |= SUITES[suite]
-        elif suite != "train" and env_name.startswith("robot/"):
-            log.warning("suite %r skipped: a robot runs the train suite only", suite)
-            continue
-        elif suite != "train":
-            raise ConfigError(f"suite {suite!r} exists for the sim arm only; use suites=[train] for {env_name}")
+    for suite, options in plan.items():
+        kwargs = dict(env_kwargs or {}) | options
         env = make(env_name, **kwargs)
         check_action_units(controller, env)  # the policy's units (its normaliser) against the env's
         results = []
         try:  # close() parks a robot arm even when an episode fails or is interrupted
             for i in tqdm(range(episodes), desc=f"eval {suite}", disable=not progress, unit="ep"):
-                result = run_episode(env, controller, seed=seed + i, record_frames=i < videos)
+                result = run_episode(env, controller, seed=seed + i, instruction=instruction,
+                                     record_frames=i < videos)
                 if result.frames and out is not None:
                     _write_gif(out / f"{suite}_ep{i:03d}_{'success' if result.success else 'fail'}.gif",
                                result.frames)
@@ -105,12 +141,18 @@ def env_options(cfg) -> dict:
     return kwargs | shortcuts
 
 
+def _interval(ci: list[float] | None) -> str:
+    return "-" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def markdown(report: dict, title: str = "Evaluation") -> str:
-    lines = [f"## {title}", "", "| suite | episodes | success | 95% CI | mean return |", "|---|---|---|---|---|"]
+    lines = [f"## {title}", "", "| suite | episodes | success | 95% CI | mean return | 95% CI | mean max reward "
+             "| 95% CI |", "|---|---|---|---|---|---|---|---|"]
     for suite, s in report.items():
         lo, hi = s["ci95"]
         lines.append(f"| {suite} | {s['episodes']} | {100 * s['success_rate']:.1f}% | "
-                     f"[{100 * lo:.1f}, {100 * hi:.1f}] | {s['mean_return']:.3f} |")
+                     f"[{100 * lo:.1f}, {100 * hi:.1f}] | {s['mean_return']:.3f} | {_interval(s.get('return_ci95'))} "
+                     f"| {s.get('mean_max_reward', 0.0):.3f} | {_interval(s.get('max_reward_ci95'))} |")
     for suite, s in report.items():
         lines += ["", f"### {suite}: per instruction", "", "| instruction | episodes | success | 95% CI |",
                   "|---|---|---|---|"]
@@ -165,10 +207,12 @@ def main(argv: list[str]) -> int:
         print(show(compose("eval", ["policy=AGENT"])))
         return 0
     cfg = compose("eval", overrides)
+    instruction = None if cfg.instruction is None else str(cfg.instruction)
+    suite_options(cfg.env, list(cfg.suites), instruction)  # a bad suite fails before the policy loads
     controller = load_controller(cfg.policy, cfg.device)
     out = Path(cfg.out)
     report = evaluate(controller, cfg.env, int(cfg.episodes), list(cfg.suites), int(cfg.seed),
-                      env_options(cfg), int(cfg.videos), out, bool(cfg.progress))
+                      env_options(cfg), int(cfg.videos), out, bool(cfg.progress), instruction)
     write_report(report, out, f"{cfg.policy} on {cfg.env}")
     print(markdown(report, f"{cfg.policy} on {cfg.env}"))
     print(f"wrote {out}/eval.json, eval.md, eval.png")

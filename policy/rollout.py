@@ -48,6 +48,7 @@ class EpisodeResult:
     frames: list[np.ndarray] | None = None  # (H, W, 3) uint8 per step, when recorded
     steps: dict[str, np.ndarray] | None = None  # store rows, when recorded
     labelled: bool = True  # False: the env could not tell success (a real arm nobody labelled)
+    max_reward: float | None = None  # the largest single-step reward (coverage-style tasks); None: no step
 
 
 def clip_to_spec(action: np.ndarray, spec) -> np.ndarray:
@@ -87,7 +88,7 @@ def run_episode(env: Env, controller: Controller, seed: int, instruction: str | 
     ts = env.reset(seed=seed, instruction=instruction)
     instruction = ts.observation["instruction"]
     controller.reset(instruction)
-    frames, rows, ret, success, length = [], [], 0.0, False, 0
+    frames, rows, ret, success, length, max_reward = [], [], 0.0, False, 0, None
     while True:
         length += 1  # observations seen, o_0 included (= rows when recorded)
         if record_frames:
@@ -103,11 +104,13 @@ def run_episode(env: Env, controller: Controller, seed: int, instruction: str | 
         if ts.last():
             break
         ts = env.step(action)
-        ret += float(ts.reward or 0.0)
+        reward = float(ts.reward or 0.0)
+        ret += reward
+        max_reward = reward if max_reward is None else max(max_reward, reward)
         success = success or bool(ts.info.get("success", False))
     steps = {k: np.stack([r[k] for r in rows]) for k in rows[0]} if record_steps else None
     labelled = success or ts.info.get("success", False) is not None
-    return EpisodeResult(instruction, success, ret, length, frames or None, steps, labelled)
+    return EpisodeResult(instruction, success, ret, length, frames or None, steps, labelled, max_reward)
 
 
 def _row(ts, action: np.ndarray, image_key: str) -> dict[str, np.ndarray]:
