@@ -38,7 +38,7 @@ class Bundle:
         self.inputs = manifest["onnx"]["policy"]["inputs"]
         try:
             self.normalizer = Normalizer.from_json(manifest.get("normalization"))
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise BundleError(f"{path}/manifest.json: bad `normalization` ({e}); re-run `reverie export`") from e
         self._carried: list[np.ndarray] = []
         self.reset()

@@ -106,7 +106,78 @@ def read(bundle: Path) -> dict:
     absent = [k for k in REQUIRED_KEYS if k not in manifest]
     if absent:
         raise BundleError(f"{path} lacks {absent}; the bundle is damaged or hand-edited, re-run `reverie export`")
+    for field, expected, fits in FIELDS:
+        value = _get(manifest, field)
+        if not fits(value):
+            shown = "absent" if value is _ABSENT else json.dumps(value)[:60]
+            raise BundleError(f"{path}: {field} is {shown}, expected {expected}; the bundle is damaged or "
+                              "hand-edited, re-run `reverie export`")
+    scales, actions = len(manifest["robot"]["action_scale"]), manifest["action"]["shape"][0]
+    if scales != actions:
+        raise BundleError(f"{path}: robot.action_scale has {scales} values for {actions} action values; the "
+                          "bundle is damaged or hand-edited, re-run `reverie export`")
     return manifest
+
+
+_ABSENT = object()
+
+
+def _get(manifest: dict, field: str):
+    value = manifest
+    for key in field.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return _ABSENT
+        value = value[key]
+    return value
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return (_int(v) or isinstance(v, float)) and v == v and abs(v) != float("inf")
+
+
+def _dims(n: int):
+    return lambda v: isinstance(v, list) and len(v) == n and all(_int(d) and d > 0 for d in v)
+
+
+def _names(v) -> bool:
+    return isinstance(v, list) and all(isinstance(n, str) and n for n in v)
+
+
+def _state_tensor(s) -> bool:
+    return (isinstance(s, dict) and isinstance(s.get("name"), str) and _number(s.get("initial"))
+            and isinstance(s.get("shape"), list) and all(_int(d) and d >= 0 for d in s["shape"]))
+
+
+def _file_entry(e) -> bool:
+    return isinstance(e, dict) and isinstance(e.get("sha256"), str) and _int(e.get("bytes")) and e["bytes"] >= 0
+
+
+# The fields the runtime reads, each with what it must be: a manifest that passes its digest can still
+# come from a buggy or hand-sealed export, and must fail here, naming the field, not in a traceback.
+FIELDS = (
+    ("observation.image_key", "a camera key like \"image/front\"",
+     lambda v: isinstance(v, str) and v.startswith("image/") and len(v) > len("image/")),
+    ("observation.image.shape", "[height, width, 3]", lambda v: _dims(3)(v) and v[2] == 3),
+    ("observation.state.shape", "[joints], one positive integer", _dims(1)),
+    ("observation.instruction.max_chars", "a positive integer", lambda v: _int(v) and v > 0),
+    ("action.shape", "[action values], one positive integer", _dims(1)),
+    ("control_hz", "a rate in Hz in (0, 1000]", lambda v: _number(v) and 0 < v <= 1000),
+    ("state_tensors", "a list of {name, shape, initial}", lambda v: isinstance(v, list) and all(map(_state_tensor, v))),
+    ("onnx.policy.file", "a file name", lambda v: isinstance(v, str) and bool(v)),
+    ("onnx.policy.inputs", "a list of input names", _names),
+    ("onnx.policy.outputs", "a list of output names", _names),
+    ("files", "{file name: {sha256, bytes}}", lambda v: isinstance(v, dict) and all(map(_file_entry, v.values()))),
+    ("robot", "a mapping (the robot the bundle was exported for)", lambda v: isinstance(v, dict)),
+    ("robot.name", "the name of the robot or arm config", lambda v: isinstance(v, str) and bool(v)),
+    ("robot.action_mode", "\"delta\" or \"absolute\"", lambda v: v in ("delta", "absolute")),
+    ("robot.action_scale", "a list of positive numbers, one per action value",
+     lambda v: isinstance(v, list) and bool(v) and all(_number(x) and x > 0 for x in v)),
+    ("normalization", "a mapping, or null for none", lambda v: v is _ABSENT or v is None or isinstance(v, dict)),
+)
 
 
 def verify(bundle: Path) -> dict:
