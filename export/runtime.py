@@ -28,9 +28,11 @@ goes through the robot's safety limits, and any fault or non-finite action ends 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -66,10 +68,32 @@ def parse(argv: list[str]) -> dict:
             args[key] = int(args.get(key, default))
         except ValueError as e:
             raise ConfigError(f"{key}={args[key]!r} must be an integer") from e
-    if args["episodes"] < 1 or args["steps"] < 1:
-        raise ConfigError("episodes and steps must be at least 1")
+    if args["episodes"] < 1 or args["steps"] < 1 or args["threads"] < 1:
+        raise ConfigError(f"episodes={args['episodes']}, steps={args['steps']}, threads={args['threads']}: each "
+                          "must be at least 1")
+    if args.get("socket") is not None:
+        if not (args["socket"].isdigit() and int(args["socket"]) <= 65535):
+            raise ConfigError(f"socket={args['socket']!r} must be a TCP port number 0-65535 (0: any free port)")
+        args["socket"] = int(args["socket"])
+    if args.get("report"):
+        check_report_path(Path(args["report"]))
     args["stdin"] = str(args.get("stdin", "true")).lower() in ("1", "true", "yes")
     return args
+
+
+def check_report_path(path: Path) -> None:
+    """Before anything runs: a report that could not be written at the end would lose the run's numbers."""
+    if path.is_dir():
+        raise ConfigError(f"report={path} is a folder; pass a file path, e.g. report={path / 'report.json'}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"report={path}: folder {path.parent} does not exist; create it first or pick another path")
+
+
+def write_report(path: Path, results: list[dict]) -> None:
+    try:
+        path.write_text(json.dumps(results, indent=1))
+    except OSError as e:
+        raise ConfigError(f"could not write report={path} ({e.strerror}); free space or pick another path") from e
 
 
 @dataclasses.dataclass
@@ -110,9 +134,10 @@ class Deployment:
     def __init__(self, bundle: Bundle, target, channel: InstructionChannel, recorder=None):
         self.bundle, self.target, self.channel, self.recorder = bundle, target, channel, recorder
         self.period = 1.0 / bundle.control_hz
+        self.current: EpisodeStats | None = None
 
     def episode(self, max_steps: int) -> EpisodeStats:
-        stats = EpisodeStats()
+        stats = self.current = EpisodeStats()  # the episode in progress, for a report cut short by a fault
         # A servo arm (ArmTarget's robot_io.Robot) counts the bus faults it rode out since connect.
         fault_counts = getattr(getattr(self.target, "robot", None), "fault_counts", None)
         faults_before = fault_counts() if fault_counts else {}
@@ -174,6 +199,7 @@ class Deployment:
         if self.recorder:
             notes = "; ".join(f"instruction {v}: {t}" for v, t in self.channel.changes if v > first_version)
             self.recorder.end(stats.success, notes)
+        self.current = None
         return stats
 
 
@@ -187,14 +213,16 @@ def print_episode(i: int, s: dict) -> None:
              f"held" if (f := s.get("faults")) else ""), flush=True)
 
 
-def deploy(args: dict) -> list[dict]:
-    """Verify, connect, check, run; always ends with the target stopped. Returns per-episode summaries."""
+def deploy(args: dict, results: list[dict] | None = None) -> list[dict]:
+    """Verify, connect, check, run; always ends with the target stopped. Returns per-episode summaries,
+    appended to `results` as they come: after a fault it holds the episodes that ran, the last one cut
+    short with its `fault`."""
     bundle = Bundle.load(args["bundle"], threads=args["threads"])       # BundleError before anything moves
     channel = InstructionChannel(bundle.encoder.encode, bundle.max_chars)
     channel.set(args["instruction"])                                    # ConfigError before anything moves
     target = make_target(bundle, args)
-    server = recorder = None
-    results: list[dict] = []
+    server = recorder = run = None
+    results = [] if results is None else results
     try:
         image, state_dim, action_dim, hz = target.describe()           # nothing powered yet
         bundle.check_robot(image, state_dim, action_dim, hz, what=args["robot"])
@@ -222,6 +250,9 @@ def deploy(args: dict) -> list[dict]:
             recorder.discard()
         outcome = target.safe_stop()
         log.error("safe stop: %s", outcome)
+        if run is not None and run.current is not None:
+            results.append({**run.current.summary(bundle.control_hz), "stopped": outcome,
+                            "fault": str(e) or "interrupted"})
         if isinstance(e, KeyboardInterrupt):
             raise
         raise type(e)(f"{e}\n(safe stop: {outcome})") from e
@@ -244,12 +275,16 @@ def main(argv: list[str]) -> int:
     if args.get("help"):
         print(__doc__)
         return 0
-    results = deploy(args)
-    if args.get("report"):
-        import json
-        from pathlib import Path
-
-        Path(args["report"]).write_text(json.dumps(results, indent=1))
+    results: list[dict] = []
+    try:
+        deploy(args, results)
+    except (ReverieError, KeyboardInterrupt) as e:  # the report still tells what ran, and how it ended
+        if not (results and "fault" in results[-1]):
+            results.append({"fault": str(e) or "interrupted"})
+        raise
+    finally:
+        if args.get("report"):
+            write_report(Path(args["report"]), results)
     if len(results) > 1:
         rates = [r["success"] for r in results if r["success"] is not None]
         if rates:
