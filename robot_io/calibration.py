@@ -86,15 +86,40 @@ def save_calibration(calibration: dict, path: str | Path) -> Path:
 
 def load_calibration(path: str | Path, arm: ArmConfig | None = None) -> dict:
     path = Path(path).expanduser()
+    again = f"calibrate again (`reverie robot calibrate out={path}`)"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise ConfigError(f"calibration file {path} not found; run `reverie robot calibrate out={path}`") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"calibration file {path} is not valid JSON ({e}); calibrate again") from e
+    except IsADirectoryError:
+        raise ConfigError(f"calibration={path} is a folder; pass the calibration JSON file inside it") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read calibration file {path} ({e.strerror}); check its permissions") from e
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for a binary file
+        raise ConfigError(f"calibration file {path} is not valid JSON ({str(e)[:80]}); {again}") from e
+    problem = _layout_problem(data)
+    if problem:
+        raise ConfigError(f"calibration file {path} {problem}; {again}")
     if arm is not None:
         missing = [n for n in arm.names if n not in data.get("joints", {})]
         if missing:
             raise ConfigError(f"calibration {path} has no entry for joints {missing} of arm {arm.name!r}; "
                               f"was it made for another arm? Calibrate this one")
     return data
+
+
+def _layout_problem(data) -> str | None:
+    """What is wrong with a parsed calibration's layout (the module docstring's), or None."""
+    if not isinstance(data, dict) or not isinstance(data.get("joints"), dict):
+        return "has no `joints` mapping (joint name -> zero_ticks, range_ticks)"
+
+    def ticks(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < TICKS_PER_TURN
+
+    for name, joint in data["joints"].items():
+        pair = joint.get("range_ticks") if isinstance(joint, dict) else None
+        if not (isinstance(joint, dict) and ticks(joint.get("zero_ticks")) and isinstance(pair, list)
+                and len(pair) == 2 and all(map(ticks, pair))):
+            return (f"has a bad entry for joint {name!r} ({json.dumps(joint)[:60]}): expected zero_ticks and "
+                    f"range_ticks [low, high], whole ticks 0..{TICKS_PER_TURN - 1}")
+    return None

@@ -146,20 +146,21 @@ def _joint(raw: Mapping[str, Any], arm: str, defaults: Mapping[str, Any]) -> Joi
         raise ConfigError(f"{where}: limits are inverted or empty ([{lo}, {hi}]); "
                           f"the lower limit must be below the upper one, swap them in the arm YAML")
     rlo, rhi = (int(v) for v in _pair(raw.get("range_ticks", (0, TICKS_PER_TURN - 1)), f"{where}: range_ticks"))
+    number = lambda key, default=None: _number(raw, key, default, where)
     if not 0 <= rlo < rhi < TICKS_PER_TURN:
         raise ConfigError(f"{where}: range_ticks [{rlo}, {rhi}] must satisfy 0 <= low < high < "
                           f"{TICKS_PER_TURN}; re-run `reverie robot calibrate`")
-    direction = int(raw.get("direction", 1))
+    direction = number("direction", 1)
     if direction not in (1, -1):
         raise ConfigError(f"{where}: direction must be 1 or -1, got {direction}")
     for key in ("max_velocity", "max_step", "action_scale"):
-        if not float(raw[key]) > 0:
+        if not number(key) > 0:
             raise ConfigError(f"{where}: {key} must be positive, got {raw[key]}")
     joint = JointConfig(
-        name=str(name), id=int(raw["id"]), model=str(raw["model"]).lower(), limits=(lo, hi),
-        max_velocity=float(raw["max_velocity"]), max_step=float(raw["max_step"]),
-        action_scale=float(raw["action_scale"]), direction=direction,
-        zero_ticks=int(raw.get("zero_ticks", TICKS_PER_TURN // 2)), range_ticks=(rlo, rhi),
+        name=str(name), id=int(number("id")), model=str(raw["model"]).lower(), limits=(lo, hi),
+        max_velocity=number("max_velocity"), max_step=number("max_step"),
+        action_scale=number("action_scale"), direction=int(direction),
+        zero_ticks=int(number("zero_ticks", TICKS_PER_TURN // 2)), range_ticks=(rlo, rhi),
         gripper=bool(raw.get("gripper", False)))
     if joint.gripper and not (0.0 <= lo and hi <= 1.0):
         raise ConfigError(f"{where}: a gripper's limits are openings within [0, 1], got [{lo}, {hi}]")
@@ -178,7 +179,10 @@ def _pose(raw, joints: tuple[JointConfig, ...], arm: str, key: str) -> tuple[flo
         if unknown:
             raise ConfigError(f"arm {arm!r}: {key} names unknown joints {sorted(unknown)}")
         raw = [raw.get(j.name, (j.limits[0] + j.limits[1]) / 2) for j in joints]
-    pose = tuple(float(v) for v in raw)
+    try:
+        pose = tuple(float(v) for v in raw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"arm {arm!r}: {key}={raw!r} must be a list of numbers, one per joint") from e
     if len(pose) != len(joints):
         raise ConfigError(f"arm {arm!r}: {key} has {len(pose)} values for {len(joints)} joints")
     for j, v in zip(joints, pose):
@@ -198,9 +202,12 @@ def arm_from_mapping(raw: Mapping[str, Any], calibration: Mapping[str, Any] | No
     mode = str(raw.get("action_mode", "delta"))
     if mode not in ACTION_MODES:
         raise ConfigError(f"arm {name!r}: action_mode must be one of {ACTION_MODES}, got {mode!r}")
-    joints_raw = list(raw.get("joints") or [])
+    joints_raw = raw.get("joints") or []
     if not joints_raw:
         raise ConfigError(f"arm {name!r}: no joints listed; add a `joints:` list to the arm YAML")
+    if not isinstance(joints_raw, list) or not all(isinstance(j, Mapping) for j in joints_raw):
+        raise ConfigError(f"arm {name!r}: `joints` must be a list of mappings ({{name: ..., id: ...}}), got "
+                          f"{str(joints_raw)[:60]}; fix the arm YAML")
     calibration = calibration if calibration is not None else _calibration_file(raw.get("calibration"))
     if calibration is not None:
         uncalibrated = [j.get("name") for j in joints_raw if j.get("name") not in calibration.get("joints", {})]
@@ -221,10 +228,11 @@ def arm_from_mapping(raw: Mapping[str, Any], calibration: Mapping[str, Any] | No
         dupes = sorted({v for v in values if values.count(v) > 1})
         if dupes:
             raise ConfigError(f"arm {name!r}: joint {attr}s {dupes} appear more than once")
-    control_hz = float(raw.get("control_hz", 30.0))
+    control_hz = _number(raw, "control_hz", 30.0, f"arm {name!r}")
     if not 0 < control_hz <= 1000:
         raise ConfigError(f"arm {name!r}: control_hz must be in (0, 1000], got {control_hz}")
-    max_fault_rate, fault_window = _number(raw, "max_fault_rate", 0.1, name), _number(raw, "fault_window", 30, name)
+    where = f"arm {name!r}"
+    max_fault_rate, fault_window = _number(raw, "max_fault_rate", 0.1, where), _number(raw, "fault_window", 30, where)
     if not 0 <= max_fault_rate < 1:
         raise ConfigError(f"arm {name!r}: max_fault_rate={max_fault_rate:g} must be in [0, 1): the share of "
                           f"recent position reads allowed to fail (0.1: 3 of 30)")
@@ -232,19 +240,20 @@ def arm_from_mapping(raw: Mapping[str, Any], calibration: Mapping[str, Any] | No
         raise ConfigError(f"arm {name!r}: fault_window={fault_window:g} must be a whole number of reads >= 1")
     return ArmConfig(
         name=name, protocol=protocol, joints=joints, port=raw.get("port"),
-        baudrate=int(raw.get("baudrate", 1_000_000)), timeout_s=float(raw.get("timeout_s", 0.02)),
-        retries=int(raw.get("retries", 2)), control_hz=control_hz, action_mode=mode,
+        baudrate=int(_number(raw, "baudrate", 1_000_000, where)), timeout_s=_number(raw, "timeout_s", 0.02, where),
+        retries=int(_number(raw, "retries", 2, where)), control_hz=control_hz, action_mode=mode,
         home_pose=_pose(raw.get("home_pose"), joints, name, "home_pose"),
         safe_pose=_pose(raw.get("safe_pose"), joints, name, "safe_pose"),
-        watchdog_s=float(raw.get("watchdog_s", 0.25)), settle_tol=float(raw.get("settle_tol", 0.05)),
+        watchdog_s=_number(raw, "watchdog_s", 0.25, where), settle_tol=_number(raw, "settle_tol", 0.05, where),
         max_fault_rate=max_fault_rate, fault_window=int(fault_window), cameras=dict(raw.get("cameras") or {}))
 
 
-def _number(raw: Mapping[str, Any], key: str, default: float, arm: str) -> float:
+def _number(raw: Mapping[str, Any], key: str, default: float | None, where: str) -> float:
+    value = raw.get(key, default)
     try:
-        return float(raw.get(key, default))
+        return float(value)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"arm {arm!r}: {key}={raw.get(key)!r} must be a number") from e
+        raise ConfigError(f"{where}: {key}={value!r} must be a number; fix it in the arm YAML") from e
 
 
 def load_arm(name_or_path: str | Path, **overrides) -> ArmConfig:
@@ -318,9 +327,15 @@ def _read_yaml(path: Path, depth: int = 0) -> dict:
         raise ConfigError(f"arm config {path} not found; check the path or use a shipped arm by name "
                           f"({sorted(p.stem for p in CONF_DIR.glob('*.yaml'))})")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"arm config {path} is not valid YAML: {e}") from e
+        raw = yaml.safe_load(path.read_bytes()) or {}
+    except IsADirectoryError:
+        raise ConfigError(f"arm config {path} is a folder; pass the arm YAML file") from None
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: not text (UnicodeDecodeError)
+        raise ConfigError(f"arm config {path} is not valid YAML ({str(e).splitlines()[0][:80]}); fix or "
+                          "replace the file") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"arm config {path} holds a {type(raw).__name__}, not a mapping of arm settings "
+                          "(name, protocol, joints, ...); fix the file or start it with `base: <arm name>`")
     base = raw.pop("base", None)
     if base is None:
         return raw
