@@ -31,6 +31,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -144,10 +145,24 @@ class EpisodeStore:
         if path is not None and path.exists() and not (path.is_dir() and not any(path.iterdir())):
             raise StoreError(f"{path} already exists; open it with EpisodeStore.open(path, mode='a') "
                              "or choose a new path")
+        existed = path is not None and path.exists()  # an empty folder: the user's, kept on failure
         try:
-            group = zarr.open_group(store, mode="w-", zarr_format=3)
+            cls._create_layout(store, schema, fps, robot, image_codec, attrs)
         except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as e:
             raise StoreError(f"{path_or_url} already holds zarr data; open it or choose a new path") from e
+        except OSError as e:  # a full or read-only disk: leave nothing half-made behind
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+                if existed:
+                    path.mkdir(exist_ok=True)
+            raise StoreError(f"cannot create the store {path_or_url}: {e.strerror or e}; nothing was left "
+                             "behind. Free disk space or choose a writable location") from e
+        return cls.open(path_or_url, mode="a")
+
+    @staticmethod
+    def _create_layout(store, schema: dict[str, ArraySpec], fps: float, robot: str, image_codec: str,
+                       attrs: dict) -> None:
+        group = zarr.open_group(store, mode="w-", zarr_format=3)
         lossless = ZstdCodec(level=3)
         for key, spec in schema.items():
             codec = ({"serializer": ImageCodec(), "compressors": None}
@@ -168,7 +183,6 @@ class EpisodeStore:
             "format": FORMAT, "schema_version": SCHEMA_VERSION, "fps": float(fps), "robot": str(robot),
             "image_codec": image_codec, "keys": schema_to_json(schema), "attrs": attrs,
         })
-        return cls.open(path_or_url, mode="a")
 
     @classmethod
     def open(cls, path_or_url, mode: str = "r") -> "EpisodeStore":
