@@ -14,9 +14,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from reverie.errors import ConfigError
+from reverie.files import load_weights, read_json, read_tensors
 from reverie.normalize import Normalizer
 from reverie.policy.agent import Agent
 
@@ -60,18 +61,18 @@ def normalizer(info: dict, wm=None) -> Normalizer:
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[Agent, dict]:
     path = find(path)
-    info = json.loads((path / "agent.json").read_text())
+    info = read_json(path / "agent.json", required=("sizes", "world_model", "image_key"))
     # chunk and film arrived later: agents saved before them are single-action, concatenation-only.
     extra = {k: info["sizes"][k] for k in ("chunk", "film") if k in info["sizes"]}
     agent = Agent(**{k: info["sizes"][k] for k in SIZE_KEYS}, **extra)
-    agent.load_state_dict(load_file(path / "agent.safetensors"))
+    load_weights(agent, read_tensors(path / "agent.safetensors"), path / "agent.safetensors")
     return agent.to(device).eval(), info
 
 
 def world_model_of(agent_path: str | Path, wm: str | Path) -> str:
     """The world model to run an agent on, given `wm=`: when behaviour cloning fine-tuned a copy of
     `wm` for this agent (saved beside it), that copy; any other `wm` is taken as given."""
-    info = json.loads((find(agent_path) / "agent.json").read_text())
+    info = read_json(find(agent_path) / "agent.json")
     base = info.get("base_world_model")
     if info.get("finetuned_world_model") and base and Path(base).resolve() == Path(wm).resolve():
         return str(info["world_model"])

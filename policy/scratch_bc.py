@@ -11,17 +11,16 @@ arms), so its gap to the world-model agent measures what the model's memory and 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from reverie.errors import ConfigError
+from reverie.files import load_weights, read_json, read_tensors
 from reverie.normalize import Normalizer
 from reverie.policy.bc import chunk_targets, random_shift
 from reverie.policy.distributions import BoundedNormal
@@ -126,9 +125,9 @@ def load(path: str | Path) -> tuple[ScratchPolicy, dict]:
     path = Path(path)
     if not (path / "scratch_bc.json").exists():
         raise ConfigError(f"no behaviour-cloning-from-scratch policy in {path} (expected scratch_bc.json)")
-    info = json.loads((path / "scratch_bc.json").read_text())
+    info = read_json(path / "scratch_bc.json", required=("sizes", "image_key"))
     policy = ScratchPolicy(**info["sizes"])
-    policy.load_state_dict(load_file(path / "policy.safetensors"))
+    load_weights(policy, read_tensors(path / "policy.safetensors"), path / "policy.safetensors")
     policy.normalizer = Normalizer.from_json(info.get("normalizer"))  # older checkpoints: identity
     return policy.eval(), info
 

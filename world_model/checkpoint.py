@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 
 from reverie.errors import ConfigError
+from reverie.files import load_weights, read_config, read_json, read_tensors
 from reverie.normalize import Normalizer
 from reverie.world_model import distributed
 from reverie.world_model.backend import DataSpec, WorldModel, build, model_config
@@ -46,6 +47,9 @@ def find(path: str | Path) -> Path:
     path = Path(path)
     for candidate in (path, path / "checkpoint"):
         if (candidate / "model.safetensors").exists() and (candidate / "trainer.json").exists():
+            if not (candidate / "config.yaml").is_file():  # the model cannot be built without it
+                raise ConfigError(f"checkpoint {candidate} has no config.yaml (an incomplete copy?); copy the "
+                                  f"whole run folder again or train it again")
             return candidate
     raise ConfigError(f"no checkpoint in {path}: expected {path}/checkpoint/model.safetensors "
                       "(a run folder written by `reverie train-wm`) or a checkpoint folder")
@@ -96,30 +100,30 @@ def load_training(path: Path, module: torch.nn.Module, optimizer: torch.optim.Op
     none), optimiser and this rank's RNG; returns trainer.json."""
     path = find(path)
     averaged = (path / "train_model.safetensors").exists()
-    weights = _fill_optional(module, load_file(path / ("train_model.safetensors" if averaged else "model.safetensors")))
+    weights = _fill_optional(module, read_tensors(path / ("train_model.safetensors" if averaged else "model.safetensors")))
     _check_keys(path, set(module.state_dict()), set(weights), model_cfg)
     set_model_state_dict(module, weights, options=FULL)
     if ema is not None and averaged:
         with ema.applied():
-            set_model_state_dict(module, _fill_optional(module, load_file(path / "model.safetensors")), options=FULL)
+            set_model_state_dict(module, _fill_optional(module, read_tensors(path / "model.safetensors")), options=FULL)
     elif ema is not None:
         ema.reset()
     if not (path / "optimizer.safetensors").exists():  # save_finetuned's: weights only, a fresh optimiser
-        return json.loads((path / "trainer.json").read_text())
-    tensors = load_file(path / "optimizer.safetensors")
+        return read_json(path / "trainer.json")
+    tensors = read_tensors(path / "optimizer.safetensors")
     state: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         fqn, slot = key.rsplit("|", 1)
         state.setdefault(fqn, {})[slot] = value
-    groups = json.loads((path / "optimizer.json").read_text())["param_groups"]
+    groups = read_json(path / "optimizer.json", required=("param_groups",))["param_groups"]
     set_optimizer_state_dict(module, optimizer, {"state": state, "param_groups": groups}, options=OPTIM_LOAD)
     for name, param in module.named_parameters():  # loading ran a zero step on these: start them fresh
         if name not in state:
             optimizer.state.pop(param, None)
     rng = path / f"rng_rank{distributed.rank()}.safetensors"
     if rng.exists():
-        _set_rng_state(load_file(rng))
-    return json.loads((path / "trainer.json").read_text())
+        _set_rng_state(read_tensors(rng))
+    return read_json(path / "trainer.json", required=("backend", "step", "data_rng"))
 
 
 def normalizer(trainer: dict) -> Normalizer:
@@ -132,11 +136,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Wo
     """Build a trained world model for inference: (model in eval mode, training config, trainer.json).
     The model's `normalizer` attribute holds its units (see normalizer(); trainer["normalizer"] its JSON)."""
     path = find(path)
-    cfg = OmegaConf.create((path / "config.yaml").read_text())
-    trainer = json.loads((path / "trainer.json").read_text())
+    cfg = read_config(path / "config.yaml", required=("world_model", "preset"))
+    trainer = read_json(path / "trainer.json", required=("backend", "spec"))
     model = build(trainer["backend"], model_config(cfg), DataSpec.from_json(trainer["spec"]))
-    weights = _fill_optional(model, load_file(path / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    weights = _fill_optional(model, read_tensors(path / "model.safetensors"))
+    missing, unexpected = load_weights(model, weights, path / "model.safetensors", strict=False)
     if missing or unexpected:
         raise ConfigError(f"checkpoint {path} does not match the {trainer['backend']} model built from "
                           f"its config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
@@ -160,7 +164,7 @@ def _check_keys(path: Path, built: set[str], saved: set[str], model_cfg: Any = N
         return
     hint = "resume with the settings it was trained with (its config.yaml, world_model.*)"
     if model_cfg is not None:
-        then = OmegaConf.to_container(model_config(OmegaConf.create((path / "config.yaml").read_text())))
+        then = OmegaConf.to_container(model_config(read_config(path / "config.yaml", required=("world_model", "preset"))))
         now = OmegaConf.to_container(model_cfg)
         differ = [f"{k}: {then.get(k, 'absent')} there, {now.get(k, 'absent')} here"
                   for k in sorted(then.keys() | now.keys()) if then.get(k, "absent") != now.get(k, "absent")]
