@@ -238,6 +238,12 @@ def export(cfg) -> Path:
         raise ConfigError("pass policy=CHECKPOINT (an agent or scratch_bc folder) and out=BUNDLE")
     if int(cfg.opset) < 18:
         raise ConfigError(f"opset={cfg.opset}: the exporter needs opset 18 or later")
+    hz = cfg.control_hz  # null default: hydra cannot check its kind
+    if hz is not None and not (isinstance(hz, (int, float)) and not isinstance(hz, bool) and 0 < hz <= 1000):
+        raise ConfigError(f"control_hz={hz}: give a rate in Hz in (0, 1000], or null for the arm's or store's")
+    if int(cfg.parity_steps) < 1 or not float(cfg.tolerance) > 0 or int(cfg.threads) < 0:
+        raise ConfigError(f"parity_steps={cfg.parity_steps}, tolerance={cfg.tolerance}, threads={cfg.threads}: "
+                          "export checks parity over at least 1 step within a positive tolerance, threads >= 0")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     for name in ("onnx_ir", "onnxscript"):  # their per-pass INFO lines would bury ours

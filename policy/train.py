@@ -89,7 +89,22 @@ def rl_step(wm, agent: Agent, prior: Agent, batch: dict, actor_opt, value_opt, c
     return metrics
 
 
+def checked_stage(cfg) -> tuple[str, int]:
+    """(stage, steps), refused before the world model loads when they cannot train."""
+    stage = str(cfg.stage)
+    if stage not in STAGES:
+        raise ConfigError(f"stage={stage!r}: choose one of {sorted(STAGES)}")
+    steps = cfg.steps if cfg.steps is not None else cfg[stage].steps
+    if not (isinstance(steps, int) and not isinstance(steps, bool)) or steps < 1:
+        raise ConfigError(f"steps={steps}: train at least one whole step (e.g. steps={cfg[stage].steps})")
+    for key, least in (("log_every", 1), ("threads", 0)):
+        if cfg[key] < least:
+            raise ConfigError(f"{key}={cfg[key]} must be at least {least}")
+    return stage, steps
+
+
 def train(cfg) -> Path:
+    stage, steps = checked_stage(cfg)
     torch.manual_seed(int(cfg.seed))
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -100,9 +115,6 @@ def train(cfg) -> Path:
                  cfg.init, wm_path, cfg.wm)
     wm, wm_cfg, wm_info = wm_checkpoint.load_model(wm_path, device)
     wm.requires_grad_(False)
-    stage = str(cfg.stage)
-    if stage not in STAGES:
-        raise ConfigError(f"stage={stage!r}: choose one of {sorted(STAGES)}")
     sc = cfg[stage]
     data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size),
                      seq_len=int(sc.seq_len if stage == "bc" else sc.context), device=device,
@@ -121,7 +133,6 @@ def train(cfg) -> Path:
         agent, init_info = Agent(wm.feat_dim, wm.spec.action_dim, wm.spec.instruction_dim,
                                  **OmegaConf.to_container(cfg.agent)).to(device), {}
     agent.train()
-    steps = int(cfg.steps if cfg.steps is not None else sc.steps)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(show(cfg))

@@ -48,13 +48,13 @@ class Trainer:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self.mcfg = model_config(cfg)
+        self.steps = checked_steps(cfg, self.mcfg)  # before any process group, data or model
         self.device = distributed.setup(cfg.device)
         self.rank, self.world = distributed.rank(), distributed.world()
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
-        self.mcfg = model_config(cfg)
         self.backend = cfg.world_model.name
-        self.steps = int(cfg.steps if cfg.steps is not None else self.mcfg.steps)
         self.out, resume_from = _resolve_run_dir(cfg)
         torch.manual_seed(cfg.seed * 1000 + self.rank)
 
@@ -193,6 +193,28 @@ class Trainer:
         grid = grid.permute(1, 0, 2, 3).reshape(grid.shape[1], -1, 3)           # (2H, t*W, 3)
         self.writer.add_image("real_vs_openloop", grid.clamp(0, 1).cpu().numpy(), self.step,
                               dataformats="HWC")
+
+
+def checked_steps(cfg, mcfg) -> int:
+    """The run's steps, once the budget and schedule keys are known to make sense: refused before any
+    data or model is built, not a run that trains nothing, or fails at its first log or save."""
+    for key in ("steps", "minutes", "ema", "lr_end"):  # null defaults: hydra cannot check their kind
+        value = cfg.get(key)
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            raise ConfigError(f"{key}={value} must be a number (or null)")
+    steps = int(cfg.steps if cfg.steps is not None else mcfg.steps)
+    if steps < 1:
+        raise ConfigError(f"steps={steps}: train at least one step (e.g. steps=1000); a run of none "
+                          "would write no checkpoint")
+    if cfg.minutes is not None and not cfg.minutes > 0:
+        raise ConfigError(f"minutes={cfg.minutes} must be positive, or null for no time cap")
+    for key, least in (("log_every", 1), ("save_every", 1), ("image_every", 0), ("threads", 0), ("workers", 0)):
+        if cfg[key] < least:
+            raise ConfigError(f"{key}={cfg[key]} must be at least {least}")
+    for key in ("batch_size", "seq_len"):
+        if int(mcfg[key]) < 1:
+            raise ConfigError(f"preset.{cfg.world_model.name}.{key}={mcfg[key]} must be at least 1")
+    return steps
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
