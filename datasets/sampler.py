@@ -53,7 +53,7 @@ from zarr.storage import LocalStore
 
 from reverie.datasets.codecs import ImageCodec
 from reverie.datasets.schema import is_image_key
-from reverie.datasets.store import EpisodeStore
+from reverie.datasets.store import EpisodeStore, decoding
 from reverie.errors import StoreError
 
 CATEGORY_FIELDS = ("source", "instruction", "success", "round")
@@ -105,7 +105,8 @@ class ChunkReader:
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) (any range), one zarr call on the fallback path."""
         if self._dir is None:
-            return self.array[start:stop]
+            with decoding(str(self.array.store), f"{self.array.path} rows [{start}, {stop})"):
+                return self.array[start:stop]
         first, last = start // self.chunk, (stop - 1) // self.chunk
         parts = [self.chunk_rows(c, max(start - c * self.chunk, 0), min(stop - c * self.chunk, self.chunk))
                  for c in range(first, last + 1)]
@@ -115,15 +116,17 @@ class ChunkReader:
         """Rows [lo, hi) of chunk c, relative to the chunk's first row."""
         hi = self.chunk if hi is None else hi
         if self._dir is None:
-            return self.array[c * self.chunk + lo:c * self.chunk + hi]
+            with decoding(str(self.array.store), f"{self.array.path} chunk {c}"):
+                return self.array[c * self.chunk + lo:c * self.chunk + hi]
         key = self.array.metadata.encode_chunk_key((c,) + (0,) * (len(self.chunk_shape) - 1))
         try:
             data = (self._dir / key).read_bytes()
         except FileNotFoundError:  # zarr leaves chunks equal to the fill value unwritten
             return self.fill[lo:hi]
-        if self._zstd is None:
-            return ImageCodec.decode_frames(data, self.chunk_shape, lo, hi)
-        return np.frombuffer(self._zstd.decode(data), self.array.dtype).reshape(self.chunk_shape)[lo:hi]
+        with decoding(str(self._dir), f"chunk {key}"):
+            if self._zstd is None:
+                return ImageCodec.decode_frames(data, self.chunk_shape, lo, hi)
+            return np.frombuffer(self._zstd.decode(data), self.array.dtype).reshape(self.chunk_shape)[lo:hi]
 
 
 class ChunkCache:

@@ -26,6 +26,7 @@ power-loss durability would need fsync, which we leave to the filesystem.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -196,7 +197,7 @@ class EpisodeStore:
         try:
             group = zarr.open_group(store, mode="r" if mode == "r" else "r+")
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError,
-                ValueError) as e:
+                ValueError, TypeError) as e:
             where = "is not a zarr group" if path is not None else "holds no zarr group (missing, or not a store)"
             raise StoreError(f"{url} {where}, so not a reverie episode store; point at the store's root "
                              "(<name>.zarr) or create one with EpisodeStore.create") from e
@@ -216,6 +217,9 @@ class EpisodeStore:
         except KeyError as e:
             _unlock(lock)
             raise StoreError(f"{url} lacks {e}: the store is damaged; re-import or restore it from a copy") from e
+        except DECODE_ERRORS as e:  # an array's metadata or a chunk of the episode table
+            _unlock(lock)
+            raise damaged(url, "its episode table or an array's metadata", e) from e
         except BaseException:
             _unlock(lock)
             raise
@@ -362,7 +366,8 @@ class EpisodeStore:
     def episode(self, i: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         """key -> (T, ...) array of episode i (negative indices count from the end)."""
         start, stop = self.bounds(i)
-        return {key: self._data[key][start:stop] for key in self._check_keys(keys)}
+        with decoding(self.url, f"episode {i}"):
+            return {key: self._data[key][start:stop] for key in self._check_keys(keys)}
 
     def meta(self, i: int) -> EpisodeMeta:
         i = self._index(i)
@@ -387,13 +392,15 @@ class EpisodeStore:
         """Committed rows [start, stop) of one key in one zarr call."""
         if not 0 <= start <= stop <= self.num_frames:
             raise StoreError(f"rows [{start}, {stop}) outside the {self.num_frames} committed frames")
-        return self._data[key][start:stop]
+        with decoding(self.url, f"data/{key} rows [{start}, {stop})"):
+            return self._data[key][start:stop]
 
     def lowdim(self) -> dict[str, np.ndarray]:
         """key -> (N, ...) every committed row of the non-image keys, loaded into memory once."""
         if self._lowdim is None:
             end = self.num_frames
-            self._lowdim = {key: arr[:end] for key, arr in self._data.items() if not is_image_key(key)}
+            with decoding(self.url, "a low-dimensional array"):
+                self._lowdim = {key: arr[:end] for key, arr in self._data.items() if not is_image_key(key)}
         return self._lowdim
 
     def stats(self) -> dict[str, dict[str, np.ndarray]]:
@@ -525,6 +532,25 @@ class EpisodeStore:
     def _update_stats(self) -> None:
         stats = self._compute_stats()
         self._group.attrs["stats"] = {"episodes": self.num_episodes, "keys": stats_lib.to_json(stats)}
+
+
+# What zarr and its codecs raise for a chunk or metadata file that does not decode (bit rot, a
+# truncated copy, a file from elsewhere): zstd's RuntimeError, json's ValueError, shape TypeErrors.
+DECODE_ERRORS = (RuntimeError, ValueError, TypeError)
+
+
+def damaged(url: str, what: str, e: Exception) -> StoreError:
+    return StoreError(f"{url}: {what} does not decode ({type(e).__name__}: {str(e)[:80]}); the store is "
+                      "damaged: restore it from a copy or import it again")
+
+
+@contextlib.contextmanager
+def decoding(url: str, what: str):
+    """Reads inside raise a StoreError naming `what` when a chunk does not decode."""
+    try:
+        yield
+    except DECODE_ERRORS as e:
+        raise damaged(url, what, e) from e
 
 
 def _json_attrs(values: Mapping) -> dict:
