@@ -48,9 +48,8 @@ def compose(name: str, overrides: list[str] = (), choices: bool = False) -> Dict
                     _check_kind(name, o.key_or_group, OmegaConf.select(defaults, o.key_or_group),
                                 OmegaConf.select(cfg, o.key_or_group))
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(
-            f"bad override for `{name}`: {e}\n"
-            f"Overrides are key=value; run with --help to see the keys this command takes.") from e
+        raise ConfigError(f"bad override for `{name}`: {_one_line(str(e))}; overrides are key=value, run "
+                          "the command with --help to see the keys it takes") from e
     OmegaConf.set_readonly(cfg, False)
     OmegaConf.set_struct(cfg, False)
     del cfg["hydra"]
@@ -63,6 +62,17 @@ def compose(name: str, overrides: list[str] = (), choices: bool = False) -> Dict
     else:
         OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def _one_line(message: str) -> str:
+    """Hydra's message on one line ("Available options in 'preset': cpu, l, ..."), without its search path."""
+    parts: list[str] = []
+    for line in message.split("\nConfig search path:")[0].splitlines():
+        if line.startswith("\t") and parts:  # an option listed under the line before
+            parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line.strip()
+        elif line.strip():
+            parts.append(line.strip().rstrip("."))
+    return "; ".join(parts)
 
 
 def _number(value) -> bool:
