@@ -65,7 +65,9 @@ def route(argv: list[str]) -> tuple[tuple[str, ...], list[str]]:
         words = tuple(argv[:n])
         if words in COMMANDS:
             return words, argv[n:]
-    raise ReverieError(f"unknown command {' '.join(argv[:2])!r}\n\n{usage()}")
+    commands = ", ".join(" ".join(w) for w in available())
+    raise ReverieError(f"unknown command {' '.join(argv[:2])!r}; commands: {commands} (`reverie --help` says what "
+                       "each does)")
 
 
 def main(argv: list[str] | None = None) -> int:
