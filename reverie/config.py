@@ -13,6 +13,7 @@ from reverie.errors import ConfigError
 # Keys that take more than their default's kind: resume (false | true | a run folder) and
 # probe_episodes (a number | null: all).
 ALSO_TAKES = {"resume": str, "probe_episodes": type(None)}
+_DEFAULTS: dict[tuple, DictConfig] = {}  # (config, group choices) -> its defaults: the YAMLs do not change
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -42,8 +43,10 @@ def compose(name: str, overrides: list[str] = (), choices: bool = False) -> Dict
             parsed = OverridesParser.create().parse_overrides(list(overrides))
             values = [o for o in parsed if o.key_or_group not in picked and not (o.is_add() or o.is_delete())]
             if values:  # each value against its default, under the same config-group choices
-                defaults = hydra_compose(config_name=name,
-                                         overrides=[o.input_line for o in parsed if o.key_or_group in picked])
+                groups = tuple(o.input_line for o in parsed if o.key_or_group in picked)
+                if (name, groups) not in _DEFAULTS:
+                    _DEFAULTS[name, groups] = hydra_compose(config_name=name, overrides=list(groups))
+                defaults = _DEFAULTS[name, groups]
                 for o in values:
                     _check_kind(name, o.key_or_group, OmegaConf.select(defaults, o.key_or_group),
                                 OmegaConf.select(cfg, o.key_or_group))
