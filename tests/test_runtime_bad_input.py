@@ -162,6 +162,29 @@ def test_non_finite_action_while_running_ends_in_a_safe_stop(bundle, monkeypatch
         sim(bundle, "steps=30")
 
 
+def test_a_run_ended_by_a_fault_still_writes_its_report(bundle, monkeypatch, tmp_path):
+    """report= holds the episodes that ran and the one the fault cut short: its steps, the fault and how
+    the arm was left."""
+    from reverie.export.bundle import Bundle
+    from reverie.export.runtime import main
+
+    act, calls = Bundle.act, {"n": 0}
+
+    def failing(self, *a):
+        calls["n"] += 1
+        out = act(self, *a)
+        return out * np.nan if calls["n"] == 8 else out  # episode 2, step 3
+
+    monkeypatch.setattr(Bundle, "act", failing)
+    report = tmp_path / "report.json"
+    with pytest.raises(HardwareError, match="non-finite action"):
+        main([f"bundle={bundle}", "robot=sim", "instruction=touch the red cube", "task=touch", "steps=5",
+              "episodes=3", "stdin=false", f"report={report}"])
+    done, cut = json.loads(report.read_text())
+    assert done["steps"] == 5 and "fault" not in done
+    assert cut["steps"] == 2 and "non-finite action" in cut["fault"] and cut["stopped"].startswith("sim:")
+
+
 def widen(field: str, scale: float, joints=("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll")):
     """A manifest change that multiplies one limit of the named joints, in the arm config the runtime
     used to rebuild the arm from and in the summary fields beside it."""
