@@ -46,7 +46,9 @@ class Bundle:
     @classmethod
     def load(cls, path: str | Path, threads: int = 1) -> "Bundle":
         path = Path(path)
-        manifest = manifest_lib.verify(path)
+        manifest = manifest_lib.read(path)
+        manifest_lib.check_fields(manifest, path)  # before hashing the files: a cheap, named refusal
+        manifest_lib.check_files(path, manifest)
         policy = session(path / manifest["onnx"]["policy"]["file"], threads)
         encoder = TextEncoder(path, threads)
         bundle = cls(path, manifest, policy, encoder)

@@ -106,6 +106,14 @@ def read(bundle: Path) -> dict:
     absent = [k for k in REQUIRED_KEYS if k not in manifest]
     if absent:
         raise BundleError(f"{path} lacks {absent}; the bundle is damaged or hand-edited, re-run `reverie export`")
+    return manifest
+
+
+def check_fields(manifest: dict, bundle: Path) -> None:
+    """Every field the runtime reads has the kind and range it needs (FIELDS): a manifest that passes
+    its digest can still come from a buggy or hand-sealed export, and must fail here, naming the
+    field, not in a traceback later."""
+    path = Path(bundle) / MANIFEST
     for field, expected, fits in FIELDS:
         value = _get(manifest, field)
         if not fits(value):
@@ -116,7 +124,6 @@ def read(bundle: Path) -> dict:
     if scales != actions:
         raise BundleError(f"{path}: robot.action_scale has {scales} values for {actions} action values; the "
                           "bundle is damaged or hand-edited, re-run `reverie export`")
-    return manifest
 
 
 _ABSENT = object()
@@ -156,8 +163,7 @@ def _file_entry(e) -> bool:
     return isinstance(e, dict) and isinstance(e.get("sha256"), str) and _int(e.get("bytes")) and e["bytes"] >= 0
 
 
-# The fields the runtime reads, each with what it must be: a manifest that passes its digest can still
-# come from a buggy or hand-sealed export, and must fail here, naming the field, not in a traceback.
+# The fields the runtime reads (check_fields), each with what it must be.
 FIELDS = (
     ("observation.image_key", "a camera key like \"image/front\"",
      lambda v: isinstance(v, str) and v.startswith("image/") and len(v) > len("image/")),
@@ -183,8 +189,11 @@ FIELDS = (
 def verify(bundle: Path) -> dict:
     """The manifest, after checking that every listed file is present with its size and sha256, and
     that the files the runtime needs are listed. Raises BundleError naming the first problem."""
-    bundle = Path(bundle)
-    manifest = read(bundle)
+    return check_files(Path(bundle), read(bundle))
+
+
+def check_files(bundle: Path, manifest: dict) -> dict:
+    """verify's checks of the files a manifest lists."""
     files = manifest["files"]
     for name in REQUIRED:
         if name not in files:
