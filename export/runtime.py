@@ -16,7 +16,8 @@ Options (key=value):
   record=STORE round=0         record the episodes into an episode store (source=policy)
   threads=1         onnxruntime threads
   report=PATH       also write the per-episode summaries (rate, jitter, deadline misses, bus faults
-                    ridden out, how the arm was left...) as JSON
+                    ridden out, how the arm was left...) as JSON; after a fault too, the episode it
+                    cut short (or a last entry) carrying `fault`. Its folder must exist.
 
 Before anything moves: the bundle's checksums and graph signatures, the instruction, the bundle's
 limits against the robot's own, and the robot's camera, joints and rate against the manifest. While
