@@ -82,6 +82,10 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _numbers(values) -> bool:
+    return len(values) > 0 and all(_number(v) for v in values)
+
+
 def _fits(default, value) -> bool:
     """Whether `value` is of the kind `default` fixes for its key: null, ??? and strings take anything;
     a number takes numbers, a flag true/false, a list of numbers a list of numbers."""
@@ -90,22 +94,26 @@ def _fits(default, value) -> bool:
     if _number(default):
         return _number(value)
     if isinstance(default, ListConfig):
-        numbers = len(default) > 0 and all(_number(v) for v in default)
-        return isinstance(value, ListConfig) and (not numbers or (len(value) > 0 and all(_number(v) for v in value)))
+        return isinstance(value, ListConfig) and (_numbers(value) or not _numbers(default))
     if isinstance(default, DictConfig):
         return isinstance(value, DictConfig)
     return True
 
 
+def _shown(value) -> str:
+    """A value as one writes it in an override."""
+    if isinstance(value, (ListConfig, DictConfig)):
+        return str(OmegaConf.to_container(value)).replace("'", "")
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _check_kind(name: str, key: str, default, value) -> None:
     if _fits(default, value) or isinstance(value, ALSO_TAKES.get(key.rsplit(".", 1)[-1], ())):
         return
-    shown = lambda v: (str(OmegaConf.to_container(v)).replace("'", "") if isinstance(v, (ListConfig, DictConfig))
-                       else "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
     kind = ("true or false" if isinstance(default, bool) else "a number" if _number(default)
-            else "a mapping" if isinstance(default, DictConfig)
-            else "a list of numbers" if all(_number(v) for v in default) else "a list")
-    raise ConfigError(f"{key}={shown(value)} for `{name}`: {key} takes {kind}, e.g. {key}={shown(default)} "
+            else "a mapping" if isinstance(default, DictConfig) else "a list of numbers" if _numbers(default)
+            else "a list")
+    raise ConfigError(f"{key}={_shown(value)} for `{name}`: {key} takes {kind}, e.g. {key}={_shown(default)} "
                       "(its default)")
 
 
