@@ -230,3 +230,16 @@ def test_serve_bus_logs_every_goal_a_servo_accepts(tmp_path):
     rows = [tuple(int(x) for x in line.split()[1:]) for line in lines[1:]]
     assert [r[:2] for r in rows] == [(1, 2100), (2, 2000), (2, 1990)]
     assert abs(rows[0][2] - present[1]) <= 2  # the servo's position when it took the goal
+
+
+@pytest.mark.slow
+def test_soak_on_a_five_percent_noisy_bus_runs_to_the_end_within_limits_and_parks(quick, tmp_path):
+    """benchmarks/faults.py, shortened (the committed results are its 10,000-step run)."""
+    out = tmp_path / "faults.json"
+    run = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "faults.py"),
+                          "--steps", "900", "--cases", "drop=0.05", "corrupt=0.05", "--bundle", str(quick),
+                          "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for case in json.loads(out.read_text())["cases"]:
+        assert case["steps"] == 900 and case["parked"]["ok"]
+        assert case["goal_check"]["outside_limits"] == 0 and case["goal_check"]["beyond_max_step"] == 0
