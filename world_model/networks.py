@@ -212,9 +212,17 @@ class PixelMean(nn.Module):
     @torch.no_grad()
     def update(self, frames: Tensor) -> None:
         """frames (N, H, W, 3) in [0, 1]: a running average, then an EMA with a horizon of 1,000 batches."""
-        if len(frames):
+        batch_mean = frames.float().mean(0) if len(frames) else torch.zeros_like(self.pixel_mean)
+        count = torch.tensor(float(len(frames)), device=batch_mean.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank keeps the same mean (DDP/FSDP ranks must hold equal buffers): pool the ranks' frames
+            total = torch.cat([batch_mean.flatten() * count, count[None]])
+            torch.distributed.all_reduce(total)
+            count = total[-1]
+            batch_mean = total[:-1].reshape(batch_mean.shape) / count.clamp(min=1)
+        if count > 0:
             self.mean_count += 1
-            self.pixel_mean.lerp_(frames.float().mean(0), max(1 / float(self.mean_count), 1e-3))
+            self.pixel_mean.lerp_(batch_mean, max(1 / float(self.mean_count), 1e-3))
 
     @torch.no_grad()
     def weights(self, image: Tensor) -> Tensor:
