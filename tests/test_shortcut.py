@@ -244,14 +244,23 @@ def test_tokenizer_loss_decreases_on_a_tiny_batch():
         img[i // 2, i % 2, y:y + 6, x:x + 6] = 0.9
     batch["image"] = img
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    mses = []
+
+    def reconstruction_mse():  # without patch dropping: training's per-step loss is noisy by design
+        model.eval()
+        with torch.no_grad():
+            mse = model.loss(batch)[1]["loss/image"]
+        model.train()
+        return mse
+
     for _ in range(60):
         loss, metrics = model.loss(batch)
+        if _ == 0:
+            before = reconstruction_mse()  # after one look at the frames: it starts at their mean image
         opt.zero_grad()
         loss.backward()
         opt.step()
-        mses.append(metrics["loss/image"])
-    assert np.mean(mses[-5:]) < 0.8 * np.mean(mses[:5]), mses  # starts at the mean image (centring)
+    after = reconstruction_mse()
+    assert after < 0.8 * before, (before, after)
 
 
 def test_config_errors_name_the_fix():
