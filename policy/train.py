@@ -113,7 +113,8 @@ def train(cfg) -> Path:
     if wm_path != str(cfg.wm):
         log.info("init=%s acts on the world model behaviour cloning fine-tuned for it: %s (not wm=%s)",
                  cfg.init, wm_path, cfg.wm)
-    wm, wm_cfg, wm_info = wm_checkpoint.load_model(wm_path, device)
+    frame = int(cfg.bc.get("frame", 0)) if stage == "bc" and not cfg.init else 0
+    wm, wm_cfg, wm_info = wm_checkpoint.load_model(wm_path, device, {"frame": frame} if frame else None)
     wm.requires_grad_(False)
     sc = cfg[stage]
     data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size),
@@ -163,7 +164,8 @@ def train(cfg) -> Path:
              "instr_dim": agent.instr_dim, **OmegaConf.to_container(cfg.agent)}
     world_model, finetuned = Path(wm_path).resolve(), wm_path != str(cfg.wm)
     if stage == "bc" and cfg.bc.finetune:  # the features the agent was trained on are the tuned model's
-        world_model, finetuned = wm_checkpoint.save_finetuned(wm_path, out / "world_model", wm).resolve(), True
+        world_model = wm_checkpoint.save_finetuned(wm_path, out / "world_model", wm, wm_cfg if frame else None)
+        world_model, finetuned = world_model.resolve(), True
     # The train-wm run these features descend from (an RL agent on a BC-tuned copy keeps BC's base).
     base = Path(init_info["base_world_model"] if wm_path != str(cfg.wm) else cfg.wm).resolve()
     info = {"stage": stage, "steps": steps, "world_model": str(world_model), "finetuned_world_model": finetuned,

@@ -126,3 +126,29 @@ def test_old_agent_checkpoints_load_as_single_action_concatenation_agents(built,
     checkpoint.save(old, legacy, {**info, "sizes": sizes})
     agent, _ = checkpoint.load(old)
     assert agent.chunk == 1 and not agent.film
+
+
+def test_bc_with_a_frame_latent_adds_it_to_a_trained_world_model_and_rl_and_control_use_it(built, tmp_path):
+    """bc.frame=K adds the observed frame's latent to the features of a world model trained without it:
+    the tuned copy is saved with the setting, RL on it imagines the predicted latent, and the agent acts."""
+    from reverie.policy import train as agent_train
+    from reverie.policy.loading import load_controller
+    from reverie.sim.registry import make as make_env
+    from reverie.world_model import checkpoint as wm_checkpoint
+
+    bc = agent_train.train(compose("train_agent", ["stage=bc", f"out={tmp_path / 'bc'}", "steps=2", "bc.frame=8",
+                                                   *built["common"]]))
+    info = json.loads((bc / "agent.json").read_text())
+    tuned, _, _ = wm_checkpoint.load_model(info["world_model"])
+    base, _, _ = wm_checkpoint.load_model(built["wm"])
+    assert tuned.frame_dim == 8 and info["sizes"]["feat_dim"] == base.feat_dim + 8
+    assert any(k.startswith("frame_proj") for k in tuned.state_dict())
+    rl = agent_train.train(compose("train_agent", ["stage=rl", f"init={bc}", f"out={tmp_path / 'rl'}", "steps=1",
+                                                   "rl.batch_size=2", "rl.horizon=3", *built["common"]]))
+    controller = load_controller(rl)
+    env = make_env("arm/touch", time_limit=5)
+    ts = env.reset(seed=3)
+    controller.reset(ts.observation["instruction"])
+    action = controller.act(ts.observation)
+    assert action.shape == env.action_spec().shape and np.isfinite(action).all()
+    env.close()

@@ -249,3 +249,27 @@ def test_foreground_weight_scales_the_image_term_and_is_optional():
     assert m1["loss/image"] > 2 * m0["loss/image"]  # random frames are far from their mean almost everywhere
     assert abs(m1["image_mse"] - m0["image_mse"]) < 1e-6  # the reported MSE stays unweighted
     assert float(weighted.pixels.mean_count) == 1 and float(plain.pixels.mean_count) == 1
+
+
+def test_frame_latent_is_observed_then_predicted_and_heads_ignore_it():
+    """world_model.frame=K: observed features end with the frame's K-wide latent, imagined ones with its
+    prediction from the state; the model's own heads read only deter and stoch."""
+    model = make_model("world_model.frame=8")
+    batch = make_batch()
+    core = model.core_dim
+    assert model.feat_dim == core + 8
+    loss, metrics = model.loss(batch)
+    assert torch.isfinite(loss) and "loss/frame" in metrics
+    state, feat = model.observe(batch)
+    assert feat.shape == (B, T, core + 8)
+    frame = model.frame_proj(model._embed(batch))                          # (B, T, 8)
+    assert torch.allclose(feat[..., core:], frame, atol=1e-5)
+    traj = model.imagine(state, lambda f: torch.zeros(f.shape[0], A), 3)
+    assert traj["feat"].shape == (B, 4, core + 8) and traj["state"]["frame"].shape == (B, 4, 8)
+    predicted = model.frame_pred(traj["feat"][:, 1:, :core])
+    assert torch.allclose(traj["feat"][:, 1:, core:], predicted, atol=1e-5)
+    assert model.decode(traj["state"]).shape == (B, 4, 16, 16, 3)
+    # The heads' inputs exclude the frame: changing it changes no head output.
+    f = traj["feat"].clone()
+    f[..., core:] += 5.0
+    assert torch.equal(model.reward_head(model._core(f)), model.reward_head(model._core(traj["feat"])))

@@ -95,6 +95,7 @@ class WorldModel(nn.Module, abc.ABC):
     can_imagine = True  # False: observe / imagine are untrained (see the module docstring)
     describes = False   # True: `describe(feat)` exists (see the module docstring)
     optional_state: tuple[str, ...] = ()  # state_dict keys a checkpoint may lack (newer buffers)
+    optional_prefixes: tuple[str, ...] = ()  # parts that can be added to a trained model (checkpoint.load_model extend)
 
     def __init__(self, cfg: Any, spec: DataSpec):
         super().__init__()

@@ -132,11 +132,16 @@ def normalizer(trainer: dict) -> Normalizer:
     return Normalizer.from_json(trainer.get("normalizer"))
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[WorldModel, Any, dict]:
+def load_model(path: str | Path, device: str | torch.device = "cpu", extend: dict | None = None
+               ) -> tuple[WorldModel, Any, dict]:
     """Build a trained world model for inference: (model in eval mode, training config, trainer.json).
-    The model's `normalizer` attribute holds its units (see normalizer(); trainer["normalizer"] its JSON)."""
+    The model's `normalizer` attribute holds its units (see normalizer(); trainer["normalizer"] its JSON).
+    extend: world_model settings that add parts the checkpoint lacks (its backend's `optional_prefixes`,
+    e.g. the RSSM's frame latent for behaviour cloning); those parts start freshly initialised."""
     path = find(path)
     cfg = read_config(path / "config.yaml", required=("world_model", "preset"))
+    if extend:
+        cfg = OmegaConf.merge(cfg, {"world_model": dict(extend)})
     trainer = read_json(path / "trainer.json", required=("backend", "spec"))
     model = build(trainer["backend"], model_config(cfg), DataSpec.from_json(trainer["spec"]))
     weights = _fill_optional(model, read_tensors(path / "model.safetensors"))
@@ -153,7 +158,9 @@ def _fill_optional(module: torch.nn.Module, weights: dict[str, torch.Tensor]) ->
     """A checkpoint from before a backend's `optional_state` buffers keeps the module's own (neutral) values."""
     model = getattr(module, "module", module)  # DDP/FSDP wrappers hold the backend as .module
     own = model.state_dict()
-    return weights | {k: own[k] for k in getattr(model, "optional_state", ()) if k not in weights and k in own}
+    keys = set(getattr(model, "optional_state", ()))
+    keys |= {k for k in own if k.startswith(tuple(getattr(model, "optional_prefixes", ())))}
+    return weights | {k: own[k] for k in keys if k not in weights and k in own}
 
 
 def _check_keys(path: Path, built: set[str], saved: set[str], model_cfg: Any = None) -> None:
@@ -187,10 +194,11 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_finetuned(source: str | Path, out: Path, module: torch.nn.Module) -> Path:
+def save_finetuned(source: str | Path, out: Path, module: torch.nn.Module, config: Any = None) -> Path:
     """A world model fine-tuned outside train-wm (behaviour cloning, policy/bc.py) as an inference
     checkpoint: the source checkpoint's config and trainer.json with these weights (no optimiser, so
-    it is loaded, not resumed). Written to `out/checkpoint.tmp` and renamed, like `save`."""
+    it is loaded, not resumed). Written to `out/checkpoint.tmp` and renamed, like `save`. config: the
+    training config it was built from, when that differs from the source's (load_model's extend)."""
     src = find(source)
     out = Path(out)
     tmp, final = out / "checkpoint.tmp", out / "checkpoint"
@@ -200,7 +208,10 @@ def save_finetuned(source: str | Path, out: Path, module: torch.nn.Module) -> Pa
     trainer = json.loads((src / "trainer.json").read_text())
     trainer["finetuned_from"] = str(src.resolve())
     (tmp / "trainer.json").write_text(json.dumps(trainer, indent=1))
-    shutil.copy(src / "config.yaml", tmp / "config.yaml")
+    if config is None:
+        shutil.copy(src / "config.yaml", tmp / "config.yaml")
+    else:
+        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(config))
     save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, tmp / "model.safetensors")
     if final.exists():
         shutil.rmtree(final)
