@@ -120,3 +120,15 @@ class Env(Protocol):
 def image_keys(spec: dict[str, Any]) -> list[str]:
     """Camera keys of an observation spec or store schema, sorted (image/front before image/wrist)."""
     return sorted(k for k in spec if k.startswith("image/"))
+
+
+def checked_action(name: str, action, shape: tuple) -> np.ndarray:
+    """An env adapter's incoming action as float64, refused when its shape is wrong or it holds NaN/Inf."""
+    from reverie.errors import ReverieError
+
+    action = np.asarray(action, np.float64)
+    if action.shape != tuple(shape):
+        raise ReverieError(f"{name}: action shape {action.shape}, expected {tuple(shape)}")
+    if not np.all(np.isfinite(action)):
+        raise ReverieError(f"{name}: action contains NaN or Inf")
+    return action

@@ -32,9 +32,9 @@ import dm_env
 import numpy as np
 from dm_env import specs
 
-from reverie.errors import ConfigError, ReverieError
+from reverie.errors import ConfigError
 from reverie.sim.gym_adapters import image_key, to_rgb
-from reverie.specs import ArraySpec, StepType, TextSpec, TimeStep
+from reverie.specs import ArraySpec, StepType, TextSpec, TimeStep, checked_action
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +164,7 @@ class DmEnvToReverie:
     def step(self, action) -> TimeStep:
         if self._last is None or self._last.last():
             return self.reset()  # dm_env convention: stepping past the end starts a new episode
-        action = np.asarray(action, np.float64)
-        if action.shape != self._action_shape:
-            raise ReverieError(f"{self.name}: action shape {action.shape}, expected {self._action_shape}")
-        if not np.all(np.isfinite(action)):
-            raise ReverieError(f"{self.name}: action contains NaN or Inf")
+        action = checked_action(self.name, action, self._action_shape)
         self._last = self._timestep(self.env.step(self._to_dm_action(action)))
         return self._last
 

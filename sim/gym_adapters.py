@@ -40,8 +40,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from reverie.errors import ConfigError, ReverieError
-from reverie.specs import ArraySpec, StepType, TextSpec, TimeStep, image_keys
+from reverie.errors import ConfigError
+from reverie.specs import ArraySpec, StepType, TextSpec, TimeStep, checked_action, image_keys
 
 # Default instructions for a few common gymnasium tasks; others get "solve <id>".
 INSTRUCTIONS = {
@@ -278,11 +278,7 @@ class GymToReverie:
     def step(self, action) -> TimeStep:
         if self._last is None or self._last.last():
             return self.reset()  # dm_env convention: stepping past the end starts a new episode
-        action = np.asarray(action, np.float64)
-        if action.shape != self._action_shape:
-            raise ReverieError(f"{self.name}: action shape {action.shape}, expected {self._action_shape}")
-        if not np.all(np.isfinite(action)):
-            raise ReverieError(f"{self.name}: action contains NaN or Inf")
+        action = checked_action(self.name, action, self._action_shape)
         gym_action = self._to_gym_action(action)
         reward, terminated, truncated = 0.0, False, False
         for _ in range(self._repeat):
