@@ -193,6 +193,21 @@ class ConvDecoder(nn.Module):
         return torch.sigmoid(logits)
 
 
+@torch.no_grad()
+def update_mean_frame(mean: Tensor, count: Tensor, frames: Tensor) -> None:
+    """A running mean frame, in place: mean (H, W, 3) and count (batches seen, a scalar tensor) from
+    frames (N, H, W, 3); a plain average, then an EMA with a horizon of 1,000 batches. Under
+    torch.distributed the ranks' frames are pooled, so every rank keeps the same buffers (DDP/FSDP)."""
+    n = torch.tensor(float(len(frames)), device=mean.device)
+    total = torch.cat([frames.float().sum(0).flatten() if len(frames) else torch.zeros_like(mean).flatten(), n[None]])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(total)
+    n = total[-1]
+    count += (n > 0).float()
+    rate = torch.where(n > 0, (1 / count.clamp(min=1)).clamp(min=1e-3), torch.zeros_like(n))
+    mean.lerp_(total[:-1].reshape(mean.shape) / n.clamp(min=1), rate)
+
+
 class PixelMean(nn.Module):
     """Running mean of the training frames and the foreground weights it gives.
 
@@ -209,25 +224,15 @@ class PixelMean(nn.Module):
         self.register_buffer("pixel_mean", torch.full((size, size, 3), 0.5))
         self.register_buffer("mean_count", torch.zeros(()))
 
-    @torch.no_grad()
     def update(self, frames: Tensor) -> None:
-        """frames (N, H, W, 3) in [0, 1]: a running average, then an EMA with a horizon of 1,000 batches."""
-        batch_mean = frames.float().mean(0) if len(frames) else torch.zeros_like(self.pixel_mean)
-        count = torch.tensor(float(len(frames)), device=batch_mean.device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # every rank keeps the same mean (DDP/FSDP ranks must hold equal buffers): pool the ranks' frames
-            total = torch.cat([batch_mean.flatten() * count, count[None]])
-            torch.distributed.all_reduce(total)
-            count = total[-1]
-            batch_mean = total[:-1].reshape(batch_mean.shape) / count.clamp(min=1)
-        if count > 0:
-            self.mean_count += 1
-            self.pixel_mean.lerp_(batch_mean, max(1 / float(self.mean_count), 1e-3))
+        """frames (N, H, W, 3) in [0, 1]."""
+        update_mean_frame(self.pixel_mean, self.mean_count, frames)
 
     @torch.no_grad()
     def weights(self, image: Tensor) -> Tensor:
         """(..., H, W, 3) in [0, 1] -> (..., H, W) per-pixel loss weights in [1, 1 + boost]."""
-        if self.boost <= 0 or float(self.mean_count) == 0:
+        if self.boost <= 0:
             return torch.ones(image.shape[:-1], device=image.device)
         far = (image.float() - self.pixel_mean).abs().amax(-1)  # (..., H, W)
-        return 1.0 + self.boost * (far / self.threshold).clamp(max=1.0)
+        seen = (self.mean_count > 0).float()                    # no mean yet: plain MSE (no host sync)
+        return 1.0 + seen * self.boost * (far / self.threshold).clamp(max=1.0)

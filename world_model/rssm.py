@@ -146,15 +146,16 @@ class RSSM(WorldModel):
         action = action / torch.clamp(action.abs(), min=1.0)
         return torch.cat([action * m, m], -1)
 
-    def img_step(self, state: State, action_in: Tensor) -> tuple[State, Tensor]:
-        """One prior step. Returns the new state (stoch sampled from the prior) and prior probs."""
+    def img_step(self, state: State, action_in: Tensor, predict_frame: bool = True) -> tuple[State, Tensor]:
+        """One prior step. Returns the new state (stoch sampled from the prior) and prior probs;
+        predict_frame=False skips the frame latent's prediction (the posterior step observes it)."""
         inputs = [state["stoch"].flatten(-2), action_in]
         if self.use_instruction:
             inputs.append(state["instr"])
         deter = self.core(state["deter"], inputs)                  # (B, D)
         probs = self._dist(self.prior_net(deter))                  # (B, S, C)
         prior = {"deter": deter, "stoch": self._sample(probs), "instr": state["instr"]}
-        if self.frame_dim:  # imagined: predicted from the state, as the observed one is regressed onto
+        if self.frame_dim and predict_frame:  # imagined: predicted from the state, as the observed one is regressed onto
             prior["frame"] = self.frame_pred(torch.cat([deter, prior["stoch"].flatten(-2)], -1))
         return prior, probs
 
@@ -164,7 +165,7 @@ class RSSM(WorldModel):
         state = {"deter": state["deter"] * keep, "stoch": state["stoch"] * keep.unsqueeze(-1),
                  "instr": state["instr"]}
         action_in = action_in * keep
-        prior, prior_probs = self.img_step(state, action_in)
+        prior, prior_probs = self.img_step(state, action_in, predict_frame=False)
         post_probs = self._dist(self.post_net(torch.cat([prior["deter"], embed], -1)))
         post = {"deter": prior["deter"], "stoch": self._sample(post_probs), "instr": state["instr"]}
         if self.frame_dim:

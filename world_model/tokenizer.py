@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reverie.world_model.networks import update_mean_frame
 from reverie.world_model.transformer import SpaceTimeTransformer
 
 
@@ -123,12 +124,8 @@ class Tokenizer(nn.Module):
         b, t = img.shape[:2]
         real = None if valid is None else valid.bool()
         if self.training and self.center:  # running average, then an EMA with horizon 1000 batches
-            with torch.no_grad():
-                self.mean_count += 1
-                rate = max(1 / float(self.mean_count), 1e-3)
-                frames = img.float().flatten(0, 1) if real is None else img.float()[real]  # (N, H, W, 3)
-                if len(frames):
-                    self.pixel_mean.lerp_(frames.mean(0), rate)
+            update_mean_frame(self.pixel_mean, self.mean_count,
+                              img.flatten(0, 1) if real is None else img[real])  # (N, H, W, 3)
         drop = self.sample_drop(b, t, img.device) if self.training else None
         rec = self.decode(self.encode(img, drop, segments), segments)
         if real is None:
