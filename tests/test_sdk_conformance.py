@@ -32,6 +32,19 @@ def _open(sdk, port_module, link, monkeypatch):
     return port
 
 
+def _served(tmp_path_factory, protocol: str):
+    """A virtual arm speaking `protocol` on a pseudo-terminal for the module's tests; yields its link."""
+    with VirtualArm(protocol, link=tmp_path_factory.mktemp(protocol) / "arm", camera_fps=0) as arm:
+        yield arm.link
+
+
+def _client(module: str, package: str, link, monkeypatch, protocol_version: float):
+    """(sdk, open port, packet handler): one SDK client on the served link, closed by the caller."""
+    sdk = _sdk(module, package)
+    port = _open(sdk, sdk.port_handler, link, monkeypatch)
+    return sdk, port, sdk.PacketHandler(protocol_version)
+
+
 def _raw(port, packet: bytes) -> None:
     """Bytes on the wire that the SDK would never send (bad checksums, truncated headers)."""
     port.ser.reset_input_buffer()
@@ -55,15 +68,13 @@ DXL_MODELS = {1: 1060, 2: 1060, 3: 1200, 4: 1200, 5: 1200, 6: 1200}  # Koch: 2x 
 @pytest.fixture(scope="module")
 def dxl_server(tmp_path_factory):
     _sdk("dynamixel_sdk", "dynamixel-sdk")
-    with VirtualArm("dynamixel", link=tmp_path_factory.mktemp("dxl") / "arm", camera_fps=0) as arm:
-        yield arm.link
+    yield from _served(tmp_path_factory, "dynamixel")
 
 
 @pytest.fixture
 def dxl(dxl_server, monkeypatch):
-    sdk = _sdk("dynamixel_sdk", "dynamixel-sdk")
-    port = _open(sdk, sdk.port_handler, dxl_server, monkeypatch)
-    yield sdk, port, sdk.PacketHandler(2.0)
+    sdk, port, handler = _client("dynamixel_sdk", "dynamixel-sdk", dxl_server, monkeypatch, 2.0)
+    yield sdk, port, handler
     port.closePort()
 
 
@@ -248,15 +259,13 @@ def test_dxl_factory_reset_all_returns_the_servo_to_id_1_at_57600(tmp_path, monk
 @pytest.fixture(scope="module")
 def ft_server(tmp_path_factory):
     _sdk("scservo_sdk", "feetech-servo-sdk")
-    with VirtualArm("feetech", link=tmp_path_factory.mktemp("ft") / "arm", camera_fps=0) as arm:
-        yield arm.link
+    yield from _served(tmp_path_factory, "feetech")
 
 
 @pytest.fixture
 def fts(ft_server, monkeypatch):
-    sdk = _sdk("scservo_sdk", "feetech-servo-sdk")
-    port = _open(sdk, sdk.port_handler, ft_server, monkeypatch)
-    yield sdk, port, sdk.PacketHandler(0)  # 0: STS, little-endian words
+    sdk, port, handler = _client("scservo_sdk", "feetech-servo-sdk", ft_server, monkeypatch, 0)  # 0: STS words
+    yield sdk, port, handler
     port.closePort()
 
 
