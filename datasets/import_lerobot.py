@@ -1,4 +1,4 @@
-"""Import a LeRobot dataset folder: the current v3 layout, v2.x (see V2), or the early Arrow layout.
+"""Import a LeRobot dataset folder: every layout LeRobot has shipped.
 
 v3 (codebase_version "v3.0"):
   meta/info.json                       fps, robot_type, features, data_path / video_path templates
@@ -8,34 +8,49 @@ v3 (codebase_version "v3.0"):
   data/chunk-*/file-*.parquet          the frame table, many episodes per file
   videos/<key>/chunk-*/file-*.mp4      many episodes per file, back to back; an episode's frame at
                                        table timestamp t sits at from_timestamp + t in the file
-early (fixtures/lerobot_v1):
+v2.x: see V2. early (HF `datasets` Arrow, before v2):
   meta_data/info.json                  fps
-  train/data-*.arrow                   the frame table as an Arrow IPC stream (HF `datasets` cache)
-  videos/<key>_episode_000000.mp4      the image column holds {path, timestamp} into these
+  train/data-*.arrow                   the frame table as an Arrow IPC stream (or file)
+  videos/<key>_episode_000000.mp4      with video: the image column holds {path, timestamp} into these
+                                       (fixtures/lerobot_v1); without: the image column holds the
+                                       frames themselves, {bytes, path} PNG cells (lerobot's pusht and
+                                       xarm test data of April 2024)
 
 All share the frame table: observation.state, action, timestamp, episode_index, frame_index and
 optionally next.reward / next.success / next.done. `next.*` at frame t describe the transition out
 of t, so reward goes to row t+1 (the row arriving at o_{t+1}); row 0 gets 0 and the last frame's
 `next.reward` is dropped because the observation it leads to was never recorded. An episode counts
-as a success if any `next.success` is set, and its last row is then terminal (the task ended); a
-plain `next.done` is the recording stopping, not the task ending. The table's action at the last
-frame is kept with `action_mask` True: LeRobot records the command sent there. An episode's task
-strings become its instruction (several are joined with "; "); the early layout has none, so
-instruction= supplies it. Cameras: observation.images.<name> -> image/<name>, and the lone
-observation.image -> image/front. state= / action= pick the table columns (joined with +), and
-state_dims= / action_dims= the dimensions of them kept (0:2 or 0,1); the store attrs `import` record both.
+as a success if any `next.success` is set. `next.done` at the last frame (or the one before, whose
+next observation is the last row) marks the last row terminal, as does success; `done=ignore` leaves
+next.done out for datasets where it only marks a time limit. A `next.done` earlier in an episode has
+no row to land on (a store episode ends at its last row) and is named in a warning. The table's
+action at the last frame is kept with `action_mask` True: LeRobot records the command sent there.
+reverie's exporter (export_lerobot.py) adds `reverie.action_mask` (rows whose action is unknown) and
+`reverie.timestamp` (measured capture times, where they are off the frame_index / fps grid); both
+map back. A
+dataset without an action column is stored action-free (zeros, action_mask False) and the import
+says so. An episode's task strings become its instruction (several are joined with "; "); the early
+layout has none, so instruction= supplies it. Cameras: observation.images.<name> -> image/<name>,
+and the lone observation.image -> image/front. state= / action= pick the table columns (joined with
++), and state_dims= / action_dims= the dimensions of them kept (0:2 or 0,1); the store attrs `import`
+record both. Every other column is named in a warning, so nothing is left out silently.
+
+Frame rates: a dataset has one fps (info.json). A camera whose video states another rate, or an
+episode whose timestamps advance at another rate, is an error naming both, since its frames could
+not be matched to the table's rows.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 
-from reverie.datasets.import_video import decode
+from reverie.datasets.import_video import decode, probe
 from reverie.datasets.importers import (Episode, Source, dims_help, make_rows, note_picks, parse_size, pick, resize,
-                                        schema_for)
+                                        same_rate, schema_for, warn_unmapped)
 from reverie.errors import StoreError
 from reverie.specs import ArraySpec
 
@@ -46,7 +61,16 @@ OPTIONS = {
     "action_dims": dims_help("action"),
     "cameras": "key:camera pairs, comma-separated, e.g. observation.images.top:front; only these are "
                "imported (default: every camera, observation.images.<name> -> image/<name>)",
+    "done": "terminal (default): next.done at an episode's end marks its last row terminal; ignore: only "
+            "next.success does (datasets whose next.done is a time limit)",
 }
+
+# Columns that order the rows and find the tasks; they become no store key of their own.
+BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+# Columns the row convention maps (module doc); reverie.* are written by reverie's exporter.
+MAPPED = ("next.reward", "next.success", "next.done", "reverie.action_mask", "reverie.timestamp")
+
+log = logging.getLogger(__name__)
 
 # A camera frame must lie within this fraction of a frame period of the table's timestamp.
 TOLERANCE_FRAMES = 0.25
@@ -95,6 +119,9 @@ class Layout:
             if col not in sample.column_names:
                 raise StoreError(f"{self.root}: no column {col!r} in the frame table (columns: "
                                  f"{sample.column_names}); pass state=/action= with existing columns")
+        if opts.get("done", "terminal") not in ("terminal", "ignore"):
+            raise StoreError(f"done={opts['done']!r}: choose terminal or ignore")
+        self.done_terminal = opts.get("done", "terminal") == "terminal"
         self.picks = {key: pick(opts, key, _split(cols), _width(sample, cols))
                       for key, cols in (("state", self.state_cols), ("action", self.action_cols))}
         found = self.camera_keys(sample)
@@ -105,6 +132,15 @@ class Layout:
             if missing:
                 raise StoreError(f"{self.root} has no camera {missing[0]!r}; its cameras are {found}")
             self.cameras = dict(pairs)
+            warn_unmapped(str(self.root), [k for k in found if k not in self.cameras], "cameras= leaves them out")
+        self.check_video_rates()
+        mapped = {*BOOKKEEPING, *MAPPED, *found, *_split(self.state_cols), *_split(self.action_cols)}
+        warn_unmapped(str(self.root), [c for c in sample.column_names if c not in mapped],
+                      "add one to state with state=observation.state+<column>, or name it with state=/action=")
+        if not self.action_cols:
+            log.warning("%s: the frame table has no action column, so its episodes are stored action-free "
+                        "(action zeros, action_mask False); if the actions are under another name, pass "
+                        "action=<column>", self.root)
         self.size = parse_size(opts.get("size"))
         if existing is not None:
             schema = existing
@@ -113,6 +149,9 @@ class Layout:
             schema = note_picks(schema_for(cams, max(1, self.picks["state"].out_width),
                                            max(1, self.picks["action"].out_width),
                                            units=f"as in LeRobot {self.root.name}"), list(self.picks.values()))
+            if not self.action_cols:
+                schema["action"] = ArraySpec((1,), "float32", units=f"none in LeRobot {self.root.name}: zeros, "
+                                                                   f"action_mask False")
         self.schema = schema
         self.default_instruction = opts.get("instruction", "")
         return Source(schema=schema, fps=self.fps, robot=self.info.get("robot_type") or "unknown",
@@ -121,23 +160,61 @@ class Layout:
                              "lerobot_cameras": {cam: k for k, cam in self.cameras.items()},
                              "import": {k: p.record() for k, p in self.picks.items()}})
 
+    def check_video_rates(self) -> None:
+        """A camera whose video info states another rate than the dataset cannot be matched to its rows."""
+        for key in self.cameras:
+            feature = self.info.get("features", {}).get(key) or {}
+            rate = (feature.get("info") or feature.get("video_info") or {}).get("video.fps")
+            if rate and not same_rate(float(rate), self.fps):
+                raise StoreError(f"{self.root}: camera {key} is a {float(rate):g} fps video but the dataset is "
+                                 f"{self.fps:g} fps ({self.info_path.name}), so its frames do not line up with "
+                                 f"the table's rows; leave it out with cameras=, or re-encode it at {self.fps:g} fps")
+
     def to_episode(self, table, frames: dict[str, np.ndarray], tasks: list[str], index: int) -> Episode:
         n = table.num_rows
         order = np.argsort(_column(table, "frame_index"), kind="stable")
         if not np.array_equal(order, np.arange(n)):
             raise StoreError(f"{self.root}: episode {index} rows are not in frame_index order; the table is damaged")
+        times = _column(table, "timestamp").astype(np.float64)
+        self.check_rate(times, index)
+        names = table.column_names
         reward = None
-        if "next.reward" in table.column_names:
+        if "next.reward" in names:
             reward = np.zeros(n, np.float32)
             reward[1:] = _column(table, "next.reward")[:-1]  # next.* belongs to the transition out of t
-        success = bool(_column(table, "next.success").any()) if "next.success" in table.column_names else None
+        success = bool(_column(table, "next.success").any()) if "next.success" in names else None
+        terminal = bool(success)
+        if "next.done" in names and self.done_terminal:
+            done = _column(table, "next.done").astype(bool).reshape(n)
+            # next.done at t makes o_{t+1} terminal: frame n-2 points at the last row, frame n-1 at an
+            # observation never recorded, whose nearest row is the last one too.
+            terminal |= bool(done[-2:].any())
+            early = np.flatnonzero(done[:-2])
+            if len(early):
+                log.warning("%s: episode %d sets next.done at frames %s before its end; a store episode ends at "
+                            "its last row, so these are not kept", self.root, index, early[:8].tolist())
+        mask = _column(table, "reverie.action_mask").astype(bool).reshape(n) if "reverie.action_mask" in names else None
+        if "reverie.timestamp" in names:  # the capture times; `timestamp` is LeRobot's frame_index / fps
+            times = _column(table, "reverie.timestamp").astype(np.float64).reshape(n)
         state = self.picks["state"].apply(_columns(table, self.state_cols))
         action = self.picks["action"].apply(_columns(table, self.action_cols))
-        steps = make_rows(self.schema, _column(table, "timestamp").astype(np.float64), frames,
-                          state=state, action=action, reward=reward, terminal=bool(success))
+        steps = make_rows(self.schema, times, frames, state=state, action=action, reward=reward,
+                          terminal=terminal, action_mask=mask)
         instruction = "; ".join(tasks) if tasks else self.default_instruction
         return Episode(steps, instruction=instruction, success=success,
                        notes=f"lerobot {self.version} {self.root.name} episode {index}")
+
+    def check_rate(self, times: np.ndarray, index: int) -> None:
+        """An episode's timestamps advance at the dataset's fps (the median step, so jitter is fine)."""
+        if len(times) < 2:
+            return
+        step = float(np.median(np.diff(times)))
+        if step <= 0:
+            raise StoreError(f"{self.root}: episode {index}'s timestamps do not increase; the table is damaged")
+        if abs(1 / step - self.fps) > 0.1 * self.fps:
+            raise StoreError(f"{self.root}: episode {index}'s timestamps advance at {1 / step:.3g} fps but the dataset "
+                             f"is {self.fps:g} fps ({self.info_path.name}); a store has one rate, so import "
+                             f"episodes of each rate into their own store, or fix the fps in {self.info_path.name}")
 
     def frames_at(self, path: Path, times: np.ndarray, start: float = 0.0) -> np.ndarray:
         """Frames of `path` nearest to `start + times` (seconds), checked to lie within tolerance."""
@@ -150,6 +227,11 @@ class Layout:
         err = np.abs(t[idx] - want)
         if err.max() > tol:
             i = int(err.argmax())
+            rate = probe(path)[0]
+            if rate > 0 and not same_rate(rate, self.fps):
+                raise StoreError(f"{path} is a {rate:g} fps video but the dataset is {self.fps:g} fps, so its frames "
+                                 f"do not line up with the table's rows; re-encode it at {self.fps:g} fps, or leave "
+                                 f"the camera out with cameras=")
             raise StoreError(f"{path}: no frame within {tol * 1000:.0f} ms of t={want[i]:.4f}s "
                              f"(nearest {t[idx[i]]:.4f}s); the video does not match the table's timestamps")
         return frames[idx]
@@ -169,26 +251,36 @@ class Early(Layout):
 
             parts = []
             for f in sorted((self.root / "train").glob("*.arrow")):
-                try:
+                try:  # HF `datasets` writes IPC streams; an IPC file is read too
                     with pa.memory_map(str(f)) as src:
                         parts.append(ipc.open_stream(src).read_all())
-                except pa.ArrowInvalid as e:
-                    raise StoreError(f"{f} is not an Arrow IPC stream ({e}); the file is damaged or "
-                                     f"not from a LeRobot dataset") from e
+                except pa.ArrowInvalid:
+                    try:
+                        with pa.memory_map(str(f)) as src:
+                            parts.append(ipc.open_file(src).read_all())
+                    except pa.ArrowInvalid as e:
+                        raise StoreError(f"{f} is not an Arrow IPC stream or file ({e}); the file is damaged or "
+                                         f"not from a LeRobot dataset") from e
             self._table = pa.concat_tables(parts)
         return self._table
 
     first_table = table
 
     def camera_keys(self, table) -> list[str]:
+        """Struct columns: {path, timestamp} point into a video, {bytes, path} hold the frame itself."""
         import pyarrow as pa
 
-        return [f.name for f in table.schema
-                if pa.types.is_struct(f.type) and {"path", "timestamp"} <= {c.name for c in f.type}]
+        def fields(f):
+            return {c.name for c in f.type} if pa.types.is_struct(f.type) else set()
+
+        self.image_cols = [f.name for f in table.schema if {"bytes", "path"} <= fields(f)]
+        return [f.name for f in table.schema if {"path", "timestamp"} <= fields(f)] + self.image_cols
 
     def native_size(self, key: str) -> tuple[int, int]:
-        path = self.root / self.table()[key][0].as_py()["path"]
-        return decode(path, None, 0.0, 0.0)[1].shape[1:3]
+        cell = self.table()[key][0].as_py()
+        if key in self.image_cols:
+            return _decode_image(cell, None, self.root).shape[:2]
+        return decode(self.root / cell["path"], None, 0.0, 0.0)[1].shape[1:3]
 
     def num_episodes(self) -> int:
         return len(np.unique(_column(self.table(), "episode_index")))
@@ -202,6 +294,9 @@ class Early(Layout):
             frames = {}
             for key, cam in self.cameras.items():
                 refs = part[key].to_pylist()
+                if key in self.image_cols:
+                    frames[cam] = np.stack([_decode_image(c, self.size, self.root) for c in refs])
+                    continue
                 paths = {r["path"] for r in refs}
                 if len(paths) != 1:
                     raise StoreError(f"{self.root}: episode {ep} of {key} spans several videos {sorted(paths)}")
@@ -300,7 +395,7 @@ class V3(Layout):
                 if key in self.video_keys:
                     frames[cam] = self.frames_at(self.video_file(key, row), times, start=self.video_start(key, row))
                 else:  # an `image` feature: encoded PNG/JPEG bytes in the table itself
-                    frames[cam] = np.stack([_decode_image(c, self.size) for c in part[key].to_pylist()])
+                    frames[cam] = np.stack([_decode_image(c, self.size, self.root) for c in part[key].to_pylist()])
             tasks = list(row.get("tasks") or [])
             if not tasks and "task_index" in part.column_names:  # fall back on the frames' task_index
                 lookup = self.task_table()
@@ -358,12 +453,21 @@ def _jsonl(path: Path) -> list[dict]:
         raise StoreError(f"{path} is not valid JSON lines ({e}); the file is damaged") from e
 
 
-def _decode_image(cell: dict, size) -> np.ndarray:
+def _decode_image(cell: dict, size, root: Path) -> np.ndarray:
+    """An HF `Image` cell: encoded PNG/JPEG bytes, or (bytes None) a path to the file, relative to the
+    dataset or absolute."""
     import cv2
 
-    img = cv2.imdecode(np.frombuffer(cell["bytes"], np.uint8), cv2.IMREAD_COLOR)
+    data = cell.get("bytes") if cell else None
+    if data is None and cell and cell.get("path"):
+        path = next((p for p in (root / cell["path"], Path(cell["path"])) if p.is_file()), None)
+        if path is None:
+            raise StoreError(f"an image cell points at {cell['path']}, which is neither in {root} nor on this "
+                             f"machine; copy the images beside the dataset")
+        data = path.read_bytes()
+    img = cv2.imdecode(np.frombuffer(data or b"", np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise StoreError(f"an image cell ({cell.get('path')}) could not be decoded; the dataset is damaged")
+        raise StoreError(f"an image cell ({(cell or {}).get('path')}) could not be decoded; the dataset is damaged")
     return resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
 
 

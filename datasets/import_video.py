@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reverie.datasets.importers import Episode, Source, parse_size, resize, schema_for, stream_rows
+from reverie.datasets.importers import Episode, Source, parse_size, resize, same_rate, schema_for, stream_rows
 from reverie.errors import ReverieError, StoreError
 from reverie.specs import ArraySpec
 
@@ -117,6 +117,24 @@ def list_videos(srcs: list[str]) -> list[Path]:
     return files
 
 
+def check_rates(files: list[Path], rates: list[float]) -> float:
+    """The one nominal rate of the files. A store has one fps, so files at other rates are an error
+    naming each rate's files, not a store that claims the first file's rate for all of them."""
+    for f, r in zip(files, rates):
+        if r <= 0:
+            raise StoreError(f"{f} states no frame rate; remux it with one (ffmpeg -i in -r 30 out.mp4)")
+    groups: dict[float, list[str]] = {}
+    for f, r in zip(files, rates):
+        key = next((k for k in groups if same_rate(k, r)), r)
+        groups.setdefault(key, []).append(f.name)
+    if len(groups) > 1:
+        listing = "; ".join(f"{r:g} fps: {', '.join(names[:3])}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                            for r, names in sorted(groups.items(), reverse=True))
+        raise StoreError(f"these {len(files)} videos have {len(groups)} frame rates ({listing}); a store has one "
+                         f"nominal rate, so import each rate's files into its own store")
+    return rates[0]
+
+
 def read(srcs: list[str], opts: dict[str, str], existing: dict[str, ArraySpec] | None) -> Source:
     files = list_videos(srcs)
     info = [probe(f) for f in files]  # every file is opened before anything is written
@@ -133,9 +151,7 @@ def read(srcs: list[str], opts: dict[str, str], existing: dict[str, ArraySpec] |
     if f"image/{camera}" not in schema:
         raise StoreError(f"the store has no camera image/{camera} (it has "
                          f"{[k for k in schema if k.startswith('image/')]}); pass camera=<one of those>")
-    fps = info[0][0]
-    if fps <= 0:
-        raise StoreError(f"{files[0]} states no frame rate; remux it with one (ffmpeg -i in -r 30 out.mp4)")
+    fps = check_rates(files, [rate for rate, _ in info])
 
     def episodes():
         for path in files:

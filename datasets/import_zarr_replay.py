@@ -10,7 +10,8 @@ exclusive end index of each episode). Keys differ between projects, so they are 
   action  action
   time    timestamp, if the buffer has one
 
-Each can be overridden: state=a+b, action=key, images=src:camera,src2:camera2, timestamp=key;
+Keys left unmapped are named in a warning, and a buffer without actions (UMI records poses, not
+commands) is stored action-free (action_mask False), which the import says. Each can be overridden: state=a+b, action=key, images=src:camera,src2:camera2, timestamp=key;
 state_dims= / action_dims= keep some dimensions of the joined state / action (0:2 or 0,1). A
 buffer without timestamps needs fps=<Hz> (the rate it was recorded at, e.g. 10 for PushT); rows
 then get t = i / fps, and the episode notes say so. Replay buffers hold no per-step reward with a
@@ -19,13 +20,14 @@ shared meaning, so reward rows are 0.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 import numpy as np
 
 from reverie.datasets.importers import (Episode, Source, dims_help, make_rows, note_picks, parse_size, pick, resize,
-                                        schema_for)
+                                        schema_for, warn_unmapped)
 from reverie.errors import ReverieError, StoreError
 from reverie.specs import ArraySpec
 
@@ -42,6 +44,8 @@ OPTIONS = {
 STATE_KEYS = ("state", "agent_pos", "robot_joint", "robot_eef_pose")
 UMI_STATE = re.compile(r"robot(\d+)_(eef_pos|eef_rot_axis_angle|gripper_width)$")
 UMI_ORDER = {"eef_pos": 0, "eef_rot_axis_angle": 1, "gripper_width": 2}
+
+log = logging.getLogger(__name__)
 
 
 def open_buffer(src: str):
@@ -90,6 +94,12 @@ def read(srcs: list[str], opts: dict[str, str], existing: dict[str, ArraySpec] |
                          f"reaches {ends[-1]}; the buffer is truncated")
 
     keys = select_keys(arrays, opts, src)
+    used = {*keys["images"].values(), *keys["state"], keys["action"], keys["timestamp"]}
+    warn_unmapped(src, [f"data/{k}" for k in sorted(arrays) if k not in used],
+                  "name them with state=a+b, action= or images=")
+    if keys["action"] is None:
+        log.warning("%s has no data/action, so its episodes are stored action-free (action zeros, action_mask "
+                    "False); if the actions are under another key, pass action=<key>", src)
     images = {cam: arrays[k] for cam, k in keys["images"].items()}
     state = [arrays[k] for k in keys["state"]]
     action = arrays[keys["action"]] if keys["action"] else None
@@ -114,6 +124,8 @@ def read(srcs: list[str], opts: dict[str, str], existing: dict[str, ArraySpec] |
         cams = {cam: size or _hw(a) for cam, a in images.items()}
         schema = note_picks(schema_for(cams, max(1, picks["state"].out_width), max(1, picks["action"].out_width),
                                        units=f"as in replay buffer {name}"), list(picks.values()))
+        if action is None:
+            schema["action"] = ArraySpec((1,), "float32", units=f"none in replay buffer {name}: zeros, action_mask False")
 
     def episodes():
         for i, (start, end) in enumerate(zip(np.r_[0, ends[:-1]], ends)):

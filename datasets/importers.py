@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 from typing import Iterator
 
 import numpy as np
@@ -39,6 +40,8 @@ COMMON_OPTIONS = {
 }
 
 DEFAULT_SIZE = (64, 64)
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -184,11 +187,13 @@ def make_rows(
     terminal: bool = False,
     first: bool = True,
     last: bool = True,
+    action_mask: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Assemble one episode's rows. `images` maps camera -> (T, H, W, 3) uint8.
 
     Missing state/action are zeros; a missing action also clears `action_mask`, so models know the
-    zeros are not commands. `terminal` marks the last row as the task's end (not a time limit).
+    zeros are not commands; `action_mask` (T,) bool marks the known rows of a given action (a
+    reverie export carries one). `terminal` marks the last row as the task's end (not a time limit).
     `first`/`last` say whether these rows start/end the episode (False for a block in the middle).
     """
     n = len(timestamp)
@@ -198,7 +203,8 @@ def make_rows(
     rows["timestamp"] = np.asarray(timestamp, np.float64)
     rows["state"] = np.zeros((n, *schema["state"].shape), np.float32) if state is None else state
     rows["action"] = np.zeros((n, *schema["action"].shape), np.float32) if action is None else action
-    rows["action_mask"] = np.full(n, action is not None)
+    known = np.full(n, True) if action_mask is None else np.asarray(action_mask, bool)
+    rows["action_mask"] = known & (action is not None)
     rows["reward"] = np.zeros(n, np.float32) if reward is None else np.asarray(reward, np.float32)
     rows["is_first"] = (np.arange(n) == 0) & first
     rows["is_last"] = (np.arange(n) == n - 1) & last
@@ -284,6 +290,10 @@ def open_or_create(out: str, src: Source, opts: dict[str, str]):
 
     if _exists(out):
         store = EpisodeStore.open(out, mode="a")
+        if not same_rate(store.fps, src.fps):
+            store.close()
+            raise StoreError(f"{out} is a {store.fps:g} fps store and this import is {src.fps:g} fps; a store has one "
+                             f"nominal rate, so import into a new OUT path (one store per frame rate)")
         missing = set(src.schema) ^ set(store.schema)
         if missing or any(store.schema[k].shape != s.shape or store.schema[k].dtype != s.dtype
                           for k, s in src.schema.items()):
@@ -294,6 +304,19 @@ def open_or_create(out: str, src: Source, opts: dict[str, str]):
         return store
     return EpisodeStore.create(out, src.schema, fps=src.fps, robot=opts.get("robot") or src.robot,
                                image_codec=opts.get("image_codec", "lossless"), attrs=src.attrs)
+
+
+def same_rate(a: float, b: float) -> bool:
+    """Two nominal frame rates are one rate within 1% (29.97 and 30 fps footage mix; 15 and 50 do not)."""
+    return abs(a - b) <= 0.01 * max(a, b)
+
+
+def warn_unmapped(where: str, names, hint: str = "") -> None:
+    """Name every source column an import leaves out, so nothing is dropped silently."""
+    names = list(names)
+    if names:
+        log.warning("%s: not imported (no store key takes them): %s%s", where, ", ".join(names),
+                    f"; {hint}" if hint else "")
 
 
 def existing_schema(out: str) -> dict[str, ArraySpec] | None:

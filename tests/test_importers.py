@@ -189,9 +189,11 @@ def test_lerobot_early_layout_matches_the_source_table(fixtures_dir, tmp_path, n
     np.testing.assert_array_equal(ep[f"image/{camera}"], decoded_frames(video))
     if "next.reward" in table:  # pusht: next.reward of frame t is the reward on arriving at t + 1
         np.testing.assert_array_equal(ep["reward"][1:], np.array(table["next.reward"], np.float32)[:-1])
-        assert ep["reward"][0] == 0 and meta.success is False and not ep["is_terminal"].any()
+        assert ep["reward"][0] == 0 and meta.success is False
     else:
         assert not ep["reward"].any() and meta.success is None
+    # Both set next.done at their last frame: the last row is terminal, and no other.
+    assert table["next.done"][-1] and ep["is_terminal"].tolist() == [False] * (frames - 1) + [True]
 
 
 def build_v3(src: Path, dst: Path, split: int, success_tail: int = 0, episode_tasks: bool = True) -> dict:
@@ -423,6 +425,24 @@ def test_zarr_replay_umi_layout_format3(tmp_path):
     np.testing.assert_array_equal(ep["state"], want)  # position, rotation, gripper: UMI's order
     np.testing.assert_array_equal(ep["timestamp"], arrays["timestamp"][6:18])
     assert 14 < store.fps < 20  # median rate of the measured timestamps
+
+
+def test_zarr_replay_without_actions_is_action_free_and_names_what_it_leaves(tmp_path, caplog):
+    """A UMI buffer records poses, not commands: no data/action. Its extra keys are named too."""
+    import logging
+
+    rng = np.random.default_rng(2)
+    n = 10
+    arrays = {"camera0_rgb": moving_square(n, 16, 16), "robot0_eef_pos": rng.normal(size=(n, 3)).astype(np.float32),
+              "robot0_demo_start_pose": rng.normal(size=(n, 6)).astype(np.float32),
+              "timestamp": np.arange(n) / 20.0}
+    write_buffer(tmp_path / "umi.zarr", 3, arrays, [4, 10])
+    with caplog.at_level(logging.WARNING):
+        run("zarr-replay", [str(tmp_path / "umi.zarr")], str(tmp_path / "o.zarr"), ["size=8x8"])
+    assert "not imported (no store key takes them): data/robot0_demo_start_pose;" in caplog.text
+    assert "has no data/action, so its episodes are stored action-free" in caplog.text
+    store = EpisodeStore.open(tmp_path / "o.zarr", mode="r")
+    assert not store.lowdim()["action_mask"].any() and "none in replay buffer" in store.schema["action"].units
 
 
 def test_zarr_replay_key_mapping_and_bad_buffers(tmp_path):
