@@ -21,6 +21,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "view"): ("reverie.datasets.inspect", "write a PNG contact sheet and GIF of one episode"),
     ("data", "label"): ("reverie.datasets.label", "set episodes' success labels (episodes=0,3,5-9 success=true|false|none)"),
     ("data", "import"): ("reverie.datasets.importers", "import video | lerobot | zarr-replay data into a store"),
+    ("data", "export"): ("reverie.datasets.export_lerobot", "write a store as a LeRobot v3 dataset (data export lerobot STORE OUT)"),
     ("sim", "demos"): ("reverie.sim.demos", "record scripted-teleoperator demos of a sim task into a store"),
     ("sim", "serve-bus"): ("reverie.sim.serve_bus", "serve the sim arm as a virtual servo bus on a pseudo-terminal"),
     ("robot", "calibrate"): ("reverie.robot_io.calibrate", "calibrate an arm's joint offsets and ranges"),
