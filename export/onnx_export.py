@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reverie.config import compose, show, split_args
+from reverie.config import command_config, compose
 from reverie.errors import BundleError, ConfigError
 from reverie.export import manifest as manifest_lib
 from reverie.export import parity
@@ -302,14 +302,7 @@ def export(cfg) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    words, overrides = split_args(argv)
-    if "--help" in words or "-h" in words:
-        print(__doc__)
-        print(show(compose("export", ["policy=P", "out=B"])))
-        return 0
-    if words:
-        raise ConfigError(f"unexpected arguments {words}; export takes key=value overrides")
-    from reverie.world_model.data import parse_data_arg
-
-    export(compose("export", parse_data_arg(overrides)))
+    cfg = command_config("export", argv, __doc__)
+    if cfg is not None:
+        export(cfg)
     return 0

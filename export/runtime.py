@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reverie.errors import ConfigError, HardwareError, ReverieError
+from reverie.errors import ConfigError, HardwareError, ReverieError, did_you_mean
 from reverie.export.bundle import Bundle
 from reverie.export.instructions import InstructionChannel, SocketServer, StdinReader
 
@@ -45,25 +45,34 @@ log = logging.getLogger(__name__)
 ROBOTS = ("sim", "virtual", "feetech", "dynamixel")
 KEYS = {"bundle", "robot", "instruction", "episodes", "steps", "task", "seed", "link", "frames", "port", "arm",
         "camera", "calibration", "stdin", "socket", "token", "record", "round", "threads", "report"}
+CHOICES = {"robot": ROBOTS, "stdin": ("true", "false")}  # for shell completion
+REQUIRED = ("bundle", "robot", "instruction")
 
 
 def parse(argv: list[str]) -> dict:
-    """key=value arguments (no hydra: the runtime path imports no config framework)."""
+    """key=value arguments (no hydra: the runtime path imports no config framework). With --cfg job
+    the result carries `show`: what deploy would run with, required options left at ???."""
+    from reverie.cli import cfg_flag
+
     if any(a in ("-h", "--help") for a in argv):
         return {"help": True}
+    argv = list(argv)
+    show = cfg_flag(argv)
     args = {}
     for a in argv:
         key, eq, value = a.partition("=")
         if not eq:
             raise ConfigError(f"unexpected argument {a!r}: deploy takes key=value options ({', '.join(sorted(KEYS))})")
         if key not in KEYS:
-            raise ConfigError(f"unknown option {key!r}; deploy takes {', '.join(sorted(KEYS))}")
+            raise ConfigError(f"unknown option {key!r}{did_you_mean(key, sorted(KEYS))}; deploy takes "
+                              f"{', '.join(sorted(KEYS))}")
         args[key] = value
-    for key in ("bundle", "robot", "instruction"):
-        if key not in args:
+    for key in REQUIRED:
+        if key not in args and not show:
             raise ConfigError(f'missing {key}=...; usage: reverie deploy bundle=BUNDLE robot=sim instruction="..."')
-    if args["robot"] not in ROBOTS:
-        raise ConfigError(f"robot={args['robot']!r}: choose one of {', '.join(ROBOTS)}")
+    if args.get("robot", ROBOTS[0]) not in ROBOTS:
+        raise ConfigError(f"robot={args['robot']!r}{did_you_mean(args['robot'], ROBOTS)}; choose one of "
+                          f"{', '.join(ROBOTS)}")
     for key, default in (("episodes", 1), ("steps", 300), ("seed", 0), ("round", 0), ("threads", 1)):
         try:
             args[key] = int(args.get(key, default))
@@ -79,7 +88,7 @@ def parse(argv: list[str]) -> dict:
     if args.get("report"):
         check_report_path(Path(args["report"]))
     args["stdin"] = str(args.get("stdin", "true")).lower() in ("1", "true", "yes")
-    return args
+    return args | ({"show": True} | {k: args.get(k, "???") for k in REQUIRED} if show else {})
 
 
 def check_report_path(path: Path) -> None:
@@ -275,6 +284,9 @@ def main(argv: list[str]) -> int:
     args = parse(list(argv))
     if args.get("help"):
         print(__doc__)
+        return 0
+    if args.pop("show", False):
+        print("\n".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in args.items()))
         return 0
     results: list[dict] = []
     try:

@@ -34,8 +34,8 @@ class SimTarget:
         try:
             from reverie.sim.arm_env import make_arm_env
         except ImportError as e:  # the robot's computer usually has no simulator
-            raise ConfigError(f"robot=sim needs the simulator ({e.name} is not installed): install reverie "
-                              "with its dependencies, or deploy to robot=virtual|feetech|dynamixel") from e
+            raise ConfigError(f"robot=sim needs the simulator ({e.name} is not installed): pip install "
+                              '"reverie[train]", or deploy to robot=virtual|feetech|dynamixel') from e
 
         robot = manifest["robot"]
         camera = manifest["observation"]["image_key"].split("/", 1)[1]

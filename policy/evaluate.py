@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from reverie.config import compose, show, split_args
+from reverie.config import command_config
 from reverie.errors import ConfigError
 from reverie.policy.rollout import EpisodeResult, check_action_units, run_episode
 from reverie.policy.stats import mean_interval, wilson_interval
@@ -201,12 +201,9 @@ def write_report(report: dict, out: Path, title: str) -> None:
 def main(argv: list[str]) -> int:
     from reverie.policy.loading import load_controller
 
-    positional, overrides = split_args(argv)
-    if "--help" in positional or "-h" in positional:
-        print(__doc__)
-        print(show(compose("eval", ["policy=AGENT"])))
+    cfg = command_config("eval", argv, __doc__)
+    if cfg is None:
         return 0
-    cfg = compose("eval", overrides)
     instruction = None if cfg.instruction is None else str(cfg.instruction)
     suite_options(cfg.env, list(cfg.suites), instruction)  # a bad suite fails before the policy loads
     controller = load_controller(cfg.policy, cfg.device)

@@ -23,7 +23,7 @@ import numpy as np
 
 from omegaconf import OmegaConf
 
-from reverie.config import compose, show, split_args
+from reverie.config import command_config, compose
 from reverie.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -159,13 +159,9 @@ def _write_table(rows: dict, out: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from reverie.world_model.data import parse_data_arg
-
-    positional, overrides = split_args(argv)
-    if "--help" in positional or "-h" in positional:
-        print(__doc__)
-        print(show(compose("improve", ["wm=WM", "agent=AGENT"])))
+    cfg = command_config("improve", argv, __doc__)
+    if cfg is None:
         return 0
-    rows = improve(compose("improve", parse_data_arg(overrides)))
-    print((Path(compose("improve", parse_data_arg(overrides)).out) / "improve.md").read_text())
+    rows = improve(cfg)
+    print((Path(cfg.out) / "improve.md").read_text())
     return 0 if rows else 1

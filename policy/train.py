@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from reverie.config import compose, show, split_args
-from reverie.errors import ConfigError
+from reverie.config import command_config, show
+from reverie.errors import ConfigError, did_you_mean
 from reverie.policy import checkpoint
 from reverie.policy.agent import Agent
 from reverie.policy import bc as bc_lib
@@ -93,7 +93,7 @@ def checked_stage(cfg) -> tuple[str, int]:
     """(stage, steps), refused before the world model loads when they cannot train."""
     stage = str(cfg.stage)
     if stage not in STAGES:
-        raise ConfigError(f"stage={stage!r}: choose one of {sorted(STAGES)}")
+        raise ConfigError(f"stage={stage!r}{did_you_mean(stage, STAGES)}: choose one of {sorted(STAGES)}")
     steps = cfg.steps if cfg.steps is not None else cfg[stage].steps
     if not (isinstance(steps, int) and not isinstance(steps, bool)) or steps < 1:
         raise ConfigError(f"steps={steps}: train at least one whole step (e.g. steps={cfg[stage].steps})")
@@ -220,14 +220,7 @@ STAGES = {"bc": _bc, "rl": _rl}
 
 
 def main(argv: list[str]) -> int:
-    from reverie.world_model.data import parse_data_arg
-
-    positional, overrides = split_args(argv)
-    if "--help" in positional or "-h" in positional:
-        print(__doc__)
-        print(show(compose("train_agent", ["wm=WM_RUN"])))
-        return 0
-    if positional:
-        raise ConfigError(f"unexpected arguments {positional}; train-agent takes key=value overrides")
-    train(compose("train_agent", parse_data_arg(overrides)))
+    cfg = command_config("train_agent", argv, __doc__)
+    if cfg is not None:
+        train(cfg)
     return 0

@@ -20,3 +20,18 @@ class HardwareError(ReverieError):
 
 class BundleError(ReverieError):
     pass
+
+
+def closest(word, options) -> str | None:
+    """The option a mistyped `word` most likely meant, or None. The bar (difflib's ratio 0.75) takes
+    swapped or dropped letters (polcy, tny, setps) but not merely similar words (colour, holdout)."""
+    import difflib
+
+    near = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.75)
+    return near[0] if near else None
+
+
+def did_you_mean(word, options) -> str:
+    """' (did you mean X?)' for the closest option, '' when none is close: to follow the bad word."""
+    near = closest(word, options)
+    return f" (did you mean {near}?)" if near else ""

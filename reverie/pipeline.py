@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from reverie.config import compose, show, split_args
+from reverie.config import command_config, compose, show
 from reverie.errors import ReverieError
 
 log = logging.getLogger(__name__)
@@ -308,10 +308,7 @@ def pipeline(cfg) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    positional, overrides = split_args(argv)
-    if "--help" in positional or "-h" in positional:
-        print(__doc__)
-        print(show(compose("pipeline", [], choices=True)))
-        return 0
-    pipeline(compose("pipeline", overrides, choices=True))
+    cfg = command_config("pipeline", argv, __doc__, choices=True)
+    if cfg is not None:
+        pipeline(cfg)
     return 0

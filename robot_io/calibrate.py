@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from reverie.config import compose, split_args
+from reverie.config import command_config
 from reverie.errors import ConfigError, HardwareError
 from reverie.robot_io.calibration import RangeRecorder, make_calibration, read_ticks, save_calibration
 from reverie.robot_io.config import ArmConfig, arm_from_command
@@ -92,11 +92,9 @@ def calibrate(arm: ArmConfig, bus, prompt: Callable[[str], str] = input, say: Ca
 
 
 def main(argv: list[str], prompt: Callable[[str], str] = input, say: Callable[[str], None] = print) -> int:
-    positional, overrides = split_args(argv)
-    if "--help" in positional or "-h" in positional:
-        say(__doc__)
+    cfg = command_config("calibrate", argv, __doc__, word="calibrate")
+    if cfg is None:
         return 0
-    cfg = compose("calibrate", overrides)
     if not cfg.out:
         raise ConfigError("calibrate needs out=PATH for the calibration JSON, e.g. out=calib/so101.json")
     arm = arm_from_command(cfg)

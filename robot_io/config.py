@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from reverie.errors import ConfigError
+from reverie.errors import ConfigError, did_you_mean
 
 TICKS_PER_TURN = 4096
 RAD_PER_TICK = 2 * math.pi / TICKS_PER_TURN
@@ -290,7 +290,7 @@ def _shipped(name: str, depth: int = 0) -> dict:
 
     known = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
     if name not in known or depth > 8:
-        raise ConfigError(f"arm config {name!r} not found: use one of {known} or a YAML path")
+        raise ConfigError(f"arm config {name!r} not found{did_you_mean(name, known)}: use one of {known} or a YAML path")
     own = yaml.safe_load((CONF_DIR / f"{name}.yaml").read_text()) or {}
     defaults = own.pop("defaults", None) or []
     if "_self_" not in defaults:
@@ -315,7 +315,7 @@ def _group(name: str) -> dict:
 
     known = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
     if name not in known:
-        raise ConfigError(f"arm config {name!r} not found: use one of {known} or a YAML path")
+        raise ConfigError(f"arm config {name!r} not found{did_you_mean(name, known)}: use one of {known} or a YAML path")
     return _plain(compose("arm", [f"robot={name}"]).robot)
 
 

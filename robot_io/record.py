@@ -30,8 +30,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from reverie.config import compose, split_args
-from reverie.errors import ConfigError, HardwareError, ReverieError
+from reverie.config import command_config
+from reverie.errors import ConfigError, HardwareError, ReverieError, did_you_mean
 from reverie.robot_io.loop_report import LoopReport, loop_report
 from reverie.robot_io.teleop import Event
 from reverie.specs import ArraySpec
@@ -236,7 +236,7 @@ def make_teleop(cfg, arm):
     if cfg.teleop == "leader":
         leader = load_arm(cfg.leader, port=cfg.leader_port, calibration=cfg.leader_calibration)
         return LeaderFollower(leader, arm)
-    raise ConfigError(f"teleop must be keyboard or leader, got {cfg.teleop!r}")
+    raise ConfigError(f"teleop must be keyboard or leader, got {cfg.teleop!r}{did_you_mean(cfg.teleop, ('keyboard', 'leader'))}")
 
 
 def plan_from(cfg) -> Plan:
@@ -247,18 +247,16 @@ def plan_from(cfg) -> Plan:
     if int(cfg.episodes) < 1 or float(cfg.fps) <= 0 or float(cfg.episode_s) <= 0:
         raise ConfigError("episodes, fps and episode_s must be positive")
     if cfg.start not in ("key", "auto"):
-        raise ConfigError(f"start must be key or auto, got {cfg.start!r}")
+        raise ConfigError(f"start must be key or auto, got {cfg.start!r}{did_you_mean(cfg.start, ('key', 'auto'))}")
     return Plan(instruction=str(cfg.instruction), episodes=int(cfg.episodes), fps=float(cfg.fps),
                 max_steps=max(2, int(round(float(cfg.episode_s) * float(cfg.fps)))), start=str(cfg.start),
                 source=str(cfg.source), round=int(cfg.round))
 
 
 def main(argv: list[str]) -> int:
-    positional, overrides = split_args(argv)
-    if "--help" in positional or "-h" in positional:
-        print(__doc__)
+    cfg = command_config("record", argv, __doc__)
+    if cfg is None:
         return 0
-    cfg = compose("record", overrides)
     plan = plan_from(cfg)
     from reverie.robot_io.camera_setup import build_cameras
     from reverie.robot_io.config import arm_from_command

@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from reverie.config import compose, show, split_args
+from reverie.config import command_config
 from reverie.datasets import narration
 from reverie.datasets.schema import has_privileged, is_privileged_key, privileged_row
 from reverie.errors import ConfigError
@@ -111,11 +111,7 @@ def record(cfg: DictConfig) -> float:
 
 
 def main(argv: list[str]) -> int:
-    words, overrides = split_args(argv)
-    cfg = compose("sim_demos", overrides)
-    if "--help" in words or "-h" in words:
-        print(__doc__)
-        print(show(cfg))
-        return 0
-    record(cfg)
+    cfg = command_config("sim_demos", argv, __doc__, word="demos")
+    if cfg is not None:
+        record(cfg)
     return 0

@@ -17,7 +17,7 @@ import dataclasses
 import mujoco
 import numpy as np
 
-from reverie.errors import ConfigError
+from reverie.errors import ConfigError, did_you_mean
 
 COLOURS = ("red", "green", "blue")
 NOMINAL_RGB = {"red": (0.85, 0.12, 0.1), "green": (0.1, 0.65, 0.2), "blue": (0.12, 0.3, 0.9)}
@@ -81,7 +81,8 @@ PRESETS = ("nominal", "randomized", "shifted")
 
 def check_preset(preset: str) -> str:
     if preset not in PRESETS:
-        raise ConfigError(f"unknown randomisation preset {preset!r}: use one of {', '.join(PRESETS)} "
+        raise ConfigError(f"unknown randomisation preset {preset!r}{did_you_mean(preset, PRESETS)}: use one of "
+                          f"{', '.join(PRESETS)} "
                           f"(e.g. preset=randomized)")
     return preset
 

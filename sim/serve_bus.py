@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reverie.config import compose, show, split_args
-from reverie.errors import ConfigError, ReverieError
+from reverie.config import command_config
+from reverie.errors import ConfigError, ReverieError, did_you_mean
 from reverie.robot_io.scene import read_json, request_path, status_path, write_json
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,8 @@ def serve(cfg) -> int:
     from reverie.sim.virtual_bus import Faults, VirtualBus
 
     if cfg.protocol not in ("feetech", "dynamixel"):
-        raise ConfigError(f"protocol={cfg.protocol!r}: use protocol=feetech or protocol=dynamixel")
+        raise ConfigError(f"protocol={cfg.protocol!r}{did_you_mean(cfg.protocol, ('feetech', 'dynamixel'))}: use "
+                          "protocol=feetech or protocol=dynamixel")
     try:
         faults = Faults(float(cfg.drop), float(cfg.corrupt), float(cfg.delay_ms), tuple(cfg.alarm_ids))
     except ValueError as e:
@@ -272,11 +273,5 @@ def _loop(bus, physics, master: int, writers: dict, cfg, scene: Scene) -> None:
 
 
 def main(argv: list[str]) -> int:
-    words, overrides = split_args(argv)
-    words = [w for w in words if w != "serve-bus"]
-    cfg = compose("serve_bus", overrides)
-    if "--help" in words or "-h" in words:
-        print(__doc__)
-        print(show(cfg))
-        return 0
-    return serve(cfg)
+    cfg = command_config("serve_bus", argv, __doc__, word="serve-bus")
+    return 0 if cfg is None else serve(cfg)

@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from reverie.errors import ConfigError
+from reverie.errors import ConfigError, did_you_mean
 from reverie.sim.arm import CUBE_HALF, ArmPhysics
 from reverie.sim.randomization import COLOURS
 
@@ -67,14 +67,16 @@ def render(template: str, goal: Goal) -> str:
 
 def check_task(task: str) -> str:
     if task not in (*TASKS, "all"):
-        raise ConfigError(f"unknown arm task {task!r}: use one of {', '.join(TASKS)} or all "
+        raise ConfigError(f"unknown arm task {task!r}{did_you_mean(task, (*TASKS, 'all'))}: use one of "
+                          f"{', '.join(TASKS)} or all "
                           f"(e.g. arm/touch, task=push)")
     return task
 
 
 def templates(task: str, instruction_set: str) -> list[str]:
     if instruction_set not in INSTRUCTION_SETS:
-        raise ConfigError(f"unknown instruction_set {instruction_set!r}: use one of {', '.join(INSTRUCTION_SETS)}")
+        raise ConfigError(f"unknown instruction_set {instruction_set!r}{did_you_mean(instruction_set, INSTRUCTION_SETS)}: "
+                          f"use one of {', '.join(INSTRUCTION_SETS)}")
     sets = TEMPLATES[task]
     return sets["train"] + sets["heldout"] if instruction_set == "all" else sets[instruction_set]
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from reverie.config import compose
 from reverie.errors import ConfigError, ReverieError
 from reverie.world_model import checkpoint
-from reverie.world_model.data import parse_data_arg, write_toy_store
+from reverie.world_model.data import write_toy_store
 from reverie.world_model.evaluate import evaluate
 from reverie.world_model.train import Trainer
 
@@ -279,7 +279,7 @@ def test_config_errors_name_the_fix(toy_store, tmp_path):
         Trainer(compose("train_wm", ["preset=tiny", f"data={toy_store}", "~preset.rssm", "+preset.other={}"]))
     with pytest.raises(ConfigError, match="no checkpoint"):
         checkpoint.find(tmp_path / "nothing")
-    assert parse_data_arg(["data=a.zarr,b.zarr"]) == ["data=['a.zarr','b.zarr']"]
+    assert list(compose("train_wm", ["data=a.zarr,b.zarr"]).data) == ["a.zarr", "b.zarr"]  # a list, not a sweep
 
 
 def test_cli_trains_and_evaluates(toy_store, tmp_path, capsys):

@@ -32,17 +32,6 @@ from reverie.world_model.backend import DataSpec
 ROW_KEYS = ("state", "action", "action_mask", "reward", "is_first", "is_last", "is_terminal")
 
 
-def parse_data_arg(overrides: list[str]) -> list[str]:
-    """`data=a.zarr,b.zarr` is a hydra sweep; rewrite it to the list `data=[a.zarr,b.zarr]`."""
-    out = []
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key in ("data", "+data") and "," in value and not value.startswith("["):
-            o = f"{key}=[{','.join(repr(v) for v in value.split(',') if v)}]"
-        out.append(o)
-    return out
-
-
 def data_paths(data: Any) -> list[str]:
     if data is None or data == "???":
         raise ConfigError("no training data: pass data=STORE (or data=STORE1,STORE2)")

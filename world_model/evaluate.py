@@ -30,12 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reverie.config import compose, split_args
+from reverie.config import command_config
 from reverie.errors import ConfigError
 from reverie.world_model import checkpoint
 from reverie.world_model.backend import replay_policy
-from reverie.world_model.data import (ROW_KEYS, Language, collate, data_paths, open_stores,
-                                      parse_data_arg, split_episodes)
+from reverie.world_model.data import ROW_KEYS, Language, collate, data_paths, open_stores, split_episodes
 from reverie.world_model.distributed import pick_device
 
 log = logging.getLogger(__name__)
@@ -359,13 +358,9 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    positional, overrides = split_args(argv)
-    if "--help" in positional or "-h" in positional:
-        print(__doc__)
+    cfg = command_config("eval_wm", argv, __doc__)
+    if cfg is None:
         return 0
-    if positional:
-        raise ConfigError(f"unexpected arguments {positional}; eval-wm takes key=value overrides")
-    cfg = compose("eval_wm", parse_data_arg(overrides))
     results = evaluate(cfg)
     print(table(results))
     print("wrote " + ", ".join(results["files"]))

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from reverie.config import compose, show, split_args
+from reverie.config import command_config, show
 from reverie.errors import ConfigError
 from reverie.world_model import checkpoint, distributed
 from reverie.world_model.backend import build, model_config, replay_policy
-from reverie.world_model.data import TrainData, parse_data_arg
+from reverie.world_model.data import TrainData
 from reverie.world_model.ema import EMA
 
 log = logging.getLogger(__name__)
@@ -241,15 +241,9 @@ def _resolve_run_dir(cfg) -> tuple[Path, Path | None]:
 
 
 def main(argv: list[str]) -> int:
-    positional, overrides = split_args(argv)
-    if "--help" in positional or "-h" in positional:
-        print(__doc__)
-        print(show(compose("train_wm", [o for o in overrides if not o.startswith("data=")] + ["data=STORE"])))
+    cfg = command_config("train_wm", argv, __doc__)
+    if cfg is None:
         return 0
-    if positional:
-        raise ConfigError(f"unexpected arguments {positional}; train-wm takes key=value overrides")
-    overrides = parse_data_arg(overrides)
-    cfg = compose("train_wm", overrides)
     try:
         trainer = Trainer(cfg).run()
         if trainer.rank == 0:
