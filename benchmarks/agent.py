@@ -13,6 +13,8 @@ training seed: one world model (a fixed number of steps: results must not depend
   2. behaviour cloning on world-model features, fine-tuning the world model (policy/bc.py)
   3. imagination RL with the behaviour-cloning prior
   4. + one corrective round     5. + two corrective rounds
+Each row is a CLI command on the same world model: `reverie train-agent stage=bc_scratch`, `stage=bc`,
+`stage=rl init=BC`, then `reverie improve rounds=1` twice; `reverie eval policy=...` scores any of them.
 Every behaviour-cloning row clones the successful demos. Each row: success over --eval-episodes per
 seed (seeds from 50,000 + 10,000 * training seed: disjoint from the demos), pooled over the training
 seeds with a 95% Wilson interval, each seed's own figure, the other suites (held-out paraphrases,
@@ -64,13 +66,10 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
     from reverie.config import compose
     from reverie.datasets.store import EpisodeStore
     from reverie.policy.action_error import action_errors
-    from reverie.policy.data import AgentData
     from reverie.policy.improve import improve
     from reverie.policy.loading import load_controller
-    from reverie.policy.scratch_bc import ScratchController, save as save_scratch, train_scratch_bc
     from reverie.policy.train import train
     from reverie.sim.demos import record
-    from reverie.world_model import checkpoint as wm_checkpoint
     from reverie.world_model.data import split_episodes
     from reverie.world_model.evaluate import evaluate as evaluate_wm
     from reverie.world_model.train import Trainer
@@ -113,15 +112,11 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
     common = [f"wm={wm}", f"seed={seed}", "progress=false", f"threads={args.threads}"]
     stages = set(args.stages)
 
-    if "scratch" in stages:
-        _, wm_cfg, wm_info = wm_checkpoint.load_model(wm)
-        data = AgentData(compose("train_agent", common), wm_cfg, wm_info, batch_size=16, seq_len=16,
-                         weights={"success": {"true": 1, "false": 0}})
-        torch_seed(seed)
-        scratch, _ = timed("bc from scratch", lambda: train_scratch_bc(
-            data, steps=args.scratch_steps, progress=False, chunk=8, film=True))
-        save_scratch(root / "scratch_bc", scratch, {"image_key": "image/front"})  # kept for --rescore
-        score("bc from scratch", ScratchController(scratch, "image/front"), args.suites)
+    if "scratch" in stages:  # `reverie train-agent stage=bc_scratch`, retrained every run
+        scratch = root / "scratch_bc"
+        timed("bc from scratch", lambda: train(compose("train_agent", [
+            "stage=bc_scratch", f"out={scratch}", f"steps={args.scratch_steps}", *common])))
+        score("bc from scratch", load_controller(scratch), args.suites)
     bc = root / "bc"
     if stages & {"bc", "rl", "rounds"}:
         if not (bc / "agent").exists():
@@ -269,11 +264,6 @@ def main() -> None:
     print(table(results))
     if not args.quick:
         merge()
-
-
-def torch_seed(seed: int) -> None:
-    import torch
-    torch.manual_seed(seed)
 
 
 def torch_threads(n: int) -> None:

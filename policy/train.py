@@ -1,4 +1,4 @@
-"""`reverie train-agent stage=<bc|rl> wm=WM_RUN [data=STORE,...] out=AGENT_DIR [init=AGENT_DIR]`
+"""`reverie train-agent stage=<bc|rl|bc_scratch> wm=WM_RUN [data=STORE,...] out=AGENT_DIR [init=AGENT_DIR]`
 
 stage=bc  behaviour cloning on world-model features: the frozen world model filters each window,
           the actor learns a_t from feat_t (and the instruction), the reward head learns r_t.
@@ -11,6 +11,11 @@ stage=rl  reinforcement learning purely in imagination (Dreamer 4): start from d
           Without DLLM, data with no recorded reward and no success label is refused (fix: `reverie
           data label`). rl.reward_steps > 0 first trains the reward head alone on data batches with
           the class-balanced loss of policy/reward.py.
+stage=bc_scratch  the baseline without a world model (policy/scratch_bc.py, the "bc from scratch" row
+          of benchmarks/agent.py): a reactive policy on one frame and the state. wm= still decides the
+          data, camera, resolution and units (the world model's own), so the rows compare like for
+          like; its weights are not loaded. Sizes: agent.* for the head, bc_scratch.* for the rest.
+          Writes a folder `reverie eval` and `reverie export` take as policy=. Trains on the CPU.
 
 device=auto|cpu|cuda|cuda:N puts the world model, agent, prior and batches on one device. As in
 train-wm, precision=auto runs the frozen world model's passes (observe, imagine) under bf16 autocast
@@ -91,9 +96,9 @@ def rl_step(wm, agent: Agent, prior: Agent, batch: dict, actor_opt, value_opt, c
 
 def checked_stage(cfg) -> tuple[str, int]:
     """(stage, steps), refused before the world model loads when they cannot train."""
-    stage = str(cfg.stage)
-    if stage not in STAGES:
-        raise ConfigError(f"stage={stage!r}{did_you_mean(stage, STAGES)}: choose one of {sorted(STAGES)}")
+    stage, stages = str(cfg.stage), sorted(STAGES | BASELINES)
+    if stage not in stages:
+        raise ConfigError(f"stage={stage!r}{did_you_mean(stage, stages)}: choose one of {stages}")
     steps = cfg.steps if cfg.steps is not None else cfg[stage].steps
     if not (isinstance(steps, int) and not isinstance(steps, bool)) or steps < 1:
         raise ConfigError(f"steps={steps}: train at least one whole step (e.g. steps={cfg[stage].steps})")
@@ -108,6 +113,8 @@ def train(cfg) -> Path:
     torch.manual_seed(int(cfg.seed))
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    if stage in BASELINES:
+        return BASELINES[stage](cfg, steps)
     device = distributed.pick_device(cfg.device)
     wm_path = checkpoint.world_model_of(cfg.init, cfg.wm) if cfg.init else str(cfg.wm)
     if wm_path != str(cfg.wm):
@@ -216,7 +223,29 @@ def _rl(cfg, wm, agent, init_info, data=None):
     return lambda batch: rl_step(wm, agent, prior, batch, actor_opt, value_opt, cfg.rl, dllm, _amp(cfg, wm))
 
 
-STAGES = {"bc": _bc, "rl": _rl}
+def train_bc_scratch(cfg, steps: int) -> Path:
+    """stage=bc_scratch: the pixel baseline on the world model's data choices (see the module doc)."""
+    from reverie.policy import scratch_bc
+
+    if cfg.init:
+        raise ConfigError(f"init={cfg.init}: stage=bc_scratch trains from scratch; drop init= (it takes no agent)")
+    _, wm_cfg, wm_info = wm_checkpoint.read(cfg.wm)
+    sc = cfg.bc_scratch
+    data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size), seq_len=int(sc.seq_len),
+                     weights=sc.get("weights"))
+    sizes = {**OmegaConf.to_container(cfg.agent), "cnn_depth": int(sc.cnn_depth)}
+    policy, history = scratch_bc.train_scratch_bc(data, steps, lr=float(sc.lr), progress=bool(cfg.progress),
+                                                  shift=int(sc.shift), **sizes)
+    info = {"stage": "bc_scratch", "steps": steps, "image_key": data.image_key, "stores": data.paths,
+            "holdout": float(cfg.holdout), "base_world_model": str(Path(cfg.wm).resolve()), "history": history}
+    path = scratch_bc.save(Path(cfg.out), policy, info)
+    (path / "config.yaml").write_text(show(cfg))
+    log.info("behaviour cloning from scratch saved to %s", path)
+    return path
+
+
+STAGES = {"bc": _bc, "rl": _rl}        # agent stages: their step functions, on world-model features
+BASELINES = {"bc_scratch": train_bc_scratch}  # stages that train another kind of policy, whole
 
 
 def main(argv: list[str]) -> int:

@@ -40,7 +40,7 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("record",): Command("reverie.robot_io.record", "record teleoperated episodes from a robot into a store", "record", "record"),
     ("train-wm",): Command("reverie.world_model.train", "train a world model (rssm | shortcut) on stores", config="train_wm"),
     ("eval-wm",): Command("reverie.world_model.evaluate", "open-loop prediction metrics, plot and GIF of a world model", config="eval_wm"),
-    ("train-agent",): Command("reverie.policy.train", "train the agent: behaviour cloning (stage=bc) or imagination RL (stage=rl)", config="train_agent"),
+    ("train-agent",): Command("reverie.policy.train", "train the agent: behaviour cloning (stage=bc), imagination RL (stage=rl) or the pixel baseline (stage=bc_scratch)", config="train_agent"),
     ("eval",): Command("reverie.policy.evaluate", "success rates with 95% intervals for a policy on an environment", config="eval"),
     ("improve",): Command("reverie.policy.improve", "corrective rounds: deploy, record, fine-tune, more RL, evaluate", config="improve"),
     ("export",): Command("reverie.export.onnx_export", "export a policy to an ONNX bundle and verify parity", config="export"),

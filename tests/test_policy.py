@@ -103,23 +103,30 @@ def test_one_corrective_round_keeps_each_rounds_data(trained, tmp_path):
     assert "| round 1 |" in (tmp_path / "improve.md").read_text()
 
 
-def test_behaviour_cloning_from_scratch_trains_and_acts(trained, tmp_path):
-    from omegaconf import OmegaConf
-
-    from reverie.policy.data import AgentData
+def test_behaviour_cloning_from_scratch_trains_from_the_cli_and_acts(trained, tmp_path, capsys):
+    """benchmarks/agent.py's "bc from scratch" row as a train-agent stage: trained on the world
+    model's data at its resolution, then evaluated and loaded like any policy folder."""
+    from reverie.cli import main
     from reverie.policy.loading import load_controller
-    from reverie.policy.scratch_bc import save, train_scratch_bc
-    from reverie.world_model import checkpoint as wm_checkpoint
 
-    _, wm_cfg, wm_info = wm_checkpoint.load_model(trained["wm"])
-    cfg = compose("train_agent", [f"wm={trained['wm']}", "holdout=0.25"])
-    data = AgentData(cfg, wm_cfg, wm_info, batch_size=4, seq_len=2)
-    policy, history = train_scratch_bc(data, steps=3, progress=False, cnn_depth=4, units=32, layers=1)
-    save(tmp_path / "scratch", policy, {"image_key": "image/front", "history": history})
-    c = load_controller(tmp_path / "scratch")
+    out = tmp_path / "scratch"
+    assert main(["train-agent", "stage=bc_scratch", f"wm={trained['wm']}", f"out={out}", "steps=3", "holdout=0.25",
+                 "bc_scratch.batch_size=4", "bc_scratch.seq_len=2", "bc_scratch.cnn_depth=4", "agent.units=32",
+                 "agent.layers=1", "progress=false"]) == 0
+    info = json.loads((out / "scratch_bc.json").read_text())
+    assert info["stage"] == "bc_scratch" and info["steps"] == 3 and info["image_key"] == "image/front"
+    assert info["sizes"]["chunk"] == 8 and info["sizes"]["film"] and info["stores"] == [str(trained["store"])]
+    assert all(np.isfinite(h["bc/nll"]) for h in info["history"])
+    c = load_controller(out)
     c.reset("touch the red cube")
     action = c.act({"image/front": np.zeros((64, 64, 3), np.uint8), "state": np.zeros(6, np.float32)})
     assert action.shape == (6,) and np.all(np.abs(action) <= 1)
+    assert main(["eval", f"policy={out}", "episodes=1", "suites=[train]", "videos=0", "progress=false",
+                 f"out={tmp_path / 'eval'}", "+env_kwargs.time_limit=5"]) == 0
+    assert "success" in (tmp_path / "eval" / "eval.md").read_text()
+    capsys.readouterr()
+    assert main(["train-agent", "stage=bc_scratch", f"wm={trained['wm']}", f"init={trained['bc']}"]) == 2
+    assert "trains from scratch; drop init=" in capsys.readouterr().err
 
 
 def test_controller_hears_an_operators_action(trained):

@@ -132,17 +132,23 @@ def normalizer(trainer: dict) -> Normalizer:
     return Normalizer.from_json(trainer.get("normalizer"))
 
 
+def read(path: str | Path) -> tuple[Path, Any, dict]:
+    """(checkpoint folder, training config, trainer.json) of a run, without building its model: what
+    a consumer of the run's data choices (stores, camera, resolution, units) needs."""
+    path = find(path)
+    return (path, read_config(path / "config.yaml", required=("world_model", "preset")),
+            read_json(path / "trainer.json", required=("backend", "spec")))
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", extend: dict | None = None
                ) -> tuple[WorldModel, Any, dict]:
     """Build a trained world model for inference: (model in eval mode, training config, trainer.json).
     The model's `normalizer` attribute holds its units (see normalizer(); trainer["normalizer"] its JSON).
     extend: world_model settings that add parts the checkpoint lacks (its backend's `optional_prefixes`,
     e.g. the RSSM's frame latent for behaviour cloning); those parts start freshly initialised."""
-    path = find(path)
-    cfg = read_config(path / "config.yaml", required=("world_model", "preset"))
+    path, cfg, trainer = read(path)
     if extend:
         cfg = OmegaConf.merge(cfg, {"world_model": dict(extend)})
-    trainer = read_json(path / "trainer.json", required=("backend", "spec"))
     model = build(trainer["backend"], model_config(cfg), DataSpec.from_json(trainer["spec"]))
     weights = _fill_optional(model, read_tensors(path / "model.safetensors"))
     missing, unexpected = load_weights(model, weights, path / "model.safetensors", strict=False)
