@@ -5,7 +5,7 @@
       meta/stats.json                        per feature: min, max, mean, std, count, q01 q10 q50 q90 q99
       meta/tasks.parquet                     task (the pandas index) -> task_index
       meta/episodes/chunk-000/file-000.parquet  one row per episode: tasks, length, where its rows and
-                                             video frames are, dataset_from/to_index
+                                             video frames are, dataset_from/to_index, stats/<feature>/<stat>
       data/chunk-000/file-000.parquet        the frame table, one row group per episode
       videos/<key>/chunk-000/file-000.mp4    with images=video: one H.264 file per camera, episodes back to
                                              back; frame i of the file is at i / fps seconds
@@ -161,7 +161,7 @@ class Writer:
             if self.images == "video":
                 f[camera_key(key)]["info"] = {
                     "video.height": h, "video.width": w, "video.codec": "h264", "video.pix_fmt": _pix_fmt(h, w),
-                    "video.is_depth_map": False, "video.fps": self.fps, "video.channels": c, "has_audio": False}
+                    "is_depth_map": False, "video.fps": self.fps, "video.channels": c, "has_audio": False}
         f["observation.state"] = _vector(schema["state"].shape, "float32", "state")
         if self.with_action:
             f["action"] = _vector(schema["action"].shape, "float32", "action")
@@ -235,6 +235,10 @@ class Writer:
                                 f"videos/{camera_key(key)}/from_timestamp": first / self.fps,
                                 f"videos/{camera_key(key)}/to_timestamp": (first + n) / self.fps})
                 row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+                # Per-episode statistics, flattened as LeRobot writes them (stats/<feature>/<stat>).
+                ep_stats = {name: _stats(values) for name, values in _lowdim(table, features).items()}
+                ep_stats.update({camera_key(k): _image_stats(np.asarray(store._hist[k][i])) for k in self.cameras})
+                row.update({f"stats/{name}/{stat}": v for name, s in ep_stats.items() for stat, v in s.items()})
                 episodes.append(row)
                 for name, values in _lowdim(table, features).items():
                     low_stats.setdefault(name, []).append(values)
