@@ -1,6 +1,7 @@
 # The two commands of the README. Each creates the virtual environment it needs on first use:
 # torch 2.13.0 first, pinned (where pip is pointed at a CPU wheel, as on our CI machines, it takes that;
-# from plain PyPI on Linux it is the CUDA build: see docs/troubleshooting.md), then reverie with dev extras.
+# from plain PyPI on Linux it is the CUDA build: see docs/troubleshooting.md), then reverie with its dev
+# extra: the `train` extra (everything training needs; the robot's computer takes `robot`) and the tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -227,6 +227,12 @@ def deploy(args: dict, results: list[dict] | None = None) -> list[dict]:
     """Verify, connect, check, run; always ends with the target stopped. Returns per-episode summaries,
     appended to `results` as they come: after a fault it holds the episodes that ran, the last one cut
     short with its `fault`."""
+    if args.get("record"):  # before anything moves: the robot's install may not have the recording extra
+        try:
+            import reverie.datasets.store  # noqa: F401  (zarr, which recording.py imports only when it opens the store)
+        except ModuleNotFoundError as e:
+            raise ConfigError(f"record= needs the Python module {e.name!r}, which this install lacks: "
+                              'pip install "reverie[record]", or deploy without record=') from e
     bundle = Bundle.load(args["bundle"], threads=args["threads"])       # BundleError before anything moves
     channel = InstructionChannel(bundle.encoder.encode, bundle.max_chars)
     channel.set(args["instruction"])                                    # ConfigError before anything moves

@@ -15,6 +15,7 @@ message that names the joint and the key to fix.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +27,9 @@ from reverie.errors import ConfigError, did_you_mean
 
 TICKS_PER_TURN = 4096
 RAD_PER_TICK = 2 * math.pi / TICKS_PER_TURN
-CONF_DIR = Path(__file__).resolve().parents[1] / "reverie" / "conf" / "robot"
+# Found through the package, not this file's folder: in a checkout robot_io/ sits beside reverie/, in
+# an installed wheel it is reverie/robot_io/.
+CONF_DIR = Path(importlib.util.find_spec("reverie.conf").origin).parent / "robot"
 ACTION_MODES = ("delta", "absolute")
 PROTOCOLS = ("feetech", "dynamixel")
 
