@@ -4,6 +4,7 @@ reverie`, --version, group help, --cfg job and --help with overrides, shell comp
 partial install (pip extras) says about the commands it lacks."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,16 @@ def test_a_missing_module_met_while_running_is_one_line(monkeypatch, capsys):
     assert main(["deploy", "robot=sim"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs the Python module 'mujoco'" in err[0] and 'reverie[train]' in err[0]
+
+
+@pytest.mark.skipif(not shutil.which("zsh"), reason="zsh is not installed")
+def test_zsh_completion_script_offers_whole_words():
+    """zsh's completion builtins stubbed to print what they are given, so no terminal is needed."""
+    script = subprocess.run([EXE, "completion", "zsh"], capture_output=True, text=True, timeout=60).stdout
+    stubs = "compdef() { }; compadd() { print -r -- \"$*\" }; compset() { }; _files() { print files }"
+    calls = ["words=(reverie train-wm preset=t); CURRENT=3", "words=(reverie train-agent bc.st); CURRENT=3",
+             "words=(reverie data info ''); CURRENT=4"]
+    probe = "\n".join([stubs, script] + [f"{c}; _reverie_complete" for c in calls])
+    env = {**os.environ, "PATH": f"{Path(EXE).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["zsh", "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    assert done.stdout.splitlines() == ["-- preset=tiny", "-S  -- bc.steps=", "files"], done.stdout + done.stderr
