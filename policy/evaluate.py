@@ -49,7 +49,9 @@ def suite_options(env_name: str, suites: list[str], instruction: str | None = No
     if unknown or not suites:
         raise ConfigError(f"{'unknown suite(s) ' + str(unknown) if unknown else 'no suites'} in suites="
                           f"{list(suites)}: choose from {sorted(SUITES)}, e.g. suites=[train,heldout]")
-    family = env_name.partition("/")[0]
+    from reverie.sim.registry import family_of
+
+    family = family_of(env_name)  # a mistyped family fails here too, before anything loads
     if family == "arm":
         if instruction is not None:
             from reverie.sim.tasks import parse_instruction

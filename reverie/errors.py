@@ -23,11 +23,14 @@ class BundleError(ReverieError):
 
 
 def closest(word, options) -> str | None:
-    """The option a mistyped `word` most likely meant, or None. The bar (difflib's ratio 0.75) takes
-    swapped or dropped letters (polcy, tny, setps) but not merely similar words (colour, holdout)."""
+    """The option a mistyped `word` most likely meant, or None: two letters swapped (amr -> arm), or
+    else difflib's ratio of at least 0.75, which takes dropped or moved letters (polcy, tny, setps)
+    but not merely similar words (colour, holdout)."""
     import difflib
 
-    near = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.75)
+    word, options = str(word), [str(o) for o in options]
+    swapped = [o for o in options if sorted(o) == sorted(word) and sum(a != b for a, b in zip(o, word)) == 2]
+    near = swapped or difflib.get_close_matches(word, options, n=1, cutoff=0.75)
     return near[0] if near else None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-from reverie.errors import ConfigError
+from reverie.errors import ConfigError, did_you_mean
 
 # family -> "module:function(name_rest, **kwargs) -> Env"
 FAMILIES = {
@@ -22,11 +22,17 @@ FAMILIES = {
 }
 
 
-def make(name: str, **kwargs):
+def family_of(name: str) -> str:
+    """The family of an environment name, or the error that says how names go."""
     family, _, rest = name.partition("/")
     if family not in FAMILIES or not rest:
         raise ConfigError(
-            f"unknown environment {name!r}: use <family>/<task> with family one of "
-            f"{sorted(FAMILIES)} (for example arm/touch, dmc/walker-walk, gym/CartPole-v1, robot/so101_sim)")
-    module, func = FAMILIES[family].split(":")
-    return getattr(importlib.import_module(module), func)(rest, **kwargs)
+            f"unknown environment {name!r}{did_you_mean(family, FAMILIES) if rest else ''}: use <family>/<task> "
+            f"with family one of {sorted(FAMILIES)} (for example arm/touch, dmc/walker-walk, gym/CartPole-v1, "
+            "robot/so101_sim)")
+    return family
+
+
+def make(name: str, **kwargs):
+    module, func = FAMILIES[family_of(name)].split(":")
+    return getattr(importlib.import_module(module), func)(name.partition("/")[2], **kwargs)

@@ -282,6 +282,8 @@ CASES = [
          r"choose one of \['bc', 'bc_scratch', 'rl'\]"),
     Case("train-agent stage mistyped", lambda w: ["train-agent", "wm=w", "stage=bc_scrach"], r"stage='bc_scrach'",
          r"did you mean bc_scratch\?"),
+    Case("eval env family mistyped", lambda w: ["eval", "policy=p", "env=amr/touch"],
+         r"unknown environment 'amr/touch' \(did you mean arm\?\)", r"use <family>/<task>"),
     Case("sim demos task mistyped", lambda w: ["sim", "demos", "task=tuch", f"out={w.tmp / 'd.zarr'}"],
          r"unknown arm task 'tuch'", r"did you mean touch\?"),
     Case("export parity_steps=-1", lambda w: ["export", "policy=p", f"out={w.tmp / 'b'}", "parity_steps=-1"],
