@@ -61,11 +61,19 @@ def load_policy(path: Path) -> tuple[object, Callable[[tuple[int, int]], PolicyS
             raise BundleError(f"world-model backend {info['backend']!r} has no exporter; "
                               f"exportable backends: {sorted(kinds)}")
         cls = kinds[info["backend"]]
-        return controller, lambda hw: cls(wm, controller.agent, hw), {**info, "kind": info["backend"]}
+        return controller, lambda hw: cls(wm, controller.agent, hw).ensemble(*_ensemble(controller)), \
+            {**info, "kind": info["backend"]}
     import json
 
     info = json.loads((path / "scratch_bc.json").read_text())
-    return controller, lambda hw: ScratchStep(controller.policy, hw), {**info, "kind": "scratch_bc"}
+    return controller, lambda hw: ScratchStep(controller.policy, hw).ensemble(*_ensemble(controller)), \
+        {**info, "kind": "scratch_bc"}
+
+
+def _ensemble(controller) -> tuple[int, float | None]:
+    """The controller's chunk execution (policy/ensemble.py), for the graph to repeat."""
+    e = controller.ensemble
+    return e.chunk, (e.decay if e.on else None)
 
 
 def parity_stores(cfg, info: dict) -> list:

@@ -12,7 +12,9 @@ Outputs:           action float32 (1, A) (the actor's mode, clipped to [-1, 1]),
                    of every state tensor, in the same order, named `next_<name>`.
 
 A runtime starts an episode from the specs' initial values and feeds each `next_<name>` back as
-`<name>`. Every stateful step carries `is_first` (1 at the start of an episode, 0 after), so the
+`<name>`. A policy that executes its chunks by temporal ensembling (policy/ensemble.py) carries the
+last K chunks too (`chunk_history` (1, K, K, A), `chunk_valid` (1, K), after the model's own state),
+so the graph's action is the controller's. Every stateful step carries `is_first` (1 at the start of an episode, 0 after), so the
 first-step reset (latent state and previous action dropped) happens inside the graph exactly as
 `AgentController` does it when its state is None.
 
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reverie.errors import BundleError
+from reverie.policy.ensemble import ensemble_weights, ensembled
 from reverie.world_model.networks import symlog
 from reverie.world_model.shortcut import context_pass
 
@@ -65,22 +68,44 @@ def prepare_image(image: Tensor, size: int, clamp: bool = True) -> Tensor:
     return x
 
 
-def _act(agent, feat: Tensor, instr: Tensor) -> Tensor:
-    """The deterministic action: the actor's mode, clipped like AgentController. (1, F) -> (1, A)."""
-    return agent.policy(feat, instr).mode().clamp(-1.0, 1.0)
-
-
 class PolicyStep(nn.Module):
-    """Base: `image_hw` is the camera resolution the bundle expects (the training store's)."""
+    """Base: `image_hw` is the camera resolution the bundle expects (the training store's).
+    `ensemble(chunk, decay)` makes the step execute its chunks as the controller does."""
 
     kind = "base"
 
     def __init__(self, image_hw: tuple[int, int], state_dim: int, action_dim: int):
         super().__init__()
         self.image_hw, self.state_dim, self.action_dim = tuple(image_hw), state_dim, action_dim
+        self.chunk, self.decay = 1, None
+
+    def ensemble(self, chunk: int, decay: float | None) -> "PolicyStep":
+        self.chunk, self.decay = int(chunk), decay
+        self.register_buffer("ensemble_weights", ensemble_weights(self.chunk, decay or 0.0), persistent=False)
+        return self
+
+    def model_specs(self) -> list[StateSpec]:
+        return []
+
+    def ensemble_specs(self) -> list[StateSpec]:
+        if self.decay is None or self.chunk < 2:
+            return []
+        k = self.chunk
+        return [StateSpec("chunk_history", (1, k, k, self.action_dim)), StateSpec("chunk_valid", (1, k))]
 
     def state_specs(self) -> list[StateSpec]:
-        return []
+        return self.model_specs() + self.ensemble_specs()
+
+    def execute(self, dist, ens: tuple) -> tuple[Tensor, tuple]:
+        """dist: BoundedNormal over the chunk (1, K, A); ens: the ensemble's carried state (or ()).
+        -> the deterministic action (1, A), clipped like the controllers, and the next ensemble state."""
+        chunk = dist.mode().clamp(-1.0, 1.0)                                     # (1, K, A)
+        if not ens:
+            return chunk[:, 0], ()
+        history, valid = ens
+        history = torch.cat([chunk[:, None], history[:, :-1]], 1)                # newest first
+        valid = torch.cat([torch.ones_like(valid[:, :1]), valid[:, :-1]], 1)
+        return ensembled(history, valid, self.ensemble_weights), (history, valid)
 
     def input_names(self) -> list[str]:
         return ["image", "state", "instruction", *[s.name for s in self.state_specs()]]
@@ -108,12 +133,12 @@ class RSSMStep(PolicyStep):
         self.wm, self.agent = wm, agent
         self.size = int(wm.cfg.image_size)
 
-    def state_specs(self) -> list[StateSpec]:
+    def model_specs(self) -> list[StateSpec]:
         wm = self.wm
         return [StateSpec("deter", (1, wm.deter_dim)), StateSpec("stoch", (1, wm.stoch, wm.classes)),
                 StateSpec("prev_action", (1, self.action_dim)), StateSpec("is_first", (1,), 1.0)]
 
-    def forward(self, image, state, instruction, deter, stoch, prev_action, is_first):
+    def forward(self, image, state, instruction, deter, stoch, prev_action, is_first, *ens):
         wm = self.wm
         first = is_first > 0.5                                                   # (1,) bool
         img = prepare_image(image, self.size)                                    # (1, s, s, 3)
@@ -122,8 +147,8 @@ class RSSMStep(PolicyStep):
         action_in = wm._action_input(prev_action, torch.ones_like(first))        # (1, A + 1)
         carried = {"deter": deter, "stoch": stoch, "instr": instruction}
         post, _, _ = wm.obs_step(carried, action_in, embed, first)
-        action = _act(self.agent, wm.feat(post), instruction)                    # (1, A)
-        return action, post["deter"], post["stoch"], action, torch.zeros_like(is_first)
+        action, ens = self.execute(self.agent.chunk_policy(wm.feat(post), instruction), ens)  # (1, A)
+        return action, post["deter"], post["stoch"], action, torch.zeros_like(is_first), *ens
 
 
 def step_transformer(tr, x: Tensor, space_mask: Tensor, ks: Tensor, vs: Tensor, valid: Tensor,
@@ -208,7 +233,7 @@ class ShortcutStep(PolicyStep):
         self.tokenizer = _with_window(wm.tokenizer, "encoder")
         self.dynamics = _with_window(wm.dynamics, "transformer")
 
-    def state_specs(self) -> list[StateSpec]:
+    def model_specs(self) -> list[StateSpec]:
         tok, dyn, w = self.wm.tokenizer, self.wm.dynamics, self.window
         tshape = _window_shape(tok.encoder, tok.n_patch + tok.n_lat, w)
         dshape = _window_shape(dyn.transformer, dyn.n, w)
@@ -217,7 +242,7 @@ class ShortcutStep(PolicyStep):
                 StateSpec("prev_action", (1, self.action_dim)), StateSpec("is_first", (1,), 1.0)]
 
     def forward(self, image, state, instruction, tok_k, tok_v, dyn_k, dyn_v, valid, t, prev_action,
-                is_first):
+                is_first, *ens):
         wm = self.wm
         keep = 1.0 - is_first                                          # (1,) 0 at an episode's start
         valid = valid * keep[:, None]                                  # forget the last episode's frames
@@ -231,10 +256,10 @@ class ShortcutStep(PolicyStep):
                                             prev_action[:, None], (keep > 0.5)[:, None],
                                             instruction.to(z.dtype), wm.ctx_noise, None,
                                             noise=torch.zeros_like(zp))  # feat (1, 1, D)
-        action = _act(self.agent, feat[:, 0], instruction)
+        action, ens = self.execute(self.agent.chunk_policy(feat[:, 0], instruction), ens)
         next_valid = torch.cat([valid[:, 1:], torch.ones_like(valid[:, :1])], 1)
         return (action, tok_k, tok_v, dyn_k, dyn_v, next_valid, t + 1, action,
-                torch.zeros_like(is_first))
+                torch.zeros_like(is_first), *ens)
 
 
 class ScratchStep(PolicyStep):
@@ -247,7 +272,8 @@ class ScratchStep(PolicyStep):
         super().__init__(image_hw, s["state_dim"], s["action_dim"])
         self.policy, self.size = policy, int(s["image_size"])
 
-    def forward(self, image, state, instruction):
+    def forward(self, image, state, instruction, *ens):
         # ScratchController resizes without clamping; so does its graph.
         img = prepare_image(image, self.size, clamp=False)
-        return (self.policy(img, state, instruction).mode().clamp(-1.0, 1.0),)
+        action, ens = self.execute(self.policy.chunk_policy(img, state, instruction), ens)
+        return action, *ens

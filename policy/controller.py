@@ -18,6 +18,7 @@ import torch
 
 from reverie.normalize import Normalizer
 from reverie.policy.agent import Agent
+from reverie.policy.ensemble import TemporalEnsemble
 from reverie.world_model.data import Language, collate
 
 ROW_DEFAULTS = {"reward": np.float32(0.0), "is_last": np.bool_(False), "is_terminal": np.bool_(False),
@@ -26,7 +27,8 @@ ROW_DEFAULTS = {"reward": np.float32(0.0), "is_last": np.bool_(False), "is_termi
 
 class AgentController:
     def __init__(self, wm, agent: Agent, image_key: str, image_size: int, deterministic: bool = True,
-                 language: Language | None = None, seed: int = 0, normalizer: Normalizer | None = None):
+                 language: Language | None = None, seed: int = 0, normalizer: Normalizer | None = None,
+                 ensemble: float | None = None):
         self.wm, self.agent = wm.eval(), agent.to(wm.device).eval()  # one device for both
         # store units <-> model units; default: the loaded world model's (checkpoint.load_model)
         self.normalizer = normalizer if normalizer is not None else getattr(wm, "normalizer", None) or Normalizer()
@@ -37,9 +39,11 @@ class AgentController:
         self.instruction = ""
         self.state = None
         self.prev_action = None
+        self.ensemble = TemporalEnsemble(agent.chunk, ensemble)  # policy/ensemble.py; None: receding horizon
 
     def reset(self, instruction: str) -> None:
         self.instruction, self.state, self.prev_action = instruction, None, None
+        self.ensemble.reset()
 
     def set_instruction(self, instruction: str) -> None:
         """Change the task mid-episode; the latent state carries on."""
@@ -69,8 +73,11 @@ class AgentController:
     def act(self, observation: dict) -> np.ndarray:
         batch = self.batch(observation)
         self.state, feat = self.wm.observe(batch, self.state)                  # feat (1, 1, F)
-        dist = self.agent.policy(feat[:, -1], batch["instruction_embedding"])
+        policy = self.agent.chunk_policy if self.ensemble.on else self.agent.policy
+        dist = policy(feat[:, -1], batch["instruction_embedding"])
         action = dist.mode() if self.deterministic else dist.sample(self.generator)
         action = action.clamp(-1.0, 1.0)
+        if self.ensemble.on:  # (1, K, A) -> (1, A); the world model then filters what was executed
+            action = self.ensemble(action)
         self.prev_action = action                                               # model units
         return self.normalizer.denormalize("action", action[0].cpu().numpy().astype(np.float32))

@@ -16,14 +16,15 @@ def _agent(path: Path, device):
     agent, info = checkpoint.load(path, device)
     wm, wm_cfg, _ = wm_checkpoint.load_model(info["world_model"], device)
     return AgentController(wm, agent, info["image_key"], int(model_config(wm_cfg).image_size),
-                           normalizer=checkpoint.normalizer(info, wm))
+                           normalizer=checkpoint.normalizer(info, wm),
+                           ensemble=info["sizes"].get("ensemble"))  # older agents: receding horizon
 
 
 def _scratch(path: Path, device):  # the small reactive baseline stays on the CPU
     from reverie.policy.scratch_bc import ScratchController, load
 
     policy, info = load(path)
-    return ScratchController(policy, info["image_key"])
+    return ScratchController(policy, info["image_key"], ensemble=info.get("ensemble"))
 
 
 # marker file -> loader; a folder may hold an agent directly or under agent/

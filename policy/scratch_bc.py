@@ -29,40 +29,69 @@ from reverie.world_model.networks import MLP, ChannelNorm, ConvEncoder, conv_sta
 log = logging.getLogger(__name__)
 
 
+class SpatialSoftmax(nn.Module):
+    """(N, C, H, W) -> (N, 2K): K learnt heat maps, each reduced to its expected (x, y) in [-1, 1].
+    A cube a few pixels wide becomes two numbers the head can read directly, where a flattened 4x4
+    map has to learn position from scratch (the keypoints of Levine et al. 2016 and robomimic)."""
+
+    def __init__(self, channels: int, keypoints: int):
+        super().__init__()
+        self.maps = nn.Conv2d(channels, keypoints, 1)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        heat = (self.maps(x) / self.log_temperature.exp()).flatten(2).softmax(-1)   # (N, K, H*W)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device),
+                                torch.linspace(-1, 1, w, device=x.device), indexing="ij")
+        grid = torch.stack([xs.flatten(), ys.flatten()], -1).to(heat.dtype)          # (H*W, 2)
+        return (heat @ grid).flatten(1)                                              # (N, 2K)
+
+
 class FiLMConvEncoder(nn.Module):
     """(N, H, W, 3) float in [0, 1], instr (N, I) -> (N, E): stride-2 convs until 4x4, each stage's
-    channels scaled and shifted by the instruction (FiLM, starting at identity)."""
+    channels scaled and shifted by the instruction (FiLM, starting at identity). With `keypoints`,
+    the 16x16 stage (the finest under 32x32) also yields that many spatial-softmax points, so the
+    instruction-modulated maps can say where the named cube is. (Touch, 1,500 steps: 32 points
+    42% [33, 52] vs 46% without, so bc_scratch.keypoints stays 0.)"""
 
-    def __init__(self, size: int, depth: int, instr_dim: int):
+    def __init__(self, size: int, depth: int, instr_dim: int, keypoints: int = 0):
         super().__init__()
         self.convs, self.norms, self.films = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-        cin = 3
+        cin, res, self.point_stage = 3, size, None
         for i in range(conv_stages(size)):
             cout = depth * 2 ** i
             self.convs.append(nn.Conv2d(cin, cout, 4, 2, 1, bias=False))
             self.norms.append(ChannelNorm(cout, eps=1e-4))
             self.films.append(zeroed(nn.Linear(instr_dim, 2 * cout)))
-            cin = cout
-        self.out_dim = cin * 4 * 4
+            cin, res = cout, res // 2
+            if keypoints and self.point_stage is None and res <= 16:
+                self.point_stage, self.points = i, SpatialSoftmax(cout, keypoints)
+        self.out_dim = cin * 4 * 4 + 2 * keypoints
 
     def forward(self, image, instr):
         x = image.permute(0, 3, 1, 2) - 0.5                                  # (N, 3, H, W)
-        for conv, norm, film in zip(self.convs, self.norms, self.films):
+        points = []
+        for i, (conv, norm, film) in enumerate(zip(self.convs, self.norms, self.films)):
             gamma, beta = film(instr)[..., None, None].chunk(2, 1)           # (N, C, 1, 1) each
             x = F.silu(norm(conv(x)) * (1 + gamma) + beta)
-        return x.flatten(1)
+            if i == self.point_stage:
+                points.append(self.points(x))
+        return torch.cat([x.flatten(1), *points], -1)
 
 
 class ScratchPolicy(nn.Module):
     def __init__(self, image_size: int, state_dim: int, action_dim: int, instr_dim: int = 384,
                  cnn_depth: int = 16, units: int = 256, layers: int = 2, min_std: float = 0.1,
-                 max_std: float = 1.0, chunk: int = 1, film: bool = False):
+                 max_std: float = 1.0, chunk: int = 1, film: bool = False, keypoints: int = 0):
         super().__init__()
         self.sizes = dict(image_size=image_size, state_dim=state_dim, action_dim=action_dim,
                           instr_dim=instr_dim, cnn_depth=cnn_depth, units=units, layers=layers,
-                          min_std=min_std, max_std=max_std, chunk=chunk, film=film)
+                          min_std=min_std, max_std=max_std, chunk=chunk, film=film, keypoints=keypoints)
         self.film, self.chunk, self.action_dim = bool(film), int(chunk), action_dim
-        self.image_enc = (FiLMConvEncoder(image_size, cnn_depth, instr_dim) if self.film
+        if keypoints and not self.film:
+            raise ConfigError("scratch BC keypoints need film=true (the points follow the instruction)")
+        self.image_enc = (FiLMConvEncoder(image_size, cnn_depth, instr_dim, keypoints) if self.film
                           else ConvEncoder(image_size, cnn_depth))
         self.state_enc = MLP(state_dim, units, units, 1)
         self.head = MLP(self.image_enc.out_dim + units + instr_dim, 2 * action_dim * self.chunk, units, layers)
@@ -136,18 +165,23 @@ class ScratchController:
     """Observations and actions in store units; the policy's normaliser maps the state in and the
     action out (reverie/normalize.py)."""
 
-    def __init__(self, policy: ScratchPolicy, image_key: str, normalizer: Normalizer | None = None):
+    def __init__(self, policy: ScratchPolicy, image_key: str, normalizer: Normalizer | None = None,
+                 ensemble: float | None = None):
+        from reverie.policy.ensemble import TemporalEnsemble
         from reverie.world_model.data import Language
 
         self.policy, self.image_key, self.language = policy, image_key, Language()
         self.normalizer = normalizer if normalizer is not None else getattr(policy, "normalizer", None) or Normalizer()
-        self.instr = None
+        self.instruction, self.instr = "", None
+        self.ensemble = TemporalEnsemble(policy.chunk, ensemble)  # policy/ensemble.py; None: receding horizon
 
     def reset(self, instruction: str) -> None:
-        self.instr = torch.from_numpy(self.language.embed([instruction]))
+        self.set_instruction(instruction)
+        self.ensemble.reset()
 
     def set_instruction(self, instruction: str) -> None:
-        self.reset(instruction)
+        """A new task mid-episode; the chunk history carries on (as in the exported graph)."""
+        self.instruction, self.instr = instruction, torch.from_numpy(self.language.embed([instruction]))
 
     @torch.no_grad()
     def act(self, observation: dict) -> np.ndarray:
@@ -157,5 +191,8 @@ class ScratchController:
             image = torch.nn.functional.interpolate(image.permute(0, 3, 1, 2), size=(size, size),
                                                     mode="bilinear", antialias=True).permute(0, 2, 3, 1)
         state = torch.from_numpy(self.normalizer.normalize("state", np.asarray(observation["state"], np.float32)))[None]
-        action = self.policy(image, state, self.instr).mode().clamp(-1, 1)
-        return self.normalizer.denormalize("action", action[0].numpy())
+        if self.ensemble.on:
+            action = self.ensemble(self.policy.chunk_policy(image, state, self.instr).mode().clamp(-1, 1))[0]
+        else:
+            action = self.policy(image, state, self.instr).mode().clamp(-1, 1)[0]
+        return self.normalizer.denormalize("action", action.numpy())

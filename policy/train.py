@@ -138,8 +138,8 @@ def train(cfg) -> Path:
         if stage == "rl":
             raise ConfigError("stage=rl needs init=<behaviour-cloning agent> (its frozen copy is the prior); "
                               "run `reverie train-agent stage=bc ...` first")
-        agent, init_info = Agent(wm.feat_dim, wm.spec.action_dim, wm.spec.instruction_dim,
-                                 **OmegaConf.to_container(cfg.agent)).to(device), {}
+        sizes = {k: v for k, v in OmegaConf.to_container(cfg.agent).items() if k != "ensemble"}  # ensemble: the controller's
+        agent, init_info = Agent(wm.feat_dim, wm.spec.action_dim, wm.spec.instruction_dim, **sizes).to(device), {}
     agent.train()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,11 +233,13 @@ def train_bc_scratch(cfg, steps: int) -> Path:
     sc = cfg.bc_scratch
     data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size), seq_len=int(sc.seq_len),
                      weights=sc.get("weights"))
-    sizes = {**OmegaConf.to_container(cfg.agent), "cnn_depth": int(sc.cnn_depth)}
+    sizes = {**OmegaConf.to_container(cfg.agent), "cnn_depth": int(sc.cnn_depth), "keypoints": int(sc.get("keypoints", 0))}
+    ensemble = sizes.pop("ensemble", None)  # how the controller executes chunks, not a network size
     policy, history = scratch_bc.train_scratch_bc(data, steps, lr=float(sc.lr), progress=bool(cfg.progress),
                                                   shift=int(sc.shift), **sizes)
     info = {"stage": "bc_scratch", "steps": steps, "image_key": data.image_key, "stores": data.paths,
-            "holdout": float(cfg.holdout), "base_world_model": str(Path(cfg.wm).resolve()), "history": history}
+            "holdout": float(cfg.holdout), "base_world_model": str(Path(cfg.wm).resolve()), "history": history,
+            "ensemble": ensemble}
     path = scratch_bc.save(Path(cfg.out), policy, info)
     (path / "config.yaml").write_text(show(cfg))
     log.info("behaviour cloning from scratch saved to %s", path)

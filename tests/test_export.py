@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 
-def tiny_controller(backend: str):
+def tiny_controller(backend: str, ensemble=None):
     """An untrained tiny world model + agent of `backend` at 16x16 (the images come at 64x64, so the
-    graph's resize is exercised), as AgentController with deterministic latents."""
+    graph's resize is exercised), as AgentController with deterministic latents; with `ensemble` a
+    4-action chunk executed by temporal ensembling."""
     import torch
 
     from reverie.config import compose
@@ -23,8 +24,8 @@ def tiny_controller(backend: str):
     for name, buf in wm.named_buffers():  # trained-looking statistics (e.g. the tokenizer's mean image)
         if buf.is_floating_point() and buf.dim() > 0 and "mean" in name:
             buf.uniform_(0.2, 0.8)
-    agent = Agent(wm.feat_dim, 6, units=32, layers=1).eval()
-    return AgentController(wm, agent, "image/front", 16)
+    agent = Agent(wm.feat_dim, 6, units=32, layers=1, chunk=4 if ensemble is not None else 1).eval()
+    return AgentController(wm, agent, "image/front", 16, ensemble=ensemble)
 
 
 def replay(controller, step_fn, rng, steps=28, episode=17):
@@ -66,26 +67,31 @@ def torch_stepper(step):
     return fn
 
 
+@pytest.mark.parametrize("ensemble", [None, 0.1])
 @pytest.mark.parametrize("backend", ["rssm", "shortcut"])
-def test_step_module_equals_agent_controller(backend):
+def test_step_module_equals_agent_controller(backend, ensemble):
     """The exported computation, run in PyTorch, is exactly AgentController's (state carried, the
-    first-step reset inside the module, the shortcut's growing cache as a fixed masked window)."""
+    first-step reset inside the module, the shortcut's growing cache as a fixed masked window, the
+    chunk history of temporal ensembling)."""
     from reverie.export.policy_module import RSSMStep, ShortcutStep
 
-    controller = tiny_controller(backend)
+    controller = tiny_controller(backend, ensemble)
     step = {"rssm": RSSMStep, "shortcut": ShortcutStep}[backend](controller.wm, controller.agent, (64, 64))
+    step.ensemble(controller.agent.chunk, ensemble)
+    assert len(step.state_specs()) == len(step.model_specs()) + (2 if ensemble is not None else 0)
     # 28 steps in 17-step episodes: the shortcut window (7 frames) fills and slides.
     worst = replay(controller, torch_stepper(step), np.random.default_rng(0))
     assert worst < 1e-6
 
 
-def test_rssm_onnx_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("ensemble", [None, 0.1])
+def test_rssm_onnx_matches_pytorch(tmp_path, ensemble):
     from reverie.export.onnx_export import export_policy
     from reverie.export.policy_module import RSSMStep
     from reverie.export.text_encoder import session
 
-    controller = tiny_controller("rssm")
-    step = RSSMStep(controller.wm, controller.agent, (64, 64))
+    controller = tiny_controller("rssm", ensemble)
+    step = RSSMStep(controller.wm, controller.agent, (64, 64)).ensemble(controller.agent.chunk, ensemble)
     export_policy(step, tmp_path / "policy.onnx", 18)
     sess = session(tmp_path / "policy.onnx")
     assert [i.name for i in sess.get_inputs()] == step.input_names()
@@ -102,6 +108,40 @@ def test_rssm_onnx_matches_pytorch(tmp_path):
         return out[0][0]
 
     assert replay(controller, fn, np.random.default_rng(1)) < 1e-4
+
+
+def test_scratch_onnx_with_ensembling_matches_controller(tmp_path):
+    """The stateless pixel baseline gains carried state only for its chunk history; the graph's
+    actions are ScratchController's."""
+    import torch
+
+    from reverie.export.onnx_export import export_policy
+    from reverie.export.policy_module import ScratchStep
+    from reverie.export.text_encoder import session
+    from reverie.policy.scratch_bc import ScratchController, ScratchPolicy
+
+    torch.manual_seed(0)
+    policy = ScratchPolicy(16, 6, 6, cnn_depth=4, units=32, layers=1, chunk=4, film=True).eval()
+    for p in policy.parameters():  # FiLM and the head start at zero: give them something to say
+        torch.nn.init.normal_(p, 0, 0.2)
+    controller = ScratchController(policy, "image/front", ensemble=0.1)
+    step = ScratchStep(policy, (64, 64)).ensemble(4, 0.1)
+    assert [s.name for s in step.state_specs()] == ["chunk_history", "chunk_valid"]
+    export_policy(step, tmp_path / "policy.onnx", 18)
+    sess = session(tmp_path / "policy.onnx")
+    carried = {}
+
+    def fn(item):
+        if item is None:
+            carried["x"] = [s.zeros().numpy() for s in step.state_specs()]
+            return None
+        obs, instr = item
+        out = sess.run(None, dict(zip(step.input_names(),
+                                      [obs["image/front"][None], obs["state"][None], instr, *carried["x"]])))
+        carried["x"] = out[1:]
+        return out[0][0]
+
+    assert replay(controller, fn, np.random.default_rng(2)) < 1e-4
 
 
 def test_manifest_detects_missing_and_changed_files(tmp_path):

@@ -76,3 +76,24 @@ def test_wilson_interval_known_values(k, n, lo, hi):
     assert a == pytest.approx(lo, abs=1e-3) and b == pytest.approx(hi, abs=1e-3)
     assert wilson_interval(0, 0) == (0.0, 1.0)
     assert not math.isnan(a)
+
+
+def test_temporal_ensemble_averages_what_each_chunk_said_about_now():
+    """a_t = sum_j w_j chunk_{t-j}[j] / sum_j w_j over the chunks made so far (ACT), w_j = exp(-d j)."""
+    import math
+
+    import torch
+
+    from reverie.policy.ensemble import TemporalEnsemble
+
+    k, decay = 3, 0.5
+    ens = TemporalEnsemble(k, decay)
+    chunks = [torch.arange(k, dtype=torch.float32)[None, :, None] + 10 * t for t in range(5)]  # (1, K, 1)
+    got = [float(ens(c)) for c in chunks]
+    for t in range(5):
+        terms = [(math.exp(-decay * j), float(chunks[t - j][0, j, 0])) for j in range(min(t + 1, k))]
+        assert abs(got[t] - sum(w * v for w, v in terms) / sum(w for w, _ in terms)) < 1e-5
+    assert got[0] == 0.0  # the first step executes the first chunk's first action
+    ens.reset()
+    assert float(ens(chunks[4])) == float(chunks[4][0, 0, 0])  # a new episode forgets the old chunks
+    assert not TemporalEnsemble(k, None).on and not TemporalEnsemble(1, 0.1).on
