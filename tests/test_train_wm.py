@@ -101,6 +101,22 @@ def test_ema_weights_checkpoint_for_consumers_and_resume_exactly(toy_store, tmp_
         train(toy_store, tmp_path / "bad", "steps=1", "ema=1.5")
 
 
+def test_checkpoint_from_before_the_v3_core_loads_as_wide(toy_store, tmp_path):
+    """A checkpoint whose config has no `core` key (written before issue 22) builds the wide GRU it
+    was trained with, and its weights load unchanged."""
+    from reverie.world_model.checkpoint import load_model
+
+    run = train(toy_store, tmp_path / "old", "steps=2", "world_model.core=wide")
+    ckpt = tmp_path / "old" / "checkpoint"
+    text = (ckpt / "config.yaml").read_text()
+    lines = [l for l in text.splitlines() if not l.strip().startswith(("core:", "core_layers:"))]
+    assert len(lines) < len(text.splitlines())
+    (ckpt / "config.yaml").write_text("\n".join(lines) + "\n")
+    model, _, _ = load_model(ckpt)
+    assert model.core.layout == "wide"
+    assert all(torch.equal(a, b) for a, b in zip(params(run.model).values(), params(model).values()))
+
+
 def test_ema_averages_trained_and_copies_frozen_parameters():
     from reverie.world_model.ema import EMA
 

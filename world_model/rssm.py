@@ -85,7 +85,9 @@ class RSSM(WorldModel):
             embed += c.units
 
         inputs = [zdim, spec.action_dim + 1] + ([spec.instruction_dim] if self.use_instruction else [])
-        self.core = BlockGRU(inputs, c.deter, c.hidden, c.blocks)
+        # DreamerV3's core layout; configs saved before issue 22 lack the key and were "wide"
+        self.core = BlockGRU(inputs, c.deter, c.hidden, c.blocks, layout=str(c.get("core", "wide")),
+                             layers=int(c.get("core_layers", 1)))
         self.prior_net = MLP(c.deter, zdim, c.hidden, 1)
         self.post_net = MLP(c.deter + embed, zdim, c.hidden, 1)
 
