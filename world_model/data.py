@@ -206,13 +206,14 @@ class TrainData:
                               f"{f' with weights={self.weights}' if self.weights else ''}: record more episodes, "
                               "lower holdout=, or give a training episode's category a weight > 0")
         self._stream = None
+        self._prefetch, self._state = None, None
 
     def _draw(self) -> dict:
         if self.workers <= 0:
             return self.sampler.sample()
         return next(self._stream)
 
-    def next(self) -> dict[str, Tensor]:
+    def _make(self) -> dict[str, Tensor]:
         windows = []
         while len(windows) < self.batch_size:
             w = self._draw()
@@ -221,10 +222,32 @@ class TrainData:
         return self.normalizer.batch(collate(windows, self.image_key, self.image_size, self.language, self.dynalang,
                                              self.device, self.narrations))
 
-    def start_stream(self, step: int = 0) -> None:
-        """With workers > 0: (re)start the DataLoader stream, seeded by (seed, rank, step)."""
-        if self.workers <= 0:
-            return
+    def next(self) -> dict[str, Tensor]:
+        if self._prefetch is None:
+            return self._make()
+        batch, self._state = self._prefetch.get()
+        return batch
+
+    def start_stream(self, step: int = 0, prefetch: int = 0) -> None:
+        """With workers > 0: (re)start the DataLoader stream, seeded by (seed, rank, step). With prefetch > 0:
+        a thread prepares that many batches ahead (window reads, image decoding, collation), so they
+        overlap the update; next() returns exactly the batches the plain loop would, and get_state()
+        the sampler's state as of the last batch returned, so checkpoints resume the same stream."""
+        self.stop()
+        if self.workers > 0:
+            self._start_loader(step)
+        if prefetch > 0:
+            self._state = self.sampler.rng.bit_generator.state   # (a fresh dict each read)
+            self._prefetch = _Prefetch(self._make, lambda: self.sampler.rng.bit_generator.state, prefetch)
+
+    def stop(self) -> None:
+        """End the prefetch thread (if any); the sampler state stays that of the last batch returned."""
+        if self._prefetch is not None:
+            self._prefetch.close()
+            self.sampler.rng.bit_generator.state = self._state
+            self._prefetch = None
+
+    def _start_loader(self, step: int) -> None:
         from reverie.datasets.sampler import WindowDataset
 
         dataset = WindowDataset(self.paths, self.length, self.keys, self.weights,
@@ -235,9 +258,13 @@ class TrainData:
         self._stream = _forever(loader)
 
     def get_state(self) -> dict:
+        if self._prefetch is not None:  # the thread's sampler is ahead by the queued batches
+            return self._state
         return self.sampler.rng.bit_generator.state
 
     def set_state(self, state: dict) -> None:
+        if self._prefetch is not None:
+            raise RuntimeError("TrainData.set_state while prefetching: set it before start_stream")
         self.sampler.rng.bit_generator.state = state
 
     def gather_state(self) -> dict[str, dict]:
@@ -249,6 +276,47 @@ class TrainData:
         states = [None] * distributed.world()
         torch.distributed.all_gather_object(states, self.get_state())
         return {str(r): s for r, s in enumerate(states)}
+
+
+class _Prefetch:
+    """A daemon thread calling make() into a bounded queue, each batch paired with state() after it (the
+    sampler RNG a checkpoint saves). Errors in the thread surface at the next get()."""
+
+    def __init__(self, make, state, depth: int):
+        import queue
+        import threading
+
+        self._queue, self._stop = queue.Queue(maxsize=depth), threading.Event()
+        self._make, self._state = make, state
+        self._thread = threading.Thread(target=self._run, name="reverie-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                item = (self._make(), self._state(), None)
+            except BaseException as e:  # handed to the consumer, which raises it
+                item = (None, None, e)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[2] is not None:
+                return
+
+    def get(self):
+        batch, state, error = self._queue.get()
+        if error is not None:
+            raise error
+        return batch, state
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _forever(loader):

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from reverie.errors import ConfigError
 from reverie.world_model.backend import DataSpec, Policy, State, WorldModel, register
-from reverie.world_model.networks import (MLP, BlockGRU, ConvDecoder, ConvEncoder, PixelMean, TwoHot,
+from reverie.world_model.networks import (MLP, BlockGRU, ConvDecoder, ConvEncoder, PixelMean, RMSNorm, TwoHot,
                                           symexp, symlog)
 
 
@@ -93,7 +93,7 @@ class RSSM(WorldModel):
 
         if self.frame_dim:  # the observed frame's latent and its prediction from the state (imagination)
             self.frame_proj = nn.Sequential(nn.Linear(embed, self.frame_dim, bias=False),
-                                            nn.RMSNorm(self.frame_dim, eps=1e-4))
+                                            RMSNorm(self.frame_dim, eps=1e-4))
             self.frame_pred = MLP(self.core_dim, self.frame_dim, c.units, c.layers)
         self.image_dec = ConvDecoder(self.core_dim, size, c.cnn_depth)
         self.pixels = PixelMean(size, float(c.get("image_foreground", 0.0)))  # older configs: plain MSE
@@ -138,8 +138,8 @@ class RSSM(WorldModel):
         `deterministic`."""
         if self.deterministic:
             return F.one_hot(probs.argmax(-1), self.classes).to(probs.dtype)
-        idx = torch.multinomial(probs.reshape(-1, self.classes), 1).reshape(probs.shape[:-1])
-        onehot = F.one_hot(idx, self.classes).to(probs.dtype)
+        idx = torch.multinomial(probs.reshape(-1, self.classes), 1).reshape(*probs.shape[:-1], 1)
+        onehot = torch.zeros_like(probs).scatter_(-1, idx, 1.0)  # F.one_hot checks the range: a host sync on GPU
         return onehot + probs - probs.detach()
 
     def _action_input(self, action: Tensor, mask: Tensor) -> Tensor:
@@ -215,12 +215,13 @@ class RSSM(WorldModel):
         return states, state, torch.stack(posts, 1), torch.stack(priors, 1)
 
     # ----- the interface ----------------------------------------------------------------------
-    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         total, metrics, _ = self.loss_and_features(batch)
         return total, metrics
 
-    def loss_and_features(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float], Tensor]:
-        """loss(batch) and the posterior features (B, T, F) of the same pass (BC fine-tuning).
+    def loss_and_features(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """loss(batch) and the posterior features (B, T, F) of the same pass (BC fine-tuning); metrics
+        are detached 0-dim tensors (reading them is a host sync, so the trainer does it every log_every).
         Every per-step term is averaged over the rows where batch["valid"] (B, T) is True (all rows
         without the key): the padding of short episodes (datasets/sampler.py) follows the real rows, so
         it neither changes their states nor enters the loss."""
@@ -232,12 +233,13 @@ class RSSM(WorldModel):
         terms = {}
         image = batch["image"]                                              # (B, T, H, W, 3)
         if self.training:
-            self.pixels.update(image[valid] if valid is not None else image.flatten(0, 1))
+            self.pixels.update(image.flatten(0, 1), None if w is None else w.flatten())  # padding weighs 0
         pred = self.image_dec(core.flatten(0, 1), self.pixels.pixel_mean).reshape(image.shape)
         pixel_weight = self.pixels.weights(image)                          # (B, T, H, W)
         terms["image"] = ((pred.float() - image).square().sum(-1) * pixel_weight).sum((-2, -1))
         terms["state"] = (self.state_dec(core).float() - symlog(batch["state"])).square().sum(-1)
-        terms["reward"] = self.twohot.loss(self.reward_head(core), batch["reward"])
+        reward_logits = self.reward_head(core)                             # (B, T, bins)
+        terms["reward"] = self.twohot.loss(reward_logits, batch["reward"])
         cont_target = 1.0 - batch["is_terminal"].float()
         terms["cont"] = F.binary_cross_entropy_with_logits(
             self.cont_head(core).squeeze(-1).float(), cont_target, reduction="none")
@@ -254,16 +256,16 @@ class RSSM(WorldModel):
         terms["dyn"] = torch.clamp(kl_dyn, min=self.free_nats)
         terms["rep"] = torch.clamp(kl_rep, min=self.free_nats)
         # .get: configs saved before the description head have no `describe` scale (it is 1).
-        total = sum(self.scales.get(k, 1.0) * _mean(v, w) for k, v in terms.items())
-        with torch.no_grad():
-            metrics = {f"loss/{k}": _mean(v, w).item() for k, v in terms.items()}
+        means = {k: _mean(v, w) for k, v in terms.items()}
+        total = sum(self.scales.get(k, 1.0) * v for k, v in means.items())
+        with torch.no_grad():  # 0-dim tensors, no host sync: the trainer reads them every log_every
+            metrics = {f"loss/{k}": v.detach() for k, v in means.items()}
             metrics |= {
-                "loss/total": total.item(),
-                "kl/dyn": _mean(kl_dyn, w).item(), "kl/rep": _mean(kl_rep, w).item(),
-                "entropy/prior": _mean(_entropy(prior), w).item(),
-                "entropy/post": _mean(_entropy(post), w).item(),
-                "image_mse": _mean((pred.float() - batch["image"]).square().mean((-3, -2, -1)), w).item(),
-                "reward_mae": _mean((self.twohot.mean(self.reward_head(core)) - batch["reward"]).abs(), w).item(),
+                "loss/total": total.detach(),
+                "kl/dyn": _mean(kl_dyn, w), "kl/rep": _mean(kl_rep, w),
+                "entropy/prior": _mean(_entropy(prior), w), "entropy/post": _mean(_entropy(post), w),
+                "image_mse": _mean((pred.float() - image).square().mean((-3, -2, -1)), w),
+                "reward_mae": _mean((self.twohot.mean(reward_logits) - batch["reward"]).abs(), w),
             }
         return total, metrics, feat
 

@@ -24,7 +24,7 @@ import torch
 
 from reverie.config import command_config, show
 from reverie.errors import ConfigError
-from reverie.world_model import checkpoint, distributed
+from reverie.world_model import checkpoint, distributed, networks
 from reverie.world_model.backend import build, model_config, replay_policy
 from reverie.world_model.data import TrainData
 from reverie.world_model.ema import EMA
@@ -60,6 +60,10 @@ class Trainer:
 
         self.data = TrainData(cfg, self.mcfg, rank=self.rank, world=self.world, device=self.device)
         self.model = build(self.backend, self.mcfg, self.data.spec).to(self.device)
+        # speed switches that keep the math (tests/test_train_speed.py): the hand-written RMSNorm and
+        # channels_last convolutions; configs saved before them have no keys (then on, the measured default)
+        networks.set_fused_norm(self.model, bool(cfg.get("fused_norm", True)))
+        networks.set_channels_last(self.model, bool(cfg.get("channels_last", True)))
         fsdp = bool(self.mcfg.get("fsdp", False) if cfg.fsdp is None else cfg.fsdp)
         self.module = distributed.wrap(self.model, self.device, fsdp, bool(cfg.compile))
         groups = param_groups(self.model, float(self.mcfg.weight_decay))
@@ -82,7 +86,7 @@ class Trainer:
                                 else state["data_rng"]["0"])
             self.data.normalizer = checkpoint.normalizer(state)  # the units it was trained in (old: identity)
             log.info("resumed %s at step %d", resume_from, self.step)
-        self.data.start_stream(self.step)  # workers > 0 only
+        self.data.start_stream(self.step, int(cfg.get("prefetch", 0)))  # workers > 0; the prefetch thread
         self.writer = None
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
@@ -92,18 +96,20 @@ class Trainer:
             self.writer = SummaryWriter(str(self.out))
 
     # ---------------------------------------------------------------------------------------------
-    def train_step(self, batch) -> dict[str, float]:
+    def train_step(self, batch, log: bool = True) -> dict[str, torch.Tensor]:
+        """One update. The metrics stay 0-dim tensors (no host sync; `floats` reads them); log=False skips
+        the per-module gradient norms, which only the logged steps show."""
         self.model.train()
         with distributed.autocast(self.device, self.cfg.precision):
             loss, metrics = self.module(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        metrics["grad_norm/total"] = float(_full(torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), self.mcfg.grad_clip)))
-        for name, child in self.model.named_children():
-            grads = [_full(p.grad.detach().float().norm()) for p in child.parameters() if p.grad is not None]
-            if grads:
-                metrics[f"grad_norm/{name}"] = float(torch.stack(grads).norm())
+        metrics["grad_norm/total"] = _full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.mcfg.grad_clip))
+        if log:
+            for name, child in self.model.named_children():
+                grads = [_full(p.grad.detach().float().norm()) for p in child.parameters() if p.grad is not None]
+                if grads:
+                    metrics[f"grad_norm/{name}"] = torch.stack(grads).norm()
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update()
@@ -134,11 +140,12 @@ class Trainer:
         while self.step < self.steps:
             self.set_lr(max(self.step / self.steps, used))  # the step or the time budget, if sooner
             batch = self.data.next()
-            metrics = self.train_step(batch)
+            logged = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == self.steps
+            metrics = self.train_step(batch, log=logged)
             self.step += 1
             bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == self.steps:
-                metrics = distributed.all_mean(metrics, self.device)
+            if logged:
+                metrics = distributed.all_mean(floats(metrics), self.device)  # the one host sync
                 now = time.perf_counter()
                 metrics["perf/lr"] = self.optimizer.param_groups[0]["lr"]
                 metrics["perf/frames_per_s"] = frames * (self.step - tick_step) / max(now - tick, 1e-9)
@@ -162,6 +169,7 @@ class Trainer:
                             cfg.minutes, self.step, self.steps)
                 break
         bar.close()
+        self.data.stop()
         if self.writer:
             self.writer.close()
         return self
@@ -208,13 +216,22 @@ def checked_steps(cfg, mcfg) -> int:
                           "would write no checkpoint")
     if cfg.minutes is not None and not cfg.minutes > 0:
         raise ConfigError(f"minutes={cfg.minutes} must be positive, or null for no time cap")
-    for key, least in (("log_every", 1), ("save_every", 1), ("image_every", 0), ("threads", 0), ("workers", 0)):
-        if cfg[key] < least:
+    for key, least in (("log_every", 1), ("save_every", 1), ("image_every", 0), ("threads", 0), ("workers", 0),
+                       ("prefetch", 0)):
+        if cfg.get(key, least) < least:
             raise ConfigError(f"{key}={cfg[key]} must be at least {least}")
     for key in ("batch_size", "seq_len"):
         if int(mcfg[key]) < 1:
             raise ConfigError(f"preset.{cfg.world_model.name}.{key}={mcfg[key]} must be at least 1")
     return steps
+
+
+def floats(metrics: dict) -> dict[str, float]:
+    """Metrics (0-dim tensors or numbers) -> floats, in one device-to-host copy."""
+    device = next((v.device for v in metrics.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    values = [v.detach().float().reshape(()) if isinstance(v, torch.Tensor)
+              else torch.tensor(float(v), device=device) for v in metrics.values()]
+    return dict(zip(metrics, torch.stack(values).tolist())) if values else {}
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
