@@ -9,7 +9,7 @@ from reverie.config import compose
 from reverie.world_model import networks
 from reverie.world_model.backend import DataSpec, build, model_config
 from reverie.world_model.data import write_toy_store
-from reverie.world_model.train import Trainer, floats
+from reverie.world_model.train import Trainer, auto_threads, floats
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +123,7 @@ def test_prefetch_gives_the_same_run_and_resumes_exactly(toy_store, tmp_path):
     resumed = train(tmp_path / "split", "steps=6", "prefetch=3", "resume=true")
     for (k, a), b in zip(state(plain).items(), state(resumed).values()):
         assert torch.equal(a, b), k
+
+
+def test_auto_threads():
+    assert 1 <= auto_threads() <= 4 and auto_threads(64) == 1

@@ -35,6 +35,11 @@ def world() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def local_world() -> int:
+    """Processes on this machine (torchrun's LOCAL_WORLD_SIZE; 1 outside torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

@@ -52,8 +52,7 @@ class Trainer:
         self.steps = checked_steps(cfg, self.mcfg)  # before any process group, data or model
         self.device = distributed.setup(cfg.device)
         self.rank, self.world = distributed.rank(), distributed.world()
-        if cfg.threads:
-            torch.set_num_threads(int(cfg.threads))
+        torch.set_num_threads(int(cfg.threads) or auto_threads(distributed.local_world()))
         self.backend = cfg.world_model.name
         self.out, resume_from = _resolve_run_dir(cfg)
         torch.manual_seed(cfg.seed * 1000 + self.rank)
@@ -232,6 +231,29 @@ def floats(metrics: dict) -> dict[str, float]:
     values = [v.detach().float().reshape(()) if isinstance(v, torch.Tensor)
               else torch.tensor(float(v), device=device) for v in metrics.values()]
     return dict(zip(metrics, torch.stack(values).tolist())) if values else {}
+
+
+def auto_threads(local_ranks: int = 1) -> int:
+    """threads=0: the machine's physical cores shared by its ranks, at most 4 per process (small RSSM
+    ops stop scaling there, and a 2-core box keeps the default of both). Measured: see
+    benchmarks/results/world_model.json (threads rows)."""
+    cores = _physical_cores()
+    return max(1, min(4, cores // max(local_ranks, 1)))
+
+
+def _physical_cores() -> int:
+    """Cores this process may run on, counting SMT siblings once (Linux topology; else os.cpu_count)."""
+    import os
+
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        try:
+            base = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+            cores.add(((base / "physical_package_id").read_text().strip(), (base / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("", str(cpu)))
+    return max(1, len(cores))
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
