@@ -70,8 +70,9 @@ def setup(device_name: str) -> torch.device:
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=10))
+        # REVERIE_DIST_BACKEND overrides (gloo: e.g. two ranks sharing one GPU, which NCCL refuses)
+        backend = os.environ.get("REVERIE_DIST_BACKEND") or ("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10))
     return device
 
 
