@@ -2,14 +2,14 @@
 switch on and off, and the reference DreamerV3 PyTorch port at the same sizes, in one interleaved run.
 
     .venv/bin/python benchmarks/world_model.py [--presets cpu,s] [--threads 1,2] [--rounds 3]
-        [--steps cpu=4,s=2] [--switches core,fused_norm,channels_last,bf16,prefetch] [--compile]
+        [--steps cpu=4,s=2] [--switches core,fused_norm,compile_norm,channels_last,bf16,prefetch] [--compile]
         [--peer auto|none|PYTHON] [--shortcut cpu|none] [--out PATH]
 
 Update: full optimiser steps (loss, backward, clip, Adam) on one random batch in the
 world_model/backend.py contract at the preset's batch size, sequence length and image size, 6-joint
 spec; frames/s = batch x seq / median step time. Variants: `default` (the training defaults: v3 core,
-fused norm, channels_last, fp32) and, per switch, the default with that one switch flipped (core=wide,
-fused_norm off, channels_last off, bf16 autocast on, torch.compile on with --compile, prefetch off: the
+fused and compiled norms, channels_last, fp32) and, per switch, the default with that one switch flipped
+(core=wide, fused_norm off, compile_norm off, channels_last off, bf16 autocast on, torch.compile on with --compile, prefetch off: the
 prefetch pair trains from a 64x64 toy store through TrainData, data loading included). Interleaved: each
 round runs `steps` of every variant and of the peer, the order reversed every other round, so a load
 that comes and goes weighs on all alike; medians over all rounds. Imagination: `observe` a 4-step
@@ -45,10 +45,10 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "world_model.json"
 PEER_ROOT = Path(os.environ.get("REVERIE_CACHE", Path.home() / ".cache" / "reverie")) / "dreamerv3-torch"
 # each switch: the value that differs from the training default (reverie/conf/train_wm.yaml, rssm.yaml)
-FLIPS = {"core": "wide", "fused_norm": False, "channels_last": False, "bf16": True, "compile": True,
-         "prefetch": 0}
-DEFAULT = {"core": "v3", "fused_norm": True, "channels_last": True, "bf16": False, "compile": False,
-           "prefetch": None}
+FLIPS = {"core": "wide", "fused_norm": False, "compile_norm": False, "channels_last": False, "bf16": True,
+         "compile": True, "prefetch": 0}
+DEFAULT = {"core": "v3", "fused_norm": True, "compile_norm": True, "channels_last": True, "bf16": False,
+           "compile": False, "prefetch": None}
 
 
 def random_batch(b: int, t: int, size: int) -> dict[str, torch.Tensor]:
@@ -86,7 +86,7 @@ class Variant:
             self.batch = random_batch(int(mcfg.batch_size), int(mcfg.seq_len), int(mcfg.image_size))
         torch.manual_seed(0)
         self.model = build("rssm", mcfg, spec)
-        networks.set_fused_norm(self.model, sw["fused_norm"])
+        networks.set_fused_norm(self.model, sw["fused_norm"], sw["compile_norm"])
         networks.set_channels_last(self.model, sw["channels_last"])
         self.params = sum(p.numel() for p in self.model.parameters())
         self.module = torch.compile(self.model) if sw["compile"] else self.model
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", default="cpu=4,s=2,tiny=4", help="timed steps per variant and round, per preset")
-    p.add_argument("--switches", default="core,fused_norm,channels_last,bf16,prefetch")
+    p.add_argument("--switches", default="core,fused_norm,compile_norm,channels_last,bf16,prefetch")
     p.add_argument("--compile", action="store_true", help="add the torch.compile variant (minutes to compile)")
     p.add_argument("--peer", default="auto", help="auto | none | the peer venv's python")
     p.add_argument("--shortcut", default="cpu", help="presets for the shortcut backend's plain rows, or none")

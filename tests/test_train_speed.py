@@ -29,12 +29,14 @@ def batch(b=2, t=6, size=16, j=5, a=4):
             "instruction_embedding": torch.nn.functional.normalize(torch.randn(b, 384, generator=g), dim=-1)}
 
 
-def loss_and_grads(fused, channels_last, cnn_depth=4):
+def loss_and_grads(fused, channels_last, cnn_depth=4, compiled=False):
     cfg = compose("train_wm", ["preset=tiny", "data=unused", f"preset.rssm.cnn_depth={cnn_depth}"])
     torch.manual_seed(0)
     model = build("rssm", model_config(cfg), DataSpec((16, 16, 3), 5, 4))
-    networks.set_fused_norm(model, fused)
+    networks.set_fused_norm(model, fused, compiled)
     networks.set_channels_last(model, channels_last)
+    if compiled:
+        assert model.image_enc.net[1].compiled and not model.state_enc.body[0][1].compiled  # conv norms only
     torch.manual_seed(5)  # the same latent samples
     loss, metrics = model.loss(batch())
     loss.backward()
@@ -59,10 +61,11 @@ def test_fused_rms_norm_matches_the_native_op(shape, norm):
                                      torch.randn(6, dtype=torch.float64, requires_grad=True)))
 
 
-@pytest.mark.parametrize("switch", ["fused", "channels_last"])
+@pytest.mark.parametrize("switch", ["fused", "compiled", "channels_last"])
 def test_switches_keep_losses_and_gradients(switch):
     base = loss_and_grads(fused=False, channels_last=False)
-    other = loss_and_grads(fused=switch == "fused", channels_last=switch == "channels_last")
+    other = loss_and_grads(fused=switch in ("fused", "compiled"), channels_last=switch == "channels_last",
+                           compiled=switch == "compiled")
     assert torch.allclose(base[0], other[0], rtol=1e-5)
     for k in base[1]:
         assert torch.allclose(base[1][k], other[1][k], rtol=1e-4, atol=1e-6), k

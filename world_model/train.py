@@ -61,7 +61,7 @@ class Trainer:
         self.model = build(self.backend, self.mcfg, self.data.spec).to(self.device)
         # speed switches that keep the math (tests/test_train_speed.py): the hand-written RMSNorm and
         # channels_last convolutions; configs saved before them have no keys (then on, the measured default)
-        networks.set_fused_norm(self.model, bool(cfg.get("fused_norm", True)))
+        networks.set_fused_norm(self.model, bool(cfg.get("fused_norm", True)), bool(cfg.get("compile_norm", True)))
         networks.set_channels_last(self.model, bool(cfg.get("channels_last", True)))
         fsdp = bool(self.mcfg.get("fsdp", False) if cfg.fsdp is None else cfg.fsdp)
         self.module = distributed.wrap(self.model, self.device, fsdp, bool(cfg.compile))
