@@ -102,20 +102,23 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
         report(task, name, rows[name])
 
     wm = root / "wm"
-    if not (wm / "checkpoint").exists():
+    stages = set(args.stages)
+    scratch_only = stages == {"scratch"} and args.scratch_wm
+    if scratch_only:  # the pixel baseline reads only a model's data choices (camera, resolution, units)
+        wm = Path(args.scratch_wm)
+    elif not (wm / "checkpoint").exists():
         budget = [f"steps={args.wm_steps}"] + ([f"minutes={args.wm_minutes}"] if args.wm_minutes else [])
         timed("world model", lambda: Trainer(compose("train_wm", [
             f"world_model={args.backend}", f"preset={args.preset}", f"data={store}", f"out={wm}", f"seed={seed}",
             "progress=false", f"threads={args.threads}", *budget])).run())
-    wm_eval = timed("world model eval", lambda: evaluate_wm(compose("eval_wm", [
+    wm_eval = {} if scratch_only else timed("world model eval", lambda: evaluate_wm(compose("eval_wm", [
         f"checkpoint={wm}", *(["split=all", "horizon=4"] if args.quick else [])])))
     common = [f"wm={wm}", f"seed={seed}", "progress=false", f"threads={args.threads}"]
-    stages = set(args.stages)
 
     if "scratch" in stages:  # `reverie train-agent stage=bc_scratch`, retrained every run
         scratch = root / "scratch_bc"
         timed("bc from scratch", lambda: train(compose("train_agent", [
-            "stage=bc_scratch", f"out={scratch}", f"steps={args.scratch_steps}", *common])))
+            "stage=bc_scratch", f"out={scratch}", f"steps={args.scratch_steps}", f"data={store}", *common])))
         score("bc from scratch", load_controller(scratch), args.suites)
     bc = root / "bc"
     if stages & {"bc", "rl", "rounds"}:
@@ -224,6 +227,8 @@ def main() -> None:
     p.add_argument("--wm-steps", type=int, default=1500, help="world-model steps: results compare at fixed steps")
     p.add_argument("--wm-minutes", type=float, default=0.0, help="optional wall-clock cap on the world model (0: none)")
     p.add_argument("--scratch-steps", type=int, default=1500)
+    p.add_argument("--scratch-wm", default="", help="with --stages scratch only: take the camera, resolution "
+                   "and units from this world-model run instead of training one (its weights are not used)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--bc-steps", type=int, default=1500)
     p.add_argument("--rl-steps", type=int, default=400)
