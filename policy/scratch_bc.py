@@ -116,7 +116,8 @@ def train_scratch_bc(data, steps: int, lr: float = 3e-4, progress: bool = True, 
     the targets."""
     from tqdm import tqdm
 
-    policy = ScratchPolicy(data.image_size, data.spec.state_dim, data.spec.action_dim, **sizes)
+    device = getattr(data, "device", "cpu")  # trains where the batches arrive; acts on the CPU
+    policy = ScratchPolicy(data.image_size, data.spec.state_dim, data.spec.action_dim, **sizes).to(device)
     opt = torch.optim.Adam(policy.parameters(), lr=lr, eps=1e-6)
     history = []
     for step in tqdm(range(1, steps + 1), desc="bc from scratch", disable=not progress, unit="step"):
@@ -138,7 +139,7 @@ def train_scratch_bc(data, steps: int, lr: float = 3e-4, progress: bool = True, 
         if step % 25 == 0 or step == steps:
             history.append({"step": step, "bc/nll": float(loss.detach())})
     policy.normalizer = getattr(data, "normalizer", None) or Normalizer()  # the units it learnt in
-    return policy.eval(), history
+    return policy.cpu().eval(), history
 
 
 def save(out: Path, policy: ScratchPolicy, info: dict) -> Path:

@@ -232,7 +232,7 @@ def train_bc_scratch(cfg, steps: int) -> Path:
     _, wm_cfg, wm_info = wm_checkpoint.read(cfg.wm)
     sc = cfg.bc_scratch
     data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size), seq_len=int(sc.seq_len),
-                     weights=sc.get("weights"))
+                     device=distributed.pick_device(cfg.device), weights=sc.get("weights"))
     sizes = {**OmegaConf.to_container(cfg.agent), "cnn_depth": int(sc.cnn_depth), "keypoints": int(sc.get("keypoints", 0))}
     ensemble = sizes.pop("ensemble", None)  # how the controller executes chunks, not a network size
     policy, history = scratch_bc.train_scratch_bc(data, steps, lr=float(sc.lr), progress=bool(cfg.progress),
