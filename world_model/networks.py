@@ -83,11 +83,13 @@ class _RMSNorm(torch.autograd.Function):
         return dx.to(ctx.dtype), dw.to(ctx.wdtype), None, None
 
 
-def _rms_norm(x: Tensor, weight: Tensor, eps: float, dim: int) -> Tensor:
-    """The same norm as plain ops, for torch.compile to fuse into one forward and one backward kernel."""
+def _rms_norm(x: Tensor, weight: Tensor, eps: float, dim: int, act: bool = False) -> Tensor:
+    """The same norm (then SiLU if `act`) as plain ops, for torch.compile to fuse into one forward and one
+    backward kernel."""
     xf = x.to(torch.promote_types(x.dtype, torch.float32))
     y = xf * torch.rsqrt(xf.square().mean(dim, keepdim=True) + eps)
-    return (y * weight.to(xf.dtype).reshape([-1] + [1] * (-dim - 1))).to(x.dtype)
+    y = (y * weight.to(xf.dtype).reshape([-1] + [1] * (-dim - 1))).to(x.dtype)
+    return F.silu(y) if act else y
 
 
 _compiled_rms_norm = None
@@ -102,23 +104,30 @@ class RMSNorm(nn.RMSNorm):
 
     fused = False     # the native op unless set_fused_norm (the trainer) says so: export and eval trace plain ops
     compiled = False
+    act = False       # ChannelNorm(act=True): SiLU after the norm, fused with it when compiled
     dim = -1
 
     def forward(self, x: Tensor) -> Tensor:
         global _compiled_rms_norm
         if not self.fused:
-            return super().forward(x)
-        if self.compiled and RMSNorm.compiled is not None:
+            y = self._native(x)
+        elif self.compiled and RMSNorm.compiled is not None:
             try:
                 if _compiled_rms_norm is None:
                     _compiled_rms_norm = torch.compile(_rms_norm, dynamic=True)
-                return _compiled_rms_norm(x, self.weight, self.eps, self.dim)
+                return _compiled_rms_norm(x, self.weight, self.eps, self.dim, self.act)
             except Exception as e:  # noqa: BLE001  (inductor needs a working C++ toolchain)
                 import logging
 
                 logging.getLogger(__name__).warning("compiled RMSNorm unavailable (%s); using the hand-written one", e)
                 RMSNorm.compiled = None  # for every instance, for the rest of the process
-        return _RMSNorm.apply(x, self.weight, self.eps, self.dim)
+                y = _RMSNorm.apply(x, self.weight, self.eps, self.dim)
+        else:
+            y = _RMSNorm.apply(x, self.weight, self.eps, self.dim)
+        return F.silu(y) if self.act else y
+
+    def _native(self, x: Tensor) -> Tensor:
+        return super().forward(x)
 
 
 def set_fused_norm(module: nn.Module, on: bool, compiled: bool = False) -> None:
@@ -238,13 +247,16 @@ class BlockGRU(nn.Module):
 
 
 class ChannelNorm(RMSNorm):
-    """RMSNorm over the channel axis of (N, C, H, W)."""
+    """RMSNorm over the channel axis of (N, C, H, W); act=True: then SiLU (the conv stacks: one fused kernel
+    when compiled; their Sequential keeps an Identity where the SiLU was, so parameter names stay)."""
 
     dim = -3
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.fused:  # reduces over C in place, whatever the memory format
-            return super().forward(x)
+    def __init__(self, channels: int, eps: float = 1e-4, act: bool = False):
+        super().__init__(channels, eps=eps)
+        self.act = act
+
+    def _native(self, x: Tensor) -> Tensor:  # the fused forms reduce over C in place, whatever the memory format
         return nn.RMSNorm.forward(self, x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
@@ -263,7 +275,7 @@ class ConvEncoder(nn.Module):
         layers, cin = [], 3
         for i in range(conv_stages(size)):
             cout = depth * 2 ** i
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), ChannelNorm(cout, eps=1e-4), nn.SiLU()]
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), ChannelNorm(cout, eps=1e-4, act=True), nn.Identity()]
             cin = cout
         self.net = nn.Sequential(*layers, nn.Flatten())
         self.out_dim = cin * 4 * 4
@@ -291,7 +303,7 @@ class ConvDecoder(nn.Module):
             cout = 3 if last else depth * 2 ** (i - 1)
             layers.append(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=last))
             if not last:
-                layers += [ChannelNorm(cout, eps=1e-4), nn.SiLU()]
+                layers += [ChannelNorm(cout, eps=1e-4, act=True), nn.Identity()]
             cin = cout
         self.net = nn.Sequential(*layers)
 
