@@ -230,6 +230,21 @@ def shortcut_rows(presets: list[str]) -> list[dict]:
     return rows
 
 
+def legacy_rows(rssm: list[dict], shortcut: list[dict]) -> list[dict]:
+    """The flat `rows` the file has always had (backend, preset, train_frames_per_s, ...; other tools
+    read them): each RSSM preset and thread count at the training defaults, then the shortcut rows."""
+    out = []
+    for r in rssm:
+        d = r["variants"][0]  # "default"
+        out.append({"backend": "rssm", "preset": r["preset"], "threads": r["threads"], "params_m": d["params_m"],
+                    "batch": r["batch"], "seq_len": r["seq_len"], "image": r["image"], "fits": True,
+                    "train_step_s": d["update_step_s"], "train_frames_per_s": d["update_frames_per_s"],
+                    **({"imagine_frames_per_s": d["imagine_frames_per_s"]} if "imagine_frames_per_s" in d else {})})
+    out += [{"fits": True, **{("train_frames_per_s" if k == "update_frames_per_s" else k): v for k, v in r.items()}}
+            for r in shortcut]
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--presets", default="cpu,s")
@@ -273,6 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "sizes" + ("" if peer else " (not installed: benchmarks/dreamerv3_torch_setup.sh)")),
         "duration_s": time.monotonic() - start,
         "rssm": rows, "shortcut": extra,
+        "rows": legacy_rows(rows, extra),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
