@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reverie.errors import BundleError
-from reverie.policy.ensemble import ensemble_weights, ensembled
+from reverie.policy.ensemble import ensemble_weights, ensembled, pushed
 from reverie.world_model.networks import symlog
 from reverie.world_model.shortcut import context_pass
 
@@ -102,9 +102,7 @@ class PolicyStep(nn.Module):
         chunk = dist.mode().clamp(-1.0, 1.0)                                     # (1, K, A)
         if not ens:
             return chunk[:, 0], ()
-        history, valid = ens
-        history = torch.cat([chunk[:, None], history[:, :-1]], 1)                # newest first
-        valid = torch.cat([torch.ones_like(valid[:, :1]), valid[:, :-1]], 1)
+        history, valid = pushed(*ens, chunk)                                      # newest first
         return ensembled(history, valid, self.ensemble_weights), (history, valid)
 
     def input_names(self) -> list[str]:

@@ -29,6 +29,12 @@ def ensembled(history: Tensor, valid: Tensor, weights: Tensor) -> Tensor:
     return (w[..., None] * now).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-8)
 
 
+def pushed(history: Tensor, valid: Tensor, chunk: Tensor) -> tuple[Tensor, Tensor]:
+    """The history with `chunk` (N, K, A) entered as the newest and the oldest dropped."""
+    return (torch.cat([chunk[:, None], history[:, :-1]], 1),
+            torch.cat([torch.ones_like(valid[:, :1]), valid[:, :-1]], 1))
+
+
 class TemporalEnsemble:
     """The controllers' running history (batch of one)."""
 
@@ -49,6 +55,5 @@ class TemporalEnsemble:
         if self.history is None:
             self.history = chunk.new_zeros(1, self.chunk, *chunk.shape[1:])
             self.valid = chunk.new_zeros(1, self.chunk)
-        self.history = torch.cat([chunk[:, None], self.history[:, :-1]], 1)
-        self.valid = torch.cat([chunk.new_ones(1, 1), self.valid[:, :-1]], 1)
+        self.history, self.valid = pushed(self.history, self.valid, chunk)
         return ensembled(self.history, self.valid, self.weights.to(chunk.device))

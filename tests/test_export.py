@@ -67,6 +67,22 @@ def torch_stepper(step):
     return fn
 
 
+def onnx_stepper(sess, step):
+    """replay()'s step_fn for an onnxruntime session of `step`: carries the state tensors itself."""
+    carried = {}
+
+    def fn(item):
+        if item is None:
+            carried["x"] = [s.zeros().numpy() for s in step.state_specs()]
+            return None
+        obs, instr = item
+        out = sess.run(None, dict(zip(step.input_names(),
+                                      [obs["image/front"][None], obs["state"][None], instr, *carried["x"]])))
+        carried["x"] = out[1:]
+        return out[0][0]
+    return fn
+
+
 @pytest.mark.parametrize("ensemble", [None, 0.1])
 @pytest.mark.parametrize("backend", ["rssm", "shortcut"])
 def test_step_module_equals_agent_controller(backend, ensemble):
@@ -95,19 +111,7 @@ def test_rssm_onnx_matches_pytorch(tmp_path, ensemble):
     export_policy(step, tmp_path / "policy.onnx", 18)
     sess = session(tmp_path / "policy.onnx")
     assert [i.name for i in sess.get_inputs()] == step.input_names()
-    carried = {}
-
-    def fn(item):
-        if item is None:
-            carried["x"] = [s.zeros().numpy() for s in step.state_specs()]
-            return None
-        obs, instr = item
-        out = sess.run(None, dict(zip(step.input_names(),
-                                      [obs["image/front"][None], obs["state"][None], instr, *carried["x"]])))
-        carried["x"] = out[1:]
-        return out[0][0]
-
-    assert replay(controller, fn, np.random.default_rng(1)) < 1e-4
+    assert replay(controller, onnx_stepper(sess, step), np.random.default_rng(1)) < 1e-4
 
 
 def test_scratch_onnx_with_ensembling_matches_controller(tmp_path):
@@ -129,19 +133,7 @@ def test_scratch_onnx_with_ensembling_matches_controller(tmp_path):
     assert [s.name for s in step.state_specs()] == ["chunk_history", "chunk_valid"]
     export_policy(step, tmp_path / "policy.onnx", 18)
     sess = session(tmp_path / "policy.onnx")
-    carried = {}
-
-    def fn(item):
-        if item is None:
-            carried["x"] = [s.zeros().numpy() for s in step.state_specs()]
-            return None
-        obs, instr = item
-        out = sess.run(None, dict(zip(step.input_names(),
-                                      [obs["image/front"][None], obs["state"][None], instr, *carried["x"]])))
-        carried["x"] = out[1:]
-        return out[0][0]
-
-    assert replay(controller, fn, np.random.default_rng(2)) < 1e-4
+    assert replay(controller, onnx_stepper(sess, step), np.random.default_rng(2)) < 1e-4
 
 
 def test_manifest_detects_missing_and_changed_files(tmp_path):
