@@ -1,0 +1,47 @@
+"""Variants of the pixel BC (the harness's scratch row), trained on the same AgentData (16 x 16
+windows, successful demos) and scored like benchmarks/agent.py (100 train episodes from 50,000 +
+10,000 x seed, chunks ensembled at 0.1). Appends one JSON line to --log. The figures in
+results/agent_session_issue19.md (second 2026-12-02 section) came from:
+
+    .venv/bin/python benchmarks/scratch_variants.py --wm D/touch/seed0/wm --out /tmp/v --steps 750   # or 1500, 3000
+    .venv/bin/python benchmarks/scratch_variants.py --wm D/touch/seed0/wm --out /tmp/v --kw '{"keypoints": 32}' --ensemble none
+    .venv/bin/python benchmarks/scratch_variants.py --wm D/touch/seed0/wm --out /tmp/v --mse 1
+"""
+import sys, json, time, argparse
+import torch
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+
+from agent import success, eval_seed
+torch_seed = torch.manual_seed
+from reverie.config import compose
+from reverie.policy.data import AgentData
+from reverie.policy.scratch_bc import ScratchController, save, train_scratch_bc
+from reverie.world_model import checkpoint as wm_checkpoint
+
+p = argparse.ArgumentParser()
+p.add_argument("--wm", required=True, help="a world-model run: its data, camera, resolution and units")
+p.add_argument("--steps", type=int, default=1500); p.add_argument("--seed", type=int, default=0)
+p.add_argument("--out", required=True); p.add_argument("--batch", type=int, default=16)
+p.add_argument("--suites", nargs="+", default=["train"]); p.add_argument("--episodes", type=int, default=100)
+p.add_argument("--kw", default="{}"); p.add_argument("--data", default=""); p.add_argument("--task", default="touch"); p.add_argument("--mse", type=int, default=0); p.add_argument("--log", default="scratch_variants.jsonl")
+p.add_argument("--ensemble", default="0.1", help="temporal-ensembling decay, or none (receding horizon)")
+a = p.parse_args()
+torch.set_num_threads(1)
+_, wm_cfg, wm_info = wm_checkpoint.load_model(a.wm)
+data = AgentData(compose("train_agent", [f"wm={a.wm}", *([f"data={a.data}"] if a.data else []), f"seed={a.seed}", "progress=false", "threads=1"]), wm_cfg, wm_info,
+                 batch_size=a.batch, seq_len=16, weights={"success": {"true": 1, "false": 0}})
+torch_seed(a.seed)
+kw = dict(chunk=8, film=True) | json.loads(a.kw)
+if a.mse:  # experiment: the chunk loss as squared error on the mean (bc_pixels.py's loss), std unused
+    from reverie.policy.distributions import BoundedNormal
+    _lp = BoundedNormal.log_prob
+    BoundedNormal.log_prob = lambda self, x: -(x - self.mean).pow(2).sum(-1)
+t = time.time(); pol, hist = train_scratch_bc(data, steps=a.steps, progress=False, **kw); tt = time.time() - t
+if a.mse:
+    BoundedNormal.log_prob = _lp
+save(__import__("pathlib").Path(a.out), pol, {"image_key": "image/front"})
+r = success(ScratchController(pol, "image/front", ensemble=None if a.ensemble == "none" else float(a.ensemble)), a.task, a.episodes, eval_seed(a.seed), 60, a.suites)
+out = {"task": a.task, "data": a.data, "kw": kw, "steps": a.steps, "mse": a.mse, "ensemble": a.ensemble, "batch": a.batch, "seed": a.seed, "train_s": round(tt), "nll_last": hist[-1]["bc/nll"],
+       **{k: [v["success_rate"], v["ci95"]] for k, v in r.items()}}
+print(json.dumps(out), flush=True)
+open(a.log, "a").write(json.dumps(out) + "\n")
