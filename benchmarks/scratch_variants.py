@@ -43,7 +43,8 @@ if a.mse:  # experiment: the chunk loss as squared error on the mean (bc_pixels.
 t = time.time(); pol, hist = train_scratch_bc(data, steps=a.steps, progress=False, **kw); tt = time.time() - t
 if a.mse:
     BoundedNormal.log_prob = _lp
-save(__import__("pathlib").Path(a.out), pol, {"image_key": "image/front"})
+save(__import__("pathlib").Path(a.out), pol, {"image_key": "image/front",  # loads as it was scored
+                                              "ensemble": None if a.ensemble == "none" else float(a.ensemble)})
 r = success(ScratchController(pol, "image/front", ensemble=None if a.ensemble == "none" else float(a.ensemble)), a.task, a.episodes, eval_seed(a.seed), 60, a.suites)
 out = {"task": a.task, "data": a.data, "kw": kw, "steps": a.steps, "mse": a.mse, "ensemble": a.ensemble, "batch": a.batch, "seed": a.seed, "train_s": round(tt), "nll_last": hist[-1]["bc/nll"],
        **{k: [v["success_rate"], v["ci95"]] for k, v in r.items()}}
