@@ -226,7 +226,7 @@ def main() -> None:
     p.add_argument("--suites", nargs="+", default=["train", "heldout", "shifted"])
     p.add_argument("--wm-steps", type=int, default=1500, help="world-model steps: results compare at fixed steps")
     p.add_argument("--wm-minutes", type=float, default=0.0, help="optional wall-clock cap on the world model (0: none)")
-    p.add_argument("--scratch-steps", type=int, default=1500)
+    p.add_argument("--scratch-steps", type=int, default=3000)
     p.add_argument("--scratch-wm", default="", help="with --stages scratch only: take the camera, resolution "
                    "and units from this world-model run instead of training one (its weights are not used)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")

@@ -7,6 +7,10 @@
     .venv/bin/python benchmarks/diagnose.py floor STORE[,STORE] [SIZE]   # held-out MSE of a linear
         code (frame PCA) with as many numbers as a tokenizer's latents, and copy-last at h=1: how far a
         tokenizer is from what its capacity allows
+    .venv/bin/python benchmarks/diagnose.py failures POLICY [TASK] [EPISODES] [SEED]   # closed-loop
+        episodes (seeds from 50,000 + 10,000 x SEED, as agent.py) sorted into: success, touched the
+        wrong cube, touched the target without the touch counting, never touched a cube; with the
+        gripper's closest approach to the target cube
 """
 
 from __future__ import annotations
@@ -104,9 +108,37 @@ def floor(stores: str, size: str = "32", holdout: float = 0.1, fit_frames: int =
         print(f"  frame PCA, {rank:>3} numbers per frame: MSE {(test - mean - rec).square().mean():.5f}")
 
 
+def failures(policy: str, task: str = "touch", episodes: str = "40", seed: str = "0") -> None:
+    import json
+    from collections import Counter
+
+    from reverie.policy.loading import load_controller
+    from reverie.sim.arm_env import make_arm_env
+
+    controller, env = load_controller(policy), make_arm_env(task, time_limit=60)
+    kinds, closest = Counter(), {}
+    for i in range(int(episodes)):
+        ts = env.reset(seed=50_000 + 10_000 * int(seed) + i)
+        controller.reset(ts.observation["instruction"])
+        target, others = env.goal.colour, [c for c in env.phys.cube_names if c != env.goal.colour]
+        wrong = hit = False
+        near = np.inf
+        while not ts.last():
+            ts = env.step(controller.act(ts.observation))
+            wrong |= any(env.phys.touching(c) for c in others)
+            hit |= env.phys.touching(target)
+            near = min(near, float(np.linalg.norm(env.phys.grasp_pos() - env.phys.cube_pos(target))))
+        kind = ("success" if ts.info["success"] else "wrong cube" if wrong and not hit
+                else "touched, not counted" if hit else "no touch")
+        kinds[kind] += 1
+        closest.setdefault(kind, []).append(near)
+    print(json.dumps({"policy": policy, "task": task, "episodes": int(episodes), "kinds": dict(kinds),
+                      "closest_m_median": {k: round(float(np.median(v)), 3) for k, v in closest.items()}}))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    commands = {"joints": joints, "bc": bc, "floor": floor}
+    commands = {"joints": joints, "bc": bc, "floor": floor, "failures": failures}
     if len(sys.argv) < 3 or sys.argv[1] not in commands:
         raise SystemExit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])

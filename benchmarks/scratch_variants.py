@@ -6,6 +6,8 @@ results/agent_session_issue19.md (second 2026-12-02 section) came from:
     .venv/bin/python benchmarks/scratch_variants.py --wm D/touch/seed0/wm --out /tmp/v --steps 750   # or 1500, 3000
     .venv/bin/python benchmarks/scratch_variants.py --wm D/touch/seed0/wm --out /tmp/v --kw '{"keypoints": 32}' --ensemble none
     .venv/bin/python benchmarks/scratch_variants.py --wm D/touch/seed0/wm --out /tmp/v --mse 1
+    # bc_pixels.py's recipe piece by piece (third 2026-12-02 section):
+    .venv/bin/python benchmarks/scratch_variants.py --wm W --out /tmp/v --batch 64 --steps 3000 --kw '{"sample": "rows", "norm": "layer", "weight_decay": 1e-4}'
 """
 import sys, json, time, argparse
 import torch
@@ -28,10 +30,12 @@ p.add_argument("--ensemble", default="0.1", help="temporal-ensembling decay, or 
 a = p.parse_args()
 torch.set_num_threads(1)
 _, wm_cfg, wm_info = wm_checkpoint.load_model(a.wm)
-data = AgentData(compose("train_agent", [f"wm={a.wm}", *([f"data={a.data}"] if a.data else []), f"seed={a.seed}", "progress=false", "threads=1"]), wm_cfg, wm_info,
-                 batch_size=a.batch, seq_len=16, weights={"success": {"true": 1, "false": 0}})
-torch_seed(a.seed)
 kw = dict(chunk=8, film=True) | json.loads(a.kw)
+rows = kw.get("sample") == "rows"  # independent rows: windows of `chunk` rows from any start, first row used
+data = AgentData(compose("train_agent", [f"wm={a.wm}", *([f"data={a.data}"] if a.data else []), f"seed={a.seed}", "progress=false", "threads=1"]), wm_cfg, wm_info,
+                 batch_size=a.batch, seq_len=kw["chunk"] if rows else 16, weights={"success": {"true": 1, "false": 0}},
+                 starts="every" if rows else "fit")
+torch_seed(a.seed)
 if a.mse:  # experiment: the chunk loss as squared error on the mean (bc_pixels.py's loss), std unused
     from reverie.policy.distributions import BoundedNormal
     _lp = BoundedNormal.log_prob
@@ -39,7 +43,8 @@ if a.mse:  # experiment: the chunk loss as squared error on the mean (bc_pixels.
 t = time.time(); pol, hist = train_scratch_bc(data, steps=a.steps, progress=False, **kw); tt = time.time() - t
 if a.mse:
     BoundedNormal.log_prob = _lp
-save(__import__("pathlib").Path(a.out), pol, {"image_key": "image/front"})
+save(__import__("pathlib").Path(a.out), pol, {"image_key": "image/front",  # loads as it was scored
+                                              "ensemble": None if a.ensemble == "none" else float(a.ensemble)})
 r = success(ScratchController(pol, "image/front", ensemble=None if a.ensemble == "none" else float(a.ensemble)), a.task, a.episodes, eval_seed(a.seed), 60, a.suites)
 out = {"task": a.task, "data": a.data, "kw": kw, "steps": a.steps, "mse": a.mse, "ensemble": a.ensemble, "batch": a.batch, "seed": a.seed, "train_s": round(tt), "nll_last": hist[-1]["bc/nll"],
        **{k: [v["success_rate"], v["ci95"]] for k, v in r.items()}}

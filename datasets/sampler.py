@@ -2,7 +2,9 @@
 
 A window is `length` (T) consecutive rows of one episode; windows never cross an episode boundary.
 Every committed episode contributes, short ones included: an episode of L rows has window starts
-0..max(L - T, 0), and a window that runs past the episode's end is padded. Padding repeats the
+0..max(L - T, 0) (`starts="fit"`, the default), or 0..L-1 with `starts="every"` (every row begins
+a window, so a policy that learns from each window's first row sees every row equally often), and a
+window that runs past the episode's end is padded. Padding repeats the
 episode's last row (images and low-dim keys alike, so shapes stay fixed and values sane), except
 that `action_mask`, `is_first`, `is_last` and `is_terminal` are False and `reward` is 0 there. Every
 window carries `valid` (T,) bool, True on real rows and False on padding; consumers mask their
@@ -58,6 +60,7 @@ from reverie.errors import StoreError
 
 CATEGORY_FIELDS = ("source", "instruction", "success", "round")
 PER = ("row", "episode")
+STARTS = ("fit", "every")
 
 
 def _open(stores) -> list[EpisodeStore]:
@@ -176,11 +179,14 @@ class WindowSampler:
 
     def __init__(self, stores, length: int, keys: Sequence[str] | None = None,
                  weights: Mapping[str, Mapping] | None = None, seed=0,
-                 cache_bytes: int = 256 << 20, per: str = "row"):
+                 cache_bytes: int = 256 << 20, per: str = "row", starts: str = "fit"):
         if int(length) < 1:
             raise StoreError(f"window length must be >= 1, got {length}")
         if per not in PER:
             raise StoreError(f"per={per!r}: choose one of {PER}")
+        if starts not in STARTS:
+            raise StoreError(f"starts={starts!r}: choose one of {STARTS}")
+        self.starts = starts
         self.stores = _open(stores)
         self.length, self.per = int(length), per
         self.keys = common_keys(self.stores, keys)
@@ -208,7 +214,8 @@ class WindowSampler:
         self._episode = np.array([m.index for _, m in metas])
         self._start = np.array([m.start for _, m in metas], np.int64)      # global first row
         self._len = np.array([m.length for _, m in metas], np.int64)
-        self._n_starts = np.maximum(self._len - self.length, 0) + 1        # window starts 0..max(L-T, 0)
+        self._n_starts = (np.maximum(self._len - self.length, 0) + 1       # window starts 0..max(L-T, 0)
+                          if self.starts == "fit" else self._len.copy())  # or 0..L-1
         self._instruction = [m.instruction for _, m in metas]
         mass = self._len.astype(np.float64) if self.per == "row" else np.ones(len(metas))
         for field, table in tables:  # each field in turn: its categories get their weights' shares
@@ -342,13 +349,14 @@ class WindowDataset(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, stores, length: int, keys=None, weights=None, seed: int = 0,
-                 samples_per_epoch: int = 10_000, cache_bytes: int = 256 << 20, per: str = "row"):
+                 samples_per_epoch: int = 10_000, cache_bytes: int = 256 << 20, per: str = "row",
+                 starts: str = "fit"):
         if isinstance(stores, (EpisodeStore, str, os.PathLike)):
             stores = [stores]
         self.urls = [s.url if isinstance(s, EpisodeStore) else os.fspath(s) for s in stores]
         # Check everything in the main process, where an error is readable, not inside a worker.
-        self.keys = WindowSampler(self.urls, length, keys, weights, seed, cache_bytes=0, per=per).keys
-        self.length, self.weights, self.seed, self.per = length, weights, seed, per
+        self.keys = WindowSampler(self.urls, length, keys, weights, seed, cache_bytes=0, per=per, starts=starts).keys
+        self.length, self.weights, self.seed, self.per, self.starts = length, weights, seed, per, starts
         self.samples_per_epoch, self.cache_bytes = int(samples_per_epoch), cache_bytes
         self.epoch = 0  # iterations of this process's copy
         self._sampler: WindowSampler | None = None  # per process, kept across epochs (its cache too)
@@ -363,7 +371,7 @@ class WindowDataset(torch.utils.data.IterableDataset):
         self.epoch += 1
         if self._sampler is None or self._pid != os.getpid():  # opened here, after any fork
             self._sampler = WindowSampler(self.urls, self.length, self.keys, self.weights, 0, self.cache_bytes,
-                                          self.per)
+                                          self.per, self.starts)
             self._pid = os.getpid()
         self._sampler.rng = np.random.default_rng(np.random.SeedSequence(entropy))
         count = self.samples_per_epoch // workers + (worker < self.samples_per_epoch % workers)

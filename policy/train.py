@@ -231,12 +231,17 @@ def train_bc_scratch(cfg, steps: int) -> Path:
         raise ConfigError(f"init={cfg.init}: stage=bc_scratch trains from scratch; drop init= (it takes no agent)")
     _, wm_cfg, wm_info = wm_checkpoint.read(cfg.wm)
     sc = cfg.bc_scratch
-    data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size), seq_len=int(sc.seq_len),
-                     device=distributed.pick_device(cfg.device), weights=sc.get("weights"))
-    sizes = {**OmegaConf.to_container(cfg.agent), "cnn_depth": int(sc.cnn_depth), "keypoints": int(sc.get("keypoints", 0))}
+    sample = str(sc.get("sample", "windows"))
+    # rows: windows of `chunk` rows that may start at any row, of which only the first is a sample
+    seq_len, starts = (int(cfg.agent.chunk), "every") if sample == "rows" else (int(sc.seq_len), "fit")
+    data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size), seq_len=seq_len,
+                     device=distributed.pick_device(cfg.device), weights=sc.get("weights"), starts=starts)
+    sizes = {**OmegaConf.to_container(cfg.agent), "cnn_depth": int(sc.cnn_depth), "keypoints": int(sc.get("keypoints", 0)),
+             "norm": str(sc.get("norm", "channel"))}
     ensemble = sizes.pop("ensemble", None)  # how the controller executes chunks, not a network size
     policy, history = scratch_bc.train_scratch_bc(data, steps, lr=float(sc.lr), progress=bool(cfg.progress),
-                                                  shift=int(sc.shift), **sizes)
+                                                  shift=int(sc.shift), sample=sample,
+                                                  weight_decay=float(sc.get("weight_decay", 0.0)), **sizes)
     info = {"stage": "bc_scratch", "steps": steps, "image_key": data.image_key, "stores": data.paths,
             "holdout": float(cfg.holdout), "base_world_model": str(Path(cfg.wm).resolve()), "history": history,
             "ensemble": ensemble}

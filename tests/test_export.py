@@ -114,7 +114,8 @@ def test_rssm_onnx_matches_pytorch(tmp_path, ensemble):
     assert replay(controller, onnx_stepper(sess, step), np.random.default_rng(1)) < 1e-4
 
 
-def test_scratch_onnx_with_ensembling_matches_controller(tmp_path):
+@pytest.mark.parametrize("norm", ["channel", "layer"])
+def test_scratch_onnx_with_ensembling_matches_controller(tmp_path, norm):
     """The stateless pixel baseline gains carried state only for its chunk history; the graph's
     actions are ScratchController's."""
     import torch
@@ -125,7 +126,7 @@ def test_scratch_onnx_with_ensembling_matches_controller(tmp_path):
     from reverie.policy.scratch_bc import ScratchController, ScratchPolicy
 
     torch.manual_seed(0)
-    policy = ScratchPolicy(16, 6, 6, cnn_depth=4, units=32, layers=1, chunk=4, film=True).eval()
+    policy = ScratchPolicy(16, 6, 6, cnn_depth=4, units=32, layers=1, chunk=4, film=True, norm=norm).eval()
     for p in policy.parameters():  # FiLM and the head start at zero: give them something to say
         torch.nn.init.normal_(p, 0, 0.2)
     controller = ScratchController(policy, "image/front", ensemble=0.1)

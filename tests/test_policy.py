@@ -129,6 +129,48 @@ def test_behaviour_cloning_from_scratch_trains_from_the_cli_and_acts(trained, tm
     assert "trains from scratch; drop init=" in capsys.readouterr().err
 
 
+def test_scratch_bc_from_independent_rows(trained, tmp_path):
+    """bc_scratch.sample=rows: each sample is one row (windows of `chunk` rows from any start, only
+    the first used), every row of the training episodes reachable, including an episode's last rows;
+    norm=layer and weight decay reach the network and optimiser, and the checkpoint reloads them."""
+    from reverie.cli import main
+    from reverie.policy.loading import load_controller
+    from reverie.policy.scratch_bc import train_scratch_bc
+
+    class Rows:  # two windows of 3 rows; the second starts at its episode's last action row
+        image_size, device, normalizer = 16, "cpu", None
+        spec = type("Spec", (), {"state_dim": 2, "action_dim": 2})
+
+        def next(self):
+            action = torch.tensor([[[0.5, 0.5], [9.0, 9.0], [9.0, 9.0]], [[-0.5, -0.5], [0.0, 0.0], [0.0, 0.0]]])
+            return {"image": torch.rand(2, 3, 16, 16, 3), "state": torch.zeros(2, 3, 2), "action": action,
+                    "action_mask": torch.tensor([[True, True, True], [True, False, False]]),
+                    "valid": torch.tensor([[True, True, True], [True, False, False]]),
+                    "instruction_embedding": torch.zeros(2, 384)}
+
+    # Rows 1-2 of the first window carry impossible targets (9): trained on, the NLL would explode.
+    sizes = dict(chunk=1, film=True, units=16, layers=1, cnn_depth=4)
+    torch.manual_seed(0)
+    policy, hist = train_scratch_bc(Rows(), steps=25, progress=False, shift=0, sample="rows", weight_decay=1e-4,
+                                    norm="layer", **sizes)
+    torch.manual_seed(0)
+    _, windows = train_scratch_bc(Rows(), steps=25, progress=False, shift=0, norm="layer", **sizes)
+    assert np.isfinite(hist[-1]["bc/nll"]) and hist[-1]["bc/nll"] < windows[-1]["bc/nll"] - 10, (hist, windows)
+    assert isinstance(policy.image_enc.norms[0], torch.nn.GroupNorm)
+    out = tmp_path / "rows"
+    assert main(["train-agent", "stage=bc_scratch", f"wm={trained['wm']}", f"out={out}", "steps=2", "holdout=0.25",
+                 "bc_scratch.sample=rows", "bc_scratch.norm=layer", "bc_scratch.weight_decay=1e-4",
+                 "bc_scratch.batch_size=4", "bc_scratch.cnn_depth=4", "agent.units=32", "agent.layers=1",
+                 "progress=false"]) == 0
+    info = json.loads((out / "scratch_bc.json").read_text())
+    assert info["sizes"]["norm"] == "layer"
+    c = load_controller(out)
+    c.reset("touch the red cube")
+    assert c.act({"image/front": np.zeros((64, 64, 3), np.uint8), "state": np.zeros(6, np.float32)}).shape == (6,)
+    with pytest.raises(ConfigError, match="bc_scratch.sample"):
+        train_scratch_bc(Rows(), steps=1, progress=False, sample="episodes", chunk=1, film=True)
+
+
 def test_controller_hears_an_operators_action(trained):
     """During a takeover (robot env) the executed action, not the policy's, conditions the next step."""
     from reverie.policy.loading import load_controller

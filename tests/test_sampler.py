@@ -201,3 +201,22 @@ def test_weights_by_success_round_and_several_fields(tmp_path):
         WindowSampler(store, length=4, weights={"round": {"0": -1}})
     with pytest.raises(StoreError, match="no episode to sample"):  # each field leaves some, together none
         WindowSampler(store, length=4, weights={"source": {"video": 0}, "success": {"unknown": 1, "*": 0}})
+
+
+def test_every_row_starts_a_window(tmp_path):
+    """starts="every": an episode of L rows has L window starts, so a consumer that learns from each
+    window's first row sees every row about equally often, the last rows of long episodes included."""
+    store = make_store(tmp_path / "s.zarr", [3, 12])
+    fit = WindowSampler(store, length=8, keys=["timestamp"], seed=0)
+    every = WindowSampler(store, length=8, keys=["timestamp"], seed=0, starts="every")
+    assert fit.num_windows == 1 + 5 and every.num_windows == 3 + 12
+    firsts = every.sample_batch(6000)["timestamp"][:, 0]
+    ts = np.concatenate([store.episode(e)["timestamp"] for e in range(2)])
+    share = np.array([np.mean(np.isclose(firsts, t)) for t in ts])
+    assert np.allclose(share, 1 / 15, atol=0.015)  # every one of the 15 rows, as often as any other
+    tail = every.sample_batch(64)
+    assert (~tail["valid"]).any() and tail["valid"][:, 0].all()  # late starts are padded past the end
+    with pytest.raises(StoreError, match="starts="):
+        WindowSampler(store, length=8, starts="some")
+    item = next(iter(WindowDataset(store, length=8, samples_per_epoch=1, starts="every")))
+    assert item["valid"].shape == (8,)

@@ -198,9 +198,11 @@ class TrainData:
             self.keys.append(narration.KEY)
         self.weights = _plain(cfg.get("weights"))
         self.per = str(cfg.get("per", "row"))
+        self.starts = str(cfg.get("starts", "fit"))  # "every": a window may start at any row (policy rows)
         self.seed, self.rank, self.workers = int(cfg.seed), rank, int(cfg.workers)
         self.sampler = WindowSampler(self.stores, self.length, self.keys, self.weights,
-                                     seed=np.random.SeedSequence([self.seed, rank]), per=self.per)
+                                     seed=np.random.SeedSequence([self.seed, rank]), per=self.per,
+                                     starts=self.starts)
         if not any(p > 0 and key not in self.held for key, p in self.sampler.episode_probs.items()):
             raise ConfigError(f"no training episode to draw in {self.paths} after holding out {len(self.held)}"
                               f"{f' with weights={self.weights}' if self.weights else ''}: record more episodes, "
@@ -251,7 +253,8 @@ class TrainData:
         from reverie.datasets.sampler import WindowDataset
 
         dataset = WindowDataset(self.paths, self.length, self.keys, self.weights,
-                                seed=self.seed * 1_000_003 + self.rank * 7919 + step, per=self.per)
+                                seed=self.seed * 1_000_003 + self.rank * 7919 + step, per=self.per,
+                                starts=self.starts)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.rank * 7919 + step)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.workers,
                                              generator=g, persistent_workers=True)
