@@ -96,7 +96,7 @@ def read_back(link: Path, arm) -> dict:
 
 def run_case(case: str, bundle: Path, workdir: Path, steps: int, seed: int) -> dict:
     from reverie.robot_io.config import load_arm
-    from reverie.robot_io.virtual_robot import VirtualArm
+    from reverie.robot_io.virtual.launcher import VirtualArm
 
     name = case.replace("=", "_")
     link, report, goals = workdir / f"arm_{name}", workdir / f"report_{name}.json", workdir / f"goals_{name}.txt"

@@ -28,7 +28,7 @@ from reverie.robot_io.camera_setup import build_cameras
 from reverie.robot_io.config import load_arm
 from reverie.robot_io.loop_report import loop_report
 from reverie.robot_io.robot import Robot
-from reverie.robot_io.virtual_robot import VirtualArm
+from reverie.robot_io.virtual.launcher import VirtualArm
 
 OUT = pathlib.Path(__file__).parent / "results" / "record.json"
 ARMS = {"feetech": "so101_virtual", "dynamixel": "koch_virtual"}

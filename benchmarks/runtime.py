@@ -148,7 +148,7 @@ def make_bundle(workdir: Path, preset: str) -> Path:
 def control_loop(bundle: Path, workdir: Path, steps: int, core: int) -> dict:
     """`reverie deploy robot=virtual` for `steps` steps; the server and the client on separate cores
     when there are two (as a robot's own servos would be)."""
-    from reverie.robot_io.virtual_robot import VirtualArm
+    from reverie.robot_io.virtual.launcher import VirtualArm
 
     link, report = workdir / "arm", workdir / "report.json"
     if hasattr(os, "sched_setaffinity"):  # the server may use every core; the client gets `core`

@@ -5,7 +5,7 @@ Runs an exported policy on a robot without torch (numpy, onnxruntime, tokenizers
 Options (key=value):
   episodes=1        episodes to run; steps=N caps each (default: sim time limit 300, robots 300)
   task=all seed=0   sim: task family and scene seed of the first episode (episode k: seed+k);
-                    virtual: episode k>0 asks serve-bus for the scene of seed+k (robot_io/scene.py)
+                    virtual: episode k>0 asks serve-bus for the scene of seed+k (robot_io/virtual/scene.py)
   link= frames=     robot=virtual: the serve-bus link, and its frame-file prefix (default <link>.frames)
   port= camera= calibration=   feetech/dynamixel: serial port, OpenCV camera (index or path), calibration JSON
   arm=NAME|YAML     this robot's own arm config (default: the shipped config the bundle was exported

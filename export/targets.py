@@ -151,7 +151,7 @@ class ArmTarget:
         return obs
 
     def _new_scene(self, instruction: str) -> None:
-        from reverie.robot_io.scene import reset_scene
+        from reverie.robot_io.virtual.scene import reset_scene
 
         link, seed = self.status.with_suffix(""), self.seed + self.episode
         try:

@@ -1,4 +1,4 @@
-"""A servo bus over pyserial: Feetech STS or Dynamixel Protocol 2.0 servos on one serial port.
+"""A servo bus over pyserial: servos of one family (Feetech STS, Dynamixel Protocol 2.0 ...) on one port.
 
     bus = ServoBus(port="/dev/ttyACM0", protocol="feetech", models={1: "sts3215", 2: "sts3215"})
     bus.connect()
@@ -39,8 +39,7 @@ except ImportError:  # Windows
     _PORT_ERRORS = (serial.SerialException, OSError)
 
 from reverie.errors import HardwareError
-from reverie.robot_io.dynamixel import control_table as dxl_table, protocol as dxl
-from reverie.robot_io.feetech import control_table as ft_table, protocol as ft
+from reverie.robot_io import servo_families
 
 log = logging.getLogger(__name__)
 
@@ -88,69 +87,6 @@ class BusStats:
         return dataclasses.asdict(self)
 
 
-class _Feetech:
-    """Family adapter: how register values and model numbers look on the Feetech wire."""
-
-    name = "feetech"
-    proto = ft
-    models = ft_table.MODELS
-    by_number = ft_table.BY_NUMBER
-    status_overhead = 6  # FF FF ID LEN ERR ... CHK
-    default_model = "sts3215"
-
-    @staticmethod
-    def encode(model, reg, value: int) -> bytes:
-        return ft.encode_value(value, reg.size, reg.sign_bit, model.byteorder)
-
-    @staticmethod
-    def decode(model, reg, data: bytes) -> int:
-        return ft.decode_value(data, reg.sign_bit, model.byteorder)
-
-    @staticmethod
-    def alarm(error: int) -> str | None:
-        return ft.describe_error(error) if error else None
-
-    @staticmethod
-    def fault(error: int) -> str | None:
-        return None  # Feetech's error byte only carries alarm flags
-
-    @staticmethod
-    def same_layout(a, b) -> bool:
-        return (a.address, a.size, a.sign_bit) == (b.address, b.size, b.sign_bit)
-
-
-class _Dynamixel:
-    name = "dynamixel"
-    proto = dxl
-    models = dxl_table.MODELS
-    by_number = dxl_table.BY_NUMBER
-    status_overhead = 11  # FF FF FD 00 ID LEN LEN 55 ERR ... CRC CRC
-    default_model = None
-
-    @staticmethod
-    def encode(model, reg, value: int) -> bytes:
-        return dxl.encode_value(value, reg.size, reg.signed)
-
-    @staticmethod
-    def decode(model, reg, data: bytes) -> int:
-        return dxl.decode_value(data, reg.signed)
-
-    @staticmethod
-    def alarm(error: int) -> str | None:
-        return dxl.describe_error(dxl.ALERT_BIT) if error & dxl.ALERT_BIT else None
-
-    @staticmethod
-    def fault(error: int) -> str | None:
-        return dxl.describe_error(error & 0x7F) if error & 0x7F else None
-
-    @staticmethod
-    def same_layout(a, b) -> bool:
-        return (a.address, a.size, a.signed) == (b.address, b.size, b.signed)
-
-
-FAMILIES = {"feetech": _Feetech, "dynamixel": _Dynamixel}
-
-
 def _hex(data: bytes, limit: int = 48) -> str:
     if not data:
         return "nothing"
@@ -161,9 +97,10 @@ def _hex(data: bytes, limit: int = 48) -> str:
 class ServoBus:
     def __init__(self, port: str, protocol: str, baudrate: int = 1_000_000, timeout_s: float = 0.02,
                  retries: int = 2, models: dict[int, str] | None = None):
-        if protocol not in FAMILIES:
-            raise HardwareError(f"unknown servo protocol {protocol!r}: use one of {sorted(FAMILIES)}")
-        self.family = FAMILIES[protocol]
+        family = servo_families.find(protocol)
+        if family is None:
+            raise HardwareError(f"unknown servo protocol {protocol!r}: use one of {sorted(servo_families.names())}")
+        self.family = family  # everything protocol-specific goes through it (robot_io/servo_family.py)
         self.port, self.protocol, self.baudrate = str(port), protocol, int(baudrate)
         self.timeout_s, self.retries = float(timeout_s), int(retries)
         self.models: dict[int, Any] = {}
@@ -259,19 +196,10 @@ class ServoBus:
     # ---- public operations ----------------------------------------------------------------------
 
     def ping(self, servo_id: int, _configured: bool = False) -> int:
-        """Model number of servo `servo_id` (Dynamixel: from the ping reply; Feetech: ping, then read
-        Model_Number, since a Feetech ping reply carries no parameters)."""
-        replies = self._exchange(self.family.proto.ping(servo_id), [servo_id], "PING")
-        if self.protocol == "dynamixel":
-            params = replies[servo_id].params
-            if len(params) < 3:
-                raise HardwareError(f"servo {servo_id}: PING reply too short: {_hex(params)}")
-            number = params[0] | (params[1] << 8)
-        else:
-            reg = ft_table.MODELS["sts3215"].registers["Model_Number"]
-            raw = self._exchange(ft.read(servo_id, reg.address, reg.size), [servo_id],
-                                 "READ", "Model_Number", reg.size)
-            number = int.from_bytes(raw[servo_id].params, "little")
+        """Model number of servo `servo_id`, as its family learns it (Dynamixel: from the ping reply;
+        Feetech: ping, then read Model_Number, since a Feetech ping reply carries no parameters)."""
+        replies = self.exchange(self.family.proto.ping(servo_id), [servo_id], "PING")
+        number = self.family.model_number(self, servo_id, replies[servo_id])
         if servo_id not in self.models and number in self.family.by_number:
             self.models[servo_id] = self.family.by_number[number]
         return number
@@ -279,14 +207,14 @@ class ServoBus:
     def read(self, servo_id: int, name: str) -> int:
         model, reg = self._register(servo_id, name)
         packet = self.family.proto.read(servo_id, reg.address, reg.size)
-        replies = self._exchange(packet, [servo_id], "READ", name, reg.size)
+        replies = self.exchange(packet, [servo_id], "READ", name, reg.size)
         return self.family.decode(model, reg, replies[servo_id].params)
 
     def write(self, servo_id: int, name: str, value: int) -> None:
         """Write one register and wait for the servo's acknowledgement."""
         model, reg = self._register(servo_id, name, writing=True)
         data = self._encode(servo_id, model, reg, name, value)
-        self._exchange(self.family.proto.write(servo_id, reg.address, data), [servo_id], "WRITE", name)
+        self.exchange(self.family.proto.write(servo_id, reg.address, data), [servo_id], "WRITE", name)
 
     def sync_read(self, name: str, ids: list[int]) -> dict[int, int]:
         """One SYNC_READ packet for all `ids`; each servo answers with its own status packet."""
@@ -294,7 +222,7 @@ class ServoBus:
         model, reg = self._shared_register(name, ids)
         packet = lambda some: self.family.proto.sync_read(reg.address, reg.size, some)  # noqa: E731
         try:
-            replies = self._exchange(packet, ids, "SYNC_READ", name, reg.size, alarms=False)
+            replies = self.exchange(packet, ids, "SYNC_READ", name, reg.size, alarms=False)
         except MissingReply as e:
             e.values = self._decode_some(e.replies, {i: (self.models[i], reg) for i in ids})
             raise
@@ -307,17 +235,17 @@ class ServoBus:
         ids = [int(i) for i in values]
         model, reg = self._shared_register(name, ids, writing=True)
         data = {int(i): self._encode(int(i), self.models[int(i)], reg, name, v) for i, v in values.items()}
-        self._exchange(self.family.proto.sync_write(reg.address, reg.size, data), [], "SYNC_WRITE", name)
+        self.exchange(self.family.proto.sync_write(reg.address, reg.size, data), [], "SYNC_WRITE", name)
 
     def bulk_read(self, requests: dict[int, str]) -> dict[int, int]:
-        """Dynamixel only: one BULK_READ packet reading a (possibly different) register per servo."""
-        if self.protocol != "dynamixel":
-            raise HardwareError("bulk read is a Dynamixel Protocol 2.0 instruction; use sync_read on Feetech")
+        """One BULK_READ packet reading a (possibly different) register per servo (Dynamixel 2.0)."""
+        if self.family.bulk_read is None:
+            raise HardwareError(f"bulk read is no {self.protocol} instruction; use sync_read on {self.protocol}")
         regs = {int(i): self._register(int(i), name) for i, name in requests.items()}
-        packet = lambda some: dxl.bulk_read([(i, regs[i][1].address, regs[i][1].size) for i in some])  # noqa: E731
+        packet = lambda some: self.family.bulk_read([(i, regs[i][1].address, regs[i][1].size) for i in some])  # noqa: E731
         label = ",".join(sorted(set(requests.values())))
         try:
-            replies = self._exchange(packet, list(regs), "BULK_READ", label, alarms=False,
+            replies = self.exchange(packet, list(regs), "BULK_READ", label, alarms=False,
                                      sizes={i: reg.size for i, (_, reg) in regs.items()})
         except MissingReply as e:
             e.values = self._decode_some(e.replies, regs)
@@ -366,7 +294,7 @@ class ServoBus:
                 raise HardwareError(
                     f"{name} sits at a different address/size on servo {servo_id} ({model.name}) than on "
                     f"servo {ids[0]} ({first_model.name}): one sync packet cannot cover both; read them "
-                    f"separately" + (" or with bulk_read" if self.protocol == "dynamixel" else ""))
+                    f"separately" + (" or with bulk_read" if self.family.bulk_read else ""))
         return first_model, first
 
     def _encode(self, servo_id: int, model, reg, name: str, value: int) -> bytes:
@@ -380,7 +308,7 @@ class ServoBus:
         return {i: self.family.decode(m, reg, replies[i].params) for i, (m, reg) in regs.items()
                 if i in replies and len(replies[i].params) == reg.size}
 
-    def _exchange(self, packet, expect: list[int], instruction: str, register: str = "",
+    def exchange(self, packet, expect: list[int], instruction: str, register: str = "",
                   size: int | None = None, alarms: bool = True,
                   sizes: dict[int, int] | None = None) -> dict[int, Any]:
         """Send `packet`, collect one status packet from each id in `expect`, retrying on a timeout

@@ -18,7 +18,7 @@ from reverie.errors import ConfigError
 
 CAMERA_TYPES = {
     "opencv": "reverie.robot_io.cameras:OpenCVCamera",
-    "frame_file": "reverie.sim.frame_share:FrameFileCamera",  # frames of `reverie sim serve-bus`
+    "frame_file": "reverie.robot_io.virtual.frames:FrameFileCamera",  # frames of `reverie sim serve-bus`
 }
 
 

@@ -14,41 +14,21 @@ the recorder stores it as the observation timestamp.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import pathlib
 import sys
 import threading
 import time
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from reverie.errors import HardwareError
+from reverie.robot_io.camera_frame import Camera, CameraContext, Frame  # noqa: F401 (Camera: re-exported)
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class Frame:
-    image: np.ndarray  # uint8 (H, W, 3) RGB
-    capture_time: float  # time.time() when the frame was grabbed
-    age_s: float  # seconds between the grab and read() returning it
-    index: int  # 0, 1, 2, ... per camera, so duplicates and drops can be counted
-
-
-@runtime_checkable
-class Camera(Protocol):
-    name: str
-
-    def connect(self) -> None: ...
-
-    def read(self, new: bool = False, timeout_s: float = 2.0) -> Frame: ...
-
-    def close(self) -> None: ...
-
-
-class OpenCVCamera:
+class OpenCVCamera(CameraContext):
     """A V4L2/USB camera (index or /dev/video path) or a video file, read on a background thread.
 
     A video file plays back in real time at `fps` (default: the file's own rate) and loops, so it
@@ -157,13 +137,6 @@ class OpenCVCamera:
             self._cap.release()
             self._cap = None
 
-    def __enter__(self):
-        self.connect()
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     # --- the grab thread -----------------------------------------------------------------------
     def _run(self) -> None:
         import cv2
@@ -229,7 +202,7 @@ class OpenCVCamera:
         return Frame(image, stamp, time.time() - stamp, index)
 
 
-class SimCamera:
+class SimCamera(CameraContext):
     """The simulator's renderer as a camera: `physics.render(camera) -> uint8 (H, W, 3)`.
 
     Renders synchronously in the caller's thread: MuJoCo's GL context belongs to the thread that
@@ -257,10 +230,3 @@ class SimCamera:
 
     def close(self) -> None:
         pass  # the physics owns the renderer
-
-    def __enter__(self):
-        self.connect()
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

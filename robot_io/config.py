@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from reverie.errors import ConfigError, did_you_mean
+from reverie.robot_io import servo_families
 
 TICKS_PER_TURN = 4096
 RAD_PER_TICK = 2 * math.pi / TICKS_PER_TURN
@@ -31,7 +32,6 @@ RAD_PER_TICK = 2 * math.pi / TICKS_PER_TURN
 # an installed wheel it is reverie/robot_io/.
 CONF_DIR = Path(importlib.util.find_spec("reverie.conf").origin).parent / "robot"
 ACTION_MODES = ("delta", "absolute")
-PROTOCOLS = ("feetech", "dynamixel")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,8 +200,8 @@ def arm_from_mapping(raw: Mapping[str, Any], calibration: Mapping[str, Any] | No
     raw = _plain(raw)
     name = str(raw.get("name", "arm"))
     protocol = str(raw.get("protocol", "")).lower()
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"arm {name!r}: protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if servo_families.find(protocol) is None:  # the families robot_io knows (robot_io/servo_families.py)
+        raise ConfigError(f"arm {name!r}: protocol must be one of {servo_families.names()}, got {protocol!r}")
     mode = str(raw.get("action_mode", "delta"))
     if mode not in ACTION_MODES:
         raise ConfigError(f"arm {name!r}: action_mode must be one of {ACTION_MODES}, got {mode!r}")

@@ -9,7 +9,7 @@ the sim's sparse reward); `info["success"]` on every step. robot_io.Robot undern
 work (safety filter, watchdog, safe stop on any fault); this module adds what makes an episode:
 
 - reset() moves to the home pose. On a physical arm it then waits for the operator to reset the
-  scene and press Enter (start="key"). The virtual robot resets its own scene (robot_io/scene.py):
+  scene and press Enter (start="key"). The virtual robot resets its own scene (robot_io/virtual/scene.py):
   the cubes the sim env lays out for reset's seed, scoring reset's instruction (or the env's, or,
   with neither, the one the sim draws for that seed), so eval meets the sim eval's episodes; it
   starts at once (start="auto").
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from reverie.errors import ConfigError, HardwareError
-from reverie.robot_io.scene import reset_scene
+from reverie.robot_io.virtual.scene import reset_scene
 from reverie.robot_io.teleop import Event
 from reverie.specs import StepType, TimeStep
 

@@ -395,7 +395,7 @@ class ReverieToGym(gym.Env):
 
 
 # --- reverie's sim tasks as registered gymnasium environments --------------------------------------
-# sim/tasks.py's TASKS and "all" (held equal by a test); listed here so that registering, which
+# sim/tasks/'s TASKS and "all" (held equal by a test); listed here so that registering, which
 # `import reverie.sim` does, needs neither mujoco nor the arm's physics.
 ARM_TASKS = ("touch", "push", "lift", "all")
 

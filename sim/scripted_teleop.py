@@ -1,7 +1,7 @@
 """A scripted teleoperator: solves arm tasks from privileged sim state, with human-like imperfections.
 
-It plans Cartesian waypoints for the grasp point between the fingers (above the cube, down, close,
-up; or behind the cube, down, through), moves a reference point toward the current waypoint at a
+It follows the task's plan of Cartesian waypoints for the grasp point between the fingers (each task
+plans its own, sim/tasks/: above the cube, down, close, up; or behind the cube, down, through), moves a reference point toward the current waypoint at a
 bounded speed, solves inverse kinematics for it (damped least squares on MuJoCo's site Jacobian,
 gripper pointing down, yaw aligned to the cube), and emits the joint-delta action that moves the
 servo targets toward that solution. Its actions are in the env's action space, so its episodes are
@@ -22,36 +22,17 @@ and retries a lift that comes up empty, as a person would.
 
 from __future__ import annotations
 
-import dataclasses
-
 import mujoco
 import numpy as np
 
 from reverie.errors import ConfigError
-from reverie.sim.arm import CUBE_HALF
 from reverie.sim.arm_env import ArmEnv
-from reverie.sim.tasks import DIRECTIONS, PUSH_DISTANCE
+from reverie.sim.scripted_plan import CLOSED, OPEN, Waypoint
+from reverie.sim.tasks import registry
 from reverie.specs import TimeStep
 
-OPEN, CLOSED = 1.7, -0.17  # gripper horn radians
-PUSH_OPENING = 0.35  # fingers 1.6 cm apart: a two-point push face narrower than the 3 cm cube
-GRASP_Z = 0.022  # grasp point height when grasping: fingertips 5 mm above the table
-PUSH_Z = 0.032  # fingertips at half the cube's height: clear of the table, which would drag them
-HOVER_Z = 0.085  # above the cubes
-SPEED = 0.035  # metres per control step of the Cartesian reference (0.35 m/s at 10 Hz)
 LEASH = 0.04  # metres the reference may lead the gripper
 BIAS_LIMIT = 0.02  # metres of integral correction per axis
-
-
-@dataclasses.dataclass
-class Waypoint:
-    pos: np.ndarray  # (3,) grasp point target, world metres
-    gripper: float  # horn radians
-    yaw: float  # world angle of the fingers' closing axis
-    tol: float = 0.012  # metres: close enough to move on
-    settle: int = 0  # extra steps to wait once there (gripper closing)
-    speed: float = SPEED  # metres per step of the reference toward this waypoint
-    name: str = ""
 
 
 class IK:
@@ -119,30 +100,11 @@ class ScriptedTeleop:
         self.early_close = self.rng.random() < 0.5 * self.u
 
     def _plan(self, colour: str) -> list[Waypoint]:
+        """The goal's task plans the waypoints (sim/tasks/<task>.py) on the cube `colour`."""
         goal, phys = self.env.goal, self.env.phys
         cube = phys.cube_pos(colour)
         natural = np.arctan2(cube[1], cube[0]) + np.pi / 2  # closing axis with wrist_roll at 0
-        if goal.task == "touch":
-            top = cube + [0, 0, CUBE_HALF + 0.012]  # fingertips 5 mm into the top face: contact
-            return [Waypoint(cube + [0, 0, HOVER_Z], CLOSED, natural, name="above"),
-                    Waypoint(top, CLOSED, natural, tol=0.006, settle=3, name="down")]
-        if goal.task == "push":
-            d = np.append(DIRECTIONS[goal.direction], 0.0)  # (3,)
-            yaw = _nearest(np.arctan2(d[1], d[0]) + np.pi / 2, np.pi, natural)
-            # Fingers (9 mm half-depth) start 1.2 cm behind the cube's face and travel through the goal.
-            start = cube - d * (CUBE_HALF + 0.009 + 0.012)
-            start[2] = PUSH_Z
-            end = start + d * (PUSH_DISTANCE + 0.02)
-            return [Waypoint(start + [0, 0, HOVER_Z - PUSH_Z], PUSH_OPENING, yaw, name="above"),
-                    Waypoint(start, PUSH_OPENING, yaw, tol=0.008, settle=1, speed=0.02, name="down"),
-                    # Slowly: a fast joint-space step dips the fingertips into the table, where they stick.
-                    Waypoint(end, PUSH_OPENING, yaw, tol=0.01, settle=4, speed=0.012, name="push")]
-        yaw = _nearest(phys.cube_yaw(colour) + np.pi / 2, np.pi / 2, natural)
-        low = np.array([cube[0], cube[1], GRASP_Z])
-        return [Waypoint(cube + [0, 0, HOVER_Z], OPEN, yaw, name="above"),
-                Waypoint(low, OPEN, yaw, tol=0.006, name="down"),
-                Waypoint(low, CLOSED, yaw, tol=0.01, settle=4, name="close"),
-                Waypoint(low + [0, 0, 0.1], CLOSED, yaw, tol=0.015, settle=10, name="lift")]
+        return registry.get(goal.task).plan(goal, phys, colour, natural)
 
     def _aim_error(self) -> tuple[np.ndarray, int]:
         """A sloppy first aim at the next waypoint and when it gets corrected (-1: never)."""
@@ -203,11 +165,6 @@ class ScriptedTeleop:
             self.index += 1
         self.settled = 0
         self.aim_error, self.correct_in = self._aim_error()
-
-
-def _nearest(angle: float, period: float, reference: float) -> float:
-    """angle + k * period closest to reference (fingers are symmetric under these turns)."""
-    return angle + period * np.round((reference - angle) / period)
 
 
 def run_episode(env: ArmEnv, teleop: ScriptedTeleop, seed: int | None = None) -> tuple[list, bool]:

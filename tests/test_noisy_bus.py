@@ -1,6 +1,6 @@
 """Riding out a noisy bus: per-servo retries that keep the replies that came, a step whose read
 fails holds the last goal, the run stops only past max_fault_rate, and parking never drops the arm
-away from its safe pose. Noise comes from `reverie sim serve-bus corrupt=/drop=` (sim/virtual_bus.py)
+away from its safe pose. Noise comes from `reverie sim serve-bus corrupt=/drop=` (robot_io/virtual/bus.py)
 or, where a test needs a lost read at a chosen moment, from LossyBus over the same virtual robot."""
 
 import json
@@ -17,7 +17,7 @@ from reverie.robot_io.arm_bus import make_bus
 from reverie.robot_io.bus import MissingReply, ServoBus
 from reverie.robot_io.config import load_arm
 from reverie.robot_io.robot import Robot
-from reverie.robot_io.virtual_robot import VirtualArm
+from reverie.robot_io.virtual.launcher import VirtualArm
 
 sys.path.insert(0, str(Path(__file__).parent))
 import export_setup  # noqa: E402

@@ -19,7 +19,7 @@ from reverie.robot_io.record import Plan, Recorder, open_or_create_store
 from reverie.robot_io.arm_bus import make_bus
 from reverie.robot_io.robot import Robot
 from reverie.robot_io.teleop import KeyboardTeleop
-from reverie.robot_io.virtual_robot import LAUNCH, VirtualArm
+from reverie.robot_io.virtual.launcher import LAUNCH, VirtualArm
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from reverie.robot_io.arm_bus import make_bus
 from reverie.robot_io.robot import Robot
 from reverie.robot_io.keys import TerminalKeys
 from reverie.robot_io.teleop import Event, KeyboardTeleop, LeaderFollower
-from reverie.robot_io.virtual_robot import LAUNCH, VirtualArm
+from reverie.robot_io.virtual.launcher import LAUNCH, VirtualArm
 from reverie.specs import StepType
 
 

@@ -12,7 +12,7 @@ from reverie.errors import ConfigError, HardwareError
 from reverie.robot_io.arm_bus import make_bus
 from reverie.robot_io.config import load_arm
 from reverie.robot_io.teleop import KeyboardTeleop
-from reverie.robot_io.virtual_robot import VirtualArm
+from reverie.robot_io.virtual.launcher import VirtualArm
 from reverie.sim.registry import make
 from reverie.specs import StepType
 
@@ -106,7 +106,7 @@ def test_eval_reports_the_virtual_robots_score(arm, tmp_path):
 
     status = Path(f"{arm.link}.status")
 
-    def succeed(n, _):  # what the server's scorer writes when the cube is touched (see serve_bus.Scorer)
+    def succeed(n, _):  # what the server's scorer writes when the cube is touched (see robot_io/virtual/server.py: Scorer)
         if n == 2:
             record = json.loads(status.read_text())
             status.write_text(json.dumps({**record, "success": True, "success_time": time.time()}))

@@ -1,6 +1,6 @@
 """Faults and bad input on the virtual serial robot: each gives a HardwareError/ConfigError naming
 the cause and the fix, leaves the arm safe (torque off, or never enabled), and loses no committed
-episode. Faults are injected by `reverie sim serve-bus` options (sim/virtual_bus.py)."""
+episode. Faults are injected by `reverie sim serve-bus` options (robot_io/virtual/bus.py)."""
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ from reverie.robot_io.bus import ServoAlarm, ServoBus
 from reverie.robot_io.config import load_arm
 from reverie.robot_io.arm_bus import make_bus
 from reverie.robot_io.robot import Robot
-from reverie.robot_io.virtual_robot import VirtualArm
+from reverie.robot_io.virtual.launcher import VirtualArm
 
 
 def _robot(virtual, arm="so101_virtual", **overrides):

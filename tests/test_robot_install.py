@@ -99,7 +99,7 @@ def test_robot_install_from_the_wheel_lists_its_commands_and_deploys(quick, tmp_
     assert no_store.returncode == 2 and "Traceback" not in no_store.stderr
     assert 'record= needs the Python module \'zarr\'' in no_store.stderr and "reverie[record]" in no_store.stderr
 
-    from reverie.robot_io.virtual_robot import VirtualArm
+    from reverie.robot_io.virtual.launcher import VirtualArm
 
     link, report = tmp_path / "arm", tmp_path / "deploy.json"
     with VirtualArm("feetech", link=link, instruction="touch the red cube"):

@@ -104,7 +104,7 @@ def test_empty_or_absurdly_long_instruction_is_refused(bundle, text, match):
 
 def test_camera_resolution_mismatch_is_refused_before_torque(bundle, tmp_path):
     from reverie.robot_io.bus import ServoBus
-    from reverie.robot_io.virtual_robot import VirtualArm
+    from reverie.robot_io.virtual.launcher import VirtualArm
 
     link = tmp_path / "arm"
     with VirtualArm("feetech", link=link, image_size=[32, 32]):
@@ -215,7 +215,7 @@ def test_bundle_with_wider_limits_than_the_robot_is_refused_before_torque(bundle
     robot's own config wins, the error names joint, field, both values and the fix, and no servo was
     ever powered."""
     from reverie.robot_io.bus import ServoBus
-    from reverie.robot_io.virtual_robot import VirtualArm
+    from reverie.robot_io.virtual.launcher import VirtualArm
 
     edit_manifest(bundle, change)
     link = tmp_path / "arm"
@@ -249,7 +249,7 @@ def test_narrower_bundle_limits_apply_and_the_robot_keeps_its_own_hardware(bundl
     assert [j.zero_ticks for j in arm.joints] == [j.zero_ticks for j in own.joints]
     assert arm.safe_pose == own.safe_pose and arm.control_hz == m["control_hz"]
     # ...and they really run: a short deployment on the virtual robot.
-    from reverie.robot_io.virtual_robot import VirtualArm
+    from reverie.robot_io.virtual.launcher import VirtualArm
 
     link = tmp_path / "arm"
     with VirtualArm("feetech", link=link):

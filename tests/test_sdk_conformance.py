@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from reverie.robot_io.virtual_robot import VirtualArm
+from reverie.robot_io.virtual.launcher import VirtualArm
 
 IDS = [1, 2, 3, 4, 5, 6]
 # The SDKs wait 2 x LATENCY_TIMER + 2 ms for a reply (34 ms). This 2-core test machine may be busy,
@@ -126,7 +126,7 @@ def test_dxl_reg_write_then_action_leaves_the_next_read_intact(dxl):
     sdk, port, ph = dxl
     # The e-manual answers a unicast ACTION with a status packet; the SDK never reads it. A host
     # that talks again within the servo's return delay talks over it (not sent, see
-    # sim/virtual_bus.py: VirtualBus.receive); one that waits longer gets it, and the SDK's next
+    # robot_io/virtual/bus.py: VirtualBus.receive); one that waits longer gets it, and the SDK's next
     # exchange flushes it. The wait here keeps the test off the boundary between the two.
     for value in (1, 0, 1, 0):
         assert ph.regWriteTxRx(port, 4, 65, 1, [value]) == (sdk.COMM_SUCCESS, 0)

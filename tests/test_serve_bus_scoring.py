@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reverie.sim.serve_bus import Scorer
+from reverie.robot_io.virtual.server import Scorer
 
 
 class FlipTracker:
@@ -76,25 +76,24 @@ def test_status_keeps_the_latest_onset_of_success(tmp_path):
     assert record["success"] is True and record["success_time"] > first
 
 
-# --- scene resets between episodes (robot_io/scene.py) ------------------------------------------
+# --- scene resets between episodes (robot_io/virtual/scene.py) ------------------------------------------
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """serve-bus's Scene on an in-process physics, as its loop drives it (no bus, no camera)."""
-    from types import SimpleNamespace
-
+    """serve-bus's Scene on an in-process sim arm, as its loop drives it (no bus, no camera)."""
+    from reverie.robot_io.virtual.server import Scene
     from reverie.sim.arm import ArmPhysics
-    from reverie.sim.serve_bus import Scene
+    from reverie.sim.serve_bus import ServedArm
 
     link = tmp_path_factory.mktemp("scene") / "arm"
     physics = ArmPhysics(seed=0)
-    scene = Scene(SimpleNamespace(instruction="touch the red cube", score_hz=10.0), physics, {}, link)
+    scene = Scene(ServedArm(physics, "touch the red cube"), {}, link, "touch the red cube", score_hz=10.0)
     yield scene, link
     physics.close()
 
 
 def request(scene, link, rid, seed, instruction=None) -> dict:
-    from reverie.robot_io.scene import request_path, write_json
+    from reverie.robot_io.virtual.scene import request_path, write_json
 
     write_json(request_path(link), {"seed": seed, "instruction": instruction, "id": rid})
     scene.update(time.monotonic())
@@ -138,7 +137,7 @@ def test_scene_reset_refuses_what_it_cannot_score_and_keeps_serving(served):
 
 def test_reset_scene_without_a_server_fails_fast_and_names_the_fix(tmp_path):
     from reverie.errors import HardwareError
-    from reverie.robot_io.scene import request_path, reset_scene
+    from reverie.robot_io.virtual.scene import request_path, reset_scene
 
     with pytest.raises(HardwareError, match="start `reverie sim serve-bus"):
         reset_scene(tmp_path / "none", seed=0, instruction=None)

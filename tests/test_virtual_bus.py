@@ -10,8 +10,8 @@ import pytest
 from reverie.robot_io.dynamixel import protocol as dxl
 from reverie.robot_io.feetech import protocol as ft
 from reverie.sim.arm import ArmPhysics
-from reverie.sim.frame_share import FrameFileCamera, FrameWriter
-from reverie.sim.virtual_bus import PACKET_TIMEOUT_S, Faults, VirtualBus, rad_to_ticks, ticks_to_rad
+from reverie.robot_io.virtual.frames import FrameFileCamera, FrameWriter
+from reverie.robot_io.virtual.bus import PACKET_TIMEOUT_S, Faults, VirtualBus, rad_to_ticks, ticks_to_rad
 
 IDS = [1, 2, 3, 4, 5, 6]
 

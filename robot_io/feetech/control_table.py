@@ -88,6 +88,8 @@ _STS3215 = {
 }
 
 MODELS: dict[str, Model] = {"sts3215": Model("sts3215", 777, _STS3215)}
+# Where every STS/SCS model keeps its model number: the ping reply carries none, so a client reads it.
+MODEL_NUMBER = _STS3215["Model_Number"]
 BY_NUMBER: dict[int, Model] = {m.number: m for m in MODELS.values()}
 
 # Baud_Rate register value -> bits per second.

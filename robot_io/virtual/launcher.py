@@ -1,4 +1,4 @@
-"""Start and stop the virtual serial robot (`reverie sim serve-bus`) as a child process.
+"""Start and stop the virtual serial robot (`reverie sim serve-bus`, robot_io/virtual/server.py) as a child process.
 
     with VirtualArm("feetech", link="/tmp/arm") as v:       # returns once the port is ready
         arm = load_arm("so101_virtual", port=v.link, cameras=v.camera_config())
@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 from reverie.errors import HardwareError
+from reverie.robot_io import servo_families
+from reverie.robot_io.virtual.frames import FrameFileCamera
 
 LAUNCH = "import sys; from reverie.cli import main; sys.exit(main())"
 
@@ -71,35 +73,36 @@ class VirtualArm:
     def _wait_for_bus(self, deadline: float) -> None:
         """Ping the first servo until it answers: a freshly started server (imports, physics
         warm-up) can miss a client's first 20 ms timeouts. Skipped when faults are injected that
-        would keep it from answering, since then silence is the point."""
+        would keep it from answering, since then silence is the point. Speaks the family's packets
+        directly (any status from that id counts, an alarmed one too), not robot_io's client bus."""
         if any(float(self.options.get(k, 0) or 0) > 0 for k in ("drop", "corrupt", "delay_ms")):
             return
-        from reverie.robot_io.bus import ServoAlarm, ServoBus
+        import serial
 
         first = int(list(self.options.get("ids", [1]))[0])
-        bus = ServoBus(self.link, self.protocol, timeout_s=0.1, retries=0)
-        try:
-            bus.connect()
+        proto = servo_families.find(self.protocol).proto
+        reader = proto.Reader("status")
+        with serial.serial_for_url(self.link, baudrate=int(self.options.get("baudrate", 1_000_000)),
+                                   timeout=0.1) as port:
             while True:
-                try:
-                    bus.ping(first)
-                    return
-                except ServoAlarm:
-                    return  # it answered
-                except HardwareError:
-                    if time.monotonic() > deadline:
-                        self.stop()
-                        raise HardwareError(f"virtual arm on {self.link} never answered a ping")
-        finally:
-            bus.close()
+                port.reset_input_buffer()
+                reader.clear()
+                port.write(proto.ping(first))
+                port.flush()
+                until = time.monotonic() + 0.1
+                while time.monotonic() < until:
+                    reader.feed(port.read(64))
+                    if any(status.id == first for status in reader.packets()):
+                        return
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise HardwareError(f"virtual arm on {self.link} never answered a ping")
 
     def _wait_for_first_frame(self, deadline: float) -> None:
         """The server's first render sets up GL, which stalls its bus for a moment after "ready";
         a client connecting then would see timeouts that no real arm shows. Wait it out."""
         if not self.camera_config():
             return
-        from reverie.sim.frame_share import FrameFileCamera
-
         camera = FrameFileCamera(next(iter(self.camera_config().values()))["path"])
         try:
             camera.connect(timeout_s=max(0.1, deadline - time.monotonic()))

@@ -1,6 +1,6 @@
 """Camera frames shared between processes through one memory-mapped file per camera.
 
-The virtual robot (`reverie sim serve-bus`) renders in its own process; the recorder or runtime
+The virtual robot's server (robot_io/virtual/server.py, `reverie sim serve-bus`) renders in its own process; the recorder or runtime
 reads the newest frame from the file, like a camera driver's buffer. Layout (little-endian):
 
     0   8s   magic b"RVFRAME1"
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from reverie.errors import HardwareError
+from reverie.robot_io.camera_frame import CameraContext, Frame
 
 MAGIC = b"RVFRAME1"
 HEADER = struct.Struct("<8sIIIQd")
@@ -60,8 +61,8 @@ class FrameWriter:
             self.path.unlink(missing_ok=True)
 
 
-class FrameFileCamera:
-    """Reads a FrameWriter's file; same interface as reverie.robot_io.cameras cameras."""
+class FrameFileCamera(CameraContext):
+    """Reads a FrameWriter's file; the Camera protocol of robot_io/camera_frame.py."""
 
     def __init__(self, path: str | Path, *, name: str | None = None):
         self.path = Path(path)
@@ -94,8 +95,6 @@ class FrameFileCamera:
             time.sleep(0.0002)
 
     def read(self, new: bool = False, timeout_s: float = 2.0):
-        from reverie.robot_io.cameras import Frame  # the shared Frame type
-
         if self._map is None:
             raise HardwareError(f"camera {self.name}: call connect() first")
         deadline = time.monotonic() + timeout_s
@@ -114,10 +113,3 @@ class FrameFileCamera:
         if self._map is not None:
             self._map.close()
             self._map = None
-
-    def __enter__(self):
-        self.connect()
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
