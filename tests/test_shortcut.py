@@ -133,7 +133,7 @@ def test_sampler_with_exact_predictor_lands_on_data_and_context_is_noised():
 
 def test_running_rms_normalises():
     rms = RunningRMS(decay=0.9)
-    for _ in range(200):
+    for _ in range(100):
         out = rms(torch.tensor(5.0))
     assert abs(out.item() - 1.0) < 1e-3
     rms.eval()
@@ -243,7 +243,9 @@ def test_tokenizer_loss_decreases_on_a_tiny_batch():
     for i, (y, x) in enumerate([(0, 0), (8, 4), (4, 10), (10, 10)]):
         img[i // 2, i % 2, y:y + 6, x:x + 6] = 0.9
     batch["image"] = img
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    # lr 1e-3 for 100 steps: 0.052 -> 0.036 with AVX2 and with AVX512/AMX kernels alike; at 3e-3 the run
+    # was chaotic enough that the ISA decided it (0.029 vs 0.041 after 60 steps)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def reconstruction_mse():  # without patch dropping: training's per-step loss is noisy by design
         model.eval()
@@ -252,7 +254,7 @@ def test_tokenizer_loss_decreases_on_a_tiny_batch():
         model.train()
         return mse
 
-    for _ in range(60):
+    for _ in range(100):
         loss, metrics = model.loss(batch)
         if _ == 0:
             before = reconstruction_mse()  # after one look at the frames: it starts at their mean image
