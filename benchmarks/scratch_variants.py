@@ -36,17 +36,13 @@ data = AgentData(compose("train_agent", [f"wm={a.wm}", *([f"data={a.data}"] if a
                  batch_size=a.batch, seq_len=kw["chunk"] if rows else 16, weights={"success": {"true": 1, "false": 0}},
                  starts="every" if rows else "fit")
 torch_seed(a.seed)
-if a.mse:  # experiment: the chunk loss as squared error on the mean (bc_pixels.py's loss), std unused
-    from reverie.policy.distributions import BoundedNormal
-    _lp = BoundedNormal.log_prob
-    BoundedNormal.log_prob = lambda self, x: -(x - self.mean).pow(2).sum(-1)
+if a.mse:  # the chunk loss as squared error on the mean (bc_scratch.loss=mse)
+    kw["loss"] = "mse"
 t = time.time(); pol, hist = train_scratch_bc(data, steps=a.steps, progress=False, **kw); tt = time.time() - t
-if a.mse:
-    BoundedNormal.log_prob = _lp
 save(__import__("pathlib").Path(a.out), pol, {"image_key": "image/front",  # loads as it was scored
                                               "ensemble": None if a.ensemble == "none" else float(a.ensemble)})
 r = success(ScratchController(pol, "image/front", ensemble=None if a.ensemble == "none" else float(a.ensemble)), a.task, a.episodes, eval_seed(a.seed), 60, a.suites)
-out = {"task": a.task, "data": a.data, "kw": kw, "steps": a.steps, "mse": a.mse, "ensemble": a.ensemble, "batch": a.batch, "seed": a.seed, "train_s": round(tt), "nll_last": hist[-1]["bc/nll"],
+out = {"task": a.task, "data": a.data, "kw": kw, "steps": a.steps, "mse": a.mse, "ensemble": a.ensemble, "batch": a.batch, "seed": a.seed, "train_s": round(tt), "loss_last": hist[-1][f"bc/{kw.get('loss', 'nll')}"],
        **{k: [v["success_rate"], v["ci95"]] for k, v in r.items()}}
 print(json.dumps(out), flush=True)
 open(a.log, "a").write(json.dumps(out) + "\n")

@@ -41,12 +41,13 @@ class AgentData(TrainData):
     """Windows from the agent's stores (default: the world model's) at the world model's resolution."""
 
     def __init__(self, cfg, wm_cfg, wm_info: dict, batch_size: int, seq_len: int,
-                 device: torch.device | str = "cpu", weights=None, starts: str = "fit"):
+                 device: torch.device | str = "cpu", weights=None, starts: str = "fit", cameras=()):
         wm = model_config(wm_cfg)
         data_cfg = OmegaConf.create({
             "data": data_paths(cfg.data) if cfg.data else list(wm_info["stores"]),  # one path or a list
             "image_key": cfg.image_key or wm_info["image_key"], "holdout": float(cfg.holdout),
             "seed": int(cfg.seed), "workers": 0, "starts": starts,  # datasets/sampler.py
+            "cameras": list(cameras),  # extra cameras a policy reads (batch[key] beside batch["image"])
             "weights": OmegaConf.to_container(weights) if OmegaConf.is_config(weights) else weights})
         sizes = OmegaConf.create({"image_size": int(wm.image_size), "dynalang": bool(wm.get("dynalang", False)),
                                   "batch_size": batch_size, "seq_len": seq_len})

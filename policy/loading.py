@@ -24,7 +24,8 @@ def _scratch(path: Path, device):  # the small reactive baseline stays on the CP
     from reverie.policy.scratch_bc import ScratchController, load
 
     policy, info = load(path)
-    return ScratchController(policy, info["image_key"], ensemble=info.get("ensemble"))
+    return ScratchController(policy, info["image_key"], ensemble=info.get("ensemble"),
+                             image_keys=info.get("image_keys"))  # older policies: the main camera only
 
 
 # marker file -> loader; a folder may hold an agent directly or under agent/

@@ -94,11 +94,12 @@ class ScratchPolicy(nn.Module):
     def __init__(self, image_size: int, state_dim: int, action_dim: int, instr_dim: int = 384,
                  cnn_depth: int = 16, units: int = 256, layers: int = 2, min_std: float = 0.1,
                  max_std: float = 1.0, chunk: int = 1, film: bool = False, keypoints: int = 0,
-                 norm: str = "channel"):
+                 norm: str = "channel", cameras: int = 1):
         super().__init__()
         self.sizes = dict(image_size=image_size, state_dim=state_dim, action_dim=action_dim,
                           instr_dim=instr_dim, cnn_depth=cnn_depth, units=units, layers=layers,
-                          min_std=min_std, max_std=max_std, chunk=chunk, film=film, keypoints=keypoints, norm=norm)
+                          min_std=min_std, max_std=max_std, chunk=chunk, film=film, keypoints=keypoints, norm=norm,
+                          cameras=cameras)
         self.film, self.chunk, self.action_dim = bool(film), int(chunk), action_dim
         if keypoints and not self.film:
             raise ConfigError("scratch BC keypoints need film=true (the points follow the instruction)")
@@ -106,26 +107,44 @@ class ScratchPolicy(nn.Module):
             raise ConfigError(f"bc_scratch.norm={norm!r}: choose one of {sorted(NORMS)}")
         if norm != "channel" and not self.film:
             raise ConfigError(f"bc_scratch.norm={norm!r} needs film=true (the plain encoder is the world model's)")
-        self.image_enc = (FiLMConvEncoder(image_size, cnn_depth, instr_dim, keypoints, norm) if self.film
-                          else ConvEncoder(image_size, cnn_depth))
+        if cameras < 1 or (cameras > 1 and not self.film):
+            raise ConfigError(f"scratch BC with {cameras} cameras: it needs one camera at least, and film=true "
+                              "for more than one")
+        encoder = lambda: (FiLMConvEncoder(image_size, cnn_depth, instr_dim, keypoints, norm) if self.film
+                           else ConvEncoder(image_size, cnn_depth))
+        self.image_enc = encoder()                                        # the main camera (the world model's)
+        self.extra_encs = nn.ModuleList(encoder() for _ in range(cameras - 1))  # one CNN per extra camera
         self.state_enc = MLP(state_dim, units, units, 1)
-        self.head = MLP(self.image_enc.out_dim + units + instr_dim, 2 * action_dim * self.chunk, units, layers)
+        self.head = MLP(cameras * self.image_enc.out_dim + units + instr_dim, 2 * action_dim * self.chunk, units, layers)
 
-    def chunk_policy(self, image, state, instr) -> BoundedNormal:
-        """image (N, H, W, 3) float [0, 1], state (N, J), instr (N, I) -> BoundedNormal over (N, chunk, A)."""
-        pixels = self.image_enc(image, instr) if self.film else self.image_enc(image)
-        x = torch.cat([pixels, self.state_enc(symlog(state)), instr], -1)
+    def chunk_policy(self, image, state, instr, *extra) -> BoundedNormal:
+        """image (N, H, W, 3) float [0, 1], state (N, J), instr (N, I), one more (N, H, W, 3) per extra
+        camera -> BoundedNormal over (N, chunk, A)."""
+        if len(extra) != len(self.extra_encs):
+            raise ValueError(f"this policy reads {1 + len(self.extra_encs)} cameras, got {1 + len(extra)} images")
+        encode = (lambda enc, img: enc(img, instr)) if self.film else (lambda enc, img: enc(img))
+        pixels = [encode(enc, img) for enc, img in zip([self.image_enc, *self.extra_encs], [image, *extra])]
+        x = torch.cat([*pixels, self.state_enc(symlog(state)), instr], -1)
         raw = self.head(x).float().reshape(-1, self.chunk, 2 * self.action_dim)
         return BoundedNormal.from_raw(raw, self.sizes["min_std"], self.sizes["max_std"])
 
-    def forward(self, image, state, instr) -> BoundedNormal:
+    def forward(self, image, state, instr, *extra) -> BoundedNormal:
         """-> BoundedNormal over the executed (first) action (N, A)."""
-        dist = self.chunk_policy(image, state, instr)
+        dist = self.chunk_policy(image, state, instr, *extra)
         return BoundedNormal(dist.mean[:, 0], dist.std[:, 0])
 
 
+LOSSES = {  # chunk targets (N, K, A) under the policy's BoundedNormal -> per-step loss (N, K)
+    "nll": lambda dist, y: -dist.log_prob(y),
+    # squared error of the mean: every action dimension weighs the same, where the NLL's 1/std^2 lets
+    # the net learn a noisy dimension's mean slowly (e.g. when the gripper closes); std stays untrained
+    "mse": lambda dist, y: (dist.mean - y).square().sum(-1),
+}
+
+
 def train_scratch_bc(data, steps: int, lr: float = 3e-4, progress: bool = True, shift: int = 4,
-                     sample: str = "windows", weight_decay: float = 0.0, **sizes) -> tuple[ScratchPolicy, list[dict]]:
+                     sample: str = "windows", weight_decay: float = 0.0, loss: str = "nll",
+                     **sizes) -> tuple[ScratchPolicy, list[dict]]:
     """`data.next()` yields batches of the world-model contract (draw them with the demos you want
     cloned: e.g. success weights). sample="windows": every row with an action is a sample, its next
     `chunk` actions (within the window) the targets. sample="rows": only each window's first row is
@@ -133,9 +152,14 @@ def train_scratch_bc(data, steps: int, lr: float = 3e-4, progress: bool = True, 
     row: AgentData(starts="every")); their targets are the whole window."""
     if sample not in ("windows", "rows"):
         raise ConfigError(f"bc_scratch.sample={sample!r}: choose windows or rows")
+    if loss not in LOSSES:
+        raise ConfigError(f"bc_scratch.loss={loss!r}: choose one of {sorted(LOSSES)}")
+    loss_name = loss
     from tqdm import tqdm
 
     device = getattr(data, "device", "cpu")  # trains where the batches arrive; acts on the CPU
+    cameras = tuple(getattr(data, "cameras", ()))  # extra cameras: batch[key] beside batch["image"]
+    sizes.setdefault("cameras", 1 + len(cameras))
     policy = ScratchPolicy(data.image_size, data.spec.state_dim, data.spec.action_dim, **sizes).to(device)
     opt = (torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=weight_decay) if weight_decay > 0
            else torch.optim.Adam(policy.parameters(), lr=lr, eps=1e-6))
@@ -145,21 +169,23 @@ def train_scratch_bc(data, steps: int, lr: float = 3e-4, progress: bool = True, 
         valid = batch.get("valid", torch.ones_like(batch["action_mask"]))
         targets, tmask = chunk_targets(batch["action"], batch["action_mask"] & valid, policy.chunk)  # (B, T, K, A) (B, T, K)
         keep = slice(0, 1) if sample == "rows" else slice(None)              # rows: each window's first row
-        image, state = batch["image"][:, keep], batch["state"][:, keep]
+        state = batch["state"][:, keep]
         targets, tmask, rows = targets[:, keep], tmask[:, keep], (batch["action_mask"] & valid)[:, keep]
         row_mask = rows.flatten()                                             # (B*T',)
-        image = random_shift(image, shift).flatten(0, 1)[row_mask]           # (N, H, W, 3)
+        images = [random_shift(batch[key][:, keep], shift).flatten(0, 1)[row_mask]  # (N, H, W, 3) each,
+                  for key in ("image", *cameras)]                                   # shifted on its own
         state = state.flatten(0, 1)[row_mask]
         instr = batch["instruction_embedding"].repeat_interleave(rows.shape[1], 0)[row_mask]
         targets, tmask = targets.flatten(0, 1)[row_mask], tmask.flatten(0, 1)[row_mask].float()  # (N, K, A) (N, K)
-        logp = policy.chunk_policy(image, state, instr).log_prob(targets)     # (N, K)
-        loss = -(logp * tmask).sum() / tmask.sum().clamp(min=1.0)
+        dist = policy.chunk_policy(images[0], state, instr, *images[1:])
+        per_step = LOSSES[loss_name](dist, targets)                          # (N, K)
+        loss = (per_step * tmask).sum() / tmask.sum().clamp(min=1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 100.0)
         opt.step()
         if step % 25 == 0 or step == steps:
-            history.append({"step": step, "bc/nll": float(loss.detach())})
+            history.append({"step": step, f"bc/{loss_name}": float(loss.detach())})
     policy.normalizer = getattr(data, "normalizer", None) or Normalizer()  # the units it learnt in
     return policy.cpu().eval(), history
 
@@ -189,11 +215,15 @@ class ScratchController:
     action out (reverie/normalize.py)."""
 
     def __init__(self, policy: ScratchPolicy, image_key: str, normalizer: Normalizer | None = None,
-                 ensemble: float | None = None):
+                 ensemble: float | None = None, image_keys: list[str] | None = None):
         from reverie.policy.ensemble import TemporalEnsemble
         from reverie.world_model.data import Language
 
         self.policy, self.image_key, self.language = policy, image_key, Language()
+        self.image_keys = list(image_keys or [image_key])  # every camera it reads, the main one first
+        if len(self.image_keys) != policy.sizes.get("cameras", 1) or self.image_keys[0] != image_key:
+            raise ConfigError(f"cameras {self.image_keys} do not match this policy's {policy.sizes.get('cameras', 1)} "
+                              f"(main camera {image_key!r}): load it with policy/loading.py, which reads them")
         self.normalizer = normalizer if normalizer is not None else getattr(policy, "normalizer", None) or Normalizer()
         self.instruction, self.instr = "", None
         self.ensemble = TemporalEnsemble(policy.chunk, ensemble)  # policy/ensemble.py; None: receding horizon
@@ -208,14 +238,26 @@ class ScratchController:
 
     @torch.no_grad()
     def act(self, observation: dict) -> np.ndarray:
+        missing = [k for k in self.image_keys if k not in observation]
+        if missing:
+            have = sorted(k for k in observation if k.startswith("image/"))
+            raise ConfigError(f"this policy reads cameras {self.image_keys} and the observation lacks {missing} "
+                              f"(it has {have}): give the env those cameras (sim: env_kwargs.cameras="
+                              f"[{','.join(k.split('/', 1)[1] for k in self.image_keys)}])")
+        images = [self._frame(observation[k]) for k in self.image_keys]              # (1, s, s, 3) each
+        state = torch.from_numpy(self.normalizer.normalize("state", np.asarray(observation["state"], np.float32)))[None]
+        if self.ensemble.on:
+            chunk = self.policy.chunk_policy(images[0], state, self.instr, *images[1:]).mode().clamp(-1, 1)
+            action = self.ensemble(chunk)[0]
+        else:
+            action = self.policy(images[0], state, self.instr, *images[1:]).mode().clamp(-1, 1)[0]
+        return self.normalizer.denormalize("action", action.numpy())
+
+    def _frame(self, frame) -> torch.Tensor:
+        """uint8 (H, W, 3) -> (1, s, s, 3) float in [0, 1] at the policy's resolution."""
         size = self.policy.sizes["image_size"]
-        image = torch.from_numpy(np.asarray(observation[self.image_key])).float()[None] / 255.0
+        image = torch.from_numpy(np.asarray(frame)).float()[None] / 255.0
         if image.shape[1:3] != (size, size):
             image = torch.nn.functional.interpolate(image.permute(0, 3, 1, 2), size=(size, size),
                                                     mode="bilinear", antialias=True).permute(0, 2, 3, 1)
-        state = torch.from_numpy(self.normalizer.normalize("state", np.asarray(observation["state"], np.float32)))[None]
-        if self.ensemble.on:
-            action = self.ensemble(self.policy.chunk_policy(image, state, self.instr).mode().clamp(-1, 1))[0]
-        else:
-            action = self.policy(image, state, self.instr).mode().clamp(-1, 1)[0]
-        return self.normalizer.denormalize("action", action.numpy())
+        return image

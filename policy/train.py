@@ -234,15 +234,22 @@ def train_bc_scratch(cfg, steps: int) -> Path:
     sample = str(sc.get("sample", "windows"))
     # rows: windows of `chunk` rows that may start at any row, of which only the first is a sample
     seq_len, starts = (int(cfg.agent.chunk), "every") if sample == "rows" else (int(sc.seq_len), "fit")
+    cameras = [str(c) for c in sc.get("cameras") or []]  # beside the world model's camera
     data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size), seq_len=seq_len,
-                     device=distributed.pick_device(cfg.device), weights=sc.get("weights"), starts=starts)
+                     device=distributed.pick_device(cfg.device), weights=sc.get("weights"), starts=starts,
+                     cameras=cameras)
+    if data.image_key in cameras:
+        raise ConfigError(f"bc_scratch.cameras={cameras} repeats the main camera {data.image_key!r}: "
+                          "list only the extra cameras (e.g. bc_scratch.cameras=[image/wrist])")
     sizes = {**OmegaConf.to_container(cfg.agent), "cnn_depth": int(sc.cnn_depth), "keypoints": int(sc.get("keypoints", 0)),
-             "norm": str(sc.get("norm", "channel"))}
+             "norm": str(sc.get("norm", "channel")), "cameras": 1 + len(cameras)}
     ensemble = sizes.pop("ensemble", None)  # how the controller executes chunks, not a network size
     policy, history = scratch_bc.train_scratch_bc(data, steps, lr=float(sc.lr), progress=bool(cfg.progress),
                                                   shift=int(sc.shift), sample=sample,
-                                                  weight_decay=float(sc.get("weight_decay", 0.0)), **sizes)
-    info = {"stage": "bc_scratch", "steps": steps, "image_key": data.image_key, "stores": data.paths,
+                                                  weight_decay=float(sc.get("weight_decay", 0.0)),
+                                                  loss=str(sc.get("loss", "nll")), **sizes)
+    info = {"stage": "bc_scratch", "steps": steps, "image_key": data.image_key,
+            "image_keys": [data.image_key, *cameras], "stores": data.paths,
             "holdout": float(cfg.holdout), "base_world_model": str(Path(cfg.wm).resolve()), "history": history,
             "ensemble": ensemble}
     path = scratch_bc.save(Path(cfg.out), policy, info)

@@ -185,3 +185,43 @@ def test_controller_hears_an_operators_action(trained):
     assert torch.equal(c.prev_action.cpu(), torch.full((1, 6), 0.5))
     assert np.all(np.abs(c.act(env.step(np.full(6, 0.5, np.float32)).observation)) <= 1)
     env.close()
+
+
+def test_scratch_bc_reads_extra_cameras(trained, tmp_path):
+    """bc_scratch.cameras=[image/wrist]: one CNN per camera, the cameras saved with the policy, the
+    controller reads them all and names the fix when an observation lacks one; a store without the
+    camera is refused before training."""
+    from reverie.cli import main
+    from reverie.policy.evaluate import evaluate
+    from reverie.policy.loading import load_controller
+    from reverie.sim.demos import record
+
+    store = tmp_path / "wrist.zarr"
+    record(compose("sim_demos", ["task=touch", "episodes=2", "skill=1.0", f"out={store}", "time_limit=10",
+                                 "cameras=[front,wrist]"]))
+    out = tmp_path / "two_cams"
+    args = ["train-agent", "stage=bc_scratch", f"wm={trained['wm']}", f"data={store}", f"out={out}", "steps=2",
+            "holdout=0", "bc_scratch.batch_size=4", "bc_scratch.cnn_depth=4", "agent.units=32", "agent.layers=1",
+            "progress=false", "bc_scratch.cameras=[image/wrist]"]
+    assert main(args) == 0
+    info = json.loads((out / "scratch_bc.json").read_text())
+    assert info["image_keys"] == ["image/front", "image/wrist"] and info["sizes"]["cameras"] == 2
+    c = load_controller(out)
+    assert len(c.policy.extra_encs) == 1
+    c.reset("touch the red cube")
+    obs = {"image/front": np.zeros((64, 64, 3), np.uint8), "state": np.zeros(6, np.float32)}
+    with pytest.raises(ConfigError, match=r"lacks \['image/wrist'\].*env_kwargs.cameras=\[front,wrist\]"):
+        c.act(obs)
+    wrist = np.full((64, 64, 3), 255, np.uint8)
+    a = c.act(obs | {"image/wrist": wrist})
+    c.reset("touch the red cube")
+    assert not np.allclose(a, c.act(obs | {"image/wrist": np.zeros_like(wrist)})), "the wrist frame is ignored"
+    report = evaluate(c, "arm/touch", 1, ["train"], env_kwargs={"time_limit": 3, "cameras": ["front", "wrist"]},
+                      progress=False)
+    assert report["train"]["episodes"] == 1
+    from reverie.policy.train import train
+
+    with pytest.raises(ConfigError, match="no camera 'image/side'"):
+        train(compose("train_agent", args[1:-1] + [f"out={tmp_path / 'bad'}", "bc_scratch.cameras=[image/side]"]))
+    with pytest.raises(ConfigError, match="repeats the main camera"):
+        train(compose("train_agent", args[1:-1] + [f"out={tmp_path / 'bad2'}", "bc_scratch.cameras=[image/front]"]))

@@ -97,13 +97,17 @@ class Language:
         return EMBED_DIM
 
 
-def make_spec(stores: list, image_key: str, image_size: int, dynalang: bool) -> DataSpec:
+def make_spec(stores: list, image_key: str, image_size: int, dynalang: bool,
+              cameras: tuple[str, ...] = ()) -> DataSpec:
+    """`cameras`: extra camera keys a policy reads beside `image_key` (the world model's)."""
     schemas = [s.schema for s in stores]
     for path, schema in zip((s.url for s in stores), schemas):
-        if image_key not in schema:
-            cams = sorted(k for k in schema if k.startswith("image/"))
-            raise ConfigError(f"store {path} has no camera {image_key!r} (it has {cams}); "
-                              f"pass image_key=<one of those>")
+        for key, fix in [(image_key, "pass image_key=<one of those>"),
+                         *((c, "drop it from bc_scratch.cameras or record it (sim: cameras=[front,wrist])")
+                           for c in cameras)]:
+            if key not in schema:
+                cams = sorted(k for k in schema if k.startswith("image/"))
+                raise ConfigError(f"store {path} has no camera {key!r} (it has {cams}); {fix}")
     state_dims = {s["state"].shape[0] for s in schemas}
     action_dims = {s["action"].shape[0] for s in schemas}
     if len(state_dims) > 1 or len(action_dims) > 1:
@@ -113,21 +117,30 @@ def make_spec(stores: list, image_key: str, image_size: int, dynalang: bool) -> 
                     action_dim=action_dims.pop(), lang_dim=Language.token_dim() if dynalang else 0)
 
 
+def _frames(windows: list[dict], key: str, size: int, device) -> Tensor:
+    """The windows' frames of one camera -> (B, T, size, size, 3) float in [0, 1] on `device`."""
+    image = torch.from_numpy(np.stack([w[key] for w in windows])).to(device)  # (B, T, h, w, 3) u8
+    image = image.float() / 255.0
+    if image.shape[2:4] != (size, size):
+        b, t, h, w, _ = image.shape
+        x = image.reshape(b * t, h, w, 3).permute(0, 3, 1, 2)
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        image = x.permute(0, 2, 3, 1).reshape(b, t, size, size, 3).clamp(0, 1)
+    return image
+
+
 def collate(windows: list[dict], image_key: str, image_size: int, language: Language,
-            dynalang: bool, device: torch.device, narrations: list[list[str]] | None = None) -> dict[str, Tensor]:
+            dynalang: bool, device: torch.device, narrations: list[list[str]] | None = None,
+            cameras: tuple[str, ...] = ()) -> dict[str, Tensor]:
     """Sampler windows (each key (T, ...)) -> the batch contract on `device`, plus `valid` (B, T) bool
     from the windows' `valid` (True where a window has none). With `narrations` (each store's sentence
     table) the windows' `narration` indices become `describe_target` (B, T, 384) and `describe_mask`
-    (B, T), False on rows that were not narrated and on padding."""
-    batch: dict[str, Tensor] = {}
-    image = torch.from_numpy(np.stack([w[image_key] for w in windows])).to(device)  # (B, T, h, w, 3) u8
-    image = image.float() / 255.0
-    if image.shape[2:4] != (image_size, image_size):
-        b, t, h, w, _ = image.shape
-        x = image.reshape(b * t, h, w, 3).permute(0, 3, 1, 2)
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
-        image = x.permute(0, 2, 3, 1).reshape(b, t, image_size, image_size, 3).clamp(0, 1)
-    batch["image"] = image
+    (B, T), False on rows that were not narrated and on padding. Each key in `cameras` (a policy's
+    extra cameras) comes as its own (B, T, s, s, 3) entry beside "image" (the world model's camera)."""
+    batch: dict[str, Tensor] = {"image": _frames(windows, image_key, image_size, device)}
+    for key in cameras:  # a policy's extra cameras, under their own keys
+        batch[key] = _frames(windows, key, image_size, device)
+    image = batch["image"]
     for key in ROW_KEYS:
         value = torch.from_numpy(np.stack([np.asarray(w[key]) for w in windows])).to(device)
         batch[key] = value.bool() if key in ("action_mask", "is_first", "is_last", "is_terminal") else value.float()
@@ -180,13 +193,14 @@ class TrainData:
         self.normalizer = normalizer if normalizer is not None else from_stores(self.stores, cfg.get("normalize"))
         self.image_key, self.image_size = cfg.image_key, int(mcfg.image_size)
         self.dynalang = bool(mcfg.get("dynalang", False))
-        self.spec = make_spec(self.stores, self.image_key, self.image_size, self.dynalang)
+        self.cameras = tuple(cfg.get("cameras") or ())  # extra cameras for the batch (a policy's), not the model's
+        self.spec = make_spec(self.stores, self.image_key, self.image_size, self.dynalang, self.cameras)
         self.batch_size, self.length = int(mcfg.batch_size), int(mcfg.seq_len)
         self.device = torch.device(device)
         self.language = Language()
         self.held = {(s, e) for s, store in enumerate(self.stores)
                      for e in split_episodes(store.num_episodes, float(cfg.holdout))[1]}
-        self.keys = [self.image_key, *ROW_KEYS]
+        self.keys = [self.image_key, *self.cameras, *ROW_KEYS]
         self.narrations = None  # each store's sentence table when the model learns to describe steps
         if bool(mcfg.get("describe", False)):
             bare = [p for p, st in zip(self.paths, self.stores) if narration.KEY not in st.schema]
@@ -222,7 +236,7 @@ class TrainData:
             if (w["store"], w["episode"]) not in self.held:
                 windows.append(w)
         return self.normalizer.batch(collate(windows, self.image_key, self.image_size, self.language, self.dynalang,
-                                             self.device, self.narrations))
+                                             self.device, self.narrations, self.cameras))
 
     def next(self) -> dict[str, Tensor]:
         if self._prefetch is None:
