@@ -42,11 +42,14 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def success(controller, task: str, episodes: int, seed: int, time_limit: int, suites=("train",)) -> dict:
-    """The evaluation every row gets: fixed seeds from `seed`, Wilson interval, per suite."""
+    """The evaluation every row gets: fixed seeds from `seed`, Wilson interval, per suite; the sim
+    renders every camera the controller reads."""
     from reverie.policy.evaluate import evaluate
 
+    keys = getattr(controller, "image_keys", None) or [getattr(controller, "image_key", "image/front")]
+    cameras = [k.split("/", 1)[1] for k in keys]
     return evaluate(controller, f"arm/{task}", episodes, list(suites), seed=seed,
-                    env_kwargs={"time_limit": time_limit}, progress=False)
+                    env_kwargs={"time_limit": time_limit, "cameras": cameras}, progress=False)
 
 
 def report(task: str, name: str, row: dict) -> None:
@@ -84,11 +87,12 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
         print(f"[{task} seed {seed}] {name}: {times[name]:.0f} s", flush=True)
         return out
 
-    store = root.parent / "demos.zarr"  # one demo set per task, shared by the training seeds
+    # one demo set per task (and camera set), shared by the training seeds
+    store = root.parent / ("demos.zarr" if args.cameras == ["front"] else f"demos_{'_'.join(args.cameras)}.zarr")
     if not store.exists():
         timed("demos", lambda: record(compose("sim_demos", [
             f"task={task}", f"episodes={args.demos}", f"skill={args.skill}", f"time_limit={args.time_limit}",
-            f"out={store}", f"seed={args.demos_seed}"])))
+            f"out={store}", f"seed={args.demos_seed}", f"cameras=[{','.join(args.cameras)}]"])))
     opened = EpisodeStore.open(store, "r")
     demo_rate = float(np.mean([bool(opened.meta(e).success) for e in range(opened.num_episodes)]))
     held = split_episodes(opened.num_episodes, 0.1)[1]
@@ -116,10 +120,13 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
     common = [f"wm={wm}", f"seed={seed}", "progress=false", f"threads={args.threads}"]
 
     if "scratch" in stages:  # `reverie train-agent stage=bc_scratch`, retrained every run
-        scratch = root / "scratch_bc"
-        timed("bc from scratch", lambda: train(compose("train_agent", [
-            "stage=bc_scratch", f"out={scratch}", f"steps={args.scratch_steps}", f"data={store}", *common])))
-        score("bc from scratch", load_controller(scratch), args.suites)
+        extra = [f"image/{c}" for c in args.cameras[1:]]  # the first camera is the world model's
+        name = "bc from scratch" + (f", {'+'.join(args.cameras)} cameras" if extra else "")
+        scratch = root / ("scratch_bc" if not extra else f"scratch_bc_{'_'.join(args.cameras)}")
+        timed(name, lambda: train(compose("train_agent", [
+            "stage=bc_scratch", f"out={scratch}", f"steps={args.scratch_steps}", f"data={store}", *common,
+            f"bc_scratch.cameras=[{','.join(extra)}]", *args.scratch_set])))
+        score(name, load_controller(scratch), args.suites)
     bc = root / "bc"
     if stages & {"bc", "rl", "rounds"}:
         if not (bc / "agent").exists():
@@ -229,6 +236,10 @@ def main() -> None:
     p.add_argument("--scratch-steps", type=int, default=3000)
     p.add_argument("--scratch-wm", default="", help="with --stages scratch only: take the camera, resolution "
                    "and units from this world-model run instead of training one (its weights are not used)")
+    p.add_argument("--scratch-set", nargs="*", default=[], help="more train-agent overrides for the scratch row, "
+                   "e.g. bc_scratch.loss=mse")
+    p.add_argument("--cameras", nargs="+", default=["front"], help="cameras the demos record; the first is the "
+                   "world model's, the rest are extra cameras of the scratch row (e.g. front wrist)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--bc-steps", type=int, default=1500)
     p.add_argument("--rl-steps", type=int, default=400)

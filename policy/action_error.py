@@ -18,15 +18,16 @@ import numpy as np
 def action_errors(controller, store, episodes: list[int], image_key: str = "image/front") -> dict:
     """-> {"teacher_forced": float, "closed_loop": float, "rows": int} over `episodes` of `store`."""
     errors = {"teacher_forced": [], "closed_loop": []}
+    cameras = list(getattr(controller, "image_keys", None) or [image_key])  # every camera the controller reads
     for e in episodes:
-        ep = store.episode(e, keys=[image_key, "state", "action", "action_mask"])
+        ep = store.episode(e, keys=[*cameras, "state", "action", "action_mask"])
         instruction = store.meta(e).instruction
         for mode, err in errors.items():
             controller.reset(instruction)
             for t in range(len(ep["state"])):
                 if not ep["action_mask"][t]:
                     continue
-                obs = {image_key: ep[image_key][t], "state": ep["state"][t], "instruction": instruction}
+                obs = {**{k: ep[k][t] for k in cameras}, "state": ep["state"][t], "instruction": instruction}
                 action = np.asarray(controller.act(obs), np.float32)
                 err.append(float(np.abs(action - ep["action"][t]).mean()))
                 if mode == "teacher_forced" and hasattr(controller, "observe_executed"):
