@@ -1,9 +1,14 @@
 """A verified bundle, ready to act: manifest checks, onnxruntime sessions, the carried state.
 
     bundle = Bundle.load("bundles/touch")          # checksums, graph signatures: BundleError if bad
-    bundle.check_robot(image_shape=(64, 64, 3), state_dim=6, action_dim=6, control_hz=30.0)
+    bundle.check_robot({"image/front": (64, 64, 3)}, state_dim=6, action_dim=6, control_hz=30.0)
     bundle.reset()                                 # start of an episode: initial state tensors
-    action = bundle.act(image, state, embedding)   # (A,) float32; the state carries over
+    action = bundle.act_on(observation, embedding) # (A,) float32; the state carries over
+    action = bundle.act(image, state, embedding)   # the same, a single-camera bundle's frame given alone
+
+Cameras: `bundle.image_keys` lists every camera the policy reads, the main one (`image_key`) first,
+then the manifest's `observation.extra_images` (multi-camera scratch policies); act_on reads them all
+from an observation dict ({"image/front": frame, "image/wrist": frame, "state": ...}).
 
 Units: act() takes the state and returns the action in the training data's units; the manifest's
 `normalization` (reverie/normalize.py) maps the state into the graph's units and the graph's action
@@ -14,6 +19,7 @@ No torch: numpy and onnxruntime only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +36,8 @@ class Bundle:
         obs = manifest["observation"]
         self.image_key = obs["image_key"]
         self.image_shape = tuple(obs["image"]["shape"])
+        self.cameras = manifest_lib.cameras(manifest)   # {key: (H, W, 3)}, the main camera first
+        self.image_keys = list(self.cameras)
         self.state_dim = int(obs["state"]["shape"][0])
         self.action_dim = int(manifest["action"]["shape"][0])
         self.control_hz = float(manifest["control_hz"])
@@ -59,8 +67,8 @@ class Bundle:
         """The graph's inputs and outputs must be the ones the manifest describes."""
         got_in = {i.name: i.shape for i in self.session.get_inputs()}
         got_out = [o.name for o in self.session.get_outputs()]
-        h, w, c = self.image_shape
-        want = {"image": [1, h, w, c], "state": [1, self.state_dim], "instruction": [1, 384],
+        want = {"image": [1, *self.image_shape], "state": [1, self.state_dim], "instruction": [1, 384],
+                **{manifest_lib.input_name(k): [1, *shape] for k, shape in list(self.cameras.items())[1:]},
                 **{s["name"]: list(s["shape"]) for s in self.specs}}
         if list(got_in) != self.inputs or set(got_in) != set(want):
             raise BundleError(f"{self.path}/policy.onnx takes inputs {list(got_in)}, the manifest says "
@@ -73,13 +81,21 @@ class Bundle:
             raise BundleError(f"{self.path}/policy.onnx outputs {got_out}, the manifest says "
                               f"{self.manifest['onnx']['policy']['outputs']}; re-run `reverie export`")
 
-    def check_robot(self, image_shape, state_dim: int, action_dim: int, control_hz: float | None,
-                    what: str = "robot") -> None:
-        """Refuse a robot whose camera, joints or rate differ from what the policy was exported for."""
+    def check_robot(self, cameras: Mapping[str, tuple] | tuple, state_dim: int, action_dim: int,
+                    control_hz: float | None, what: str = "robot", camera_fix: str = "") -> None:
+        """Refuse a robot whose cameras, joints or rate differ from what the policy was exported for.
+        cameras: {key: (H, W, 3)} of every camera the robot has (a bare shape: the main camera's);
+        camera_fix: how to give this robot a camera it lacks (the target knows)."""
+        have = dict(cameras) if isinstance(cameras, Mapping) else {self.image_key: tuple(cameras)}
         problems = []
-        if tuple(image_shape) != self.image_shape:
-            problems.append(f"camera {self.image_key} gives {tuple(image_shape)} images, the policy expects "
-                            f"{self.image_shape} (set the camera's resolution to match)")
+        missing = [key for key in self.image_keys if key not in have]
+        if missing:
+            problems.append(f"it has no camera {', '.join(missing)} (it has {sorted(have) or 'none'}), which the "
+                            f"policy reads ({camera_fix or 'give it those cameras'})")
+        for key, shape in self.cameras.items():
+            if key in have and tuple(have[key]) != shape:
+                problems.append(f"camera {key} gives {tuple(have[key])} images, the policy expects {shape} "
+                                "(set the camera's resolution to match)")
         if state_dim != self.state_dim:
             problems.append(f"state has {state_dim} values, the policy reads {self.state_dim}")
         if action_dim != self.action_dim:
@@ -94,12 +110,31 @@ class Bundle:
         """Initial state tensors: the start of an episode."""
         self._carried = [np.full(s["shape"], s["initial"], np.float32) for s in self.specs]
 
-    def act(self, image: np.ndarray, state: np.ndarray, embedding: np.ndarray) -> np.ndarray:
-        """image uint8 (H, W, 3), state (J,), embedding (1, 384) -> action (A,) float32, state and action
-        in the training data's units."""
+    def act_on(self, observation: Mapping, embedding: np.ndarray) -> np.ndarray:
+        """observation {"image/<camera>": uint8 (H, W, 3), ..., "state": (J,)} holding every camera in
+        `image_keys`, embedding (1, 384) -> action (A,) float32, as act()."""
+        missing = [key for key in self.image_keys if key not in observation]
+        if missing:
+            have = sorted(k for k in observation if k.startswith("image/"))
+            raise BundleError(f"bundle {self.path} reads cameras {self.image_keys} and the observation lacks "
+                              f"{missing} (it has {have}): give the robot those cameras")
+        main, *extra = (observation[key] for key in self.image_keys)
+        return self.act(main, observation["state"], embedding, extra)
+
+    def act(self, image: np.ndarray, state: np.ndarray, embedding: np.ndarray,
+            extra: Sequence[np.ndarray] = ()) -> np.ndarray:
+        """image uint8 (H, W, 3) of the main camera, state (J,), embedding (1, 384), extra: one uint8
+        frame per extra camera, in `image_keys[1:]` order -> action (A,) float32, state and action in the
+        training data's units."""
+        if len(extra) != len(self.image_keys) - 1:
+            raise BundleError(f"bundle {self.path} reads cameras {self.image_keys}: act() got {1 + len(extra)} "
+                              "frame(s); pass extra=[one frame per image_keys[1:]] or use act_on(observation, ...)")
+        frame = lambda x: np.ascontiguousarray(x, np.uint8)[None]                     # (1, H, W, 3)
         state = self.normalizer.normalize("state", np.asarray(state, np.float32).reshape(-1))
-        feeds = [np.ascontiguousarray(image, np.uint8)[None], state.reshape(1, -1),
-                 np.asarray(embedding, np.float32).reshape(1, -1), *self._carried]
-        out = self.session.run(None, dict(zip(self.inputs, feeds)))
+        feeds = {"image": frame(image), "state": state.reshape(1, -1),
+                 "instruction": np.asarray(embedding, np.float32).reshape(1, -1),
+                 **{manifest_lib.input_name(k): frame(x) for k, x in zip(self.image_keys[1:], extra)},
+                 **{s["name"]: x for s, x in zip(self.specs, self._carried)}}
+        out = self.session.run(None, feeds)
         self._carried = out[1:]
         return self.normalizer.denormalize("action", np.asarray(out[0][0], np.float32))

@@ -23,6 +23,20 @@ REQUIRED_KEYS = ("format", "policy", "observation", "action", "control_hz", "sta
                  "files", "robot")
 
 
+def input_name(image_key: str) -> str:
+    """The policy.onnx input of an extra camera: "image/wrist" -> "image_wrist" (the main camera is
+    `image`, whatever its key, so single-camera bundles keep their interface)."""
+    return image_key.replace("/", "_")
+
+
+def cameras(manifest: dict) -> dict[str, tuple[int, ...]]:
+    """{camera key: (H, W, 3)} of every camera the policy reads, the main one (`observation.image_key`)
+    first, then `observation.extra_images` (absent in single-camera bundles)."""
+    obs = manifest["observation"]
+    return {obs["image_key"]: tuple(obs["image"]["shape"]),
+            **{e["key"]: tuple(e["shape"]) for e in obs.get("extra_images", [])}}
+
+
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -124,6 +138,10 @@ def check_fields(manifest: dict, bundle: Path) -> None:
     if scales != actions:
         raise BundleError(f"{path}: robot.action_scale has {scales} values for {actions} action values; the "
                           "bundle is damaged or hand-edited, re-run `reverie export`")
+    main = manifest["observation"]["image_key"]
+    if main in [e["key"] for e in manifest["observation"].get("extra_images", [])]:
+        raise BundleError(f"{path}: observation.extra_images repeats the main camera {main!r}; the bundle is "
+                          "damaged or hand-edited, re-run `reverie export`")
 
 
 _ABSENT = object()
@@ -154,6 +172,21 @@ def _names(v) -> bool:
     return isinstance(v, list) and all(isinstance(n, str) and n for n in v)
 
 
+def _camera_key(v) -> bool:
+    return isinstance(v, str) and v.startswith("image/") and len(v) > len("image/")
+
+
+def _image_shape(v) -> bool:
+    return _dims(3)(v) and v[2] == 3
+
+
+def _extra_images(v) -> bool:
+    """Absent (a single-camera bundle) or one {key, shape} per extra camera, each its own ONNX input."""
+    return v is _ABSENT or (isinstance(v, list) and all(isinstance(e, dict) and _camera_key(e.get("key"))
+                                                        and _image_shape(e.get("shape")) for e in v)
+                            and len({input_name(e["key"]) for e in v}) == len(v))
+
+
 def _state_tensor(s) -> bool:
     return (isinstance(s, dict) and isinstance(s.get("name"), str) and _number(s.get("initial"))
             and isinstance(s.get("shape"), list) and all(_int(d) and d >= 0 for d in s["shape"]))
@@ -165,9 +198,10 @@ def _file_entry(e) -> bool:
 
 # The fields the runtime reads (check_fields), each with what it must be.
 FIELDS = (
-    ("observation.image_key", "a camera key like \"image/front\"",
-     lambda v: isinstance(v, str) and v.startswith("image/") and len(v) > len("image/")),
-    ("observation.image.shape", "[height, width, 3]", lambda v: _dims(3)(v) and v[2] == 3),
+    ("observation.image_key", "a camera key like \"image/front\"", _camera_key),
+    ("observation.image.shape", "[height, width, 3]", _image_shape),
+    ("observation.extra_images", "absent (one camera) or a list of {\"key\": \"image/<camera>\", \"shape\": "
+     "[height, width, 3]}, one per extra camera, no key twice", _extra_images),
     ("observation.state.shape", "[joints], one positive integer", _dims(1)),
     ("observation.instruction.max_chars", "a positive integer", lambda v: _int(v) and v > 0),
     ("action.shape", "[action values], one positive integer", _dims(1)),

@@ -44,8 +44,9 @@ PACKAGES = ("reverie", "torch", "onnx", "onnxruntime", "onnxscript", "tokenizers
 
 
 # ----- loading the policy -----------------------------------------------------------------------
-def load_policy(path: Path) -> tuple[object, Callable[[tuple[int, int]], PolicyStep], dict]:
-    """-> (PyTorch controller, image (H, W) -> step module, info) for an agent or scratch_bc folder."""
+def load_policy(path: Path) -> tuple[object, Callable[[tuple[int, int], dict], PolicyStep], dict]:
+    """-> (PyTorch controller, (main image (H, W), {extra camera key: (H, W)}) -> step module, info)
+    for an agent or scratch_bc folder."""
     from reverie.policy.loading import load_controller
 
     controller = load_controller(path)
@@ -61,12 +62,13 @@ def load_policy(path: Path) -> tuple[object, Callable[[tuple[int, int]], PolicyS
             raise BundleError(f"world-model backend {info['backend']!r} has no exporter; "
                               f"exportable backends: {sorted(kinds)}")
         cls = kinds[info["backend"]]
-        return controller, lambda hw: cls(wm, controller.agent, hw).ensemble(*_ensemble(controller)), \
+        # An agent reads the world model's one camera: agent.json names no image_keys, so extra is {}.
+        return controller, lambda hw, extra: cls(wm, controller.agent, hw).ensemble(*_ensemble(controller)), \
             {**info, "kind": info["backend"]}
     import json
 
     info = json.loads((path / "scratch_bc.json").read_text())
-    return controller, lambda hw: ScratchStep(controller.policy, hw).ensemble(*_ensemble(controller)), \
+    return controller, lambda hw, extra: ScratchStep(controller.policy, hw, extra).ensemble(*_ensemble(controller)), \
         {**info, "kind": "scratch_bc"}
 
 
@@ -84,6 +86,22 @@ def parity_stores(cfg, info: dict) -> list:
         raise ConfigError("the parity check needs recorded episodes and this checkpoint names no "
                           "training stores: pass data=STORE")
     return open_stores(data_paths(data))
+
+
+def camera_shapes(stores, image_keys: list[str]) -> dict[str, tuple[int, ...]]:
+    """{key: (H, W, 3)} of every camera the policy reads, from the stores' schemas (the resolution the
+    bundle takes); ConfigError naming a camera a store lacks or records at another resolution."""
+    shapes = {}
+    for key in image_keys:
+        for store in stores:
+            if key not in store.schema:
+                raise ConfigError(f"{store} has no camera {key!r} (keys {sorted(store.schema)}), which the policy "
+                                  "reads; pass data= with the stores the policy was trained on")
+            shape = shapes.setdefault(key, tuple(store.schema[key].shape))
+            if tuple(store.schema[key].shape) != shape:
+                raise ConfigError(f"{store} records {key!r} at {tuple(store.schema[key].shape)}, another store at "
+                                  f"{shape}; a bundle takes one resolution per camera: pass data= with stores that agree")
+    return shapes
 
 
 # ----- robot: action scaling, joint limits, rate ------------------------------------------------
@@ -223,7 +241,10 @@ def manifest_content(step: PolicyStep, info: dict, policy_path: Path, image_key:
         "observation": {"image_key": image_key,
                         "image": {"shape": list(image_shape), "dtype": "uint8"},
                         "state": {"shape": [step.state_dim], "dtype": "float32"},
-                        "instruction": {"max_chars": max_chars, "embedding_dim": 384, "max_tokens": 128}},
+                        "instruction": {"max_chars": max_chars, "embedding_dim": 384, "max_tokens": 128},
+                        # only multi-camera policies write it: single-camera manifests stay as they were
+                        **({"extra_images": [{"key": key, "shape": [*hw, 3], "dtype": "uint8"}
+                                             for key, hw in step.extra_hw.items()]} if step.extra_hw else {})},
         "action": {"shape": [step.action_dim], "dtype": "float32",
                    "minimum": -1.0 if uniform else low.tolist(), "maximum": 1.0 if uniform else high.tolist()},
         "normalization": normalizer.to_json(),
@@ -259,12 +280,11 @@ def export(cfg) -> Path:
     policy_path, out = Path(cfg.policy), Path(cfg.out)
     controller, make_step, info = load_policy(policy_path)
     image_key = str(info["image_key"])
+    image_keys = [str(k) for k in info.get("image_keys") or [image_key]]  # main first; older: main only
     stores = parity_stores(cfg, info)
-    if image_key not in stores[0].schema:
-        raise ConfigError(f"{stores[0]} has no {image_key!r} (keys {sorted(stores[0].schema)}); "
-                          "pass data= with the store the policy was trained on")
-    image_shape = tuple(stores[0].schema[image_key].shape)                  # (H, W, 3)
-    step = make_step(image_shape[:2])
+    shapes = camera_shapes(stores, image_keys)                              # {key: (H, W, 3)}
+    image_shape = shapes[image_key]
+    step = make_step(image_shape[:2], {key: shapes[key][:2] for key in image_keys[1:]})
     robot = robot_section(cfg, stores[0])
     if len(robot["joint_names"]) != step.action_dim:
         raise ConfigError(f"arm={cfg.arm} has {len(robot['joint_names'])} joints, the policy "
@@ -290,7 +310,7 @@ def export(cfg) -> Path:
     tol = float(cfg.tolerance)
     log.info("parity check over %d recorded steps", int(cfg.parity_steps))
     action_err, rows, n_eps, texts = parity.action_parity(
-        controller, step, out / "policy.onnx", stores, image_key, int(cfg.parity_steps))
+        controller, step, out / "policy.onnx", stores, image_keys, int(cfg.parity_steps))
     embed_err = parity.embedding_parity(out, texts)
     result = parity.ParityResult(rows, n_eps, action_err, embed_err, len(texts))
     if rows < int(cfg.parity_steps):
@@ -303,7 +323,8 @@ def export(cfg) -> Path:
     content = manifest_content(step, info, policy_path, image_key, image_shape, robot, int(cfg.opset),
                                int(cfg.max_instruction_chars), result.to_json(tol), normalizer)
     manifest_lib.write(out, content)
-    print(f"bundle {out}: {info['kind']} policy, image {image_shape[0]}x{image_shape[1]}, "
+    extra = "".join(f", {k} {shapes[k][0]}x{shapes[k][1]}" for k in image_keys[1:])
+    print(f"bundle {out}: {info['kind']} policy, image {image_shape[0]}x{image_shape[1]}{extra}, "
           f"{robot['control_hz']:g} Hz, parity over {rows} steps: action {action_err:.2e}, "
           f"embedding {embed_err:.2e} (tolerance {tol:g})")
     return out

@@ -1,9 +1,10 @@
 """Export's self-check: the ONNX graphs against PyTorch on recorded data.
 
 Actions: recorded episodes are replayed through `AgentController` / `ScratchController` (PyTorch,
-deterministic latents) and through policy.onnx in onnxruntime, carrying the state tensors exactly as
-the runtime does (initial values at each episode start, `next_*` fed back). Halfway through every
-episode the instruction switches to another episode's, so the check also covers a mid-episode change.
+deterministic latents) and through policy.onnx in onnxruntime, both fed every camera the policy
+reads, carrying the state tensors exactly as the runtime does (initial values at each episode start,
+`next_*` fed back). Halfway through every episode the instruction switches to another episode's, so
+the check also covers a mid-episode change.
 Both sides get the same PyTorch instruction embedding, so action errors are the policy graph's own.
 Units: the controller takes the recorded state and returns actions in the data's units; the graph
 works in the model's, so it gets the state normalised as the runtime does (export/bundle.py) and the
@@ -36,22 +37,23 @@ class ParityResult:
         return dataclasses.asdict(self) | {"tolerance": tolerance}
 
 
-def episodes(stores, image_key: str, limit: int):
-    """Yield (instruction, {image, state}) episodes from the stores in order until `limit` rows."""
+def episodes(stores, image_keys: list[str], limit: int):
+    """Yield (instruction, {every camera, state}) episodes from the stores in order until `limit` rows."""
     rows = 0
     for store in stores:
         for i in range(store.num_episodes):
             meta = store.meta(i)
-            ep = store.episode(i, keys=[image_key, "state"])
+            ep = store.episode(i, keys=[*image_keys, "state"])
             yield meta.instruction, ep
             rows += len(ep["state"])
             if rows >= limit:
                 return
 
 
-def action_parity(controller, step, onnx_path: Path, stores, image_key: str, steps: int,
+def action_parity(controller, step, onnx_path: Path, stores, image_keys: list[str], steps: int,
                   threads: int = 1) -> tuple[float, int, int, set[str]]:
-    """-> (max |a_onnx - a_torch|, rows compared, episodes, instructions seen)."""
+    """-> (max |a_onnx - a_torch|, rows compared, episodes, instructions seen). image_keys: every camera
+    the policy reads, the main one first (the graph takes them in that order)."""
     from reverie.language import embed
 
     from reverie.normalize import Normalizer
@@ -60,7 +62,7 @@ def action_parity(controller, step, onnx_path: Path, stores, image_key: str, ste
     sess = session(onnx_path, threads)
     names = step.input_names()
     initial = [s.zeros().numpy() for s in step.state_specs()]
-    eps = list(episodes(stores, image_key, steps))
+    eps = list(episodes(stores, image_keys, steps))
     texts = [text for text, _ in eps]
     worst, rows = 0.0, 0
     for e, (text, ep) in enumerate(eps):
@@ -72,11 +74,12 @@ def action_parity(controller, step, onnx_path: Path, stores, image_key: str, ste
             if t == n // 2 and switch_to != current:
                 current = switch_to
                 controller.set_instruction(current)
-            obs = {image_key: ep[image_key][t], "state": ep["state"][t]}
+            obs = {**{key: ep[key][t] for key in image_keys}, "state": ep["state"][t]}
             expected = norm.normalize("action", controller.act(obs))           # (A,) model units
             instr = embed([current]).astype(np.float32)                        # (1, 384)
             state = norm.normalize("state", np.asarray(ep["state"][t], np.float32))
-            feeds = [ep[image_key][t][None], state[None], instr, *carried]
+            main, *extra = (ep[key][t][None] for key in image_keys)            # (1, H, W, 3) each
+            feeds = [main, state[None], instr, *extra, *carried]
             out = sess.run(None, dict(zip(names, feeds)))
             carried = out[1:]
             worst = max(worst, float(np.abs(out[0][0] - expected).max()))

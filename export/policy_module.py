@@ -6,7 +6,9 @@
 Inputs (batch 1):  image uint8 (1, H, W, 3) at the camera's resolution (resized in the graph when the
                    model was trained at another size, /255 folded in), state float32 (1, J) in
                    the model's units (normalised by the runtime, reverie/normalize.py),
-                   instruction float32 (1, 384) (unit-norm sentence embedding), then the carried
+                   instruction float32 (1, 384) (unit-norm sentence embedding), then one uint8
+                   (1, H, W, 3) per extra camera of a multi-camera policy, named by its key
+                   (`image_wrist` for image/wrist) and resized like the main image, then the carried
                    state tensors named by `state_specs()`.
 Outputs:           action float32 (1, A) (the actor's mode, clipped to [-1, 1]), then the next value
                    of every state tensor, in the same order, named `next_<name>`.
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reverie.errors import BundleError
+from reverie.export.manifest import input_name
 from reverie.policy.ensemble import ensemble_weights, ensembled, pushed
 from reverie.world_model.networks import symlog
 from reverie.world_model.shortcut import context_pass
@@ -69,14 +72,18 @@ def prepare_image(image: Tensor, size: int, clamp: bool = True) -> Tensor:
 
 
 class PolicyStep(nn.Module):
-    """Base: `image_hw` is the camera resolution the bundle expects (the training store's).
-    `ensemble(chunk, decay)` makes the step execute its chunks as the controller does."""
+    """Base: `image_hw` is the camera resolution the bundle expects (the training store's);
+    `extra_hw` {key: (H, W)} the extra cameras' (none but for multi-camera scratch policies), in the
+    order forward() takes them. `ensemble(chunk, decay)` makes the step execute its chunks as the
+    controller does."""
 
     kind = "base"
 
-    def __init__(self, image_hw: tuple[int, int], state_dim: int, action_dim: int):
+    def __init__(self, image_hw: tuple[int, int], state_dim: int, action_dim: int,
+                 extra_hw: dict[str, tuple[int, int]] | None = None):
         super().__init__()
         self.image_hw, self.state_dim, self.action_dim = tuple(image_hw), state_dim, action_dim
+        self.extra_hw = {key: tuple(hw) for key, hw in (extra_hw or {}).items()}
         self.chunk, self.decay = 1, None
 
     def ensemble(self, chunk: int, decay: float | None) -> "PolicyStep":
@@ -106,15 +113,16 @@ class PolicyStep(nn.Module):
         return ensembled(history, valid, self.ensemble_weights), (history, valid)
 
     def input_names(self) -> list[str]:
-        return ["image", "state", "instruction", *[s.name for s in self.state_specs()]]
+        return ["image", "state", "instruction", *map(input_name, self.extra_hw),
+                *[s.name for s in self.state_specs()]]
 
     def output_names(self) -> list[str]:
         return ["action", *[f"next_{s.name}" for s in self.state_specs()]]
 
     def example_inputs(self) -> tuple[Tensor, ...]:
-        h, w = self.image_hw
-        return (torch.zeros(1, h, w, 3, dtype=torch.uint8), torch.zeros(1, self.state_dim),
-                torch.zeros(1, 384), *[s.zeros() for s in self.state_specs()])
+        frame = lambda hw: torch.zeros(1, *hw, 3, dtype=torch.uint8)
+        return (frame(self.image_hw), torch.zeros(1, self.state_dim), torch.zeros(1, 384),
+                *map(frame, self.extra_hw.values()), *[s.zeros() for s in self.state_specs()])
 
 
 class RSSMStep(PolicyStep):
@@ -261,17 +269,22 @@ class ShortcutStep(PolicyStep):
 
 
 class ScratchStep(PolicyStep):
-    """Behaviour cloning from scratch: stateless, one frame at a time (ScratchController)."""
+    """Behaviour cloning from scratch: stateless, one frame per camera at a time (ScratchController).
+    `extra_hw` {key: (H, W)}: the policy's extra cameras (scratch_bc.json image_keys after the first)."""
 
     kind = "scratch_bc"
 
-    def __init__(self, policy, image_hw):
+    def __init__(self, policy, image_hw, extra_hw: dict[str, tuple[int, int]] | None = None):
         s = policy.sizes
-        super().__init__(image_hw, s["state_dim"], s["action_dim"])
+        super().__init__(image_hw, s["state_dim"], s["action_dim"], extra_hw)
+        if 1 + len(self.extra_hw) != s.get("cameras", 1):
+            raise BundleError(f"this scratch policy reads {s.get('cameras', 1)} cameras, the export was given "
+                              f"{1 + len(self.extra_hw)}; its scratch_bc.json image_keys name them")
         self.policy, self.size = policy, int(s["image_size"])
 
-    def forward(self, image, state, instruction, *ens):
+    def forward(self, image, state, instruction, *rest):
+        extra, ens = rest[:len(self.extra_hw)], rest[len(self.extra_hw):]
         # ScratchController resizes without clamping; so does its graph.
-        img = prepare_image(image, self.size, clamp=False)
-        action, ens = self.execute(self.policy.chunk_policy(img, state, instruction), ens)
+        images = [prepare_image(x, self.size, clamp=False) for x in (image, *extra)]  # (1, s, s, 3) each
+        action, ens = self.execute(self.policy.chunk_policy(images[0], state, instruction, *images[1:]), ens)
         return action, *ens

@@ -11,19 +11,30 @@ from pathlib import Path
 
 import numpy as np
 
+from reverie.errors import ConfigError
+
 
 class Recorder:
-    def __init__(self, path: str | Path, image_key: str, image_shape, state_dim: int, action_dim: int,
+    """cameras: {key: (H, W, 3)} of every camera the bundle reads (Bundle.cameras); each is stored."""
+
+    def __init__(self, path: str | Path, cameras: dict[str, tuple], state_dim: int, action_dim: int,
                  fps: float, robot: str, round: int = 0):
         from reverie.datasets.schema import make_schema
         from reverie.datasets.store import EpisodeStore
 
-        self.image_key = image_key
-        camera = image_key.split("/", 1)[1]
-        schema = make_schema(cameras={camera: tuple(image_shape[:2])}, state_dim=state_dim, action_dim=action_dim)
+        self.image_keys = list(cameras)
+        schema = make_schema(cameras={key.split("/", 1)[1]: tuple(shape[:2]) for key, shape in cameras.items()},
+                             state_dim=state_dim, action_dim=action_dim)
         path = Path(path)
         if path.exists():
             self.store = EpisodeStore.open(path, mode="a")
+            # Rows must fit the store's schema: refuse now, not at the first row with the arm moving.
+            theirs = {k: tuple(v.shape) for k, v in self.store.schema.items() if k.startswith("image/")}
+            ours = {k: tuple(v.shape) for k, v in schema.items() if k.startswith("image/")}
+            if theirs != ours:
+                self.store.close()
+                raise ConfigError(f"record={path} holds cameras {theirs}, this bundle gives {ours}; record "
+                                  "into a new store (another record= path)")
         else:
             self.store = EpisodeStore.create(path, schema, fps=fps, robot=robot)
         self.round, self.action_dim = round, action_dim
@@ -37,7 +48,7 @@ class Recorder:
     def observe(self, obs: dict, timestamp: float, reward: float = 0.0, last: bool = False,
                 terminal: bool = False) -> None:
         """The observation o_t; its row is written once a_t is known (act) or the episode ends."""
-        self.previous = {self.image_key: np.asarray(obs[self.image_key], np.uint8),
+        self.previous = {**{key: np.asarray(obs[key], np.uint8) for key in self.image_keys},
                          "state": np.asarray(obs["state"], np.float32), "reward": np.float32(reward),
                          "is_first": self.previous is None and self.writer.length == 0,
                          "is_last": last, "is_terminal": terminal, "timestamp": np.float64(timestamp)}

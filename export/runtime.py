@@ -7,7 +7,8 @@ Options (key=value):
   task=all seed=0   sim: task family and scene seed of the first episode (episode k: seed+k);
                     virtual: episode k>0 asks serve-bus for the scene of seed+k (robot_io/virtual/scene.py)
   link= frames=     robot=virtual: the serve-bus link, and its frame-file prefix (default <link>.frames)
-  port= camera= calibration=   feetech/dynamixel: serial port, OpenCV camera (index or path), calibration JSON
+  port= camera= calibration=   feetech/dynamixel: serial port, OpenCV camera (index or path) for the
+                    bundle's main camera (its other cameras: the arm config's), calibration JSON
   arm=NAME|YAML     this robot's own arm config (default: the shipped config the bundle was exported
                     for): its joint limits, max_step and max_velocity are authoritative; the bundle can
                     only narrow them, and one asking for more is refused before torque
@@ -20,10 +21,10 @@ Options (key=value):
                     cut short (or a last entry) carrying `fault`. Its folder must exist.
 
 Before anything moves: the bundle's checksums and graph signatures, the instruction, the bundle's
-limits against the robot's own, and the robot's camera, joints and rate against the manifest. While
-running: the loop keeps the manifest's rate with deadlines measured on time.perf_counter, every action
-goes through the robot's safety limits, and any fault or non-finite action ends in a safe stop
-(robot: safe pose, then torque off).
+limits against the robot's own, and the robot's cameras (every one the bundle reads), joints and
+rate against the manifest. While running: the loop keeps the manifest's rate with deadlines measured
+on time.perf_counter, every action goes through the robot's safety limits, and any fault or
+non-finite action ends in a safe stop (robot: safe pose, then torque off).
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ class Deployment:
                 print(f"step {stats.steps}: following instruction {version}: {text}", flush=True)
                 stats_version = version
             tick = time.perf_counter()
-            action = self.bundle.act(obs[self.bundle.image_key], obs["state"], embedding)
+            action = self.bundle.act_on(obs, embedding)          # every camera the bundle reads
             stats.act_ms.append((time.perf_counter() - tick) * 1e3)
             if not np.all(np.isfinite(action)):
                 raise HardwareError(f"the policy produced a non-finite action {action.tolist()} at step "
@@ -240,8 +241,8 @@ def deploy(args: dict, results: list[dict] | None = None) -> list[dict]:
     server = recorder = run = None
     results = [] if results is None else results
     try:
-        image, state_dim, action_dim, hz = target.describe()           # nothing powered yet
-        bundle.check_robot(image, state_dim, action_dim, hz, what=args["robot"])
+        cameras, state_dim, action_dim, hz = target.describe()         # nothing powered yet
+        bundle.check_robot(cameras, state_dim, action_dim, hz, what=args["robot"], camera_fix=target.camera_fix)
         if args.get("socket") is not None:                              # token and port, before torque
             server = SocketServer(channel, int(args["socket"]), args.get("token"))
         target.connect()                                                # torque on where the arm is
@@ -253,9 +254,8 @@ def deploy(args: dict, results: list[dict] | None = None) -> list[dict]:
         if args.get("record"):
             from reverie.export.recording import Recorder
 
-            recorder = Recorder(args["record"], bundle.image_key, bundle.image_shape, bundle.state_dim,
-                                bundle.action_dim, bundle.control_hz, bundle.manifest["robot"]["name"],
-                                args["round"])
+            recorder = Recorder(args["record"], bundle.cameras, bundle.state_dim, bundle.action_dim,
+                                bundle.control_hz, bundle.manifest["robot"]["name"], args["round"])
         run = Deployment(bundle, target, channel, recorder)
         for i in range(args["episodes"]):
             stats = run.episode(args["steps"])

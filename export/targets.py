@@ -1,6 +1,7 @@
 """What a deployment drives: the sim arm env, or a servo-bus arm (virtual or physical) via robot_io.
 
-Both expose describe() -> (image shape, state dim, action dim, rate) before anything is powered,
+Both expose describe() -> ({camera key: image shape}, state dim, action dim, rate) before anything is
+powered, `camera_fix` (how to give this robot a camera the bundle reads and it lacks),
 connect() (servo arms: torque on where the arm is, no motion), reset(instruction) -> obs,
 step(action) -> (obs, done, info), safe_stop() -> what it did, and `paced`: whether step() itself
 waits for the control tick (robot_io.Robot does; the sim returns at once and the runtime paces it).
@@ -18,13 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from reverie.errors import BundleError, ConfigError, HardwareError
+from reverie.export import manifest as manifest_lib
 from reverie.robot_io.safety import SafetyFilter
 
 log = logging.getLogger(__name__)
 
 
 class SimTarget:
-    """The sim arm env at the bundle's camera, rate and action scaling. Safety in servo-target space:
+    """The sim arm env at the bundle's cameras, rate and action scaling. Safety in servo-target space:
     joint ranges, at most the per-step delta from the previous target, at most twice it from where
     the joint is (the env's own lead bound)."""
 
@@ -38,13 +40,15 @@ class SimTarget:
                               '"reverie[train]", or deploy to robot=virtual|feetech|dynamixel') from e
 
         robot = manifest["robot"]
-        camera = manifest["observation"]["image_key"].split("/", 1)[1]
+        cameras = tuple(key.split("/", 1)[1] for key in manifest_lib.cameras(manifest))
+        # The sim renders every camera at one size, the main camera's; check_robot names any other.
         h, w, _ = manifest["observation"]["image"]["shape"]
         self.hz = float(manifest["control_hz"])
         self.scale = np.asarray(robot["action_scale"], np.float64)                # (6,)
         self.mode = robot["action_mode"]
-        self.env = make_arm_env(task, image_size=(h, w), cameras=(camera,), control_hz=self.hz,
+        self.env = make_arm_env(task, image_size=(h, w), cameras=cameras, control_hz=self.hz,
                                 max_delta=tuple(self.scale), action_mode=self.mode, time_limit=time_limit)
+        self.camera_fix = ""  # it renders every camera the bundle names (an unknown one fails above)
         phys = self.env.phys
         self.safety = SafetyFilter(phys.lower, phys.upper, 2 * self.scale, self.scale * self.hz)
         self.seed, self.episode = seed, 0
@@ -52,8 +56,8 @@ class SimTarget:
 
     def describe(self):
         spec = self.env.observation_spec()
-        image = next(v for k, v in spec.items() if k.startswith("image/"))
-        return image.shape, spec["state"].shape[0], self.env.action_spec().shape[0], self.hz
+        images = {k: v.shape for k, v in spec.items() if k.startswith("image/")}
+        return images, spec["state"].shape[0], self.env.action_spec().shape[0], self.hz
 
     def connect(self) -> None:
         pass
@@ -102,12 +106,12 @@ class ArmTarget:
 
     paced = True
 
-    def __init__(self, arm, hz: float, status: Path | None = None, seed: int = 0):
+    def __init__(self, arm, hz: float, status: Path | None = None, seed: int = 0, camera_fix: str = ""):
         from reverie.robot_io.camera_setup import build_cameras
         from reverie.robot_io.robot import Robot
 
         self.robot = Robot(arm, cameras=build_cameras(arm.cameras), control_hz=hz)
-        self.hz = hz
+        self.hz, self.camera_fix = hz, camera_fix
         self.status = status  # the virtual robot's task score (`reverie sim serve-bus instruction=...`)
         self.seed, self.episode = seed, 0  # the virtual robot's scene of each episode after the first
 
@@ -123,19 +127,20 @@ class ArmTarget:
         return bool(status.get("success")) and float(status.get("success_time") or 0) >= since
 
     def describe(self):
-        """Camera shape (one frame read), joints and rate, before any torque is enabled."""
+        """Every camera's shape (one frame read each), joints and rate, before any torque is enabled."""
         if not self.robot.cameras:
             raise HardwareError(f"arm {self.robot.arm.name!r} has no camera configured; the policy needs "
                                 "one (robot=virtual serves one; on hardware pass camera=0 or a /dev/video path)")
-        camera = next(iter(self.robot.cameras.values()))
-        if hasattr(camera, "connect"):
-            camera.connect()
-        try:
-            shape = np.asarray(camera.read().image).shape
-        finally:
-            camera.close()  # Robot.connect opens it again
+        shapes = {}
+        for name, camera in self.robot.cameras.items():
+            if hasattr(camera, "connect"):
+                camera.connect()
+            try:
+                shapes[f"image/{name}"] = np.asarray(camera.read().image).shape
+            finally:
+                camera.close()  # Robot.connect opens it again
         joints = len(self.robot.arm.joints)
-        return shape, joints, joints, self.robot.control_hz
+        return shapes, joints, joints, self.robot.control_hz
 
     def connect(self) -> None:
         self.robot.connect()  # checks every servo and enables torque where the arm is: no motion yet
@@ -236,7 +241,8 @@ def deploy_arm(manifest: dict, robot: str, args: dict):
 def arm_target(manifest: dict, robot: str, args: dict) -> ArmTarget:
     """robot=virtual link=PATH | feetech port=... | dynamixel port=... -> an ArmTarget on this port,
     driving `deploy_arm`: this robot's arm config narrowed by the bundle."""
-    camera = manifest["observation"]["image_key"].split("/", 1)[1]
+    names = [key.split("/", 1)[1] for key in manifest_lib.cameras(manifest)]  # the main camera first
+    camera = names[0]
     h, w, _ = manifest["observation"]["image"]["shape"]
     if robot == "virtual":
         port = args.get("link")
@@ -248,16 +254,25 @@ def arm_target(manifest: dict, robot: str, args: dict) -> ArmTarget:
             raise ConfigError(f"robot={robot} needs port=...: /dev/ttyACM0 (Linux) or /dev/tty.usbmodem... (macOS)")
     arm = deploy_arm(manifest, robot, args)
     cameras = dict(arm.cameras)
+    listed = ",".join(names)
     if robot == "virtual":
         prefix = args.get("frames") or f"{port}.frames"
-        cameras = {camera: {"type": "frame_file", "path": f"{prefix}.{camera}"}}
-    elif args.get("camera") is not None:
-        source = args["camera"]
-        cameras = {camera: {"type": "opencv", "source": int(source) if str(source).isdigit() else source,
-                            "width": w, "height": h}}
+        # serve-bus writes a frame file per camera it serves before it is ready: an extra camera
+        # without one is not served, which check_robot reports (the main one waits, as before).
+        cameras = {c: {"type": "frame_file", "path": f"{prefix}.{c}"} for c in names
+                   if c == camera or Path(f"{prefix}.{c}").exists()}
+        fix = f"start `reverie sim serve-bus link={port} cameras=[{listed}]`"
+    else:
+        fix = (f"list {listed} under `cameras:` in this robot's arm config and pass arm=<that YAML>"
+               + (f"; camera= sets only the main one, {camera}" if len(names) > 1 else ""))
+        if args.get("camera") is not None:  # the main camera; the others stay the arm config's
+            source = args["camera"]
+            cameras = {**{c: cameras[c] for c in names[1:] if c in cameras},
+                       camera: {"type": "opencv", "source": int(source) if str(source).isdigit() else source,
+                                "width": w, "height": h}}
     if not Path(port).exists():
         raise HardwareError(f"port {port} does not exist: check the cable and `ls /dev/tty*`"
                             + (" (is `reverie sim serve-bus` running with that link?)" if robot == "virtual" else ""))
     arm = dataclasses.replace(arm, port=str(port), cameras=cameras)
     status = Path(f"{port}.status") if robot == "virtual" else None
-    return ArmTarget(arm, float(manifest["control_hz"]), status, int(args.get("seed", 0)))
+    return ArmTarget(arm, float(manifest["control_hz"]), status, int(args.get("seed", 0)), fix)
