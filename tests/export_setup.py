@@ -90,3 +90,15 @@ def trained_bundles(base: Path) -> dict[str, Path]:
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-c", PROBE, *args]
+
+
+def assert_torque_never_enabled(link) -> None:
+    """A refused deployment must stop before connect(): no servo on the virtual arm at `link` has torque."""
+    from reverie.robot_io.bus import ServoBus
+
+    bus = ServoBus(str(link), "feetech", timeout_s=0.1)
+    bus.connect()
+    try:
+        assert not any(bus.read(i, "Torque_Enable") for i in range(1, 7))
+    finally:
+        bus.close()

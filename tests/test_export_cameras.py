@@ -126,7 +126,6 @@ def test_a_robot_without_the_wrist_camera_is_refused_before_torque(two_cams, tmp
     """The virtual robot serving only the front camera: refused naming the wrist camera and the
     serve-bus option that adds it, before any servo's torque is on."""
     from reverie.export.runtime import main
-    from reverie.robot_io.bus import ServoBus
     from reverie.robot_io.virtual.launcher import VirtualArm
 
     link = tmp_path / "arm"
@@ -135,12 +134,7 @@ def test_a_robot_without_the_wrist_camera_is_refused_before_torque(two_cams, tmp
                                               r"serve-bus link=\S+ cameras=\[front,wrist\]"):
             main([f"bundle={two_cams['bundle']}", "robot=virtual", f"link={link}", f"instruction={TEXT}",
                   "stdin=false"])
-        bus = ServoBus(str(link), "feetech", timeout_s=0.1)
-        bus.connect()
-        try:
-            assert not any(bus.read(i, "Torque_Enable") for i in range(1, 7))
-        finally:
-            bus.close()
+        export_setup.assert_torque_never_enabled(link)  # refused before connect()
 
 
 def test_bad_extra_images_in_a_manifest_are_refused(two_cams, tmp_path):

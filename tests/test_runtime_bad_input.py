@@ -3,6 +3,7 @@ it happens while running."""
 
 import json
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,6 +12,9 @@ import numpy as np
 import pytest
 
 from reverie.errors import BundleError, ConfigError, HardwareError
+
+sys.path.insert(0, str(Path(__file__).parent))
+import export_setup  # noqa: E402
 
 
 @pytest.fixture
@@ -103,19 +107,13 @@ def test_empty_or_absurdly_long_instruction_is_refused(bundle, text, match):
 
 
 def test_camera_resolution_mismatch_is_refused_before_torque(bundle, tmp_path):
-    from reverie.robot_io.bus import ServoBus
     from reverie.robot_io.virtual.launcher import VirtualArm
 
     link = tmp_path / "arm"
     with VirtualArm("feetech", link=link, image_size=[32, 32]):
         with pytest.raises(BundleError, match=r"gives \(32, 32, 3\) images, the policy expects \(64, 64, 3\)"):
             deploy(f"bundle={bundle}", "robot=virtual", f"link={link}", "instruction=touch the red cube")
-        bus = ServoBus(str(link), "feetech", timeout_s=0.1)
-        bus.connect()
-        try:  # refused before connect(): torque was never enabled
-            assert not any(bus.read(i, "Torque_Enable") for i in range(1, 7))
-        finally:
-            bus.close()
+        export_setup.assert_torque_never_enabled(link)  # refused before connect()
 
 
 def test_bad_instructions_while_running_are_refused_and_the_loop_goes_on(bundle, capsys):
@@ -214,7 +212,6 @@ def test_bundle_with_wider_limits_than_the_robot_is_refused_before_torque(bundle
     """The issue's tampering (limits x1.8, max_step x40, max_velocity x50, digest rewritten too): the
     robot's own config wins, the error names joint, field, both values and the fix, and no servo was
     ever powered."""
-    from reverie.robot_io.bus import ServoBus
     from reverie.robot_io.virtual.launcher import VirtualArm
 
     edit_manifest(bundle, change)
@@ -223,12 +220,7 @@ def test_bundle_with_wider_limits_than_the_robot_is_refused_before_torque(bundle
         with pytest.raises(BundleError, match=match + r".*can only narrow the robot's limits: re-export it with "
                                                       r"arm=so101_virtual"):
             deploy(f"bundle={bundle}", "robot=virtual", f"link={link}", "instruction=touch the red cube")
-        bus = ServoBus(str(link), "feetech", timeout_s=0.1)
-        bus.connect()
-        try:
-            assert not any(bus.read(i, "Torque_Enable") for i in range(1, 7))
-        finally:
-            bus.close()
+        export_setup.assert_torque_never_enabled(link)  # refused before connect()
 
 
 def test_narrower_bundle_limits_apply_and_the_robot_keeps_its_own_hardware(bundle, tmp_path):
