@@ -273,10 +273,12 @@ def main() -> None:
         for seed in args.seeds:
             per_seed[seed] = run_task(task, args, Path(args.out) / task / f"seed{seed}", seed)
             results["tasks"][task] = pool_seeds(per_seed)
-            if not args.quick:  # kept the moment each seed is done
-                (RESULTS / "agent").mkdir(parents=True, exist_ok=True)
-                (RESULTS / "agent" / f"{task}.json").write_text(
-                    json.dumps({"args": vars(args), "task": results["tasks"][task]}, indent=1))
+            if not args.quick:  # kept the moment each seed is done, beside the rows other runs measured
+                part = RESULTS / "agent" / f"{task}.json"
+                part.parent.mkdir(parents=True, exist_ok=True)
+                kept = json.loads(part.read_text())["task"] if part.exists() else {}
+                part.write_text(json.dumps({"args": vars(args), "task": merged(kept, results["tasks"][task])},
+                                           indent=1))
     print(table(results))
     if not args.quick:
         merge()
@@ -286,6 +288,25 @@ def torch_threads(n: int) -> None:
     if n:
         import torch
         torch.set_num_threads(n)
+
+
+def merged(kept: dict, new: dict, drop: tuple[str, ...] = ()) -> dict:
+    """A task's results with `new` measured over `kept`: rows replaced by name (rows in neither run
+    kept, `drop` rows removed), per-seed fields (seconds, world-model checks) merged seed by seed, an
+    empty value (a scratch-only run has no world-model checks) never overwriting a measured one."""
+    def empty(v):
+        return v in ({}, None)
+
+    out = {**kept, **{k: v for k, v in new.items() if not empty(v) and not isinstance(v, dict)}}
+    out["rows"] = {k: v for k, v in {**kept.get("rows", {}), **new.get("rows", {})}.items() if k not in drop}
+    for key in ("seconds", "wm_beats_copy_last", "wm_probe"):
+        seeds = {**kept.get(key, {})}
+        for seed, v in new.get(key, {}).items():
+            if not empty(v):
+                seeds[seed] = {**seeds.get(seed, {}), **v} if key == "seconds" else v
+        out[key] = {seed: {k: t for k, t in v.items() if k not in drop} if key == "seconds" else v
+                    for seed, v in seeds.items()}
+    return out
 
 
 def merge() -> None:
