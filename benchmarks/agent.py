@@ -202,16 +202,17 @@ def rescore(task: str, args, root: Path) -> dict:
 
 def table(results: dict) -> str:
     lines = []
+    wide = max([30, *(len(n) for r in results["tasks"].values() for n in r["rows"])])  # the row-name column
     for task, r in sorted(results["tasks"].items()):
         base = r["rows"].get("bc on world-model features", {"success_rate": 0.0})["success_rate"]
         lines += [f"arm/{task} (demos at skill {results['args']['skill']}: "
                   f"{100 * r['demo_success']:.0f}% success)",
-                  f"  {'row':<30} {'episodes':>8} {'success':>8} {'95% CI':>14} {'vs BC':>7} "
+                  f"  {'row':<{wide}} {'episodes':>8} {'success':>8} {'95% CI':>14} {'vs BC':>7} "
                   f"{'err TF':>7} {'err CL':>7}  per seed"]
         for name, s in r["rows"].items():
             err = s.get("action_error") or {}
             seeds = " ".join(f"{100 * p['success_rate']:.0f}%" for p in s.get("seeds", {}).values())
-            lines.append(f"  {name:<30} {s['episodes']:>8} {100 * s['success_rate']:>7.1f}% "
+            lines.append(f"  {name:<{wide}} {s['episodes']:>8} {100 * s['success_rate']:>7.1f}% "
                          f"[{100 * s['ci95'][0]:>4.0f}, {100 * s['ci95'][1]:>4.0f}] "
                          f"{100 * (s['success_rate'] - base):>+6.1f} "
                          f"{err.get('teacher_forced', float('nan')):>7.3f} {err.get('closed_loop', float('nan')):>7.3f}  {seeds}")
