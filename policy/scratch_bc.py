@@ -154,13 +154,12 @@ def train_scratch_bc(data, steps: int, lr: float = 3e-4, progress: bool = True, 
         raise ConfigError(f"bc_scratch.sample={sample!r}: choose windows or rows")
     if loss not in LOSSES:
         raise ConfigError(f"bc_scratch.loss={loss!r}: choose one of {sorted(LOSSES)}")
-    loss_name = loss
     from tqdm import tqdm
 
     device = getattr(data, "device", "cpu")  # trains where the batches arrive; acts on the CPU
     cameras = tuple(getattr(data, "cameras", ()))  # extra cameras: batch[key] beside batch["image"]
-    sizes.setdefault("cameras", 1 + len(cameras))
-    policy = ScratchPolicy(data.image_size, data.spec.state_dim, data.spec.action_dim, **sizes).to(device)
+    policy = ScratchPolicy(data.image_size, data.spec.state_dim, data.spec.action_dim, cameras=1 + len(cameras),
+                           **sizes).to(device)
     opt = (torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=weight_decay) if weight_decay > 0
            else torch.optim.Adam(policy.parameters(), lr=lr, eps=1e-6))
     history = []
@@ -178,14 +177,14 @@ def train_scratch_bc(data, steps: int, lr: float = 3e-4, progress: bool = True, 
         instr = batch["instruction_embedding"].repeat_interleave(rows.shape[1], 0)[row_mask]
         targets, tmask = targets.flatten(0, 1)[row_mask], tmask.flatten(0, 1)[row_mask].float()  # (N, K, A) (N, K)
         dist = policy.chunk_policy(images[0], state, instr, *images[1:])
-        per_step = LOSSES[loss_name](dist, targets)                          # (N, K)
-        loss = (per_step * tmask).sum() / tmask.sum().clamp(min=1.0)
+        per_step = LOSSES[loss](dist, targets)                               # (N, K)
+        objective = (per_step * tmask).sum() / tmask.sum().clamp(min=1.0)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 100.0)
         opt.step()
         if step % 25 == 0 or step == steps:
-            history.append({"step": step, f"bc/{loss_name}": float(loss.detach())})
+            history.append({"step": step, f"bc/{loss}": float(objective.detach())})
     policy.normalizer = getattr(data, "normalizer", None) or Normalizer()  # the units it learnt in
     return policy.cpu().eval(), history
 

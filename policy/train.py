@@ -242,7 +242,7 @@ def train_bc_scratch(cfg, steps: int) -> Path:
         raise ConfigError(f"bc_scratch.cameras={cameras} repeats the main camera {data.image_key!r}: "
                           "list only the extra cameras (e.g. bc_scratch.cameras=[image/wrist])")
     sizes = {**OmegaConf.to_container(cfg.agent), "cnn_depth": int(sc.cnn_depth), "keypoints": int(sc.get("keypoints", 0)),
-             "norm": str(sc.get("norm", "channel")), "cameras": 1 + len(cameras)}
+             "norm": str(sc.get("norm", "channel"))}  # cameras: from the data's extra cameras
     ensemble = sizes.pop("ensemble", None)  # how the controller executes chunks, not a network size
     policy, history = scratch_bc.train_scratch_bc(data, steps, lr=float(sc.lr), progress=bool(cfg.progress),
                                                   shift=int(sc.shift), sample=sample,
