@@ -1,15 +1,17 @@
 """`reverie pipeline [task=touch] [backend=rssm] [preset=cpu] [out=DIR]`: the whole job, one command.
 
-    demos          scripted teleoperator on the sim arm -> demos.zarr
-    world model    train-wm on the demos, then eval-wm (open-loop metrics, real-vs-imagined GIF)
-    bc             behaviour cloning on world-model features (and the from-scratch baseline)
-    rl             imagination RL with the BC prior (no environment interaction)
+    demos          scripted teleoperator on the sim arm, every camera of `cameras` -> demos.zarr
+    world model    train-wm on the demos (the first camera), then eval-wm (open-loop metrics,
+                   real-vs-imagined GIF, the cube probe)
+    pixel BC       behaviour cloning from every camera + state + instruction (stage=bc_scratch)
+    world-model BC behaviour cloning on world-model features, fine-tuning the world model (stage=bc)
+    rl             imagination RL from the world-model BC, which is also its prior (no env interaction)
     round 1        one corrective round: deploy, record, fine-tune the world model, more RL
-    evaluate       success with 95% intervals for every stage; the final agent also on held-out
-                   paraphrases and the shifted sim
-    export         the ONNX bundle, verified against PyTorch
-    deploy         the torch-free runtime drives the virtual serial robot, one instruction per run
-                   (one of them a held-out paraphrase)
+    evaluate       success with 95% intervals for every stage; the best stage is the final agent,
+                   scored again on fresh seeds, on held-out paraphrases and on the shifted sim
+    export         the final agent's ONNX bundle, verified against PyTorch
+    deploy         the torch-free runtime drives the virtual serial robot, `deploy.episodes` new
+                   scenes per instruction (one of them a held-out paraphrase), success rate per instruction
 
 Everything lands in the report folder (default runs/<timestamp>/): report.md, success.png,
 curves.png, wm_real_vs_imagined.gif and every stage's checkpoints and stores.
@@ -25,6 +27,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from omegaconf import OmegaConf
 
@@ -60,7 +64,7 @@ def demos(run: Run) -> Path:
     store = run.out / "demos.zarr"
     rate = record(compose("sim_demos", [f"task={c.task}", f"episodes={c.demos.episodes}",
                                         f"skill={c.demos.skill}", f"time_limit={c.demos.time_limit}",
-                                        f"seed={c.seed}", f"out={store}"]))
+                                        f"cameras={_listed(c.cameras)}", f"seed={c.seed}", f"out={store}"]))
     run.success["teleoperator (demos)"] = {"success_rate": rate, "episodes": int(c.demos.episodes)}
     return store
 
@@ -72,7 +76,7 @@ def world_model(run: Run, store: Path) -> Path:
     c = run.cfg
     out = run.out / "wm"
     overrides = [f"world_model={c.backend}", f"preset={c.choices.preset}", f"data={store}", f"out={out}",
-                 f"seed={c.seed}", f"threads={c.threads}"]
+                 f"image_key=image/{c.cameras[0]}", f"seed={c.seed}", f"threads={c.threads}"]
     overrides += [f"steps={c.wm.steps}"] if c.wm.steps else []
     overrides += [f"minutes={c.wm.minutes}"] if c.wm.minutes else []
     Trainer(compose("train_wm", overrides)).run()
@@ -86,6 +90,27 @@ def world_model(run: Run, store: Path) -> Path:
 
 def _agent_overrides(run: Run, wm: Path) -> list[str]:
     return [f"wm={wm}", f"seed={run.cfg.seed}", f"threads={run.cfg.threads}"]
+
+
+def _listed(values) -> str:
+    return f"[{','.join(str(v) for v in values)}]"
+
+
+def env_kwargs(cfg) -> dict:
+    """The sim arm of every evaluation and round: the demos' cameras and time limit, then env_kwargs."""
+    extra = OmegaConf.to_container(cfg.env_kwargs) if cfg.env_kwargs else {}
+    return {"cameras": list(cfg.cameras), "time_limit": int(cfg.demos.time_limit)} | extra
+
+
+def pixel_bc(run: Run, wm: Path) -> Path:
+    """The world model's camera and every other one of `cameras`, one FiLM CNN each (the world model is
+    read for its data choices only: camera, resolution, units)."""
+    from reverie.policy.train import train
+
+    extra = [f"image/{c}" for c in run.cfg.cameras[1:]]
+    return train(compose("train_agent", ["stage=bc_scratch", f"out={run.out / 'pixel_bc'}",
+                                         f"steps={run.cfg.pixel_bc.steps}", f"bc_scratch.cameras={_listed(extra)}",
+                                         *_agent_overrides(run, wm)]))
 
 
 def behaviour_cloning(run: Run, wm: Path) -> Path:
@@ -110,33 +135,37 @@ def corrective_round(run: Run, wm: Path, rl: Path, bc: Path) -> Path:
         f"wm={wm}", f"agent={rl}", f"prior={bc}", f"env=arm/{c.task}", f"out={run.out / 'improve'}",
         "rounds=1", f"episodes={c.improve.episodes}", f"wm_steps={c.improve.wm_steps}",
         f"rl_steps={c.improve.rl_steps}", f"eval_episodes={c.eval.episodes}", f"seed={c.seed}",
-        *[f"+env_kwargs.{k}={v}" for k, v in (c.env_kwargs or {}).items()]]))
+        *[f"+env_kwargs.{k}={_listed(v) if isinstance(v, list) else v}" for k, v in env_kwargs(c).items()]]))
     run.success["round 1"] = rows["round 1"]["train"]
     return Path(rows["round 1"]["agent"])
 
 
-def evaluate_stages(run: Run, agents: dict[str, Path], final: Path) -> dict:
+def evaluate_stages(run: Run, agents: dict[str, Path]) -> tuple[str, dict]:
+    """Every stage on the same seeds (from 10,000); the best one is the final agent, scored again on
+    fresh seeds (from 20,000, so its figure is not the one it was picked on) in every suite."""
     from reverie.policy.evaluate import evaluate, markdown, plot
     from reverie.policy.loading import load_controller
 
     c = run.cfg
-    env_kwargs = OmegaConf.to_container(c.env_kwargs) if c.env_kwargs else {}
+    kwargs = env_kwargs(c)
     for name, path in agents.items():
         if name in run.success:
             continue
         report = evaluate(load_controller(path), f"arm/{c.task}", int(c.eval.episodes), ["train"],
-                          seed=10_000, env_kwargs=env_kwargs, out=run.out / "eval" / name)
+                          seed=10_000, env_kwargs=kwargs, out=run.out / "eval" / name)
         run.success[name] = report["train"]
-    final_report = evaluate(load_controller(final), f"arm/{c.task}", int(c.eval.final_episodes),
-                            ["train", "heldout", "shifted"], seed=20_000, env_kwargs=env_kwargs, videos=2,
+    final = max(agents, key=lambda name: run.success[name]["success_rate"])  # the first of equals
+    print(f"final agent: {final} ({100 * run.success[final]['success_rate']:.0f}% on the stage evaluation)")
+    final_report = evaluate(load_controller(agents[final]), f"arm/{c.task}", int(c.eval.final_episodes),
+                            ["train", "heldout", "shifted"], seed=20_000, env_kwargs=kwargs, videos=2,
                             out=run.out / "eval" / "final")
-    (run.out / "eval" / "final.md").write_text(markdown(final_report, "final agent"))
+    (run.out / "eval" / "final.md").write_text(markdown(final_report, f"final agent ({final})"))
     order = ["teleoperator (demos)", *agents]  # stage order, whatever order they were scored in
     run.success = {k: run.success[k] for k in order if k in run.success}
     rows = {k: v for k, v in run.success.items() if "ci95" in v}
-    rows |= {f"final: {s}": final_report[s] for s in ("heldout", "shifted")}
+    rows |= {f"final: {s}": final_report[s] for s in ("train", "heldout", "shifted")}
     plot(rows, run.out / "success.png", f"arm/{c.task}: success per stage (95% Wilson CI)")
-    return final_report
+    return final, final_report
 
 
 def export_bundle(run: Run, agent: Path) -> Path:
@@ -147,33 +176,46 @@ def export_bundle(run: Run, agent: Path) -> Path:
     return bundle
 
 
+DEPLOY_SEED = 30_000  # the virtual robot's scenes: disjoint from the demos' and every evaluation's
+
+
 def deploy(run: Run, bundle: Path) -> list[dict]:
     """The torch-free runtime, in its own process, against `reverie sim serve-bus` on a pty.
 
-    One fresh virtual robot per instruction: a new scene, scored for that instruction by the sim
-    (serve-bus writes the score next to its link; the runtime reads it and reports success)."""
+    One virtual robot per instruction, serving every camera of `cameras`; the runtime asks it for a new
+    scene at each episode after the first, and the sim scores each for that instruction (serve-bus
+    writes the score next to its link; the runtime reads it and reports success). Returns one row per
+    instruction: its episodes, successes and loop rate."""
     c = run.cfg
-    results = []
+    rows = []
     for i, instruction in enumerate(c.deploy.instructions):
         link = run.out / "deploy" / f"arm{i}"
         link.parent.mkdir(parents=True, exist_ok=True)
+        seed = DEPLOY_SEED + 100 * i
         server = subprocess.Popen([_exe(), "sim", "serve-bus", f"protocol={c.deploy.protocol}", f"link={link}",
-                                   f"seed={c.seed + i}", f"instruction={instruction}"],
+                                   f"seed={seed}", f"instruction={instruction}", f"cameras={_listed(c.cameras)}"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             ready = server.stdout.readline()  # "ready <link>" once the first frame is rendered
             if not ready.startswith("ready"):
                 raise ReverieError(f"the virtual robot did not start: {server.stderr.read()[-2000:]}")
             report = run.out / "deploy" / f"instruction_{i}.json"
-            _reverie(["deploy", f"bundle={bundle}", "robot=virtual", f"link={link}",
-                      f"instruction={instruction}", f"steps={c.deploy.steps}", f"report={report}"])
-            result = json.loads(report.read_text())[0]
-            results.append({"instruction": instruction, **result})
-            print(f"deploy: {instruction!r}: success={result.get('success')}", flush=True)
+            _reverie(["deploy", f"bundle={bundle}", "robot=virtual", f"link={link}", f"instruction={instruction}",
+                      f"episodes={c.deploy.episodes}", f"steps={c.deploy.steps}", f"seed={seed}",
+                      f"report={report}"])
+            episodes = json.loads(report.read_text())
         finally:
             server.terminate()
             server.wait(timeout=20)
-    return results
+        successes = sum(bool(e.get("success")) for e in episodes)
+        rows.append({"instruction": instruction, "episodes": len(episodes), "successes": successes,
+                     "success_rate": successes / max(1, len(episodes)),
+                     "steps": sum(int(e.get("steps", 0)) for e in episodes),
+                     "rate_hz": float(np.mean([e.get("rate_hz", np.nan) for e in episodes])),
+                     "deadline_misses": sum(int(e.get("deadline_misses", 0)) for e in episodes)})
+        print(f"deploy: {instruction!r}: {successes}/{len(episodes)} successful "
+              f"({100 * rows[-1]['success_rate']:.0f}%)", flush=True)
+    return rows
 
 
 def _exe() -> str:
@@ -190,23 +232,26 @@ def _reverie(args: list[str]) -> None:
 
 
 def learning_curves(run: Run, agents: dict[str, Path], path: Path) -> None:
-    """World-model loss, BC negative log-likelihood and imagined return against steps."""
+    """World-model loss, each behaviour cloning's loss and the imagined return against steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    fig, axes = plt.subplots(1, 1 + len(agents), figsize=(3.6 * (1 + len(agents)), 3.2))
     events = EventAccumulator(str(run.out / "wm")).Reload()
     if "loss/total" in events.Tags()["scalars"]:
         points = events.Scalars("loss/total")
         axes[0].plot([p.step for p in points], [p.value for p in points])
     axes[0].set_title("world model loss")
-    for ax, (name, key) in zip(axes[1:], (("bc", "bc/nll"), ("rl", "rl/return"))):
-        info = json.loads((agents[name] / "agent.json").read_text())
-        ax.plot([h["step"] for h in info["history"]], [h[key] for h in info["history"]])
-        ax.set_title(f"{name}: {key}")
+    for ax, (name, folder) in zip(axes[1:], agents.items()):
+        info_file = folder / ("scratch_bc.json" if (folder / "scratch_bc.json").exists() else "agent.json")
+        history = json.loads(info_file.read_text())["history"]
+        key = next((k for k in (history[0] if history else {}) if k != "step"), None)
+        if key:
+            ax.plot([h["step"] for h in history], [h[key] for h in history])
+        ax.set_title(f"{name}: {key}", fontsize=9)
     for ax in axes:
         ax.set_xlabel("step")
     fig.tight_layout()
@@ -238,7 +283,7 @@ def probe_report(probe: dict | None) -> list[str]:
             "says which cube is the target, so plain pixels cannot place it."]
 
 
-def write_report(run: Run, final: dict, deployed: list[dict]) -> Path:
+def write_report(run: Run, final_name: str, final: dict, deployed: list[dict]) -> Path:
     lines = ["# reverie pipeline report", "",
              f"Task `arm/{run.cfg.task}`, world model `{run.cfg.backend}` at preset `{run.cfg.choices.preset}`, "
              f"seed {run.cfg.seed}. Generated {datetime.datetime.now().isoformat(timespec='seconds')}.", "",
@@ -249,10 +294,13 @@ def write_report(run: Run, final: dict, deployed: list[dict]) -> Path:
     for name, s in run.success.items():
         ci = f"[{100 * s['ci95'][0]:.0f}, {100 * s['ci95'][1]:.0f}]" if "ci95" in s else "-"
         lines.append(f"| {name} | {s['episodes']} | {100 * s['success_rate']:.1f}% | {ci} |")
-    for suite in ("heldout", "shifted"):
+    for suite in ("train", "heldout", "shifted"):
         s = final[suite]
         lines.append(f"| final agent, {suite} | {s['episodes']} | {100 * s['success_rate']:.1f}% | "
                      f"[{100 * s['ci95'][0]:.0f}, {100 * s['ci95'][1]:.0f}] |")
+    lines += ["", f"Final agent: **{final_name}**, the best stage above (seeds from 10,000), scored again on "
+                  "fresh seeds (from 20,000): the training phrasings, held-out paraphrases and the shifted sim. "
+                  "It is the one exported and deployed."]
     wm = run.results.get("wm_eval", {})
     if wm and "per_horizon" in wm:  # a tokenizer-only shortcut run has reconstruction figures only
         ph = wm["per_horizon"]
@@ -266,11 +314,11 @@ def write_report(run: Run, final: dict, deployed: list[dict]) -> Path:
             lines[-1:-1] = [f"Tokenizer reconstruction: MSE {wm['tokenizer']['mse']:.4f}, "
                             f"PSNR {wm['tokenizer']['psnr']:.2f} dB.", ""]
     lines += probe_report(wm.get("probe"))
-    lines += ["", "## Deployment (torch-free runtime, virtual serial robot)", "",
-              "| instruction | success | steps | achieved Hz | deadline misses |", "|---|---|---|---|---|"]
+    lines += ["", f"## Deployment (torch-free runtime, virtual serial robot, {run.cfg.deploy.steps} steps an episode)", "",
+              "| instruction | episodes | successes | success | achieved Hz | deadline misses |", "|---|---|---|---|---|---|"]
     for d in deployed:
-        lines.append(f"| {d['instruction']} | {d.get('success')} | {d.get('steps', '-')} | "
-                     f"{d.get('rate_hz', float('nan')):.1f} | {d.get('deadline_misses', '-')} |")
+        lines.append(f"| {d['instruction']} | {d['episodes']} | {d['successes']} | {100 * d['success_rate']:.0f}% | "
+                     f"{d['rate_hz']:.1f} | {d['deadline_misses']} |")
     lines += ["", "![success per stage](success.png)", "", "![learning curves](curves.png)", ""]
     path = run.out / "report.md"
     path.write_text("\n".join(lines))
@@ -290,18 +338,21 @@ def pipeline(cfg) -> Path:
     run = Run(cfg, out)
     store = run.stage("demos", demos, run)
     wm = run.stage("world model", world_model, run, store)
-    bc = run.stage("behaviour cloning", behaviour_cloning, run, wm)
+    pixels = run.stage("pixel BC", pixel_bc, run, wm)
+    bc = run.stage("world-model BC", behaviour_cloning, run, wm)
     rl = run.stage("imagination RL", imagination_rl, run, wm, bc)
-    final = run.stage("corrective round", corrective_round, run, wm, rl, bc)
-    agents = {"behaviour cloning": bc, "imagination RL": rl, "round 1": final}
-    final_report = run.stage("evaluate", evaluate_stages, run, agents, final)
-    bundle = run.stage("export", export_bundle, run, final)
+    improved = run.stage("corrective round", corrective_round, run, wm, rl, bc)
+    agents = {"behaviour cloning, pixels": pixels, "behaviour cloning, world-model features": bc,
+              "imagination RL": rl, "round 1": improved}
+    final, final_report = run.stage("evaluate", evaluate_stages, run, agents)
+    bundle = run.stage("export", export_bundle, run, agents[final])
     deployed = run.stage("deploy", deploy, run, bundle)
+    (out / "deploy" / "summary.json").write_text(json.dumps(deployed, indent=1))
     gif = out / "wm_eval" / "eval.gif"
     if gif.exists():
         (out / "wm_real_vs_imagined.gif").write_bytes(gif.read_bytes())
-    learning_curves(run, {"bc": bc, "rl": rl}, out / "curves.png")
-    report = write_report(run, final_report, deployed)
+    learning_curves(run, {"pixel BC": pixels, "world-model BC": bc, "rl": rl}, out / "curves.png")
+    report = write_report(run, final, final_report, deployed)
     print("\n" + report.read_text())
     print(f"report: {report}")
     return report

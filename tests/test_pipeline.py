@@ -5,10 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-TINY = ["preset=tiny", "demos.episodes=8", "demos.time_limit=30", "wm.steps=6", "bc.steps=5", "rl.steps=3",
+TINY = ["preset=tiny", "demos.episodes=8", "demos.time_limit=30", "wm.steps=6", "pixel_bc.steps=5", "bc.steps=5", "rl.steps=3",
         "improve.episodes=2", "improve.wm_steps=2", "improve.rl_steps=2", "eval.episodes=2",
-        "eval.final_episodes=2", "deploy.steps=12", "wm_eval.split=all", "wm_eval.context=4",
-        "wm_eval.horizon=8", "export.parity_steps=200"]
+        "eval.final_episodes=2", "deploy.steps=12", "deploy.episodes=2", "wm_eval.split=all", "wm_eval.context=4",
+        "wm_eval.horizon=8", "export.parity_steps=100"]
 
 
 def test_tiny_pipeline_writes_the_whole_report(tmp_path):
@@ -17,17 +17,26 @@ def test_tiny_pipeline_writes_the_whole_report(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = (out / "report.md").read_text()
-    for stage in ("demos", "world model", "behaviour cloning", "imagination RL", "corrective round",
+    for stage in ("demos", "world model", "pixel BC", "world-model BC", "imagination RL", "corrective round",
                   "evaluate", "export", "deploy"):
         assert f"| {stage} |" in report
-    for row in ("behaviour cloning", "imagination RL", "round 1", "final agent, heldout", "final agent, shifted"):
+    for row in ("behaviour cloning, pixels", "behaviour cloning, world-model features", "imagination RL",
+                "round 1", "final agent, train", "final agent, heldout", "final agent, shifted"):
         assert f"| {row} |" in report
+    assert "Final agent: **" in report
     for f in ("success.png", "curves.png", "wm_real_vs_imagined.gif", "bundle/policy.onnx",
               "bundle/manifest.json", "improve/round_1/policy.zarr"):
         assert (out / f).exists(), f
-    deployed = [json.loads((out / "deploy" / f"instruction_{i}.json").read_text())[0] for i in range(3)]
-    assert all(d["steps"] == 12 and d["success"] in (True, False) for d in deployed)
-    assert "poke the blue block" in report  # the held-out paraphrase was deployed
+    for i in range(3):  # two new scenes per instruction, each scored by the virtual robot
+        episodes = json.loads((out / "deploy" / f"instruction_{i}.json").read_text())
+        assert len(episodes) == 2 and all(e["steps"] == 12 and e["success"] in (True, False) for e in episodes)
+    summary = json.loads((out / "deploy" / "summary.json").read_text())
+    assert [s["episodes"] for s in summary] == [2, 2, 2]
+    assert all(s["success_rate"] == s["successes"] / 2 for s in summary)
+    assert "| poke the blue block | 2 |" in report  # the held-out paraphrase was deployed
+    bundle = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert bundle["observation"].get("extra_images", []) in ([], [{"key": "image/wrist", "shape": [64, 64, 3],
+                                                                   "dtype": "uint8"}])
     assert "| target cube x, y |" in report  # the cube probe of eval-wm (sim demos record the ground truth)
 
 
