@@ -49,7 +49,7 @@ def build_step(backend: str, preset: str):
     import torch
 
     from reverie.config import compose
-    from reverie.export.policy_module import RSSMStep, ShortcutStep
+    from reverie.export.policy_module import AgentStep
     from reverie.policy.agent import Agent
     from reverie.world_model.backend import DataSpec, build, model_config
 
@@ -60,8 +60,7 @@ def build_step(backend: str, preset: str):
     wm.deterministic = True
     agent_cfg = compose("train_agent", ["wm=x"]).agent
     agent = Agent(wm.feat_dim, 6, units=int(agent_cfg.units), layers=int(agent_cfg.layers)).eval()
-    cls = {"rssm": RSSMStep, "shortcut": ShortcutStep}[backend]
-    step = cls(wm, agent, (64, 64)).eval()
+    step = AgentStep(wm, agent, (64, 64)).eval()  # the backend's own onnx_step inside
     step.sizes = {k: v for k, v in dict(cfg).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return step
 

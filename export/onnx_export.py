@@ -33,7 +33,7 @@ from reverie.config import command_config, compose
 from reverie.errors import BundleError, ConfigError
 from reverie.export import manifest as manifest_lib
 from reverie.export import parity
-from reverie.export.policy_module import PolicyStep, RSSMStep, ScratchStep, ShortcutStep
+from reverie.export.policy_module import AgentStep, PolicyStep, ScratchStep
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,14 @@ def load_policy(path: Path) -> tuple[object, Callable[[tuple[int, int], dict], P
         wm = controller.wm
         # Deterministic latents: argmax categories (RSSM) / noise-free context (shortcut).
         wm.deterministic = True
-        kinds = {"rssm": RSSMStep, "shortcut": ShortcutStep}
-        if info["backend"] not in kinds:
+        if wm.onnx_step is None:  # the backend's own exported step (world_model/backend.py)
+            from reverie.world_model.backend import load_backends
+
+            exportable = sorted(name for name, cls in load_backends().items() if cls.onnx_step is not None)
             raise BundleError(f"world-model backend {info['backend']!r} has no exporter; "
-                              f"exportable backends: {sorted(kinds)}")
-        cls = kinds[info["backend"]]
+                              f"exportable backends: {exportable}")
         # An agent reads the world model's one camera: agent.json names no image_keys, so extra is {}.
-        return controller, lambda hw, extra: cls(wm, controller.agent, hw).ensemble(*_ensemble(controller)), \
+        return controller, lambda hw, extra: AgentStep(wm, controller.agent, hw).ensemble(*_ensemble(controller)), \
             {**info, "kind": info["backend"]}
     import json
 

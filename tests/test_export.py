@@ -89,10 +89,10 @@ def test_step_module_equals_agent_controller(backend, ensemble):
     """The exported computation, run in PyTorch, is exactly AgentController's (state carried, the
     first-step reset inside the module, the shortcut's growing cache as a fixed masked window, the
     chunk history of temporal ensembling)."""
-    from reverie.export.policy_module import RSSMStep, ShortcutStep
+    from reverie.export.policy_module import AgentStep
 
     controller = tiny_controller(backend, ensemble)
-    step = {"rssm": RSSMStep, "shortcut": ShortcutStep}[backend](controller.wm, controller.agent, (64, 64))
+    step = AgentStep(controller.wm, controller.agent, (64, 64))  # the backend's own onnx_step inside
     step.ensemble(controller.agent.chunk, ensemble)
     assert len(step.state_specs()) == len(step.model_specs()) + (2 if ensemble is not None else 0)
     # 28 steps in 17-step episodes: the shortcut window (7 frames) fills and slides.
@@ -103,11 +103,11 @@ def test_step_module_equals_agent_controller(backend, ensemble):
 @pytest.mark.parametrize("ensemble", [None, 0.1])
 def test_rssm_onnx_matches_pytorch(tmp_path, ensemble):
     from reverie.export.onnx_export import export_policy
-    from reverie.export.policy_module import RSSMStep
+    from reverie.export.policy_module import AgentStep
     from reverie.export.text_encoder import session
 
     controller = tiny_controller("rssm", ensemble)
-    step = RSSMStep(controller.wm, controller.agent, (64, 64)).ensemble(controller.agent.chunk, ensemble)
+    step = AgentStep(controller.wm, controller.agent, (64, 64)).ensemble(controller.agent.chunk, ensemble)
     export_policy(step, tmp_path / "policy.onnx", 18)
     sess = session(tmp_path / "policy.onnx")
     assert [i.name for i in sess.get_inputs()] == step.input_names()

@@ -41,6 +41,11 @@ Batch contract (a dict of tensors, B batch, T time; row t is observation o_t):
 A model stepping into o_t uses a_{t-1}: the shift happens inside the model (zero and masked at
 is_first), so action-free rows train like any other row.
 
+Optional, used by `reverie export` (export/onnx_export.py):
+    onnx_step                      class attribute: the backend's exported filter step
+                                      (world_model/step.py), built as onnx_step(wm, image_hw);
+                                      None (the default): the backend cannot be exported
+
 Backends register themselves with `@register("name")`; `build(name, cfg, spec)` imports the modules
 in BACKEND_MODULES on first use, so a new backend is one new file plus one name in that tuple.
 """
@@ -96,6 +101,7 @@ class WorldModel(nn.Module, abc.ABC):
     describes = False   # True: `describe(feat)` exists (see the module docstring)
     optional_state: tuple[str, ...] = ()  # state_dict keys a checkpoint may lack (newer buffers)
     optional_prefixes: tuple[str, ...] = ()  # parts that can be added to a trained model (checkpoint.load_model extend)
+    onnx_step: type | None = None  # the exported filter step class (world_model/step.py); None: not exportable
 
     def __init__(self, cfg: Any, spec: DataSpec):
         super().__init__()

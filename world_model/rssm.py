@@ -48,6 +48,7 @@ from reverie.errors import ConfigError
 from reverie.world_model.backend import DataSpec, Policy, State, WorldModel, register
 from reverie.world_model.networks import (MLP, BlockGRU, ConvDecoder, ConvEncoder, PixelMean, RMSNorm, TwoHot,
                                           symexp, symlog)
+from reverie.world_model.rssm_step import RSSMStep
 
 
 @register("rssm")
@@ -56,6 +57,7 @@ class RSSM(WorldModel):
     # mean frame: the decoder's residual is then the plain output, and the loss weights are 1)
     optional_state = ("pixels.pixel_mean", "pixels.mean_count")
     optional_prefixes = ("frame_proj.", "frame_pred.")  # a frame latent added to a trained model (bc.frame)
+    onnx_step = RSSMStep  # the exported filter step (world_model/rssm_step.py)
 
     def __init__(self, cfg, spec: DataSpec):
         super().__init__(cfg, spec)

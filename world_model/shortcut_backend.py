@@ -30,6 +30,7 @@ from reverie.world_model.backend import DataSpec, Policy, State, WorldModel, reg
 from reverie.world_model.dynamics import Dynamics
 from reverie.world_model.networks import MLP, TwoHot, symexp, symlog
 from reverie.world_model.shortcut import RunningRMS, context_pass, generate_frame, shortcut_loss
+from reverie.world_model.shortcut_step import ShortcutStep
 from reverie.world_model.tokenizer import Tokenizer
 from reverie.world_model.transformer import KV, trim_cache
 
@@ -38,6 +39,8 @@ STAGES = ("both", "tokenizer", "dynamics")
 
 @register("shortcut")
 class ShortcutWorldModel(WorldModel):
+    onnx_step = ShortcutStep  # the exported filter step (world_model/shortcut_step.py)
+
     def __init__(self, cfg, spec: DataSpec):
         super().__init__(cfg, spec)
         c = cfg
