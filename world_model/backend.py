@@ -47,7 +47,9 @@ Optional, used by `reverie export` (export/onnx_export.py):
                                       None (the default): the backend cannot be exported
 
 Backends register themselves with `@register("name")`; `build(name, cfg, spec)` imports the modules
-in BACKEND_MODULES on first use, so a new backend is one new file plus one name in that tuple.
+in BACKEND_MODULES on first use, so a new backend is one new file plus one name in that tuple. Its
+hyperparameters come from its config group, reverie/conf/world_model/<name>.yaml, merged with the
+size preset's section for it when the preset has one (model_config).
 """
 
 from __future__ import annotations
@@ -173,17 +175,28 @@ def build(name: str, cfg: Any, spec: DataSpec) -> WorldModel:
     return backends[name](cfg, spec)
 
 
+# Keys every backend's config holds (the trainer, the data pipeline and the controllers read them);
+# checked where no preset section supplies them.
+REQUIRED_KEYS = ("image_size", "batch_size", "seq_len", "lr", "adam_eps", "weight_decay", "grad_clip")
+
+
 def model_config(cfg: Any) -> Any:
-    """The backend's hyperparameters: the `world_model` group merged with `preset.<backend>`."""
+    """The backend's hyperparameters: the `world_model` group merged with `preset.<backend>`. A preset
+    with no section for the backend leaves the group's own values (its YAML then sets the sizes)."""
     from omegaconf import OmegaConf
 
     name = cfg.world_model.name
-    if name not in cfg.preset:
+    own = OmegaConf.to_container(cfg.world_model, resolve=True)
+    if name in cfg.preset:
+        return OmegaConf.create({**own, **OmegaConf.to_container(cfg.preset[name], resolve=True)})
+    missing = [k for k in REQUIRED_KEYS if own.get(k) is None]
+    if missing:
         raise ConfigError(
-            f"size preset has no section for backend {name!r} (it has {sorted(cfg.preset)}); "
-            f"add `{name}:` to reverie/conf/preset/<preset>.yaml or choose another preset")
-    return OmegaConf.create({**OmegaConf.to_container(cfg.world_model, resolve=True),
-                             **OmegaConf.to_container(cfg.preset[name], resolve=True)})
+            f"size preset has no section for backend {name!r} (it has {sorted(cfg.preset)}) and the backend's "
+            f"config (reverie/conf/world_model/{name}.yaml) does not set {', '.join(missing)}; add `{name}:` "
+            f"with them to reverie/conf/preset/<preset>.yaml, set them in the backend's YAML, or choose "
+            f"another preset")
+    return OmegaConf.create(own)
 
 
 def replay_policy(actions: Tensor) -> Policy:

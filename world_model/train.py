@@ -209,7 +209,11 @@ def checked_steps(cfg, mcfg) -> int:
         value = cfg.get(key)
         if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
             raise ConfigError(f"{key}={value} must be a number (or null)")
-    steps = int(cfg.steps if cfg.steps is not None else mcfg.steps)
+    steps = cfg.steps if cfg.steps is not None else mcfg.get("steps")
+    if steps is None:  # a backend whose sizes come from its own YAML need not set a default run length
+        raise ConfigError(f"steps=null and neither the preset nor world_model={cfg.world_model.name} sets "
+                          "`steps`: pass steps=N")
+    steps = int(steps)
     if steps < 1:
         raise ConfigError(f"steps={steps}: train at least one step (e.g. steps=1000); a run of none "
                           "would write no checkpoint")
