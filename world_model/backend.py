@@ -47,9 +47,10 @@ Optional, used by `reverie export` (export/onnx_export.py):
                                       None (the default): the backend cannot be exported
 
 Backends register themselves with `@register("name")`; `build(name, cfg, spec)` imports the modules
-in BACKEND_MODULES on first use, so a new backend is one new file plus one name in that tuple. Its
-hyperparameters come from its config group, reverie/conf/world_model/<name>.yaml, merged with the
-size preset's section for it when the preset has one (model_config).
+in BACKEND_MODULES on first use, so a new backend is one new file plus one name in that tuple (or a
+`register` call from outside, as tests/test_toy_backend.py does). Its hyperparameters come from its
+config group, reverie/conf/world_model/<name>.yaml, merged with the size preset's section for it
+when the preset has one (model_config).
 """
 
 from __future__ import annotations
@@ -153,6 +154,11 @@ def register(name: str):
         BACKENDS[name] = cls
         return cls
     return wrap
+
+
+def unregister(name: str) -> None:
+    """Forget a backend registered from outside (tests)."""
+    BACKENDS.pop(name, None)
 
 
 def load_backends() -> dict[str, type[WorldModel]]:
