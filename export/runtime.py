@@ -39,11 +39,12 @@ from pathlib import Path
 import numpy as np
 
 from reverie.errors import ConfigError, HardwareError, ReverieError, did_you_mean
+from reverie.export import targets
 from reverie.export.bundle import Bundle
 from reverie.export.instructions import InstructionChannel, SocketServer, StdinReader
 
 log = logging.getLogger(__name__)
-ROBOTS = ("sim", "virtual", "feetech", "dynamixel")
+ROBOTS = targets.kinds()  # sim, virtual, then one per servo family (export/targets.py)
 KEYS = {"bundle", "robot", "instruction", "episodes", "steps", "task", "seed", "link", "frames", "port", "arm",
         "camera", "calibration", "stdin", "socket", "token", "record", "round", "threads", "report"}
 CHOICES = {"robot": ROBOTS, "stdin": ("true", "false")}  # for shell completion
@@ -71,9 +72,10 @@ def parse(argv: list[str]) -> dict:
     for key in REQUIRED:
         if key not in args and not show:
             raise ConfigError(f'missing {key}=...; usage: reverie deploy bundle=BUNDLE robot=sim instruction="..."')
-    if args.get("robot", ROBOTS[0]) not in ROBOTS:
-        raise ConfigError(f"robot={args['robot']!r}{did_you_mean(args['robot'], ROBOTS)}; choose one of "
-                          f"{', '.join(ROBOTS)}")
+    robots = targets.kinds()  # a family registered at run time is a robot= too
+    if args.get("robot", robots[0]) not in robots:
+        raise ConfigError(f"robot={args['robot']!r}{did_you_mean(args['robot'], robots)}; choose one of "
+                          f"{', '.join(robots)}")
     for key, default in (("episodes", 1), ("steps", 300), ("seed", 0), ("round", 0), ("threads", 1)):
         try:
             args[key] = int(args.get(key, default))
@@ -131,12 +133,7 @@ class EpisodeStats:
 
 
 def make_target(bundle: Bundle, args: dict):
-    from reverie.export import targets
-
-    if args["robot"] == "sim":
-        return targets.SimTarget(bundle.manifest, task=args.get("task", "all"), seed=args["seed"],
-                                 time_limit=args["steps"])
-    return targets.arm_target(bundle.manifest, args["robot"], args)
+    return targets.open_target(bundle.manifest, args["robot"], args)
 
 
 class Deployment:

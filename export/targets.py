@@ -7,6 +7,11 @@ step(action) -> (obs, done, info), safe_stop() -> what it did, and `paced`: whet
 waits for the control tick (robot_io.Robot does; the sim returns at once and the runtime paces it).
 Every action passes the robot's safety limits (robot_io/safety.py) before it reaches a joint; for a
 servo arm those are the robot's own (its arm config on this computer), which a bundle can only narrow.
+
+The robot= kinds are a table (openers()): `sim`, then the servo-bus links (links()): `virtual`
+(VirtualLink: the serve-bus link, its frame files and task score) and one SerialLink per servo family
+in robot_io/servo_families.py. Each link owns what differs between them (the port option, the
+servo check, the cameras and how to add one, the task score), so nothing here branches on a name.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reverie.errors import BundleError, ConfigError, HardwareError
+from reverie.errors import BundleError, ConfigError, HardwareError, did_you_mean
 from reverie.export import manifest as manifest_lib
 from reverie.robot_io.safety import SafetyFilter
 
@@ -53,6 +58,11 @@ class SimTarget:
         self.safety = SafetyFilter(phys.lower, phys.upper, 2 * self.scale, self.scale * self.hz)
         self.seed, self.episode = seed, 0
         self.clamped = 0
+
+    @classmethod
+    def open(cls, manifest: dict, robot: str, args: dict) -> "SimTarget":
+        """robot=sim [task= seed= steps=]: the episode's time limit is the deployment's step cap."""
+        return cls(manifest, task=args.get("task", "all"), seed=args["seed"], time_limit=args["steps"])
 
     def describe(self):
         spec = self.env.observation_spec()
@@ -208,9 +218,7 @@ def deploy_arm(manifest: dict, robot: str, args: dict):
     if args.get("calibration"):
         raw["calibration"] = args["calibration"]
     own = arm_from_mapping(raw)
-    if robot != "virtual" and robot != own.protocol:
-        raise BundleError(f"this robot's arm config {own.name!r} ({source}) has {own.protocol} servos, not "
-                          f"robot={robot}; use robot={own.protocol} or pass arm=<this robot's arm config>")
+    links()[robot].check_servos(own, source)
     if wanted.protocol != own.protocol or wanted.names != own.names:
         raise BundleError(f"the bundle was exported for {wanted.name} ({wanted.protocol} servos, joints "
                           f"{wanted.names}), this robot is {own.name} ({own.protocol}, joints {own.names}); "
@@ -238,41 +246,106 @@ def deploy_arm(manifest: dict, robot: str, args: dict):
         raise BundleError(f"the bundle's limits do not fit this robot: {e}") from e
 
 
-def arm_target(manifest: dict, robot: str, args: dict) -> ArmTarget:
-    """robot=virtual link=PATH | feetech port=... | dynamixel port=... -> an ArmTarget on this port,
-    driving `deploy_arm`: this robot's arm config narrowed by the bundle."""
-    names = [key.split("/", 1)[1] for key in manifest_lib.cameras(manifest)]  # the main camera first
-    camera = names[0]
-    h, w, _ = manifest["observation"]["image"]["shape"]
-    if robot == "virtual":
+class VirtualLink:
+    """robot=virtual link=PATH [frames=PREFIX]: the virtual robot of `reverie sim serve-bus link=PATH`,
+    which speaks whichever servo family its arm config names, writes one frame file per camera it
+    serves (<link>.frames.<camera>) and scores its task (<link>.status)."""
+
+    name = "virtual"
+    port_hint = " (is `reverie sim serve-bus` running with that link?)"
+
+    def port(self, args: dict) -> str:
         port = args.get("link")
         if not port:
             raise ConfigError("robot=virtual needs link=PATH: the link of `reverie sim serve-bus link=PATH`")
-    else:
-        port = args.get("port")
-        if not port:
-            raise ConfigError(f"robot={robot} needs port=...: /dev/ttyACM0 (Linux) or /dev/tty.usbmodem... (macOS)")
-    arm = deploy_arm(manifest, robot, args)
-    cameras = dict(arm.cameras)
-    listed = ",".join(names)
-    if robot == "virtual":
+        return port
+
+    def check_servos(self, own, source) -> None:
+        """Any family: the virtual robot serves the one its arm config names."""
+
+    def cameras(self, port: str, names: list[str], cameras: dict, args: dict, hw: tuple[int, int]) -> tuple[dict, str]:
+        """-> (the arm's cameras on this link, how to give it a camera the bundle reads and it lacks)."""
         prefix = args.get("frames") or f"{port}.frames"
         # serve-bus writes a frame file per camera it serves before it is ready: an extra camera
         # without one is not served, which check_robot reports (the main one waits, as before).
         cameras = {c: {"type": "frame_file", "path": f"{prefix}.{c}"} for c in names
-                   if c == camera or Path(f"{prefix}.{c}").exists()}
-        fix = f"start `reverie sim serve-bus link={port} cameras=[{listed}]`"
-    else:
-        fix = (f"list {listed} under `cameras:` in this robot's arm config and pass arm=<that YAML>"
+                   if c == names[0] or Path(f"{prefix}.{c}").exists()}
+        return cameras, f"start `reverie sim serve-bus link={port} cameras=[{','.join(names)}]`"
+
+    def status(self, port: str) -> Path | None:
+        return Path(f"{port}.status")
+
+
+class SerialLink:
+    """robot=<servo family> port=DEV [camera=...]: a physical arm of that family on a serial port; its
+    cameras are its arm config's, camera= replacing the main one."""
+
+    port_hint = ""
+
+    def __init__(self, family: str):
+        self.name = family
+
+    def port(self, args: dict) -> str:
+        port = args.get("port")
+        if not port:
+            raise ConfigError(f"robot={self.name} needs port=...: /dev/ttyACM0 (Linux) or /dev/tty.usbmodem... (macOS)")
+        return port
+
+    def check_servos(self, own, source) -> None:
+        if own.protocol != self.name:
+            raise BundleError(f"this robot's arm config {own.name!r} ({source}) has {own.protocol} servos, not "
+                              f"robot={self.name}; use robot={own.protocol} or pass arm=<this robot's arm config>")
+
+    def cameras(self, port: str, names: list[str], cameras: dict, args: dict, hw: tuple[int, int]) -> tuple[dict, str]:
+        camera, (h, w) = names[0], hw
+        fix = (f"list {','.join(names)} under `cameras:` in this robot's arm config and pass arm=<that YAML>"
                + (f"; camera= sets only the main one, {camera}" if len(names) > 1 else ""))
         if args.get("camera") is not None:  # the main camera; the others stay the arm config's
             source = args["camera"]
             cameras = {**{c: cameras[c] for c in names[1:] if c in cameras},
                        camera: {"type": "opencv", "source": int(source) if str(source).isdigit() else source,
                                 "width": w, "height": h}}
+        return cameras, fix
+
+    def status(self, port: str) -> Path | None:
+        return None  # a physical arm cannot score its task
+
+
+def links() -> dict:
+    """robot= name -> how deploy reaches a servo-bus arm: the virtual robot, then one per servo family."""
+    from reverie.robot_io import servo_families
+
+    return {"virtual": VirtualLink(), **{name: SerialLink(name) for name in servo_families.names()}}
+
+
+def openers() -> dict:
+    """robot= name -> (manifest, robot, args) -> its target: the sim, the virtual robot, each servo family."""
+    return {"sim": SimTarget.open, **{name: arm_target for name in links()}}
+
+
+def kinds() -> tuple[str, ...]:
+    """Every robot= a deployment drives."""
+    return tuple(openers())
+
+
+def open_target(manifest: dict, robot: str, args: dict):
+    """The target of robot=<kind>, built from the deploy options."""
+    opener = openers().get(robot)
+    if opener is None:  # deploy's parse refuses it first; a caller that skips parse hears the same
+        raise ConfigError(f"robot={robot!r}{did_you_mean(robot, kinds())}; choose one of {', '.join(kinds())}")
+    return opener(manifest, robot, args)
+
+
+def arm_target(manifest: dict, robot: str, args: dict) -> ArmTarget:
+    """robot=virtual link=PATH | <servo family> port=... -> an ArmTarget on this port, driving
+    `deploy_arm`: this robot's arm config narrowed by the bundle; `links()[robot]` owns what differs."""
+    link = links()[robot]
+    names = [key.split("/", 1)[1] for key in manifest_lib.cameras(manifest)]  # the main camera first
+    h, w, _ = manifest["observation"]["image"]["shape"]
+    port = link.port(args)
+    arm = deploy_arm(manifest, robot, args)
+    cameras, fix = link.cameras(port, names, dict(arm.cameras), args, (h, w))
     if not Path(port).exists():
-        raise HardwareError(f"port {port} does not exist: check the cable and `ls /dev/tty*`"
-                            + (" (is `reverie sim serve-bus` running with that link?)" if robot == "virtual" else ""))
+        raise HardwareError(f"port {port} does not exist: check the cable and `ls /dev/tty*`" + link.port_hint)
     arm = dataclasses.replace(arm, port=str(port), cameras=cameras)
-    status = Path(f"{port}.status") if robot == "virtual" else None
-    return ArmTarget(arm, float(manifest["control_hz"]), status, int(args.get("seed", 0)), fix)
+    return ArmTarget(arm, float(manifest["control_hz"]), link.status(port), int(args.get("seed", 0)), fix)
