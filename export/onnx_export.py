@@ -19,6 +19,7 @@ it fails and leaves no manifest, so the runtime refuses the half-written folder.
 from __future__ import annotations
 
 import datetime
+import importlib
 import importlib.metadata
 import logging
 import shutil
@@ -106,33 +107,29 @@ def camera_shapes(stores, image_keys: list[str]) -> dict[str, tuple[int, ...]]:
 
 
 # ----- robot: action scaling, joint limits, rate ------------------------------------------------
+# arm= names that are not arm configs: name -> "module:function(control_hz) -> the manifest's robot
+# section", imported on use; their rate defaults to the store's. Any other name is an arm config.
+TARGETS = {"sim": "reverie.sim.arm_env:bundle_robot"}
+
+
 def robot_section(cfg, store) -> dict:
     """What the actions mean on the target: the sim arm's ArmEnvConfig, or a robot_io arm config."""
     name = str(cfg.arm)
-    if name == "sim":
-        from reverie.sim.arm import JOINT_NAMES, ArmPhysics
-        from reverie.sim.arm_env import ArmEnvConfig
+    if name in TARGETS:
+        module, func = TARGETS[name].split(":")
+        return getattr(importlib.import_module(module), func)(float(cfg.control_hz or store.fps))
+    return arm_config_section(name, cfg.control_hz)
 
-        sim = ArmEnvConfig()
-        hz = float(cfg.control_hz or store.fps)
-        phys = ArmPhysics()  # the model's joint ranges (servo targets; no rendering happens)
-        limits = {"lower": phys.lower.tolist(), "upper": phys.upper.tolist()}
-        phys.close()
-        delta = [float(d) for d in sim.max_delta]
-        # The runtime's sim safety filter: ranges, one max_delta per step from the previous target,
-        # at most twice it from the joint (the env's own lead bound).
-        return {"kind": "sim", "name": "sim/so101", "joint_names": list(JOINT_NAMES),
-                "action_mode": sim.action_mode, "action_scale": delta,
-                "action_units": "sim servo-target radians per control step at action 1.0",
-                "joint_limits": limits, "max_step": [2 * d for d in delta],
-                "max_velocity": [d * hz for d in delta], "control_hz": hz}
+
+def arm_config_section(name: str, control_hz: float | None) -> dict:
+    """A robot_io arm config's action scaling, limits and rate (its own control_hz unless given)."""
     from omegaconf import OmegaConf
 
     from reverie.robot_io.config import arm_from_mapping
 
     raw = OmegaConf.to_container(compose("arm", [f"robot={name}"]).robot, resolve=True)
     arm = arm_from_mapping(raw)
-    hz = float(cfg.control_hz or arm.control_hz)
+    hz = float(control_hz or arm.control_hz)
     raw["control_hz"] = hz
     return {"kind": "arm", "name": arm.name, "protocol": arm.protocol, "joint_names": arm.names,
             "action_mode": arm.action_mode, "action_scale": arm.vector("action_scale").tolist(),

@@ -230,3 +230,21 @@ def make_arm_env(task_name: str = "touch", **kwargs) -> ArmEnv:
     if unknown:
         raise ConfigError(f"unknown arm env option(s) {unknown}: valid options are {sorted(fields)}")
     return ArmEnv(ArmEnvConfig(task=task_name, **kwargs))
+
+
+def bundle_robot(control_hz: float) -> dict:
+    """What the sim arm env's actions mean, for a bundle's manifest (`reverie export arm=sim`, the
+    `robot` section, docs/bundle.md): the default env's action mode and per-step deltas, the model's
+    joint ranges (servo targets; nothing is rendered), and the runtime's sim safety filter: one
+    max_delta per step from the previous target, at most twice it from the joint (the env's own lead
+    bound)."""
+    sim = ArmEnvConfig()
+    phys = ArmPhysics()
+    limits = {"lower": phys.lower.tolist(), "upper": phys.upper.tolist()}
+    phys.close()
+    delta = [float(d) for d in sim.max_delta]
+    return {"kind": "sim", "name": "sim/so101", "joint_names": list(JOINT_NAMES),
+            "action_mode": sim.action_mode, "action_scale": delta,
+            "action_units": "sim servo-target radians per control step at action 1.0",
+            "joint_limits": limits, "max_step": [2 * d for d in delta],
+            "max_velocity": [d * control_hz for d in delta], "control_hz": control_hz}
