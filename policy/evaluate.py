@@ -32,41 +32,34 @@ from reverie.policy.stats import mean_interval, wilson_interval
 
 log = logging.getLogger(__name__)
 
-# suite -> environment options it adds (for the sim arm; other envs only support `train`)
-SUITES = {
-    "train": {"instruction_set": "train"},
-    "heldout": {"instruction_set": "heldout"},
-    "shifted": {"instruction_set": "train", "preset": "shifted"},
-}
+# The suites evaluate knows (the module docstring says what each means); each env family
+# (sim/registry.py) says which it runs and the env options each adds.
+SUITES = ("train", "heldout", "shifted")
 
 
 def suite_options(env_name: str, suites: list[str], instruction: str | None = None) -> dict[str, dict]:
     """suite -> the env options it adds, for the suites this env runs; raises on any suite it cannot
-    run, so a bad list fails before the first episode. The one place that knows which env family
-    has which suites: the sim arm all of them, a robot `train` (the rest skipped with a note), any
-    other env `train` only."""
+    run, so a bad list fails before the first episode. The env's family (sim/registry.py) knows which
+    it has: the sim arm all of them, a robot `train` (the rest skipped with a note), any other env
+    `train` only."""
     unknown = [s for s in suites if s not in SUITES]
     if unknown or not suites:
         raise ConfigError(f"{'unknown suite(s) ' + str(unknown) if unknown else 'no suites'} in suites="
                           f"{list(suites)}: choose from {sorted(SUITES)}, e.g. suites=[train,heldout]")
-    from reverie.sim.registry import family_of
+    from reverie.sim.registry import family
 
-    family = family_of(env_name)  # a mistyped family fails here too, before anything loads
-    if family == "arm":
-        if instruction is not None:
-            from reverie.sim.tasks import parse_instruction
-
-            parse_instruction(instruction)  # it sets the goal: one the arm understands, or the list that works
-        if instruction is not None and "heldout" in suites:
+    fam = family(env_name)  # a mistyped family fails here too, before anything loads
+    if instruction is not None:
+        fam.checked_instruction(instruction)  # it sets the goal: one the env understands, or the list that works
+        if "heldout" in suites and "heldout" in fam.suites:
             raise ConfigError(f"instruction={instruction!r} gives every episode the same text, so the heldout "
                               "suite (unseen paraphrases) would only repeat train: use suites=[train] or "
                               "suites=[train,shifted], or drop instruction=")
-        return {s: SUITES[s] for s in suites}
-    others = [s for s in suites if s != "train"]
-    if others and family != "robot":  # a robot skips them (evaluate says so)
-        raise ConfigError(f"suite(s) {others} exist for the sim arm only (held-out paraphrases, the shifted "
+    lacking = [s for s in suites if s not in fam.suites]
+    if lacking and not fam.skips_suites:  # a robot skips them (evaluate says so)
+        raise ConfigError(f"suite(s) {lacking} exist for the sim arm only (held-out paraphrases, the shifted "
                           f"preset); use suites=[train] for {env_name}")
-    return {"train": {}} if "train" in suites else {}
+    return {s: fam.suites[s] for s in suites if s in fam.suites}
 
 
 def _mean_and_ci(values: list[float]) -> tuple[float, list[float] | None]:
