@@ -25,7 +25,8 @@ class Waypoint:
     settle: int = 0  # extra steps to wait once there (gripper closing)
     speed: float = SPEED  # metres per step of the reference toward this waypoint
     # The teleoperator's step roles: "above" (where it notices a wrong cube), "down" (where a clumsy
-    # one closes early), "lift" (where it retries if the cube is not held); others are plain moves.
+    # one closes early); others are plain moves, and the task's `missed` may name its own (lift: "lift",
+    # where it retries if the cube is not held).
     name: str = ""
 
 

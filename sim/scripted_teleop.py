@@ -159,7 +159,7 @@ class ScriptedTeleop:
         if self.wrong is not None and self.notices and wp.name == "above":  # noticed the wrong cube: start over
             self.wrong = None
             self.plan, self.index = self._plan(self.colour), 0
-        elif wp.name == "lift" and not phys.touching(self.wrong or self.colour):  # came up empty: try again
+        elif registry.get(self.env.goal.task).missed(wp, phys, self.wrong or self.colour):  # e.g. lift came up empty
             self.plan, self.index = self._plan(self.wrong or self.colour), 0
         elif self.index + 1 < len(self.plan):
             self.index += 1

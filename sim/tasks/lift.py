@@ -35,3 +35,6 @@ class Lift(ArmTask):
                 Waypoint(low, OPEN, yaw, tol=0.006, name="down"),
                 Waypoint(low, CLOSED, yaw, tol=0.01, settle=4, name="close"),
                 Waypoint(low + [0, 0, 0.1], CLOSED, yaw, tol=0.015, settle=10, name="lift")]
+
+    def missed(self, waypoint, phys, colour: str) -> bool:
+        return waypoint.name == "lift" and not phys.touching(colour)  # came up empty: grasp again

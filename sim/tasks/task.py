@@ -38,3 +38,8 @@ class ArmTask(abc.ABC):
     def plan(self, goal: Goal, phys, colour: str, natural: float) -> list:
         """Waypoints (sim/scripted_plan.py) that do the task on the cube `colour`; `natural` is the
         fingers' closing axis over that cube with the wrist unrolled."""
+
+    def missed(self, waypoint, phys, colour: str) -> bool:
+        """On reaching (and settling at) `waypoint` of its plan on the cube `colour`: whether the attempt
+        failed, so the scripted teleoperator starts the plan over, as a person would. Default: never."""
+        return False
