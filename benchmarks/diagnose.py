@@ -10,7 +10,8 @@
     .venv/bin/python benchmarks/diagnose.py failures POLICY [TASK] [EPISODES] [SEED]   # closed-loop
         episodes (seeds from 50,000 + 10,000 x SEED, as agent.py) sorted into: success, touched the
         wrong cube, touched the target without the touch counting, never touched a cube; with the
-        gripper's closest approach to the target cube
+        gripper's closest approach to the target cube. push: success, target pushed the wrong way,
+        target moved too little, another cube pushed, nothing moved (>= 1 cm counts as moved)
 """
 
 from __future__ import annotations
@@ -114,13 +115,17 @@ def failures(policy: str, task: str = "touch", episodes: str = "40", seed: str =
 
     from reverie.policy.loading import load_controller
     from reverie.sim.arm_env import make_arm_env
+    from reverie.sim.tasks.goal import DIRECTIONS
 
-    controller, env = load_controller(policy), make_arm_env(task, time_limit=60)
+    controller = load_controller(policy)
+    cameras = tuple(k.split("/", 1)[1] for k in getattr(controller, "image_keys", ["image/front"]))
+    env = make_arm_env(task, time_limit=60, cameras=cameras)
     kinds, closest = Counter(), {}
     for i in range(int(episodes)):
         ts = env.reset(seed=50_000 + 10_000 * int(seed) + i)
         controller.reset(ts.observation["instruction"])
         target, others = env.goal.colour, [c for c in env.phys.cube_names if c != env.goal.colour]
+        start = {c: env.phys.cube_pos(c)[:2] for c in env.phys.cube_names}
         wrong = hit = False
         near = np.inf
         while not ts.last():
@@ -128,8 +133,17 @@ def failures(policy: str, task: str = "touch", episodes: str = "40", seed: str =
             wrong |= any(env.phys.touching(c) for c in others)
             hit |= env.phys.touching(target)
             near = min(near, float(np.linalg.norm(env.phys.grasp_pos() - env.phys.cube_pos(target))))
-        kind = ("success" if ts.info["success"] else "wrong cube" if wrong and not hit
-                else "touched, not counted" if hit else "no touch")
+        if ts.info["success"]:
+            kind = "success"
+        elif task == "push":
+            moved = {c: env.phys.cube_pos(c)[:2] - start[c] for c in env.phys.cube_names}
+            along = float(moved[target] @ DIRECTIONS[env.goal.direction])
+            kind = ("target pushed the wrong way" if np.linalg.norm(moved[target]) >= 0.01 and along < 0.01
+                    else "target moved too little" if np.linalg.norm(moved[target]) >= 0.01
+                    else "another cube pushed" if any(np.linalg.norm(moved[c]) >= 0.01 for c in others)
+                    else "nothing moved")
+        else:
+            kind = "wrong cube" if wrong and not hit else "touched, not counted" if hit else "no touch"
         kinds[kind] += 1
         closest.setdefault(kind, []).append(near)
     print(json.dumps({"policy": policy, "task": task, "episodes": int(episodes), "kinds": dict(kinds),

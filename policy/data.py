@@ -41,7 +41,7 @@ class AgentData(TrainData):
     """Windows from the agent's stores (default: the world model's) at the world model's resolution."""
 
     def __init__(self, cfg, wm_cfg, wm_info: dict, batch_size: int, seq_len: int,
-                 device: torch.device | str = "cpu", weights=None, starts: str = "fit", cameras=()):
+                 device: torch.device | str = "cpu", weights=None, starts: str = "fit", cameras=(), augment=None):
         wm = model_config(wm_cfg)
         data_cfg = OmegaConf.create({
             "data": data_paths(cfg.data) if cfg.data else list(wm_info["stores"]),  # one path or a list
@@ -53,7 +53,7 @@ class AgentData(TrainData):
                                   "batch_size": batch_size, "seq_len": seq_len})
         # the world model's own units (its checkpoint's normaliser; identity for one written before them)
         super().__init__(data_cfg, sizes, device=device,  # batches arrive on the training device
-                         normalizer=Normalizer.from_json(wm_info.get("normalizer")))
+                         normalizer=Normalizer.from_json(wm_info.get("normalizer")), augment=augment)
         check_action_range(self.stores, self.normalizer)  # e.g. a world model from before normalisation
         self.labelled = labelled_episodes(self.stores)
         self.success_reward = float(cfg.rewards.success_reward)

@@ -42,6 +42,7 @@ from reverie.policy.data import AgentData
 from reverie.policy.dllm import DLLMReward
 from reverie.policy.pmpo import pmpo_loss
 from reverie.policy.reward import check_reward_signal, reward_step
+from reverie.policy.colour_swap import ColourSwap
 from reverie.policy.returns import lambda_returns, trajectory_weights
 from reverie.world_model import checkpoint as wm_checkpoint
 from reverie.world_model import distributed
@@ -235,9 +236,11 @@ def train_bc_scratch(cfg, steps: int) -> Path:
     # rows: windows of `chunk` rows that may start at any row, of which only the first is a sample
     seq_len, starts = (int(cfg.agent.chunk), "every") if sample == "rows" else (int(sc.seq_len), "fit")
     cameras = [str(c) for c in sc.get("cameras") or []]  # beside the world model's camera
+    image_keys = [str(cfg.image_key or wm_info["image_key"]), *cameras]
+    swap = float(sc.get("colour_swap", 0.0))
     data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size), seq_len=seq_len,
                      device=distributed.pick_device(cfg.device), weights=sc.get("weights"), starts=starts,
-                     cameras=cameras)
+                     cameras=cameras, augment=ColourSwap(image_keys, swap, int(cfg.seed)) if swap else None)
     if data.image_key in cameras:
         raise ConfigError(f"bc_scratch.cameras={cameras} repeats the main camera {data.image_key!r}: "
                           "list only the extra cameras (e.g. bc_scratch.cameras=[image/wrist])")
@@ -251,7 +254,7 @@ def train_bc_scratch(cfg, steps: int) -> Path:
     info = {"stage": "bc_scratch", "steps": steps, "image_key": data.image_key,
             "image_keys": [data.image_key, *cameras], "stores": data.paths,
             "holdout": float(cfg.holdout), "base_world_model": str(Path(cfg.wm).resolve()), "history": history,
-            "ensemble": ensemble}
+            "ensemble": ensemble, "colour_swap": swap}
     path = scratch_bc.save(Path(cfg.out), policy, info)
     (path / "config.yaml").write_text(show(cfg))
     log.info("behaviour cloning from scratch saved to %s", path)

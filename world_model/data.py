@@ -183,7 +183,7 @@ class TrainData:
     """
 
     def __init__(self, cfg, mcfg, rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
-                 normalizer=None):
+                 normalizer=None, augment=None):
         from reverie.datasets.normalize import from_stores
         from reverie.datasets.sampler import WindowSampler
 
@@ -223,6 +223,7 @@ class TrainData:
                               "lower holdout=, or give a training episode's category a weight > 0")
         self._stream = None
         self._prefetch, self._state = None, None
+        self.augment = augment  # window -> window before collation (a policy's, e.g. policy/colour_swap.py)
 
     def _draw(self) -> dict:
         if self.workers <= 0:
@@ -234,7 +235,7 @@ class TrainData:
         while len(windows) < self.batch_size:
             w = self._draw()
             if (w["store"], w["episode"]) not in self.held:
-                windows.append(w)
+                windows.append(self.augment(w) if self.augment else w)
         return self.normalizer.batch(collate(windows, self.image_key, self.image_size, self.language, self.dynalang,
                                              self.device, self.narrations, self.cameras))
 
