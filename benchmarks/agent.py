@@ -121,8 +121,10 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
 
     if "scratch" in stages:  # `reverie train-agent stage=bc_scratch`, retrained every run
         extra = [f"image/{c}" for c in args.cameras[1:]]  # the first camera is the world model's
-        name = "bc from scratch" + (f", {'+'.join(args.cameras)} cameras" if extra else "")
-        scratch = root / ("scratch_bc" if not extra else f"scratch_bc_{'_'.join(args.cameras)}")
+        name = "bc from scratch" + (f", {'+'.join(args.cameras)} cameras" if extra else "") + \
+            (f", {args.scratch_label}" if args.scratch_label else "")
+        scratch = root / ("scratch_bc" + (f"_{'_'.join(args.cameras)}" if extra else "") +
+                          (f"_{args.scratch_label.replace(' ', '_')}" if args.scratch_label else ""))
         timed(name, lambda: train(compose("train_agent", [
             "stage=bc_scratch", f"out={scratch}", f"steps={args.scratch_steps}", f"data={store}", *common,
             f"bc_scratch.cameras=[{','.join(extra)}]", *args.scratch_set])))
@@ -239,6 +241,8 @@ def main() -> None:
                    "and units from this world-model run instead of training one (its weights are not used)")
     p.add_argument("--scratch-set", nargs="*", default=[], help="more train-agent overrides for the scratch row, "
                    "e.g. bc_scratch.loss=mse")
+    p.add_argument("--scratch-label", default="", help="appended to the scratch row's name and folder, so a "
+                   "variant (--scratch-set) gets its own row, e.g. 'colour swap'")
     p.add_argument("--cameras", nargs="+", default=["front"], help="cameras the demos record; the first is the "
                    "world model's, the rest are extra cameras of the scratch row (e.g. front wrist)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")

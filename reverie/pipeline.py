@@ -231,6 +231,9 @@ def _reverie(args: list[str]) -> None:
         raise ReverieError(f"`reverie {' '.join(args)}` failed with exit code {done.returncode}")
 
 
+CURVE_KEYS = ("bc/mse", "bc/nll", "rl/return")  # each agent's history: the curve its panel shows
+
+
 def learning_curves(run: Run, agents: dict[str, Path], path: Path) -> None:
     """World-model loss, each behaviour cloning's loss and the imagined return against steps."""
     import matplotlib
@@ -248,7 +251,8 @@ def learning_curves(run: Run, agents: dict[str, Path], path: Path) -> None:
     for ax, (name, folder) in zip(axes[1:], agents.items()):
         info_file = folder / ("scratch_bc.json" if (folder / "scratch_bc.json").exists() else "agent.json")
         history = json.loads(info_file.read_text())["history"]
-        key = next((k for k in (history[0] if history else {}) if k != "step"), None)
+        logged = history[0] if history else {}
+        key = next((k for k in CURVE_KEYS if k in logged), next((k for k in logged if k != "step"), None))
         if key:
             ax.plot([h["step"] for h in history], [h[key] for h in history])
         ax.set_title(f"{name}: {key}", fontsize=9)
