@@ -96,7 +96,8 @@ class WorldModel(nn.Module, abc.ABC):
     `forward(batch)` is `loss(batch)`, so DDP/FSDP wrappers (which hook `forward`) sync gradients.
     Backends read their hyperparameters from `cfg` (the `world_model` group merged with the size
     preset's section for the backend) and must provide the optimiser keys `lr`, `adam_eps`,
-    `weight_decay`, `grad_clip`, and the data keys `batch_size`, `seq_len`.
+    `weight_decay`, `grad_clip`, and the data keys `batch_size`, `seq_len`; the generic code's
+    optional keys and their defaults are OPTIONAL_KEYS.
     """
 
     feat_dim: int
@@ -184,6 +185,23 @@ def build(name: str, cfg: Any, spec: DataSpec) -> WorldModel:
 # Keys every backend's config holds (the trainer, the data pipeline and the controllers read them);
 # checked where no preset section supplies them.
 REQUIRED_KEYS = ("image_size", "batch_size", "seq_len", "lr", "adam_eps", "weight_decay", "grad_clip")
+# Keys the backend-agnostic code (trainer, data, evaluation) reads when a backend's config has them, and
+# what it takes when one has none (a backend without language tokens need not say `dynalang: false`).
+# rssm and shortcut set the ones they use in their YAML, preset or recipe; these are the only
+# defaults for them in code.
+OPTIONAL_KEYS = {
+    "dynalang": False,  # per-step language tokens in the batch
+    "describe": False,  # per-step narration targets in the batch
+    "stage": None,      # a staged backend's stage (shortcut), for messages
+    "steps": None,      # the default run length (the recipe's); none: train-wm needs steps=N
+    "fsdp": False,      # shard with FSDP under torchrun (the preset's); train-wm's fsdp= overrides
+    "ema": 0,           # weight-average decay (the recipe's); train-wm's ema= overrides; 0: off
+}
+
+
+def option(cfg: Any, key: str) -> Any:
+    """An OPTIONAL_KEYS value of a model config (model_config's result, or a backend's `cfg`)."""
+    return cfg.get(key, OPTIONAL_KEYS[key])
 
 
 def model_config(cfg: Any) -> Any:
