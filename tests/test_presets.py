@@ -77,3 +77,50 @@ def test_another_recipe_can_be_picked_and_a_wrong_one_is_named():
     assert cfg.preset.rssm.lr == 6e-4 and cfg.preset.rssm.deter == 2048
     with pytest.raises(ConfigError, match="no world_model/recipe@preset 'nope'; options: cpu_minutes"):
         compose("train_wm", ["world_model/recipe@preset=nope", "data=x"])
+
+
+def _model_keys(backend: str) -> set[str]:
+    """Every key a backend's model config gets from the YAMLs: its own, the presets' and the recipes'."""
+    keys = set(_raw(CONF / "world_model" / f"{backend}.yaml"))
+    for folder in (CONF / "preset", CONF / "world_model" / "recipe"):
+        for path in folder.glob("*.yaml"):
+            keys |= set(_raw(path).get(backend) or {})
+    return keys
+
+
+def test_model_keys_have_one_default_the_yaml():
+    """Backends and the generic code read the YAMLs' model keys without a default of their own: no
+    `c.get("key", ...)` on a model config for a key the YAMLs give. Old runs' configs are completed
+    in one place (checkpoint.upgrade_config, from each backend's legacy_config), optional keys of the
+    generic code have theirs in backend.OPTIONAL_KEYS."""
+    import re
+
+    from reverie.world_model.backend import load_backends
+
+    given = _model_keys("rssm") | _model_keys("shortcut")
+    pattern = re.compile(r"\b(?:c|mcfg|wm|self\.cfg|self\.mcfg|wm\.cfg)\.get\(\s*['\"](\w+)['\"]")
+    root = CONF.parents[1]
+    found = [f"{path.relative_to(root)}: {key}" for folder in ("world_model", "policy", "export")
+             for path in (root / folder).rglob("*.py") for key in pattern.findall(path.read_text()) if key in given]
+    assert not found, f"defaults in code for keys the YAMLs set: {found}"
+    backends = load_backends()
+    for name in ("rssm", "shortcut"):
+        assert set(backends[name].legacy_config) <= _model_keys(name), "legacy_config names a key no YAML sets"
+
+
+def test_an_old_run_config_is_completed_with_what_it_was_trained_with():
+    from omegaconf import OmegaConf
+
+    from reverie.world_model.backend import model_config
+    from reverie.world_model.checkpoint import upgrade_config
+
+    composed = compose("train_wm", ["world_model=shortcut", "preset=tiny", "data=x"])
+    cfg = OmegaConf.create(OmegaConf.to_container(composed))  # as config.yaml reads back
+    new = OmegaConf.to_container(model_config(cfg))
+    assert upgrade_config(cfg, "shortcut") is cfg  # a current run: nothing to fill
+    del cfg.world_model["known_action"], cfg.world_model["tok_center"]
+    cfg.preset.shortcut.boot_start = 5  # written by the run (here in its preset section): kept
+    del cfg.world_model["boot_start"]
+    old = OmegaConf.to_container(model_config(upgrade_config(cfg, "shortcut")))
+    assert old == new | {"known_action": False, "boot_start": 5}  # False: the model those runs were
+    assert upgrade_config(cfg, "no_such_backend") is cfg

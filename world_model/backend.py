@@ -106,6 +106,10 @@ class WorldModel(nn.Module, abc.ABC):
     optional_state: tuple[str, ...] = ()  # state_dict keys a checkpoint may lack (newer buffers)
     optional_prefixes: tuple[str, ...] = ()  # parts that can be added to a trained model (checkpoint.load_model extend)
     onnx_step: type | None = None  # the exported filter step class (world_model/step.py); None: not exportable
+    # Config keys newer than some checkpoints -> the value a run written before the key existed was
+    # trained with (not the current default, which is the YAML's). checkpoint.read fills them into an
+    # old run's config, the one place that does; the backend's code reads every key as always present.
+    legacy_config: dict[str, Any] = {}
 
     def __init__(self, cfg: Any, spec: DataSpec):
         super().__init__()
