@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from reverie.datasets.normalize import check_action_range
 from reverie.errors import ConfigError
 from reverie.normalize import Normalizer
-from reverie.world_model.backend import model_config
+from reverie.world_model.backend import model_config, option
 from reverie.world_model.data import TrainData, data_paths
 
 
@@ -49,7 +49,7 @@ class AgentData(TrainData):
             "seed": int(cfg.seed), "workers": 0, "starts": starts,  # datasets/sampler.py
             "cameras": list(cameras),  # extra cameras a policy reads (batch[key] beside batch["image"])
             "weights": OmegaConf.to_container(weights) if OmegaConf.is_config(weights) else weights})
-        sizes = OmegaConf.create({"image_size": int(wm.image_size), "dynalang": bool(wm.get("dynalang", False)),
+        sizes = OmegaConf.create({"image_size": int(wm.image_size), "dynalang": bool(option(wm, "dynalang")),
                                   "batch_size": batch_size, "seq_len": seq_len})
         # the world model's own units (its checkpoint's normaliser; identity for one written before them)
         super().__init__(data_cfg, sizes, device=device,  # batches arrive on the training device

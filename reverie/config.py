@@ -76,9 +76,9 @@ def compose(name: str, overrides: list[str] = (), choices: bool = False, require
             parsed = OverridesParser.create().parse_overrides(overrides)
             cfg = hydra_compose(config_name=name, overrides=overrides, return_hydra_config=True)
             picked = OmegaConf.to_container(cfg.hydra.runtime.choices)
-            values = [o for o in parsed if o.key_or_group not in picked and not (o.is_add() or o.is_delete())]
+            values = [o for o in parsed if _group(o) not in picked and not (o.is_add() or o.is_delete())]
             if values:  # each value against its default, under the same config-group choices
-                defaults = _defaults(name, tuple(o.input_line for o in parsed if o.key_or_group in picked))
+                defaults = _defaults(name, tuple(o.input_line for o in parsed if _group(o) in picked))
                 for o in values:
                     _check_kind(name, o.key_or_group, OmegaConf.select(defaults, o.key_or_group),
                                 OmegaConf.select(cfg, o.key_or_group))
@@ -126,16 +126,16 @@ def _unknown(name: str, overrides: list[str]) -> str | None:
     loader = GlobalHydra.instance().config_loader()
     for o in parsed:
         value = o.input_line.partition("=")[2]
-        if o.key_or_group in groups and not o.is_delete():
+        if _group(o) in groups and not o.is_delete():
             options = loader.get_group_options(o.key_or_group)
             if value not in options:
-                return (f"{o.key_or_group}={value}: `{name}` has no {o.key_or_group} {value!r}"
+                return (f"{_group(o)}={value}: `{name}` has no {_group(o)} {value!r}"
                         f"{did_you_mean(value, options)}; options: {', '.join(options)}")
-    defaults = _defaults(name, tuple(o.input_line for o in parsed if o.key_or_group in groups))
+    defaults = _defaults(name, tuple(o.input_line for o in parsed if _group(o) in groups))
     keys = _keys(defaults)
     for o in parsed:
         key, value = o.key_or_group, o.input_line.partition("=")[2]
-        if key in groups or key in keys or o.is_add() or o.is_delete():
+        if _group(o) in groups or key in keys or o.is_add() or o.is_delete():
             continue
         parent = key.rpartition(".")[0]
         if parent and OmegaConf.select(defaults, parent, default=None) == {}:  # an open mapping: env_kwargs: {}
@@ -144,6 +144,12 @@ def _unknown(name: str, overrides: list[str]) -> str | None:
         fix = f"did you mean {near}={value}?" if near else "run the command with --help to see its keys"
         return f"{key}={value}: `{name}` has no key {key!r}; {fix}"
     return None
+
+
+def _group(override) -> str:
+    """The config group an override picks, named as hydra's runtime choices name it: `preset`, or
+    `world_model/recipe@preset` for a group a config places in another package (a preset's recipe)."""
+    return f"{override.key_or_group}@{override.package}" if override.package else override.key_or_group
 
 
 def _keys(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -222,7 +228,8 @@ def completions(name: str, current: str) -> list[str]:
         groups = [g for g in hydra_compose(config_name=name, return_hydra_config=True).hydra.runtime.choices
                   if not g.startswith("hydra")]
         if eq and key in groups:
-            return [f"{key}={o}" for o in GlobalHydra.instance().config_loader().get_group_options(key)]
+            options = GlobalHydra.instance().config_loader().get_group_options(key.partition("@")[0])
+            return [f"{key}={o}" for o in options]
         defaults = _defaults(name, ())
     if eq:
         return [f"{key}=true", f"{key}=false"] if isinstance(OmegaConf.select(defaults, key, default=None), bool) else []

@@ -126,7 +126,7 @@ def test_tokenizer_is_causal_in_time():
 
 def _dyn(**kw):
     args = dict(latent_tokens=3, latent_dim=4, action_dim=2, dim=32, depth=4, heads=4, kv_heads=2,
-                registers=2, agents=1, time_every=2, k_max=8)
+                registers=2, agents=1, time_every=2, k_max=8, known_action=True)
     return Dynamics(**(args | kw)).eval()
 
 

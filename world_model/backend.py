@@ -96,7 +96,8 @@ class WorldModel(nn.Module, abc.ABC):
     `forward(batch)` is `loss(batch)`, so DDP/FSDP wrappers (which hook `forward`) sync gradients.
     Backends read their hyperparameters from `cfg` (the `world_model` group merged with the size
     preset's section for the backend) and must provide the optimiser keys `lr`, `adam_eps`,
-    `weight_decay`, `grad_clip`, and the data keys `batch_size`, `seq_len`.
+    `weight_decay`, `grad_clip`, and the data keys `batch_size`, `seq_len`; the generic code's
+    optional keys and their defaults are OPTIONAL_KEYS.
     """
 
     feat_dim: int
@@ -105,6 +106,10 @@ class WorldModel(nn.Module, abc.ABC):
     optional_state: tuple[str, ...] = ()  # state_dict keys a checkpoint may lack (newer buffers)
     optional_prefixes: tuple[str, ...] = ()  # parts that can be added to a trained model (checkpoint.load_model extend)
     onnx_step: type | None = None  # the exported filter step class (world_model/step.py); None: not exportable
+    # Config keys newer than some checkpoints -> the value a run written before the key existed was
+    # trained with (not the current default, which is the YAML's). checkpoint.read fills them into an
+    # old run's config, the one place that does; the backend's code reads every key as always present.
+    legacy_config: dict[str, Any] = {}
 
     def __init__(self, cfg: Any, spec: DataSpec):
         super().__init__()
@@ -184,6 +189,23 @@ def build(name: str, cfg: Any, spec: DataSpec) -> WorldModel:
 # Keys every backend's config holds (the trainer, the data pipeline and the controllers read them);
 # checked where no preset section supplies them.
 REQUIRED_KEYS = ("image_size", "batch_size", "seq_len", "lr", "adam_eps", "weight_decay", "grad_clip")
+# Keys the backend-agnostic code (trainer, data, evaluation) reads when a backend's config has them, and
+# what it takes when one has none (a backend without language tokens need not say `dynalang: false`).
+# rssm and shortcut set the ones they use in their YAML, preset or recipe; these are the only
+# defaults for them in code.
+OPTIONAL_KEYS = {
+    "dynalang": False,  # per-step language tokens in the batch
+    "describe": False,  # per-step narration targets in the batch
+    "stage": None,      # a staged backend's stage (shortcut), for messages
+    "steps": None,      # the default run length (the recipe's); none: train-wm needs steps=N
+    "fsdp": False,      # shard with FSDP under torchrun (the preset's); train-wm's fsdp= overrides
+    "ema": 0,           # weight-average decay (the recipe's); train-wm's ema= overrides; 0: off
+}
+
+
+def option(cfg: Any, key: str) -> Any:
+    """An OPTIONAL_KEYS value of a model config (model_config's result, or a backend's `cfg`)."""
+    return cfg.get(key, OPTIONAL_KEYS[key])
 
 
 def model_config(cfg: Any) -> Any:

@@ -8,7 +8,8 @@
       rng_rank<r>.safetensors  torch (and CUDA) generator state of rank r
       trainer.json             step, backend, data spec, per-rank data-sampler RNG state, stores, the
                                state/action normaliser (reverie/normalize.py JSON) (EMA updates)
-      config.yaml              the resolved training config
+      config.yaml              the resolved training config (a run older than some model keys: read()
+                               fills them with what it was trained with, upgrade_config)
 
 A checkpoint is written to `checkpoint.tmp/` and renamed into place, so an interrupted save leaves
 the previous checkpoint intact. Model and optimiser state go through
@@ -33,7 +34,7 @@ from reverie.errors import ConfigError
 from reverie.files import load_weights, read_config, read_json, read_tensors
 from reverie.normalize import Normalizer
 from reverie.world_model import distributed
-from reverie.world_model.backend import DataSpec, WorldModel, build, model_config
+from reverie.world_model.backend import DataSpec, WorldModel, build, load_backends, model_config
 from reverie.world_model.ema import EMA
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -136,8 +137,22 @@ def read(path: str | Path) -> tuple[Path, Any, dict]:
     """(checkpoint folder, training config, trainer.json) of a run, without building its model: what
     a consumer of the run's data choices (stores, camera, resolution, units) needs."""
     path = find(path)
-    return (path, read_config(path / "config.yaml", required=("world_model", "preset")),
-            read_json(path / "trainer.json", required=("backend", "spec")))
+    cfg = read_config(path / "config.yaml", required=("world_model", "preset"))
+    trainer = read_json(path / "trainer.json", required=("backend", "spec"))
+    return path, upgrade_config(cfg, trainer["backend"]), trainer
+
+
+def upgrade_config(cfg: Any, backend: str) -> Any:
+    """A run's training config with the model keys it predates filled in, each with the value the run
+    was trained with (the backend's `legacy_config`, world_model/backend.py): the one place old
+    checkpoints are completed, so backends read every key of their YAML as present. A key the run has
+    (in its world_model or preset section) stays as written."""
+    cls = load_backends().get(backend)
+    if cls is None or not cls.legacy_config:
+        return cfg
+    have = set(cfg.world_model) | (set(cfg.preset[backend]) if backend in cfg.preset else set())
+    missing = {k: v for k, v in cls.legacy_config.items() if k not in have}
+    return OmegaConf.merge(cfg, {"world_model": missing}) if missing else cfg
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", extend: dict | None = None

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from reverie.datasets import narration
 from reverie.errors import ConfigError
-from reverie.world_model.backend import DataSpec
+from reverie.world_model.backend import DataSpec, option
 
 ROW_KEYS = ("state", "action", "action_mask", "reward", "is_first", "is_last", "is_terminal")
 
@@ -192,7 +192,7 @@ class TrainData:
         # store units -> model units for state and action (datasets/normalize.py); next() applies it
         self.normalizer = normalizer if normalizer is not None else from_stores(self.stores, cfg.get("normalize"))
         self.image_key, self.image_size = cfg.image_key, int(mcfg.image_size)
-        self.dynalang = bool(mcfg.get("dynalang", False))
+        self.dynalang = bool(option(mcfg, "dynalang"))
         self.cameras = tuple(cfg.get("cameras") or ())  # extra cameras for the batch (a policy's), not the model's
         self.spec = make_spec(self.stores, self.image_key, self.image_size, self.dynalang, self.cameras)
         self.batch_size, self.length = int(mcfg.batch_size), int(mcfg.seq_len)
@@ -202,7 +202,7 @@ class TrainData:
                      for e in split_episodes(store.num_episodes, float(cfg.holdout))[1]}
         self.keys = [self.image_key, *self.cameras, *ROW_KEYS]
         self.narrations = None  # each store's sentence table when the model learns to describe steps
-        if bool(mcfg.get("describe", False)):
+        if bool(option(mcfg, "describe")):
             bare = [p for p, st in zip(self.paths, self.stores) if narration.KEY not in st.schema]
             if bare:
                 raise ConfigError(f"world_model.describe=true needs per-step narration, and {bare} have none: "

@@ -29,7 +29,7 @@ class Dynamics(nn.Module):
                  depth: int = 8, heads: int = 4, kv_heads: int | None = None, registers: int = 4,
                  agents: int = 1, time_every: int = 4, k_max: int = 64, instruction_dim: int = 384,
                  softcap: float = 50.0, qk_norm: bool = True, v_pred: bool = False,
-                 feat: str = "agent", known_action: bool = True):
+                 feat: str = "agent", *, known_action: bool):
         super().__init__()
         if feat not in ("agent", "pooled"):
             raise ValueError(f"feat={feat!r}: choose agent or pooled")

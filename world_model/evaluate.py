@@ -33,7 +33,7 @@ import torch
 from reverie.config import command_config
 from reverie.errors import ConfigError
 from reverie.world_model import checkpoint
-from reverie.world_model.backend import replay_policy
+from reverie.world_model.backend import option, replay_policy
 from reverie.world_model.data import ROW_KEYS, Language, collate, data_paths, open_stores, split_episodes
 from reverie.world_model.distributed import pick_device
 
@@ -106,13 +106,13 @@ def evaluate(cfg) -> dict:
     windows = eval_windows(stores, float(trainer.get("holdout", 0.0)), cfg.split, c + h, int(cfg.windows),
                            slice(c - 1, c + h - 1), image_key)
     language = Language()
-    dynalang = bool(mcfg.get("dynalang", False))
+    dynalang = bool(option(mcfg, "dynalang"))
     has_state, has_tok = hasattr(model, "decode_state"), hasattr(model, "reconstruct")
     imagines = model.can_imagine  # False: a tokenizer-only checkpoint, reconstruction only
     if not imagines:
         log.warning("%s: dynamics untrained (stage=%s, step %s): reporting the tokenizer's reconstruction "
                     "only; train world_model.stage=dynamics world_model.tokenizer=RUN for open-loop "
-                    "prediction", cfg.checkpoint, mcfg.get("stage"), trainer["step"])
+                    "prediction", cfg.checkpoint, option(mcfg, "stage"), trainer["step"])
     sums: dict[str, np.ndarray] = {}
     per_window: dict[str, list] = {"model": [], "copy_last": []}  # image MSE (B, H) per batch
     counts = {"windows": 0, "steps": 0}

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from reverie.datasets.schema import PRIVILEGED_OBJECTS, PRIVILEGED_TARGET, has_privileged
 from reverie.errors import ConfigError
+from reverie.world_model.backend import option
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,8 @@ def episode_features(wm, episode: dict, instruction: str, image_key: str, langua
     from reverie.world_model.data import ROW_KEYS, collate
 
     mcfg = wm.cfg
-    chunk = int(chunk or mcfg.get("seq_len", 64))
-    dynalang = bool(mcfg.get("dynalang", False))
+    chunk = int(chunk or mcfg.seq_len)
+    dynalang = bool(option(mcfg, "dynalang"))
     n = len(episode["is_first"])
     feats, state = [], None
     for start in range(0, n, chunk):

@@ -58,6 +58,12 @@ class RSSM(WorldModel):
     optional_state = ("pixels.pixel_mean", "pixels.mean_count")
     optional_prefixes = ("frame_proj.", "frame_pred.")  # a frame latent added to a trained model (bc.frame)
     onnx_step = RSSMStep  # the exported filter step (world_model/rssm_step.py)
+    # what runs written before these keys were trained with (checkpoint.read fills them in)
+    legacy_config = {"describe": False,        # before the description head
+                     "frame": 0,               # before the frame latent
+                     "core": "wide",           # before issue 22's DreamerV3 core layout
+                     "core_layers": 1,
+                     "image_foreground": 0.0}  # before foreground weighting: plain MSE
 
     def __init__(self, cfg, spec: DataSpec):
         super().__init__(cfg, spec)
@@ -67,14 +73,14 @@ class RSSM(WorldModel):
         self.scales = dict(c.loss_scales)
         self.use_instruction = bool(c.instruction)
         self.dynalang = bool(c.dynalang)
-        self.describes = bool(c.get("describe", False))  # configs from before the head lack the key
+        self.describes = bool(c.describe)
         if self.dynalang and spec.lang_dim <= 0:
             raise ValueError("dynalang needs language tokens: DataSpec.lang_dim must be > 0")
         size, (h, w, _) = c.image_size, spec.image_shape
         if (h, w) != (size, size):
             raise ValueError(f"RSSM built for {size}x{size} images, data spec says {h}x{w}")
         zdim = c.stoch * c.classes
-        self.frame_dim = int(c.get("frame", 0))  # older configs: no frame latent
+        self.frame_dim = int(c.frame)
         self.core_dim = c.deter + zdim           # what the model's own heads read
         self.feat_dim = self.core_dim + self.frame_dim
 
@@ -87,9 +93,7 @@ class RSSM(WorldModel):
             embed += c.units
 
         inputs = [zdim, spec.action_dim + 1] + ([spec.instruction_dim] if self.use_instruction else [])
-        # DreamerV3's core layout; configs saved before issue 22 lack the key and were "wide"
-        self.core = BlockGRU(inputs, c.deter, c.hidden, c.blocks, layout=str(c.get("core", "wide")),
-                             layers=int(c.get("core_layers", 1)))
+        self.core = BlockGRU(inputs, c.deter, c.hidden, c.blocks, layout=str(c.core), layers=int(c.core_layers))
         self.prior_net = MLP(c.deter, zdim, c.hidden, 1)
         self.post_net = MLP(c.deter + embed, zdim, c.hidden, 1)
 
@@ -98,7 +102,7 @@ class RSSM(WorldModel):
                                             RMSNorm(self.frame_dim, eps=1e-4))
             self.frame_pred = MLP(self.core_dim, self.frame_dim, c.units, c.layers)
         self.image_dec = ConvDecoder(self.core_dim, size, c.cnn_depth)
-        self.pixels = PixelMean(size, float(c.get("image_foreground", 0.0)))  # older configs: plain MSE
+        self.pixels = PixelMean(size, float(c.image_foreground))
         self.state_dec = MLP(self.core_dim, spec.state_dim, c.units, c.layers)
         self.twohot = TwoHot(c.reward_bins, c.bins_range)
         self.reward_head = MLP(self.core_dim, c.reward_bins, c.units, c.layers, zero_out=True)

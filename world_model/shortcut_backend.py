@@ -40,6 +40,11 @@ STAGES = ("both", "tokenizer", "dynamics")
 @register("shortcut")
 class ShortcutWorldModel(WorldModel):
     onnx_step = ShortcutStep  # the exported filter step (world_model/shortcut_step.py)
+    # what runs written before these keys (all in Nov 2026) were trained with (checkpoint.read fills them in)
+    legacy_config = {"boot_frac": None, "boot_start": 0,        # before bootstrap scheduling: the paper's
+                     "tok_seq_len": None, "tok_time_every": None,  # the whole window, time_every
+                     "tok_center": True,
+                     "known_action": False}  # before the "known" action embedding: missing == zero action
 
     def __init__(self, cfg, spec: DataSpec):
         super().__init__(cfg, spec)
@@ -52,21 +57,21 @@ class ShortcutWorldModel(WorldModel):
                               f"has {h}x{w}; set the preset's image_size or record at that size")
         if c.latents % c.pack:
             raise ConfigError(f"latents={c.latents} must be divisible by pack={c.pack}")
-        self.stage, self.steps_tok = c.stage, int(c.get("tokenizer_steps", 0))
+        self.stage, self.steps_tok = c.stage, int(c.tokenizer_steps)
         self.pack, self.lat, self.bneck = c.pack, c.latents, c.bottleneck
         self.steps, self.ctx_noise, self.shortcut = c.sampling_steps, c.ctx_noise, c.shortcut
         self.single_frac = c.single_frac
-        self.boot_frac, self.boot_start = c.get("boot_frac"), int(c.get("boot_start") or 0)
+        self.boot_frac, self.boot_start = c.boot_frac, int(c.boot_start)
         self.context = int(c.context or c.seq_len - 1)  # RoPE distances stay within training's
-        self.tok_seq_len = int(c.get("tok_seq_len") or 0)
+        self.tok_seq_len = int(c.tok_seq_len or 0)  # null: the whole window
         self.tokenizer = Tokenizer(spec.image_shape, c.patch, c.latents, c.bottleneck, c.tok_dim,
                                    c.tok_depth, c.tok_heads, c.tok_kv_heads,
-                                   c.get("tok_time_every") or c.time_every,
-                                   c.softcap, c.qk_norm, c.tok_drop_max, c.get("tok_center", True))
+                                   c.tok_time_every or c.time_every,  # null: the dynamics' period
+                                   c.softcap, c.qk_norm, c.tok_drop_max, c.tok_center)
         self.dynamics = Dynamics(c.latents // c.pack, c.bottleneck * c.pack, spec.action_dim, c.dim,
                                  c.depth, c.heads, c.kv_heads, c.registers, c.agents, c.time_every,
                                  c.k_max, spec.instruction_dim, c.softcap, c.qk_norm, c.v_pred,
-                                 feat=c.feat, known_action=c.get("known_action", False))
+                                 feat=c.feat, known_action=c.known_action)
         self.feat_dim = c.dim
         self.twohot = TwoHot(c.reward_bins, c.bins_range)
         self.reward_head = MLP(c.dim, c.reward_bins, c.head_units, c.head_layers, zero_out=True)
@@ -100,7 +105,7 @@ class ShortcutWorldModel(WorldModel):
 
     def _load_tokenizer(self) -> None:
         """stage=dynamics: copy the tokenizer weights of `cfg.tokenizer` (once; checkpoints keep them)."""
-        if self.tok_loaded or self.stage != "dynamics" or not self.cfg.get("tokenizer"):
+        if self.tok_loaded or self.stage != "dynamics" or not self.cfg.tokenizer:
             return
         from safetensors.torch import load_file
 

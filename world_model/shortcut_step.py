@@ -81,7 +81,7 @@ def _with_window(module: nn.Module, attr: str) -> nn.Module:
 class ShortcutStep(FilterStep):
     def __init__(self, wm, image_hw):
         super().__init__(wm, image_hw)
-        if wm.cfg.get("dynalang", False):
+        if wm.cfg.dynalang:
             raise BundleError("dynalang shortcut models need per-step language tokens, which the bundle "
                               "does not carry; export a model trained with world_model.dynalang=false")
         if wm.tokenizer.encoder.n_time == 0 or wm.dynamics.transformer.n_time == 0:

@@ -25,7 +25,7 @@ import torch
 from reverie.config import command_config, show
 from reverie.errors import ConfigError
 from reverie.world_model import checkpoint, distributed, networks
-from reverie.world_model.backend import build, model_config, replay_policy
+from reverie.world_model.backend import build, model_config, option, replay_policy
 from reverie.world_model.data import TrainData
 from reverie.world_model.ema import EMA
 
@@ -63,11 +63,11 @@ class Trainer:
         # channels_last convolutions; configs saved before them have no keys (then on, the measured default)
         networks.set_fused_norm(self.model, bool(cfg.get("fused_norm", True)), bool(cfg.get("compile_norm", True)))
         networks.set_channels_last(self.model, bool(cfg.get("channels_last", True)))
-        fsdp = bool(self.mcfg.get("fsdp", False) if cfg.fsdp is None else cfg.fsdp)
+        fsdp = bool(option(self.mcfg, "fsdp") if cfg.fsdp is None else cfg.fsdp)
         self.module = distributed.wrap(self.model, self.device, fsdp, bool(cfg.compile))
         groups = param_groups(self.model, float(self.mcfg.weight_decay))
         self.optimizer = torch.optim.AdamW(groups, lr=self.mcfg.lr, eps=self.mcfg.adam_eps)
-        decay = cfg.get("ema") if cfg.get("ema") is not None else self.mcfg.get("ema", 0)
+        decay = cfg.get("ema") if cfg.get("ema") is not None else option(self.mcfg, "ema")
         self.ema = EMA(self.model, float(decay)) if decay else None
         self.step = 0
         if resume_from is not None:
@@ -209,7 +209,7 @@ def checked_steps(cfg, mcfg) -> int:
         value = cfg.get(key)
         if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
             raise ConfigError(f"{key}={value} must be a number (or null)")
-    steps = cfg.steps if cfg.steps is not None else mcfg.get("steps")
+    steps = cfg.steps if cfg.steps is not None else option(mcfg, "steps")
     if steps is None:  # a backend whose sizes come from its own YAML need not set a default run length
         raise ConfigError(f"steps=null and neither the preset nor world_model={cfg.world_model.name} sets "
                           "`steps`: pass steps=N")
