@@ -22,13 +22,14 @@ PROBE = ("import sys; from reverie.cli import main; rc = main(sys.argv[1:]); "
          "if m in sys.modules), flush=True); sys.exit(rc)")
 
 
-def synthetic_store(path: Path, episodes: int = 2, length: int = 30, seed: int = 0) -> Path:
+def synthetic_store(path: Path, episodes: int = 2, length: int = 30, seed: int = 0,
+                    texts: tuple[str, ...] = ("touch the red cube", "push the blue cube to the left"),
+                    success: bool = False) -> Path:
     from reverie.datasets.schema import make_schema
     from reverie.datasets.store import EpisodeStore
 
     rng = np.random.default_rng(seed)
     store = EpisodeStore.create(path, make_schema({"front": (64, 64)}, 6, 6), fps=30.0, robot="sim/so101")
-    texts = ["touch the red cube", "push the blue cube to the left"]
     for e in range(episodes):
         with store.episode_writer(instruction=texts[e % 2], source="scripted") as w:
             for t in range(length):
@@ -37,7 +38,7 @@ def synthetic_store(path: Path, episodes: int = 2, length: int = 30, seed: int =
                        "action": rng.uniform(-1, 1, 6).astype(np.float32), "action_mask": t < length - 1,
                        "reward": np.float32(0), "is_first": t == 0, "is_last": t == length - 1,
                        "is_terminal": False, "timestamp": np.float64(t / 30)})
-            w.commit(success=False)
+            w.commit(success=success)
     store.close()
     return path
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,9 @@ from torch import nn
 
 from reverie.world_model import backend
 from reverie.world_model.backend import WorldModel
+
+sys.path.insert(0, str(Path(__file__).parent))
+import export_setup  # noqa: E402
 from reverie.world_model.step import FilterStep, StateSpec, prepare_image
 
 # What reverie/conf/world_model/toy.yaml would hold: no preset has a `toy:` section, so these are its sizes.
@@ -114,23 +119,8 @@ def toy():
 
 def demo_store(path, episodes=3, length=15):
     """Random 64x64 frames (the step resizes them to 16), labelled successful so BC clones them."""
-    from reverie.datasets.schema import make_schema
-    from reverie.datasets.store import EpisodeStore
-
-    rng = np.random.default_rng(0)
-    store = EpisodeStore.create(path, make_schema({"front": (64, 64)}, 6, 6), fps=30.0, robot="sim/so101")
-    for e in range(episodes):
-        with store.episode_writer(instruction=["touch the red cube", "lift the green cube"][e % 2],
-                                  source="scripted") as w:
-            for t in range(length):
-                w.add({"image/front": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
-                       "state": rng.normal(0, 0.5, 6).astype(np.float32),
-                       "action": rng.uniform(-1, 1, 6).astype(np.float32), "action_mask": t < length - 1,
-                       "reward": np.float32(0), "is_first": t == 0, "is_last": t == length - 1,
-                       "is_terminal": False, "timestamp": np.float64(t / 30)})
-            w.commit(success=True)
-    store.close()
-    return path
+    return export_setup.synthetic_store(path, episodes, length, texts=("touch the red cube", "lift the green cube"),
+                                        success=True)
 
 
 def test_a_registered_backend_trains_and_exports_with_its_own_step(toy, tmp_path):
