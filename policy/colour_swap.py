@@ -17,20 +17,21 @@ import re
 
 import numpy as np
 
+from reverie.errors import ConfigError
+
 CHANNELS = ("red", "green", "blue")  # colour word -> the RGB channel it is bright in
 _WORDS = re.compile(r"\b(red|green|blue)\b")
-_PERMUTATIONS = [p for p in ([0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0])]  # every one but identity
+_PERMUTATIONS = ([0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0])  # every one but the identity
 
 
 class ColourSwap:
-    """window -> window (numpy frames (T, H, W, 3) under `image_keys`, text under "instruction")."""
+    """window -> window (numpy frames (T, H, W, 3) under every "image/<camera>" key, text under
+    "instruction")."""
 
-    def __init__(self, image_keys, probability: float, seed: int = 0):
+    def __init__(self, probability: float, seed: int = 0):
         if not 0.0 <= probability <= 1.0:
-            from reverie.errors import ConfigError
-
             raise ConfigError(f"bc_scratch.colour_swap={probability}: a probability in [0, 1] (0: off)")
-        self.image_keys, self.probability = list(image_keys), float(probability)
+        self.probability = float(probability)
         self.rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7]))
 
     def __call__(self, window: dict) -> dict:
@@ -38,14 +39,14 @@ class ColourSwap:
         if self.probability == 0 or not _WORDS.search(text) or self.rng.random() >= self.probability:
             return window
         perm = np.array(_PERMUTATIONS[self.rng.integers(len(_PERMUTATIONS))])
-        return swap(window, perm, self.image_keys)
+        return swap(window, perm)
 
 
-def swap(window: dict, perm: np.ndarray, image_keys) -> dict:
+def swap(window: dict, perm: np.ndarray) -> dict:
     """New channel j shows old channel perm[j]: an object bright in channel k now is in j = perm^-1(k)."""
     renamed = {CHANNELS[k]: CHANNELS[int(np.flatnonzero(perm == k)[0])] for k in range(3)}
     out = dict(window)
-    for key in image_keys:
+    for key in [k for k in window if k.startswith("image/")]:  # every camera the window holds
         out[key] = np.asarray(window[key])[..., perm]
     out["instruction"] = _WORDS.sub(lambda m: renamed[m.group(1)], str(window["instruction"]))
     return out

@@ -236,11 +236,10 @@ def train_bc_scratch(cfg, steps: int) -> Path:
     # rows: windows of `chunk` rows that may start at any row, of which only the first is a sample
     seq_len, starts = (int(cfg.agent.chunk), "every") if sample == "rows" else (int(sc.seq_len), "fit")
     cameras = [str(c) for c in sc.get("cameras") or []]  # beside the world model's camera
-    image_keys = [str(cfg.image_key or wm_info["image_key"]), *cameras]
     swap = float(sc.get("colour_swap", 0.0))
     data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size), seq_len=seq_len,
                      device=distributed.pick_device(cfg.device), weights=sc.get("weights"), starts=starts,
-                     cameras=cameras, augment=ColourSwap(image_keys, swap, int(cfg.seed)) if swap else None)
+                     cameras=cameras, augment=ColourSwap(swap, int(cfg.seed)) if swap else None)
     if data.image_key in cameras:
         raise ConfigError(f"bc_scratch.cameras={cameras} repeats the main camera {data.image_key!r}: "
                           "list only the extra cameras (e.g. bc_scratch.cameras=[image/wrist])")

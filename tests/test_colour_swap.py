@@ -21,7 +21,7 @@ def scene() -> dict:
 
 @pytest.mark.parametrize("perm", [[0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
 def test_the_named_cube_shows_the_colour_the_new_instruction_names(perm):
-    out = swap(scene(), np.array(perm), ["image/front", "image/wrist"])
+    out = swap(scene(), np.array(perm))
     named = out["instruction"].split()[2]
     red_patch = out["image/front"][0, 0, 0]  # the cube the original instruction named
     assert CHANNELS[int(np.argmax(red_patch))] == named
@@ -34,15 +34,15 @@ def test_the_named_cube_shows_the_colour_the_new_instruction_names(perm):
 
 def test_off_and_colourless_windows_pass_through_and_bad_probabilities_are_refused():
     window = scene()
-    assert ColourSwap(["image/front"], 0.0)(window) is window
+    assert ColourSwap(0.0)(window) is window
     plain = {**window, "instruction": "wave at the camera"}
-    assert ColourSwap(["image/front"], 1.0)(plain) is plain
-    always = ColourSwap(["image/front", "image/wrist"], 1.0, seed=3)
+    assert ColourSwap(1.0)(plain) is plain
+    always = ColourSwap(1.0, seed=3)
     drawn = [always(window) for _ in range(40)]
     assert {d["instruction"].split()[2] for d in drawn} == {"red", "green", "blue"}
     assert not any(np.array_equal(d["image/front"], window["image/front"]) for d in drawn)  # never the identity
     with pytest.raises(ConfigError, match=r"colour_swap=1.5: a probability in \[0, 1\]"):
-        ColourSwap(["image/front"], 1.5)
+        ColourSwap(1.5)
 
 
 def test_the_scratch_stage_trains_on_swapped_windows(tiny_agent, tmp_path):
@@ -61,7 +61,7 @@ def test_the_scratch_stage_trains_on_swapped_windows(tiny_agent, tmp_path):
     drawn = {}
     for p in (0.0, 1.0):
         seen = []
-        swapper = ColourSwap(["image/front"], p, seed=1)
+        swapper = ColourSwap(p, seed=1)
         data = AgentData(cfg, wm_cfg, wm_info, batch_size=6, seq_len=2, weights=None,
                          augment=lambda w: seen.append(swapper(w)) or seen[-1])
         drawn[p] = (data.next()["image"], [w["instruction"] for w in seen])
