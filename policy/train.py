@@ -43,6 +43,7 @@ from reverie.policy.dllm import DLLMReward
 from reverie.policy.pmpo import pmpo_loss
 from reverie.policy.reward import check_reward_signal, reward_step
 from reverie.policy.colour_swap import ColourSwap
+from reverie.policy.mirror import Mirror
 from reverie.policy.returns import lambda_returns, trajectory_weights
 from reverie.world_model import checkpoint as wm_checkpoint
 from reverie.world_model import distributed
@@ -224,6 +225,15 @@ def _rl(cfg, wm, agent, init_info, data=None):
     return lambda batch: rl_step(wm, agent, prior, batch, actor_opt, value_opt, cfg.rl, dllm, _amp(cfg, wm))
 
 
+def _chain(augments):
+    """window -> window through each augmentation in turn (each draws its own coin)."""
+    def apply(window):
+        for augment in augments:
+            window = augment(window)
+        return window
+    return apply
+
+
 def train_bc_scratch(cfg, steps: int) -> Path:
     """stage=bc_scratch: the pixel baseline on the world model's data choices (see the module doc)."""
     from reverie.policy import scratch_bc
@@ -236,10 +246,12 @@ def train_bc_scratch(cfg, steps: int) -> Path:
     # rows: windows of `chunk` rows that may start at any row, of which only the first is a sample
     seq_len, starts = (int(cfg.agent.chunk), "every") if sample == "rows" else (int(sc.seq_len), "fit")
     cameras = [str(c) for c in sc.get("cameras") or []]  # beside the world model's camera
-    swap = float(sc.get("colour_swap", 0.0))
+    swap, flip = float(sc.get("colour_swap", 0.0)), float(sc.get("mirror", 0.0))
+    augments = [a for a in (ColourSwap(swap, int(cfg.seed)) if swap else None,
+                            Mirror(flip, list(sc.get("mirror_negate") or []), int(cfg.seed)) if flip else None) if a]
     data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size), seq_len=seq_len,
                      device=distributed.pick_device(cfg.device), weights=sc.get("weights"), starts=starts,
-                     cameras=cameras, augment=ColourSwap(swap, int(cfg.seed)) if swap else None)
+                     cameras=cameras, augment=_chain(augments) if augments else None)
     if data.image_key in cameras:
         raise ConfigError(f"bc_scratch.cameras={cameras} repeats the main camera {data.image_key!r}: "
                           "list only the extra cameras (e.g. bc_scratch.cameras=[image/wrist])")
@@ -253,7 +265,7 @@ def train_bc_scratch(cfg, steps: int) -> Path:
     info = {"stage": "bc_scratch", "steps": steps, "image_key": data.image_key,
             "image_keys": [data.image_key, *cameras], "stores": data.paths,
             "holdout": float(cfg.holdout), "base_world_model": str(Path(cfg.wm).resolve()), "history": history,
-            "ensemble": ensemble, "colour_swap": swap}
+            "ensemble": ensemble, "colour_swap": swap, "mirror": flip}
     path = scratch_bc.save(Path(cfg.out), policy, info)
     (path / "config.yaml").write_text(show(cfg))
     log.info("behaviour cloning from scratch saved to %s", path)
