@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
         name = "bc from scratch" + (f", {'+'.join(args.cameras)} cameras" if extra else "") + \
             (f", {args.scratch_label}" if args.scratch_label else "")
         scratch = root / ("scratch_bc" + (f"_{'_'.join(args.cameras)}" if extra else "") +
-                          (f"_{args.scratch_label.replace(' ', '_')}" if args.scratch_label else ""))
+                          (f"_{re.sub(r'[^A-Za-z0-9]+', '_', args.scratch_label).strip('_')}" if args.scratch_label else ""))
         timed(name, lambda: train(compose("train_agent", [
             "stage=bc_scratch", f"out={scratch}", f"steps={args.scratch_steps}", f"data={store}", *common,
             f"bc_scratch.cameras=[{','.join(extra)}]", *args.scratch_set])))
