@@ -166,7 +166,10 @@ def pixel_run(tmp_path_factory):
     bc = agent_train.train(compose("train_agent", ["stage=bc", f"wm={root / 'wm'}", f"out={root / 'bc'}",
                                                    "steps=2", "progress=false", "bc.seq_len=6", "device=cpu",
                                                    "holdout=0.25"]))
-    return {"root": root, "store": store, "wm": root / "wm", "bc": bc}
+    scratch = agent_train.train(compose("train_agent", ["stage=bc_scratch", f"wm={root / 'wm'}", f"out={root / 'pix'}",
+                                                        "steps=2", "progress=false", "bc_scratch.batch_size=4",
+                                                        "device=cpu", "holdout=0.25"]))
+    return {"root": root, "store": store, "wm": root / "wm", "bc": bc, "scratch": scratch}
 
 
 def recorded(store_path, episode=2):
@@ -200,20 +203,24 @@ def test_checkpoints_carry_the_normaliser(pixel_run):
     assert wm_checkpoint.load_model(old)[0].normalizer.is_identity
 
 
-def test_controller_acts_in_pixels_and_hears_pixels(pixel_run):
+@pytest.mark.parametrize("agent", ["bc", "scratch"])  # on world-model features; the pixel BC (its MSE loss)
+def test_controller_acts_in_pixels_and_hears_pixels(pixel_run, agent):
     from reverie.policy.loading import load_controller
 
     ep, text = recorded(pixel_run["store"])
-    c = load_controller(pixel_run["bc"])
+    c = load_controller(pixel_run[agent])
     c.reset(text)
     actions = np.stack([c.act({"image/front": ep["image/front"][t], "state": ep["state"][t]}) for t in range(4)])
     assert actions.shape == (4, 6) and np.abs(actions).max() > 1      # pixels, not [-1, 1]
     assert actions.min() >= LOW - 1e-2 and actions.max() <= HIGH + 1e-2
+    if agent == "scratch":
+        return  # it reads no previous action
     c.observe_executed(np.full(6, HIGH, np.float32))                     # an operator's pixel action
     torch.testing.assert_close(c.prev_action.cpu(), torch.ones(1, 6), atol=1e-5, rtol=0)
 
 
-def test_rollout_clips_to_the_env_bounds_and_gym_env_units(pixel_run, caplog):
+@pytest.mark.parametrize("agent", ["bc", "scratch"])
+def test_rollout_clips_to_the_env_bounds_and_gym_env_units(pixel_run, caplog, agent):
     """A gym env in its own units (action_units=env) gets the policy's pixel actions untouched; the
     default [-1, 1] adapter would clip them, and evaluation says so."""
     from reverie.policy.loading import load_controller
@@ -223,7 +230,7 @@ def test_rollout_clips_to_the_env_bounds_and_gym_env_units(pixel_run, caplog):
     env = GymToReverie(PixelEnv(), size=(32, 32), action_units="env")
     spec = env.action_spec()
     assert (spec.minimum, spec.maximum) == (0.0, 512.0) and "env units" in spec.units
-    c = load_controller(pixel_run["bc"])
+    c = load_controller(pixel_run[agent])
     result = run_episode(env, c, seed=0, record_steps=True)
     sent = np.stack(env.env.unwrapped.received)
     np.testing.assert_allclose(sent, result.steps["action"][:-1], atol=1e-4)  # passed through, not rescaled
@@ -260,7 +267,8 @@ class PixelEnv(gym.Env):
         return self._obs(), 0.0, False, self.t >= 3, {}
 
 
-def test_bundle_acts_in_pixels_like_the_controller(pixel_run):
+@pytest.mark.parametrize("agent", ["bc", "scratch"])
+def test_bundle_acts_in_pixels_like_the_controller(pixel_run, agent):
     """Export (parity in model units) -> the torch-free runtime's step on recorded observations:
     pixel actions, equal to the torch controller's."""
     from reverie.export import manifest as manifest_lib
@@ -268,14 +276,15 @@ def test_bundle_acts_in_pixels_like_the_controller(pixel_run):
     from reverie.language import embed
     from reverie.policy.loading import load_controller
 
-    out = export_setup.export(pixel_run["bc"], pixel_run["root"] / "bundle", "arm=so101_virtual", "parity_steps=20")
+    out = export_setup.export(pixel_run[agent], pixel_run["root"] / f"bundle_{agent}", "arm=so101_virtual", "parity_steps=20")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["normalization"]["keys"]["action"]["mode"] == "minmax"
     np.testing.assert_allclose(manifest["action"]["minimum"], LOW, rtol=1e-6)
     assert manifest["parity"]["max_action_error"] <= 1e-4
     bundle = Bundle.load(out)
-    c = load_controller(pixel_run["bc"])
-    c.wm.deterministic = True  # as exported
+    c = load_controller(pixel_run[agent])
+    if agent == "bc":
+        c.wm.deterministic = True  # as exported
     ep, text = recorded(pixel_run["store"])
     c.reset(text)
     bundle.reset()
@@ -286,7 +295,7 @@ def test_bundle_acts_in_pixels_like_the_controller(pixel_run):
         assert np.abs(got).max() > 1 and got.min() >= LOW - 1e-2 and got.max() <= HIGH + 1e-2
         np.testing.assert_allclose(got, want, atol=1e-4 * (HIGH - LOW))
     # A bundle from before normalisation (no `normalization`): identity, raw graph output.
-    old = pixel_run["root"] / "old_bundle"
+    old = pixel_run["root"] / f"old_bundle_{agent}"
     shutil.copytree(out, old)
     manifest.pop("normalization")
     (old / "manifest.json").write_text(json.dumps(manifest))
