@@ -13,6 +13,8 @@ training seed: one world model (a fixed number of steps: results must not depend
   2. behaviour cloning on world-model features, fine-tuning the world model (policy/bc.py)
   3. imagination RL with the behaviour-cloning prior
   4. + one corrective round     5. + two corrective rounds
+  (--stages scratch scratch_rounds: two corrective rounds of the pixel BC of row 1 instead: record
+  --scratch-round-episodes with it, clone on for --scratch-round-steps from its weights, twice)
 Each row is a CLI command on the same world model: `reverie train-agent stage=bc_scratch`, `stage=bc`,
 `stage=rl init=BC`, then `reverie improve rounds=1` twice; `reverie eval policy=...` scores any of them.
 Every behaviour-cloning row clones the successful demos. Each row: success over --eval-episodes per
@@ -108,7 +110,7 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
 
     wm = root / "wm"
     stages = set(args.stages)
-    scratch_only = stages == {"scratch"} and args.scratch_wm
+    scratch_only = stages <= {"scratch", "scratch_rounds"} and args.scratch_wm
     if scratch_only:  # the pixel baseline reads only a model's data choices (camera, resolution, units)
         wm = Path(args.scratch_wm)
     elif not (wm / "checkpoint").exists():
@@ -130,6 +132,17 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
             "stage=bc_scratch", f"out={scratch}", f"steps={args.scratch_steps}", f"data={store}", *common,
             f"bc_scratch.cameras=[{','.join(extra)}]", *args.scratch_set])))
         score(name, load_controller(scratch), args.suites)
+        if "scratch_rounds" in stages:  # `reverie improve agent=<the pixel BC>`: record, clone on, twice
+            agent = scratch
+            for k in (1, 2):
+                result = timed(f"{name}, round {k}", lambda: improve(compose("improve", [
+                    f"wm={wm}", f"agent={agent}", f"env=arm/{task}", f"out={scratch}_improve{k}", "rounds=1",
+                    f"episodes={args.scratch_round_episodes}", f"bc_steps={args.scratch_round_steps}",
+                    "eval_episodes=1", "progress=false", f"seed={2000 * k + 200 * seed}",  # scenes 1000 on
+                    f"+env_kwargs.time_limit={args.time_limit}", f"+env_kwargs.cameras=[{','.join(args.cameras)}]"
+                ]))["round 1"])
+                agent = Path(result["agent"])
+                score(f"{name}, + {k} corrective round{'s' if k > 1 else ''}", load_controller(agent), args.suites)
     bc = root / "bc"
     if stages & {"bc", "rl", "rounds"}:
         if not (bc / "agent").exists():
@@ -233,7 +246,8 @@ def main() -> None:
     p.add_argument("--demos-seed", type=int, default=0)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (eval seeds follow them)")
     p.add_argument("--stages", nargs="+", default=["scratch", "bc", "rl", "rounds"],
-                   help="rows to run: scratch bc rl rounds (rl needs bc, rounds need rl)")
+                   help="rows to run: scratch bc rl rounds (rl needs bc, rounds need rl); scratch_rounds: "
+                   "two corrective rounds of the scratch row's pixel BC (needs scratch)")
     p.add_argument("--suites", nargs="+", default=["train", "heldout", "shifted"])
     p.add_argument("--wm-steps", type=int, default=1500, help="world-model steps: results compare at fixed steps")
     p.add_argument("--wm-minutes", type=float, default=0.0, help="optional wall-clock cap on the world model (0: none)")
@@ -252,6 +266,8 @@ def main() -> None:
     p.add_argument("--round-episodes", type=int, default=30)
     p.add_argument("--round-wm-steps", type=int, default=300)
     p.add_argument("--round-rl-steps", type=int, default=150)
+    p.add_argument("--scratch-round-episodes", type=int, default=100, help="pixel BC rounds: episodes recorded")
+    p.add_argument("--scratch-round-steps", type=int, default=1000, help="pixel BC rounds: cloning steps each")
     p.add_argument("--eval-episodes", type=int, default=100)
     p.add_argument("--out", default="runs/bench_agent")
     p.add_argument("--quick", action="store_true", help="tiny preset, a few steps: checks the harness only")
@@ -271,6 +287,7 @@ def main() -> None:
         args.preset, args.demos, args.wm_steps, args.bc_steps, args.rl_steps = "tiny", 4, 5, 5, 3
         args.scratch_steps, args.seeds, args.suites = 5, args.seeds[:1], ["train"]
         args.round_episodes, args.round_wm_steps, args.round_rl_steps, args.eval_episodes = 2, 2, 2, 2
+        args.scratch_round_episodes, args.scratch_round_steps = 2, 2
         args.time_limit = 20
     torch_threads(args.threads)
     results = {"args": vars(args), "tasks": {}}

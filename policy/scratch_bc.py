@@ -144,7 +144,7 @@ LOSSES = {  # chunk targets (N, K, A) under the policy's BoundedNormal -> per-st
 
 def train_scratch_bc(data, steps: int, lr: float = 3e-4, progress: bool = True, shift: int = 4,
                      sample: str = "windows", weight_decay: float = 0.0, loss: str = "nll",
-                     **sizes) -> tuple[ScratchPolicy, list[dict]]:
+                     init: ScratchPolicy | None = None, **sizes) -> tuple[ScratchPolicy, list[dict]]:
     """`data.next()` yields batches of the world-model contract (draw them with the demos you want
     cloned: e.g. success weights). sample="windows": every row with an action is a sample, its next
     `chunk` actions (within the window) the targets. sample="rows": only each window's first row is
@@ -158,8 +158,8 @@ def train_scratch_bc(data, steps: int, lr: float = 3e-4, progress: bool = True, 
 
     device = getattr(data, "device", "cpu")  # trains where the batches arrive; acts on the CPU
     cameras = tuple(getattr(data, "cameras", ()))  # extra cameras: batch[key] beside batch["image"]
-    policy = ScratchPolicy(data.image_size, data.spec.state_dim, data.spec.action_dim, cameras=1 + len(cameras),
-                           **sizes).to(device)
+    policy = (ScratchPolicy(data.image_size, data.spec.state_dim, data.spec.action_dim, cameras=1 + len(cameras),
+                            **sizes) if init is None else init).to(device)
     opt = (torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=weight_decay) if weight_decay > 0
            else torch.optim.Adam(policy.parameters(), lr=lr, eps=1e-6))
     history = []

@@ -234,12 +234,20 @@ def _chain(augments):
     return apply
 
 
+def _scratch_init(path):
+    from reverie.policy import scratch_bc
+
+    if not (Path(path) / "scratch_bc.json").exists():
+        raise ConfigError(f"init={path}: stage=bc_scratch continues only a pixel BC (a folder with "
+                          "scratch_bc.json); drop init= to train one from scratch")
+    return scratch_bc.load(path)[0].train()
+
+
 def train_bc_scratch(cfg, steps: int) -> Path:
     """stage=bc_scratch: the pixel baseline on the world model's data choices (see the module doc)."""
     from reverie.policy import scratch_bc
 
-    if cfg.init:
-        raise ConfigError(f"init={cfg.init}: stage=bc_scratch trains from scratch; drop init= (it takes no agent)")
+    init = _scratch_init(cfg.init) if cfg.init else None  # a corrective round continues a pixel BC
     _, wm_cfg, wm_info = wm_checkpoint.read(cfg.wm)
     sc = cfg.bc_scratch
     sample = str(sc.get("sample", "windows"))
@@ -258,14 +266,23 @@ def train_bc_scratch(cfg, steps: int) -> Path:
     sizes = {**OmegaConf.to_container(cfg.agent), "cnn_depth": int(sc.cnn_depth), "keypoints": int(sc.get("keypoints", 0)),
              "norm": str(sc.get("norm", "channel"))}  # cameras: from the data's extra cameras
     ensemble = sizes.pop("ensemble", None)  # how the controller executes chunks, not a network size
+    if init is not None:
+        mine = {**init.sizes, "cameras": 1 + len(cameras)}
+        want = {**mine, "image_size": data.image_size, "state_dim": data.spec.state_dim,
+                "action_dim": data.spec.action_dim, **{k: v for k, v in sizes.items() if k in mine}}
+        if want != mine:
+            diff = {k: (mine[k], want[k]) for k in mine if mine[k] != want[k]}
+            raise ConfigError(f"init={cfg.init}: its network differs from this run's {diff} (init's, this run's); "
+                              "continue it with the settings it was trained with (its config.yaml)")
     policy, history = scratch_bc.train_scratch_bc(data, steps, lr=float(sc.lr), progress=bool(cfg.progress),
                                                   shift=int(sc.shift), sample=sample,
                                                   weight_decay=float(sc.get("weight_decay", 0.0)),
-                                                  loss=str(sc.get("loss", "nll")), **sizes)
+                                                  loss=str(sc.get("loss", "nll")), init=init, **sizes)
     info = {"stage": "bc_scratch", "steps": steps, "image_key": data.image_key,
             "image_keys": [data.image_key, *cameras], "stores": data.paths,
             "holdout": float(cfg.holdout), "base_world_model": str(Path(cfg.wm).resolve()), "history": history,
-            "ensemble": ensemble, "colour_swap": swap, "mirror": flip}
+            "ensemble": ensemble, "colour_swap": swap, "mirror": flip,
+            "init": str(Path(cfg.init).resolve()) if cfg.init else None}
     path = scratch_bc.save(Path(cfg.out), policy, info)
     (path / "config.yaml").write_text(show(cfg))
     log.info("behaviour cloning from scratch saved to %s", path)

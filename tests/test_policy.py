@@ -126,7 +126,37 @@ def test_behaviour_cloning_from_scratch_trains_from_the_cli_and_acts(trained, tm
     assert "success" in (tmp_path / "eval" / "eval.md").read_text()
     capsys.readouterr()
     assert main(["train-agent", "stage=bc_scratch", f"wm={trained['wm']}", f"init={trained['bc']}"]) == 2
-    assert "trains from scratch; drop init=" in capsys.readouterr().err
+    assert "continues only a pixel BC" in capsys.readouterr().err
+    assert main(["train-agent", "stage=bc_scratch", f"wm={trained['wm']}", f"init={out}", "bc_scratch.cnn_depth=8",
+                 f"out={tmp_path / 'wider'}", "agent.units=32", "agent.layers=1", "progress=false"]) == 2
+    assert "its network differs from this run's {'cnn_depth': (4, 8)}" in capsys.readouterr().err
+
+
+def test_a_corrective_round_continues_a_pixel_bc_on_its_own_successes(trained, tmp_path):
+    """improve with agent=<a bc_scratch folder>: record, then clone on the demos plus the round's
+    episodes from the current weights with its own settings; no world-model fine-tune, no RL."""
+    from reverie.cli import main
+    from reverie.policy import scratch_bc
+    from reverie.policy.improve import improve
+
+    first = tmp_path / "scratch"
+    assert main(["train-agent", "stage=bc_scratch", f"wm={trained['wm']}", f"out={first}", "steps=2", "holdout=0.25",
+                 "bc_scratch.batch_size=4", "bc_scratch.cnn_depth=4", "bc_scratch.mirror=0.5", "agent.units=32",
+                 "agent.layers=1", "progress=false"]) == 0
+    rows = improve(compose("improve", [f"wm={trained['wm']}", f"agent={first}", f"out={tmp_path / 'improve'}",
+                                       "rounds=2", "episodes=2", "bc_steps=2", "eval_episodes=1", "progress=false",
+                                       "+env_kwargs.time_limit=8"]))
+    assert list(rows) == ["round 1", "round 2"] and rows["round 2"]["bc_steps"] == 2
+    second = tmp_path / "improve" / "round_2" / "agent"
+    info = json.loads((second / "scratch_bc.json").read_text())
+    assert info["init"] == str((tmp_path / "improve" / "round_1" / "agent").resolve())
+    assert info["mirror"] == 0.5 and info["sizes"]["cnn_depth"] == 4  # the settings it was trained with
+    assert info["stores"] == [str(trained["store"]), str(tmp_path / "improve" / "round_1" / "policy.zarr"),
+                              str(tmp_path / "improve" / "round_2" / "policy.zarr")]
+    assert not (tmp_path / "improve" / "round_1" / "wm").exists()
+    before, after = scratch_bc.load(first)[0], scratch_bc.load(tmp_path / "improve" / "round_1" / "agent")[0]
+    changed = [not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values())]
+    assert any(changed) and len(changed) == len(before.state_dict())  # the same network, trained on
 
 
 def test_scratch_bc_from_independent_rows(trained, tmp_path):
