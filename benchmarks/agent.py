@@ -122,15 +122,16 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
         f"checkpoint={wm}", *(["split=all", "horizon=4"] if args.quick else [])])))
     common = [f"wm={wm}", f"seed={seed}", "progress=false", f"threads={args.threads}"]
 
-    if "scratch" in stages:  # `reverie train-agent stage=bc_scratch`, retrained every run
+    if "scratch" in stages:  # `reverie train-agent stage=bc_scratch`
         extra = [f"image/{c}" for c in args.cameras[1:]]  # the first camera is the world model's
         name = "bc from scratch" + (f", {'+'.join(args.cameras)} cameras" if extra else "") + \
             (f", {args.scratch_label}" if args.scratch_label else "")
         scratch = root / ("scratch_bc" + (f"_{'_'.join(args.cameras)}" if extra else "") +
                           (f"_{re.sub(r'[^A-Za-z0-9]+', '_', args.scratch_label).strip('_')}" if args.scratch_label else ""))
-        timed(name, lambda: train(compose("train_agent", [
-            "stage=bc_scratch", f"out={scratch}", f"steps={args.scratch_steps}", f"data={store}", *common,
-            f"bc_scratch.cameras=[{','.join(extra)}]", *args.scratch_set])))
+        if not (scratch / "scratch_bc.json").exists():  # reused, like every stage, when it is there
+            timed(name, lambda: train(compose("train_agent", [
+                "stage=bc_scratch", f"out={scratch}", f"steps={args.scratch_steps}", f"data={store}", *common,
+                f"bc_scratch.cameras=[{','.join(extra)}]", *args.scratch_set])))
         score(name, load_controller(scratch), args.suites)
         if "scratch_rounds" in stages:  # `reverie improve agent=<the pixel BC>`: record, clone on, twice
             agent = scratch
