@@ -72,7 +72,7 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
     from reverie.config import compose
     from reverie.datasets.store import EpisodeStore
     from reverie.policy.action_error import action_errors
-    from reverie.policy.improve import improve
+    from reverie.workflows.improve import improve
     from reverie.policy.loading import load_controller
     from reverie.policy.train import train
     from reverie.sim.demos import record

@@ -9,7 +9,7 @@ still asked to act, so it keeps observing, and then hears what was really execut
 optional `observe_executed(action)`, so a recurrent latent state carries on across the takeover.
 Rows get a `correction` column whenever the env reports `info["correction"]`, and the sim's
 ground truth `privileged/<name>` columns whenever it reports `info["privileged"]` (datasets/schema.py;
-a store records them when its schema has them, see policy/improve.py).
+a store records them when its schema has them, see policy/record.py).
 
 Units: a controller speaks the units of the data it was trained on (its normaliser maps back from
 the model's [-1, 1]); actions are clipped to the env's own action_spec bounds, not to [-1, 1], so an

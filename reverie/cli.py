@@ -42,10 +42,10 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("eval-wm",): Command("reverie.world_model.evaluate", "open-loop prediction metrics, plot and GIF of a world model", config="eval_wm"),
     ("train-agent",): Command("reverie.policy.train", "train the agent: behaviour cloning (stage=bc), imagination RL (stage=rl) or the pixel baseline (stage=bc_scratch)", config="train_agent"),
     ("eval",): Command("reverie.policy.evaluate", "success rates with 95% intervals for a policy on an environment", config="eval"),
-    ("improve",): Command("reverie.policy.improve", "corrective rounds: deploy, record, fine-tune, more RL, evaluate", config="improve"),
+    ("improve",): Command("reverie.workflows.improve", "corrective rounds: deploy, record, fine-tune, more RL, evaluate", config="improve"),
     ("export",): Command("reverie.export.onnx_export", "export a policy to an ONNX bundle and verify parity", config="export"),
     ("deploy",): Command("reverie.export.runtime", "run a bundle on a robot without torch", "robot"),
-    ("pipeline",): Command("reverie.pipeline", "the whole job: demos -> world model -> agent -> bundle -> deploy", config="pipeline"),
+    ("pipeline",): Command("reverie.workflows.pipeline", "the whole job: demos -> world model -> agent -> bundle -> deploy", config="pipeline"),
     ("completion",): Command("reverie.completion", "print a shell completion script: eval \"$(reverie completion bash)\" (or zsh)", ""),
 }
 GROUPS = {w[0] for w in COMMANDS if len(w) > 1}

@@ -26,7 +26,8 @@ def run(tmp_path_factory, tiny_agent):
 
 
 def test_explicit_cpu_runs_every_stage_on_the_asked_device(run, monkeypatch):
-    from reverie.policy import evaluate, improve
+    from reverie.policy import evaluate
+    from reverie.workflows import improve
     from reverie.policy import train as agent_train
     from reverie.world_model import distributed
 
@@ -54,7 +55,7 @@ def test_explicit_cpu_runs_every_stage_on_the_asked_device(run, monkeypatch):
 def test_cuda_without_a_gpu_is_a_clear_error(run, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same check on a GPU machine
     from reverie.policy import train as agent_train
-    from reverie.policy.improve import improve
+    from reverie.workflows.improve import improve
     from reverie.policy.loading import load_controller
 
     root = run["root"]

@@ -86,7 +86,7 @@ def test_controller_is_deterministic_and_continues_state(trained):
 
 def test_one_corrective_round_keeps_each_rounds_data(trained, tmp_path):
     from reverie.datasets.store import EpisodeStore
-    from reverie.policy.improve import improve
+    from reverie.workflows.improve import improve
 
     rows = improve(compose("improve", [
         f"wm={trained['wm']}", f"agent={trained['rl']}", f"prior={trained['bc']}", f"out={tmp_path}",
@@ -137,7 +137,7 @@ def test_a_corrective_round_continues_a_pixel_bc_on_its_own_successes(trained, t
     episodes from the current weights with its own settings; no world-model fine-tune, no RL."""
     from reverie.cli import main
     from reverie.policy import scratch_bc
-    from reverie.policy.improve import improve
+    from reverie.workflows.improve import improve
 
     first = tmp_path / "scratch"
     assert main(["train-agent", "stage=bc_scratch", f"wm={trained['wm']}", f"out={first}", "steps=2", "holdout=0.25",

@@ -87,7 +87,7 @@ def test_append_to_a_store_from_before_privileged_keys(tmp_path):
 
 
 def test_policy_rollouts_record_privileged_columns(tmp_path):
-    from reverie.policy.improve import record_rollouts
+    from reverie.policy.record import record_rollouts
 
     class Still:
         def reset(self, instruction):
@@ -137,7 +137,7 @@ def test_feature_probe_on_an_untrained_rssm_returns_finite_numbers(tiny_wm, sim_
 
 
 def test_eval_wm_reports_the_probe_and_the_pipeline_a_row(tiny_wm, tmp_path):
-    from reverie.pipeline import probe_report
+    from reverie.workflows.pipeline import probe_report
     from reverie.world_model.evaluate import evaluate, table as eval_table
 
     _, run = tiny_wm

@@ -119,7 +119,7 @@ def test_eval_reports_the_virtual_robots_score(arm, tmp_path):
 
 def test_takeover_rows_are_stored_as_corrections(arm, tmp_path):
     from reverie.datasets.store import EpisodeStore
-    from reverie.policy.improve import record_rollouts
+    from reverie.policy.record import record_rollouts
 
     operator = KeyboardTeleop(load_arm("so101_sim"))
     episode = []
@@ -201,7 +201,7 @@ def test_eval_command_runs_a_policy_on_the_virtual_robot(arm, tmp_path, capsys):
 def test_improve_runs_a_round_on_the_virtual_robot(arm, tmp_path, tiny_agent):
     from reverie.config import compose
     from reverie.datasets.store import EpisodeStore
-    from reverie.policy.improve import improve
+    from reverie.workflows.improve import improve
 
     # the smallest world model and agent that run (tests/test_policy.py trains and checks them properly)
     bc = tiny_agent(tmp_path, episodes=2, time_limit=20, wm_steps=2, bc_steps=2, holdout=0)["bc"]

@@ -128,7 +128,7 @@ def imagination_rl(run: Run, wm: Path, bc: Path) -> Path:
 
 
 def corrective_round(run: Run, wm: Path, rl: Path, bc: Path) -> Path:
-    from reverie.policy.improve import improve
+    from reverie.workflows.improve import improve
 
     c = run.cfg
     rows = improve(compose("improve", [
