@@ -37,7 +37,9 @@ def test_tiny_pipeline_writes_the_whole_report(tmp_path):
     bundle = json.loads((out / "bundle" / "manifest.json").read_text())
     assert bundle["observation"].get("extra_images", []) in ([], [{"key": "image/wrist", "shape": [64, 64, 3],
                                                                    "dtype": "uint8"}])
-    assert "| target cube x, y |" in report  # the cube probe of eval-wm (sim demos record the ground truth)
+    assert "| target cube x, y |" in report
+    pixel_cfg = (out / "pixel_bc" / "config.yaml").read_text()  # the pipeline's augmentations reach the pixel BC
+    assert "colour_swap: 0.5" in pixel_cfg and "mirror: 0.5" in pixel_cfg  # the cube probe of eval-wm (sim demos record the ground truth)
 
 
 def test_pipeline_refuses_a_used_report_folder(tmp_path):

@@ -110,6 +110,8 @@ def pixel_bc(run: Run, wm: Path) -> Path:
     extra = [f"image/{c}" for c in run.cfg.cameras[1:]]
     return train(compose("train_agent", ["stage=bc_scratch", f"out={run.out / 'pixel_bc'}",
                                          f"steps={run.cfg.pixel_bc.steps}", f"bc_scratch.cameras={_listed(extra)}",
+                                         f"bc_scratch.colour_swap={run.cfg.pixel_bc.colour_swap}",
+                                         f"bc_scratch.mirror={run.cfg.pixel_bc.mirror}",
                                          *_agent_overrides(run, wm)]))
 
 
