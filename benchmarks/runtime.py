@@ -69,7 +69,7 @@ def time_step(backend: str, preset: str, workdir: Path, iters: int) -> dict:
     import torch
 
     from reverie.export.onnx_export import export_policy
-    from reverie.export.text_encoder import session
+    from reverie.runtime.text_encoder import session
 
     step = build_step(backend, preset)
     path = workdir / f"{backend}.onnx"
@@ -107,7 +107,7 @@ def time_step(backend: str, preset: str, workdir: Path, iters: int) -> dict:
 
 
 def time_encoder(bundle: Path, n: int = 200) -> dict:
-    from reverie.export.text_encoder import TextEncoder
+    from reverie.runtime.text_encoder import TextEncoder
 
     enc = TextEncoder(bundle, threads=1)
     colours, verbs = ["red", "green", "blue"], ["touch", "lift", "push", "pick up", "nudge"]
@@ -126,7 +126,7 @@ def make_bundle(workdir: Path, preset: str) -> Path:
     what is measured; no parity replay, the tests cover that)."""
     from omegaconf import OmegaConf
 
-    from reverie.export import manifest
+    from reverie.runtime import manifest
     from reverie.export.onnx_export import (export_policy, export_text_encoder, manifest_content,
                                             robot_section)
     from reverie.language import model_dir

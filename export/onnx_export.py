@@ -5,11 +5,11 @@
     tokenizer.json     the encoder's tokenizer (from reverie.language.model_dir())
     manifest.json      specs, action scaling, joint limits, control rate, state tensors, versions,
                        the state/action normaliser, parity errors, sha256 of every file
-                       (export/manifest.py, docs/bundle.md)
+                       (runtime/manifest.py, docs/bundle.md)
 
 The graph works in the model's units (normalised state in, action in [-1, 1] out); the manifest's
 `normalization` (reverie/normalize.py JSON, the policy checkpoint's) lets the runtime map the robot's
-state in and the action back to the training data's units (export/bundle.py).
+state in and the action back to the training data's units (runtime/bundle.py).
 
 The export verifies itself before it writes the manifest: over `parity_steps` recorded rows the
 ONNX actions must match PyTorch within `tolerance`, and so must the instruction embeddings; otherwise
@@ -32,7 +32,7 @@ import torch
 
 from reverie.config import command_config, compose
 from reverie.errors import BundleError, ConfigError
-from reverie.export import manifest as manifest_lib
+from reverie.runtime import manifest as manifest_lib
 from reverie.export import parity
 from reverie.export.policy_module import AgentStep, PolicyStep, ScratchStep
 

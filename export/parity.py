@@ -7,7 +7,7 @@ reads, carrying the state tensors exactly as the runtime does (initial values at
 the check also covers a mid-episode change.
 Both sides get the same PyTorch instruction embedding, so action errors are the policy graph's own.
 Units: the controller takes the recorded state and returns actions in the data's units; the graph
-works in the model's, so it gets the state normalised as the runtime does (export/bundle.py) and the
+works in the model's, so it gets the state normalised as the runtime does (runtime/bundle.py) and the
 error is measured in model units (the actor's [-1, 1]), where the tolerance means the same for every
 store.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reverie.export.text_encoder import TextEncoder, session
+from reverie.runtime.text_encoder import TextEncoder, session
 
 
 @dataclasses.dataclass

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from reverie.errors import BundleError
-from reverie.export.manifest import input_name
+from reverie.runtime.manifest import input_name
 from reverie.policy.ensemble import ensemble_weights, ensembled, pushed
 from reverie.world_model.step import StateSpec, prepare_image
 

@@ -44,7 +44,7 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("eval",): Command("reverie.policy.evaluate", "success rates with 95% intervals for a policy on an environment", config="eval"),
     ("improve",): Command("reverie.workflows.improve", "corrective rounds: deploy, record, fine-tune, more RL, evaluate", config="improve"),
     ("export",): Command("reverie.export.onnx_export", "export a policy to an ONNX bundle and verify parity", config="export"),
-    ("deploy",): Command("reverie.export.runtime", "run a bundle on a robot without torch", "robot"),
+    ("deploy",): Command("reverie.runtime.deploy", "run a bundle on a robot without torch", "robot"),
     ("pipeline",): Command("reverie.workflows.pipeline", "the whole job: demos -> world model -> agent -> bundle -> deploy", config="pipeline"),
     ("completion",): Command("reverie.completion", "print a shell completion script: eval \"$(reverie completion bash)\" (or zsh)", ""),
 }

@@ -14,7 +14,7 @@ them normalised per key (docs: DESIGN.md, "Units"):
 
 A key without an entry is identity. The JSON form is plain numbers (no pickle); it travels in every
 world-model checkpoint (trainer.json), agent checkpoint (agent.json), scratch-BC checkpoint and
-bundle manifest. Numpy only at import: the torch-free runtime (export/bundle.py) uses this module.
+bundle manifest. Numpy only at import: the torch-free runtime (runtime/bundle.py) uses this module.
 Built from episode stores by reverie.datasets.normalize.from_stores.
 """
 

@@ -61,7 +61,7 @@ class World:
         return self.file("calib.json", data if isinstance(data, bytes) else json.dumps(data))
 
     def bundle(self, change: Callable[[dict], object] | None = None, seal: bool = True) -> Path:
-        from reverie.export import manifest
+        from reverie.runtime import manifest
 
         folder = self.tmp / "bundle"
         folder.mkdir()
@@ -460,7 +460,7 @@ CASES = [
 
 
 def _sealed_text(w: World, text: str) -> Path:
-    from reverie.export import manifest
+    from reverie.runtime import manifest
 
     folder = w.bundle()
     (folder / "manifest.json").write_text(text)

@@ -158,7 +158,7 @@ def test_a_partial_install_lists_what_it_lacks_and_refuses_in_one_line(monkeypat
 
 
 def test_a_missing_module_met_while_running_is_one_line(monkeypatch, capsys):
-    import reverie.export.runtime as runtime
+    import reverie.runtime.deploy as runtime
 
     def needs_mujoco(argv):
         raise ModuleNotFoundError("No module named 'mujoco'", name="mujoco")

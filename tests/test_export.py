@@ -104,7 +104,7 @@ def test_step_module_equals_agent_controller(backend, ensemble):
 def test_rssm_onnx_matches_pytorch(tmp_path, ensemble):
     from reverie.export.onnx_export import export_policy
     from reverie.export.policy_module import AgentStep
-    from reverie.export.text_encoder import session
+    from reverie.runtime.text_encoder import session
 
     controller = tiny_controller("rssm", ensemble)
     step = AgentStep(controller.wm, controller.agent, (64, 64)).ensemble(controller.agent.chunk, ensemble)
@@ -122,7 +122,7 @@ def test_scratch_onnx_with_ensembling_matches_controller(tmp_path, norm):
 
     from reverie.export.onnx_export import export_policy
     from reverie.export.policy_module import ScratchStep
-    from reverie.export.text_encoder import session
+    from reverie.runtime.text_encoder import session
     from reverie.policy.scratch_bc import ScratchController, ScratchPolicy
 
     torch.manual_seed(0)
@@ -139,7 +139,7 @@ def test_scratch_onnx_with_ensembling_matches_controller(tmp_path, norm):
 
 def test_manifest_detects_missing_and_changed_files(tmp_path):
     from reverie.errors import BundleError
-    from reverie.export import manifest
+    from reverie.runtime import manifest
 
     for name in manifest.REQUIRED:
         (tmp_path / name).write_bytes(name.encode() * 10)
@@ -160,7 +160,7 @@ def test_manifest_is_sealed_by_its_digest(tmp_path):
     import hashlib
 
     from reverie.errors import BundleError
-    from reverie.export import manifest
+    from reverie.runtime import manifest
 
     for name in manifest.REQUIRED:
         (tmp_path / name).write_bytes(name.encode())
@@ -189,7 +189,7 @@ def test_quick_export_writes_a_verified_bundle(quick):
     """The CLI path on a scratch-BC policy: files, manifest content, parity numbers, ONNX versions."""
     import onnx
 
-    from reverie.export import manifest
+    from reverie.runtime import manifest
 
     bundle = quick
     m = manifest.verify(bundle)
@@ -206,7 +206,7 @@ def test_quick_export_writes_a_verified_bundle(quick):
 
 
 def test_text_encoder_onnx_matches_torch(quick):
-    from reverie.export.text_encoder import TextEncoder
+    from reverie.runtime.text_encoder import TextEncoder
     from reverie.language import embed
 
     bundle = quick

@@ -43,7 +43,7 @@ def two_cams(tmp_path_factory) -> dict:
 
 
 def test_each_camera_is_an_onnx_input_and_a_manifest_entry(two_cams):
-    from reverie.export.bundle import Bundle
+    from reverie.runtime.bundle import Bundle
 
     m = json.loads((two_cams["bundle"] / "manifest.json").read_text())
     assert m["observation"]["image_key"] == "image/front" and m["observation"]["image"]["shape"] == [64, 64, 3]
@@ -60,7 +60,7 @@ def test_bundle_acts_as_the_controller_with_both_cameras(two_cams):
     """ONNX parity with ScratchController on recorded rows, the chunk history carried; the wrist frame
     changes the action; a call with the main frame only names the cameras."""
     from reverie.datasets.store import EpisodeStore
-    from reverie.export.bundle import Bundle
+    from reverie.runtime.bundle import Bundle
     from reverie.policy.loading import load_controller
 
     bundle, controller = Bundle.load(two_cams["bundle"]), load_controller(two_cams["policy"])
@@ -91,7 +91,7 @@ def test_bundle_acts_as_the_controller_with_both_cameras(two_cams):
 def deploy_and_check_recording(bundle: Path, store: Path, *target: str) -> None:
     """5 steps recorded: both cameras in the store, each its own view."""
     from reverie.datasets.store import EpisodeStore
-    from reverie.export.runtime import deploy, parse
+    from reverie.runtime.deploy import deploy, parse
 
     results = deploy(parse([f"bundle={bundle}", *target, f"instruction={TEXT}", "steps=5", f"record={store}",
                             "stdin=false"]))
@@ -105,7 +105,7 @@ def deploy_and_check_recording(bundle: Path, store: Path, *target: str) -> None:
 
 
 def test_deploy_on_the_sim_renders_and_records_both_cameras(two_cams, quick, tmp_path):
-    from reverie.export.runtime import main
+    from reverie.runtime.deploy import main
 
     store = tmp_path / "deployed.zarr"
     deploy_and_check_recording(two_cams["bundle"], store, "robot=sim", "task=touch")
@@ -125,7 +125,7 @@ def test_deploy_on_the_virtual_robot_reads_a_frame_file_per_camera(two_cams, tmp
 def test_a_robot_without_the_wrist_camera_is_refused_before_torque(two_cams, tmp_path):
     """The virtual robot serving only the front camera: refused naming the wrist camera and the
     serve-bus option that adds it, before any servo's torque is on."""
-    from reverie.export.runtime import main
+    from reverie.runtime.deploy import main
     from reverie.robot_io.virtual.launcher import VirtualArm
 
     link = tmp_path / "arm"
@@ -138,8 +138,8 @@ def test_a_robot_without_the_wrist_camera_is_refused_before_torque(two_cams, tmp
 
 
 def test_bad_extra_images_in_a_manifest_are_refused(two_cams, tmp_path):
-    from reverie.export import manifest
-    from reverie.export.bundle import Bundle
+    from reverie.runtime import manifest
+    from reverie.runtime.bundle import Bundle
 
     bundle = Path(shutil.copytree(two_cams["bundle"], tmp_path / "bundle"))
     good = json.loads((bundle / "manifest.json").read_text())
@@ -166,7 +166,7 @@ def test_export_refuses_a_store_without_the_extra_camera(two_cams, tmp_path):
 def test_single_camera_bundles_keep_their_interface(quick):
     """A one-camera bundle: the same inputs and observation section as before extra cameras existed, and
     the frame-by-frame act() call still works."""
-    from reverie.export.bundle import Bundle
+    from reverie.runtime.bundle import Bundle
 
     m = json.loads((quick / "manifest.json").read_text())
     assert m["onnx"]["policy"]["inputs"] == ["image", "state", "instruction"]

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from reverie.export.instructions import InstructionChannel, SocketServer, send
+from reverie.runtime.instructions import InstructionChannel, SocketServer, send
 
 TOKEN = "secret-token-1"
 

@@ -271,8 +271,8 @@ class PixelEnv(gym.Env):
 def test_bundle_acts_in_pixels_like_the_controller(pixel_run, agent):
     """Export (parity in model units) -> the torch-free runtime's step on recorded observations:
     pixel actions, equal to the torch controller's."""
-    from reverie.export import manifest as manifest_lib
-    from reverie.export.bundle import Bundle
+    from reverie.runtime import manifest as manifest_lib
+    from reverie.runtime.bundle import Bundle
     from reverie.language import embed
     from reverie.policy.loading import load_controller
 

@@ -252,7 +252,7 @@ def test_operator_starts_labels_and_quits_on_a_physical_arm(arm):
 
 
 def test_deploy_gives_each_virtual_episode_after_the_first_a_fresh_scene(arm):
-    from reverie.export.targets import ArmTarget
+    from reverie.runtime.targets import ArmTarget
 
     status = Path(f"{arm.link}.status")
     target = ArmTarget(load_arm("so101_sim", port=arm.link, cameras=arm.camera_config()), 10.0, status, seed=3)

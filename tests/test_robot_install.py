@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from reverie.cli import COMMANDS, requirements
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = ("reverie", "datasets", "sim", "robot_io", "world_model", "policy", "export")  # pyproject's package-dir
+FOLDERS = tuple(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
 ABSENT = ("torch", "zarr", "hydra-core", "omegaconf", "mujoco", "transformers")
 
 

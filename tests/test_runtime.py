@@ -71,7 +71,7 @@ def test_deploy_on_sim_takes_a_new_instruction_from_stdin(quick):
 
 def deploy_on_virtual_arm(bundle: Path, tmp_path: Path, steps: int) -> tuple[str, Path]:
     from reverie.robot_io.virtual.launcher import VirtualArm
-    from reverie.export.instructions import send
+    from reverie.runtime.instructions import send
 
     link, store = tmp_path / "arm", tmp_path / "deployed.zarr"
     with VirtualArm("feetech", link=link, instruction="touch the red cube"):  # it scores that task

@@ -25,7 +25,7 @@ def bundle(quick, tmp_path) -> Path:
 
 
 def deploy(*args: str):
-    from reverie.export.runtime import main
+    from reverie.runtime.deploy import main
 
     return main(list(args) + ["stdin=false"])
 
@@ -49,7 +49,7 @@ def test_wrong_checksum_is_refused(bundle):
 
 
 def test_onnx_file_that_does_not_load_is_refused(bundle):
-    from reverie.export import manifest
+    from reverie.runtime import manifest
 
     (bundle / "policy.onnx").write_bytes(b"not an onnx graph at all")
     content = {k: v for k, v in manifest.read(bundle).items() if k not in ("format", "files")}
@@ -61,7 +61,7 @@ def test_onnx_file_that_does_not_load_is_refused(bundle):
 def edit_manifest(bundle: Path, change, seal: bool = True) -> None:
     """Change manifest.json in place; `seal` rewrites its digest too, as a tamperer could, so only the
     checks behind the digest can notice."""
-    from reverie.export import manifest
+    from reverie.runtime import manifest
 
     path = bundle / "manifest.json"
     m = json.loads(path.read_text())
@@ -119,8 +119,8 @@ def test_camera_resolution_mismatch_is_refused_before_torque(bundle, tmp_path):
 def test_bad_instructions_while_running_are_refused_and_the_loop_goes_on(bundle, capsys):
     import re
 
-    from reverie.export.instructions import MAX_BYTES, send
-    from reverie.export.runtime import deploy as run, parse
+    from reverie.runtime.instructions import MAX_BYTES, send
+    from reverie.runtime.deploy import deploy as run, parse
 
     args = parse([f"bundle={bundle}", "robot=sim", "instruction=touch the red cube", "task=touch",
                   "steps=60", "socket=0", "token=secret-token-1", "stdin=false"])
@@ -146,7 +146,7 @@ def test_bad_instructions_while_running_are_refused_and_the_loop_goes_on(bundle,
 
 
 def test_non_finite_action_while_running_ends_in_a_safe_stop(bundle, monkeypatch):
-    from reverie.export.bundle import Bundle
+    from reverie.runtime.bundle import Bundle
 
     act, calls = Bundle.act, {"n": 0}
 
@@ -163,8 +163,8 @@ def test_non_finite_action_while_running_ends_in_a_safe_stop(bundle, monkeypatch
 def test_a_run_ended_by_a_fault_still_writes_its_report(bundle, monkeypatch, tmp_path):
     """report= holds the episodes that ran and the one the fault cut short: its steps, the fault and how
     the arm was left."""
-    from reverie.export.bundle import Bundle
-    from reverie.export.runtime import main
+    from reverie.runtime.bundle import Bundle
+    from reverie.runtime.deploy import main
 
     act, calls = Bundle.act, {"n": 0}
 
@@ -224,8 +224,8 @@ def test_bundle_with_wider_limits_than_the_robot_is_refused_before_torque(bundle
 
 
 def test_narrower_bundle_limits_apply_and_the_robot_keeps_its_own_hardware(bundle, tmp_path):
-    from reverie.export import manifest
-    from reverie.export.targets import deploy_arm
+    from reverie.runtime import manifest
+    from reverie.runtime.targets import deploy_arm
     from reverie.robot_io.config import load_arm
     from reverie.robot_io.safety import SafetyFilter
 
@@ -251,8 +251,8 @@ def test_narrower_bundle_limits_apply_and_the_robot_keeps_its_own_hardware(bundl
 def test_the_robots_own_arm_config_is_authoritative(bundle, tmp_path):
     """arm=YAML on the robot's computer: its narrower limits refuse a bundle exported with the shipped
     ones; its wider limits accept it (the bundle then narrows them)."""
-    from reverie.export import manifest
-    from reverie.export.targets import deploy_arm
+    from reverie.runtime import manifest
+    from reverie.runtime.targets import deploy_arm
 
     m = manifest.read(bundle)
     careful = tmp_path / "careful.yaml"

@@ -39,12 +39,12 @@ from pathlib import Path
 import numpy as np
 
 from reverie.errors import ConfigError, HardwareError, ReverieError, did_you_mean
-from reverie.export import targets
-from reverie.export.bundle import Bundle
-from reverie.export.instructions import InstructionChannel, SocketServer, StdinReader
+from reverie.runtime import targets
+from reverie.runtime.bundle import Bundle
+from reverie.runtime.instructions import InstructionChannel, SocketServer, StdinReader
 
 log = logging.getLogger(__name__)
-ROBOTS = targets.kinds()  # sim, virtual, then one per servo family (export/targets.py)
+ROBOTS = targets.kinds()  # sim, virtual, then one per servo family (runtime/targets.py)
 KEYS = {"bundle", "robot", "instruction", "episodes", "steps", "task", "seed", "link", "frames", "port", "arm",
         "camera", "calibration", "stdin", "socket", "token", "record", "round", "threads", "report"}
 CHOICES = {"robot": ROBOTS, "stdin": ("true", "false")}  # for shell completion
@@ -249,7 +249,7 @@ def deploy(args: dict, results: list[dict] | None = None) -> list[dict]:
         if args["stdin"]:
             StdinReader(channel).start()
         if args.get("record"):
-            from reverie.export.recording import Recorder
+            from reverie.runtime.recording import Recorder
 
             recorder = Recorder(args["record"], bundle.cameras, bundle.state_dim, bundle.action_dim,
                                 bundle.control_hz, bundle.manifest["robot"]["name"], args["round"])

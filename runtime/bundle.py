@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from reverie.errors import BundleError
-from reverie.export import manifest as manifest_lib
-from reverie.export.text_encoder import TextEncoder, session
+from reverie.runtime import manifest as manifest_lib
+from reverie.runtime.text_encoder import TextEncoder, session
 from reverie.normalize import Normalizer
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from reverie.errors import BundleError, ConfigError, HardwareError, did_you_mean
-from reverie.export import manifest as manifest_lib
+from reverie.runtime import manifest as manifest_lib
 from reverie.robot_io.safety import SafetyFilter
 
 log = logging.getLogger(__name__)
