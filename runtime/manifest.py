@@ -37,6 +37,13 @@ def cameras(manifest: dict) -> dict[str, tuple[int, ...]]:
             **{e["key"]: tuple(e["shape"]) for e in obs.get("extra_images", [])}}
 
 
+def arm_config(manifest: dict) -> dict | None:
+    """The servo arm's config the bundle was exported for (`robot.config`, written by `reverie export
+    arm=NAME`); None for a bundle scaled for the simulator, which carries no arm config."""
+    config = manifest["robot"].get("config")
+    return config if isinstance(config, dict) else None
+
+
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -202,15 +202,12 @@ def deploy_arm(manifest: dict, robot: str, args: dict):
     from reverie.robot_io.config import arm_from_mapping, read_arm_yaml
 
     section = manifest["robot"]
-    if section.get("kind") != "arm":
+    if manifest_lib.arm_config(manifest) is None:
         raise BundleError(f"this bundle's actions are scaled for the simulator ({section.get('name')}), not "
-                          f"for a servo arm; deploy it with robot=sim, or re-export with arm=<arm config> "
-                          f"(e.g. arm=so101_virtual for robot=virtual)")
-    if not isinstance(section.get("config"), dict):
-        raise BundleError("the bundle's manifest has no robot.config (the arm it was exported for); re-run "
-                          "`reverie export ... arm=<arm config>`")
+                          f"for a servo arm (its manifest has no robot.config); deploy it with robot=sim, or "
+                          f"re-export with arm=<arm config> (e.g. arm=so101_virtual for robot=virtual)")
     try:
-        wanted = arm_from_mapping(section["config"])
+        wanted = arm_from_mapping(manifest_lib.arm_config(manifest))
     except ConfigError as e:
         raise BundleError(f"the bundle's arm config is invalid ({e}); re-run `reverie export`") from e
     source = args.get("arm") or section.get("name")
