@@ -260,11 +260,10 @@ def _number(raw: Mapping[str, Any], key: str, default: float | None, where: str)
 
 
 def load_arm(name_or_path: str | Path, **overrides) -> ArmConfig:
-    """An arm config by name (`reverie/conf/robot/<name>.yaml`, a hydra config group whose files may
-    extend each other with a defaults list) or by YAML path (which may start from a shipped arm
-    with `base: <name>`). Keyword overrides that are not None replace top-level keys."""
-    path = Path(str(name_or_path))
-    raw = _read_yaml(path) if path.suffix in (".yaml", ".yml") else _group(str(name_or_path))
+    """An arm config by shipped name (`reverie/conf/robot/<name>.yaml`) or by YAML path; either may
+    start from others with a `defaults` list (see `read_arm_yaml`). Keyword overrides that are not
+    None replace top-level keys."""
+    raw = read_arm_yaml(name_or_path)
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return arm_from_mapping(raw)
 
@@ -272,7 +271,7 @@ def load_arm(name_or_path: str | Path, **overrides) -> ArmConfig:
 def arm_from_command(cfg) -> ArmConfig:
     """The arm of a command config: the `robot` group (`robot=koch robot.port=...`), or
     `robot_file=my_arm.yaml`, with the top-level shortcuts `port=`, `baudrate=`, `calibration=`."""
-    raw = _read_yaml(Path(cfg.robot_file)) if cfg.get("robot_file") else _plain(cfg.robot)
+    raw = _merged(Path(cfg.robot_file), 0) if cfg.get("robot_file") else _plain(cfg.robot)
     for key in ("port", "baudrate", "calibration"):
         if cfg.get(key) is not None:
             raw[key] = cfg[key]
@@ -280,27 +279,36 @@ def arm_from_command(cfg) -> ArmConfig:
 
 
 def read_arm_yaml(name_or_path: str | Path) -> dict:
-    """The raw mapping of an arm config, by shipped name (its hydra defaults list resolved here) or by
-    YAML path, without hydra: the torch-free runtime reads the robot's own config with it."""
+    """The raw mapping of an arm config, by shipped name or by YAML path, without hydra (the torch-free
+    runtime reads the robot's own config with it). One inheritance mechanism for both, hydra's: a
+    `defaults` list of shipped names or YAML paths (relative to the file), merged in order with
+    `_self_` (implicitly last) where the file's own keys apply; mappings merge, lists replace."""
     path = Path(str(name_or_path))
-    return _read_yaml(path) if path.suffix in (".yaml", ".yml") else _shipped(str(name_or_path))
+    is_file = isinstance(name_or_path, Path) or path.suffix in (".yaml", ".yml") or path.exists()
+    return _merged(path if is_file else str(name_or_path), 0)
 
 
-def _shipped(name: str, depth: int = 0) -> dict:
-    """reverie/conf/robot/<name>.yaml merged as hydra merges a config group: each `defaults` entry in
-    order, `_self_` (implicitly last) where the file's own keys apply; mappings merge, lists replace."""
-    import yaml
-
-    known = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
-    if name not in known or depth > 8:
-        raise ConfigError(f"arm config {name!r} not found{did_you_mean(name, known)}: use one of {known} or a YAML path")
-    own = yaml.safe_load((CONF_DIR / f"{name}.yaml").read_text()) or {}
+def _merged(source: Path | str, depth: int) -> dict:
+    if depth > 8:
+        raise ConfigError(f"arm config {source}: its defaults lists nest more than 8 deep (a loop?); fix them")
+    own = _shipped_file(source) if isinstance(source, str) else _user_file(source)
     defaults = own.pop("defaults", None) or []
+    if not isinstance(defaults, list):
+        raise ConfigError(f"arm config {source}: `defaults` must be a list of arm names or YAML paths, e.g. "
+                          f"`defaults: [so101]`")
     if "_self_" not in defaults:
         defaults = [*defaults, "_self_"]
     merged: dict = {}
     for entry in defaults:
-        _merge(merged, own if entry == "_self_" else _shipped(str(entry), depth + 1))
+        if entry == "_self_":
+            _merge(merged, own)
+            continue
+        entry = str(entry)
+        if entry.endswith((".yaml", ".yml")):
+            parent = Path(entry) if isinstance(source, str) else source.parent / entry
+            _merge(merged, _merged(parent, depth + 1))
+        else:
+            _merge(merged, _merged(entry, depth + 1))
     return merged
 
 
@@ -313,17 +321,17 @@ def _merge(into: dict, new: Mapping) -> dict:
     return into
 
 
-def _group(name: str) -> dict:
-    from reverie.config import compose
+def _shipped_file(name: str) -> dict:
+    import yaml
 
     known = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
     if name not in known:
         raise ConfigError(f"arm config {name!r} not found{did_you_mean(name, known)}: use one of {known} or a YAML path")
-    return _plain(compose("arm", [f"robot={name}"]).robot)
+    return yaml.safe_load((CONF_DIR / f"{name}.yaml").read_text()) or {}
 
 
-def _read_yaml(path: Path, depth: int = 0) -> dict:
-    """Read a user's arm YAML; `base: <name>` starts from a shipped arm config."""
+def _user_file(path: Path) -> dict:
+    """A user's arm YAML, checked to be a mapping."""
     import yaml
 
     if not path.exists():
@@ -338,13 +346,12 @@ def _read_yaml(path: Path, depth: int = 0) -> dict:
                           "replace the file") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"arm config {path} holds a {type(raw).__name__}, not a mapping of arm settings "
-                          "(name, protocol, joints, ...); fix the file or start it with `base: <arm name>`")
-    base = raw.pop("base", None)
-    if base is None:
-        return raw
-    base_raw = _read_yaml(Path(base), depth + 1) if str(base).endswith((".yaml", ".yml")) and depth < 4 \
-        else _group(str(base))
-    return {**base_raw, **raw}
+                          "(name, protocol, joints, ...); fix the file or start it with `defaults: [<arm name>]`")
+    if "base" in raw:
+        raise ConfigError(f"arm config {path}: `base: {raw['base']}` is now written `defaults: [{raw['base']}]` "
+                          "(the shipped configs' mechanism: mappings such as cameras merge, lists replace); "
+                          "edit the file")
+    return raw
 
 
 def _calibration_file(path) -> dict | None:

@@ -150,7 +150,7 @@ def arm(w: World, text: str) -> list[str]:
 
 def one_joint(old: str, new: str) -> str:
     """An arm YAML on the virtual SO-101 with one joint, one of its settings replaced."""
-    return f"base: so101_virtual\njoints:\n  - {ARM_JOINT.replace(old, new)}\n"
+    return f"defaults: [so101_virtual]\njoints:\n  - {ARM_JOINT.replace(old, new)}\n"
 
 
 def info(w: World, change: Callable[[Path], object]) -> list[str]:
@@ -319,7 +319,7 @@ CASES = [
          r"no entry for joints \['shoulder_pan'", r"Run `reverie robot calibrate` for this one"),
     # ---- arm YAMLs (robot_file= of record, arm= of deploy)
     Case("arm YAML a list", lambda w: arm(w, "- 1\n- 2\n"), r"holds a list, not a mapping",
-         r"start it with `base: <arm name>`"),
+         r"start it with `defaults: \[<arm name>\]`"),
     Case("arm YAML binary", lambda w: record(w, f"robot_file={w.file('arm.yaml', GARBAGE)}"), r"is not valid YAML",
          r"fix or replace the file"),
     Case("arm YAML syntax", lambda w: arm(w, "joints: [\n"), r"is not valid YAML", r"fix or replace the file"),
@@ -328,11 +328,17 @@ CASES = [
          r"joint 'a': id='abc' must be a number", r"fix it in the arm YAML"),
     Case("arm max_step fast", lambda w: arm(w, one_joint("max_step: 0.1", "max_step: fast")),
          r"joint 'a': max_step='fast' must be a number", r"fix it in the arm YAML"),
-    Case("arm joints a mapping", lambda w: arm(w, "base: so101_virtual\njoints: {a: 1}\n"),
+    Case("arm joints a mapping", lambda w: arm(w, "defaults: [so101_virtual]\njoints: {a: 1}\n"),
          r"`joints` must be a list of mappings", r"fix the arm YAML"),
-    Case("arm home_pose as words", lambda w: arm(w, "base: so101_virtual\nhome_pose: [a, b, c, d, e, f]\n"),
+    Case("arm home_pose as words", lambda w: arm(w, "defaults: [so101_virtual]\nhome_pose: [a, b, c, d, e, f]\n"),
          r"home_pose=\['a', .* must be a list of numbers", r"one per joint"),
-    Case("arm control_hz fast", lambda w: arm(w, "base: so101_virtual\ncontrol_hz: fast\n"),
+    Case("arm YAML the old base: key", lambda w: arm(w, "base: so101_virtual\nport: /dev/ttyUSB0\n"),
+         r"`base: so101_virtual` is now written `defaults: \[so101_virtual\]`", r"edit the file"),
+    Case("arm YAML defaults a name", lambda w: arm(w, "defaults: so101\n"), r"`defaults` must be a list",
+         r"`defaults: \[so101\]`"),
+    Case("arm YAML defaults itself", lambda w: arm(w, "defaults: [arm.yaml]\n"), r"nest more than 8 deep",
+         r"fix them"),
+    Case("arm control_hz fast", lambda w: arm(w, "defaults: [so101_virtual]\ncontrol_hz: fast\n"),
          r"control_hz='fast' must be a number", r"fix it in the arm YAML"),
     # ---- stores
     Case("store on a full disk", lambda w: ["sim", "demos", "episodes=1", f"out={w.tmp / 'new.zarr'}"],

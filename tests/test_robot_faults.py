@@ -90,7 +90,7 @@ def test_servo_alarm_bits_name_the_servo_and_leave_torque_off(tmp_path):
 
 def test_inverted_limits_stop_before_the_arm_is_touched(tmp_path, capsys):
     arm_file = tmp_path / "bent.yaml"
-    arm_file.write_text("base: so101_virtual\njoints:\n"
+    arm_file.write_text("defaults: [so101_virtual]\njoints:\n"
                         "  - {name: shoulder_pan, id: 1, limits: [-1.9, 1.9]}\n"
                         "  - {name: elbow_flex, id: 3, limits: [1.6, -1.6]}\n")
     with pytest.raises(ConfigError, match=r"joint 'elbow_flex'.*inverted.*swap them"):

@@ -256,7 +256,7 @@ def test_the_robots_own_arm_config_is_authoritative(bundle, tmp_path):
 
     m = manifest.read(bundle)
     careful = tmp_path / "careful.yaml"
-    careful.write_text("base: so101_virtual\nname: careful\njoints:\n"
+    careful.write_text("defaults: [so101_virtual]\nname: careful\njoints:\n"
                        + "".join(f"  - {{name: {n}, id: {i + 1}, limits: [-1.2, 1.2]}}\n" for i, n in
                                  enumerate(["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll"]))
                        + "  - {name: gripper, id: 6, gripper: true, limits: [0.0, 1.0], range_ticks: [1937, 3189],"
@@ -266,7 +266,7 @@ def test_the_robots_own_arm_config_is_authoritative(bundle, tmp_path):
                                           r"robot's arm config careful \(.*careful.yaml\) \(and 9 more\)"):
         deploy_arm(m, "virtual", {"arm": str(careful)})
     roomy = tmp_path / "roomy.yaml"
-    roomy.write_text("base: so101_virtual\nname: roomy\njoint_defaults: {model: sts3215, max_velocity: 4.0, "
+    roomy.write_text("defaults: [so101_virtual]\nname: roomy\njoint_defaults: {model: sts3215, max_velocity: 4.0, "
                      "max_step: 0.5, action_scale: 0.05}\n")
     arm = deploy_arm(m, "virtual", {"arm": str(roomy)})
     assert arm.vector("max_velocity")[:5].tolist() == [2.0] * 5  # the bundle's, inside the robot's 4.0
