@@ -35,6 +35,7 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("data", "import"): Command("reverie.datasets.importers", "import video | lerobot | zarr-replay data into a store"),
     ("data", "export"): Command("reverie.datasets.export_lerobot", "write a store as a LeRobot v3 dataset (data export lerobot STORE OUT)"),
     ("sim", "demos"): Command("reverie.sim.demos", "record scripted-teleoperator demos of a sim task into a store", config="sim_demos"),
+    ("sim", "teleop"): Command("reverie.sim.keyboard_teleop", "drive the sim arm from the keyboard in MuJoCo's viewer (needs a display)", config="sim_teleop"),
     ("sim", "serve-bus"): Command("reverie.sim.serve_bus", "serve the sim arm as a virtual servo bus on a pseudo-terminal", config="serve_bus"),
     ("robot", "calibrate"): Command("reverie.robot_io.calibrate", "calibrate an arm's joint offsets and ranges", "record", "calibrate"),
     ("record",): Command("reverie.robot_io.record", "record teleoperated episodes from a robot into a store", "record", "record"),

@@ -10,7 +10,7 @@ From code (headless tests, other front ends) call `press`/`release` for held key
 single step's nudge, then `act()` once per control step. In the MuJoCo passive viewer every key
 press is one tap (the viewer reports presses, not releases):
 
-    python -m reverie.sim.keyboard_teleop task=lift preset=nominal
+    reverie sim teleop task=lift randomization=nominal
 """
 
 from __future__ import annotations
@@ -103,14 +103,14 @@ def run_viewer(env, teleop: KeyboardTeleop) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from reverie.config import command_config
     from reverie.sim.arm_env import make_arm_env
 
-    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
     try:
-        task, preset = args.pop("task", "all"), args.pop("preset", "nominal")
-        if args:
-            raise ConfigError(f"unknown option(s) {sorted(args)}: use task=<touch|push|lift|all> preset=<name>")
-        env = make_arm_env(task, preset=preset)
+        cfg = command_config("sim_teleop", list(sys.argv[1:] if argv is None else argv), __doc__, word="teleop")
+        if cfg is None:
+            return 0
+        env = make_arm_env(cfg.task, preset=cfg.randomization)
         try:
             run_viewer(env, KeyboardTeleop())
         finally:

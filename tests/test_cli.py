@@ -70,7 +70,7 @@ def test_the_table_names_the_config_of_every_hydra_style_command():
             assert f'command_config("{c.config}"' in source, words
         else:
             assert "command_config(" not in source, words
-    assert len(HYDRA_STYLE) == 11
+    assert len(HYDRA_STYLE) == 12
 
 
 @pytest.mark.parametrize("words", list(HYDRA_STYLE), ids=[" ".join(w) for w in HYDRA_STYLE])

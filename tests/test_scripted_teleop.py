@@ -119,4 +119,5 @@ def test_viewer_without_a_display_says_so(monkeypatch, capsys):
         run_viewer(env, KeyboardTeleop())
     env.close()
     assert keyboard_main(["task=lift"]) == 2 and "display" in capsys.readouterr().err
-    assert keyboard_main(["task=lift", "speed=3"]) == 2 and "unknown option" in capsys.readouterr().err
+    assert keyboard_main(["task=lift", "speed=3"]) == 2 and "speed" in capsys.readouterr().err
+    assert keyboard_main(["task=lift", "--cfg", "job"]) == 0 and "randomization: nominal" in capsys.readouterr().out
