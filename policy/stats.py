@@ -17,7 +17,8 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     denom = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at 0/N and N/N the bound equals p analytically; rounding must not put it a hair past p
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 

@@ -78,6 +78,21 @@ def test_wilson_interval_known_values(k, n, lo, hi):
     assert not math.isnan(a)
 
 
+def test_wilson_interval_always_holds_the_observed_rate(tmp_path):
+    """At N/N the upper bound is 1 exactly (it came out as 0.9999999999999999 at 50/50, which made the
+    report's error bar negative and crashed `make demo` after its 23 minutes of training)."""
+    from reverie.policy.evaluate import plot
+
+    for n in (1, 7, 50, 100, 200, 300):
+        for k in range(n + 1):
+            lo, hi = wilson_interval(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n)
+        assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
+    rows = {f"{k}/50": {"success_rate": k / 50, "ci95": list(wilson_interval(k, 50))} for k in (0, 25, 50)}
+    plot(rows, tmp_path / "success.png")
+    assert (tmp_path / "success.png").stat().st_size > 0
+
+
 def test_temporal_ensemble_averages_what_each_chunk_said_about_now():
     """a_t = sum_j w_j chunk_{t-j}[j] / sum_j w_j over the chunks made so far (ACT), w_j = exp(-d j)."""
     import math
