@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 TINY = ["preset=tiny", "demos.episodes=8", "demos.time_limit=30", "wm.steps=6", "pixel_bc.steps=5", "bc.steps=5", "rl.steps=3",
-        "improve.episodes=2", "improve.wm_steps=2", "improve.rl_steps=2", "eval.episodes=2",
-        "eval.final_episodes=2", "deploy.steps=12", "deploy.episodes=2", "wm_eval.split=all", "wm_eval.context=4",
-        "wm_eval.horizon=8", "export.parity_steps=100"]
+        "+improve.episodes=2", "improve.wm_steps=2", "improve.rl_steps=2", "eval.episodes=2",
+        "eval.final_episodes=2", "deploy.steps=12", "deploy.episodes=2", "+wm_eval.split=all", "+wm_eval.context=4",
+        "+wm_eval.horizon=8", "+export.parity_steps=100"]
 
 
 def test_tiny_pipeline_writes_the_whole_report(tmp_path):
@@ -48,3 +48,23 @@ def test_pipeline_refuses_a_used_report_folder(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "not empty" in done.stderr
     assert (tmp_path / "old.txt").read_text() == "keep me"
+
+
+def test_a_stage_section_becomes_the_commands_own_overrides():
+    from omegaconf import OmegaConf
+
+    from reverie.workflows.pipeline import settings
+
+    section = OmegaConf.create({"steps": 3000, "bc_scratch": {"mirror": 0.5, "cameras": ["image/wrist"]},
+                                "note": "it's a \\ test", "minutes": None, "finetune": True})
+    assert settings(section) == ["steps=3000", "bc_scratch.mirror=0.5", "bc_scratch.cameras=['image/wrist']",
+                                 "note='it\\'s a \\\\ test'", "minutes=null", "finetune=true"]
+    assert settings(OmegaConf.create({})) == []
+
+
+def test_a_typo_in_a_stage_setting_is_refused_before_anything_runs(tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run([str(Path(sys.executable).parent / "reverie"), "pipeline", f"out={out}",
+                           "+pixel_bc.bc_scratch.mirrorr=0.5"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "`pixel_bc` settings are keys of `train_agent`" in done.stderr
+    assert "did you mean bc_scratch.mirror=0.5" in done.stderr and not out.exists()

@@ -33,7 +33,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from reverie.config import command_config, compose, show
-from reverie.errors import ReverieError
+from reverie.errors import ConfigError, ReverieError
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,8 @@ def demos(run: Run) -> Path:
 
     c = run.cfg
     store = run.out / "demos.zarr"
-    rate = record(compose("sim_demos", [f"task={c.task}", f"episodes={c.demos.episodes}",
-                                        f"skill={c.demos.skill}", f"time_limit={c.demos.time_limit}",
-                                        f"cameras={_listed(c.cameras)}", f"seed={c.seed}", f"out={store}"]))
+    rate = record(compose("sim_demos", [f"task={c.task}", f"cameras={_listed(c.cameras)}", f"seed={c.seed}",
+                                        f"out={store}", *settings(c.demos)]))
     run.success["teleoperator (demos)"] = {"success_rate": rate, "episodes": int(c.demos.episodes)}
     return store
 
@@ -76,13 +75,9 @@ def world_model(run: Run, store: Path) -> Path:
     c = run.cfg
     out = run.out / "wm"
     overrides = [f"world_model={c.backend}", f"preset={c.choices.preset}", f"data={store}", f"out={out}",
-                 f"image_key=image/{c.cameras[0]}", f"seed={c.seed}", f"threads={c.threads}"]
-    overrides += [f"steps={c.wm.steps}"] if c.wm.steps else []
-    overrides += [f"minutes={c.wm.minutes}"] if c.wm.minutes else []
+                 f"image_key=image/{c.cameras[0]}", f"seed={c.seed}", f"threads={c.threads}", *settings(c.wm)]
     Trainer(compose("train_wm", overrides)).run()
-    e = c.wm_eval
-    results = evaluate(compose("eval_wm", [f"checkpoint={out}", f"out={run.out / 'wm_eval'}", f"split={e.split}",
-                                           f"context={e.context}", f"horizon={e.horizon}"]))
+    results = evaluate(compose("eval_wm", [f"checkpoint={out}", f"out={run.out / 'wm_eval'}", *settings(c.wm_eval)]))
     print(table(results))
     run.results["wm_eval"] = results
     return out
@@ -96,10 +91,46 @@ def _listed(values) -> str:
     return f"[{','.join(str(v) for v in values)}]"
 
 
+def settings(section) -> list[str]:
+    """A stage's section of pipeline.yaml as overrides of the command it runs. Its keys are that
+    command's own, nested as in its config (pixel_bc.bc_scratch.mirror -> bc_scratch.mirror), so each
+    value has one source and the command's config checks it (unknown keys, wrong kinds)."""
+    def value(v) -> str:
+        if isinstance(v, list):
+            return f"[{','.join(value(x) for x in v)}]"
+        if v is None or isinstance(v, bool):
+            return {None: "null", True: "true", False: "false"}[v]
+        if isinstance(v, str):
+            return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return repr(v)
+
+    def flat(node: dict, prefix: str) -> list[str]:
+        return [line for k, v in node.items()
+                for line in (flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={value(v)}"])]
+
+    return flat(OmegaConf.to_container(section, resolve=True) if section else {}, "")
+
+
 def env_kwargs(cfg) -> dict:
     """The sim arm of every evaluation and round: the demos' cameras and time limit, then env_kwargs."""
     extra = OmegaConf.to_container(cfg.env_kwargs) if cfg.env_kwargs else {}
     return {"cameras": list(cfg.cameras), "time_limit": int(cfg.demos.time_limit)} | extra
+
+
+# pipeline.yaml section -> (the command config it holds keys of, the overrides that pick its variant)
+STAGE_CONFIGS = {"demos": ("sim_demos", []), "wm": ("train_wm", []), "wm_eval": ("eval_wm", []),
+                 "pixel_bc": ("train_agent", ["stage=bc_scratch"]), "bc": ("train_agent", ["stage=bc"]),
+                 "rl": ("train_agent", ["stage=rl"]), "improve": ("improve", []), "export": ("export", [])}
+
+
+def check_settings(cfg) -> None:
+    """Every stage's section against its command's config before anything runs: a typo in the last
+    stage's keys must not wait for the demos and the world model to surface."""
+    for section, (name, variant) in STAGE_CONFIGS.items():
+        try:
+            compose(name, [*variant, *settings(cfg[section])], required=False)
+        except ConfigError as e:
+            raise ConfigError(f"the pipeline's `{section}` settings are keys of `{name}`: {e}") from None
 
 
 def pixel_bc(run: Run, wm: Path) -> Path:
@@ -109,24 +140,22 @@ def pixel_bc(run: Run, wm: Path) -> Path:
 
     extra = [f"image/{c}" for c in run.cfg.cameras[1:]]
     return train(compose("train_agent", ["stage=bc_scratch", f"out={run.out / 'pixel_bc'}",
-                                         f"steps={run.cfg.pixel_bc.steps}", f"bc_scratch.cameras={_listed(extra)}",
-                                         f"bc_scratch.colour_swap={run.cfg.pixel_bc.colour_swap}",
-                                         f"bc_scratch.mirror={run.cfg.pixel_bc.mirror}",
-                                         *_agent_overrides(run, wm)]))
+                                         f"bc_scratch.cameras={_listed(extra)}", *_agent_overrides(run, wm),
+                                         *settings(run.cfg.pixel_bc)]))
 
 
 def behaviour_cloning(run: Run, wm: Path) -> Path:
     from reverie.policy.train import train
 
-    return train(compose("train_agent", ["stage=bc", f"out={run.out / 'bc'}", f"steps={run.cfg.bc.steps}",
-                                         *_agent_overrides(run, wm)]))
+    return train(compose("train_agent", ["stage=bc", f"out={run.out / 'bc'}", *_agent_overrides(run, wm),
+                                         *settings(run.cfg.bc)]))
 
 
 def imagination_rl(run: Run, wm: Path, bc: Path) -> Path:
     from reverie.policy.train import train
 
     return train(compose("train_agent", ["stage=rl", f"init={bc}", f"out={run.out / 'rl'}",
-                                         f"steps={run.cfg.rl.steps}", *_agent_overrides(run, wm)]))
+                                         *_agent_overrides(run, wm), *settings(run.cfg.rl)]))
 
 
 def corrective_round(run: Run, wm: Path, rl: Path, bc: Path) -> Path:
@@ -135,9 +164,9 @@ def corrective_round(run: Run, wm: Path, rl: Path, bc: Path) -> Path:
     c = run.cfg
     rows = improve(compose("improve", [
         f"wm={wm}", f"agent={rl}", f"prior={bc}", f"env=arm/{c.task}", f"out={run.out / 'improve'}",
-        "rounds=1", f"episodes={c.improve.episodes}", f"wm_steps={c.improve.wm_steps}",
-        f"rl_steps={c.improve.rl_steps}", f"eval_episodes={c.eval.episodes}", f"seed={c.seed}",
-        *[f"+env_kwargs.{k}={_listed(v) if isinstance(v, list) else v}" for k, v in env_kwargs(c).items()]]))
+        "rounds=1", f"eval_episodes={c.eval.episodes}", f"seed={c.seed}",
+        *[f"+env_kwargs.{k}={_listed(v) if isinstance(v, list) else v}" for k, v in env_kwargs(c).items()],
+        *settings(c.improve)]))
     run.success["round 1"] = rows["round 1"]["train"]
     return Path(rows["round 1"]["agent"])
 
@@ -173,8 +202,7 @@ def evaluate_stages(run: Run, agents: dict[str, Path]) -> tuple[str, dict]:
 def export_bundle(run: Run, agent: Path) -> Path:
     """For the sim arm's twin on the virtual serial robot: same limits, scaling and rate as the sim."""
     bundle = run.out / "bundle"
-    _reverie(["export", f"policy={agent}", f"out={bundle}", f"arm={run.cfg.deploy.arm}",
-              f"parity_steps={run.cfg.export.parity_steps}"])
+    _reverie(["export", f"policy={agent}", f"out={bundle}", f"arm={run.cfg.deploy.arm}", *settings(run.cfg.export)])
     return bundle
 
 
@@ -335,6 +363,7 @@ def pipeline(cfg) -> Path:
     out = Path(cfg.out or f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}")
     if out.exists() and any(out.iterdir()):
         raise ReverieError(f"report folder {out} exists and is not empty; pass a new out=")
+    check_settings(cfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(show(cfg))
     if cfg.threads:  # every in-process stage (evaluation, rounds) shares this setting
