@@ -169,9 +169,7 @@ def plot(rows: dict[str, dict], path: Path, title: str = "success rate (95% Wils
     rate = np.array([rows[k]["success_rate"] for k in labels]) * 100
     ci = np.array([rows[k]["ci95"] for k in labels]).T * 100
     fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(labels)), 3.2))
-    # clipped: at 0% or 100% the Wilson bound equals the rate up to rounding, which can land it a hair past
-    yerr = np.clip([rate - ci[0], ci[1] - rate], 0, None)
-    ax.bar(labels, rate, yerr=yerr, capsize=4, color="#4c72b0")
+    ax.bar(labels, rate, yerr=[rate - ci[0], ci[1] - rate], capsize=4, color="#4c72b0")
     ax.set_ylim(0, 100)
     ax.set_ylabel("success %")
     ax.set_title(title)

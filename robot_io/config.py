@@ -271,7 +271,7 @@ def load_arm(name_or_path: str | Path, **overrides) -> ArmConfig:
 def arm_from_command(cfg) -> ArmConfig:
     """The arm of a command config: the `robot` group (`robot=koch robot.port=...`), or
     `robot_file=my_arm.yaml`, with the top-level shortcuts `port=`, `baudrate=`, `calibration=`."""
-    raw = _merged(Path(cfg.robot_file), 0) if cfg.get("robot_file") else _plain(cfg.robot)
+    raw = read_arm_yaml(Path(cfg.robot_file)) if cfg.get("robot_file") else _plain(cfg.robot)
     for key in ("port", "baudrate", "calibration"):
         if cfg.get(key) is not None:
             raw[key] = cfg[key]
@@ -299,16 +299,10 @@ def _merged(source: Path | str, depth: int) -> dict:
     if "_self_" not in defaults:
         defaults = [*defaults, "_self_"]
     merged: dict = {}
-    for entry in defaults:
-        if entry == "_self_":
-            _merge(merged, own)
-            continue
-        entry = str(entry)
-        if entry.endswith((".yaml", ".yml")):
-            parent = Path(entry) if isinstance(source, str) else source.parent / entry
-            _merge(merged, _merged(parent, depth + 1))
-        else:
-            _merge(merged, _merged(entry, depth + 1))
+    for entry in map(str, defaults):
+        if entry.endswith((".yaml", ".yml")):  # a path, relative to the file that names it
+            entry = Path(entry) if isinstance(source, str) else source.parent / entry
+        _merge(merged, own if entry == "_self_" else _merged(entry, depth + 1))
     return merged
 
 

@@ -201,13 +201,13 @@ def deploy_arm(manifest: dict, robot: str, args: dict):
     max_velocity; a bundle asking for more than the robot allows is refused, before any torque."""
     from reverie.robot_io.config import arm_from_mapping, read_arm_yaml
 
-    section = manifest["robot"]
-    if manifest_lib.arm_config(manifest) is None:
+    section, exported_for = manifest["robot"], manifest_lib.arm_config(manifest)
+    if exported_for is None:
         raise BundleError(f"this bundle's actions are scaled for the simulator ({section.get('name')}), not "
                           f"for a servo arm (its manifest has no robot.config); deploy it with robot=sim, or "
                           f"re-export with arm=<arm config> (e.g. arm=so101_virtual for robot=virtual)")
     try:
-        wanted = arm_from_mapping(manifest_lib.arm_config(manifest))
+        wanted = arm_from_mapping(exported_for)
     except ConfigError as e:
         raise BundleError(f"the bundle's arm config is invalid ({e}); re-run `reverie export`") from e
     source = args.get("arm") or section.get("name")
