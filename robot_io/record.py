@@ -228,15 +228,10 @@ class Recorder:
 
 
 def make_teleop(cfg, arm):
-    from reverie.robot_io.config import load_arm
-    from reverie.robot_io.teleop import KeyboardTeleop, LeaderFollower
+    from reverie.robot_io.teleop import make_operator
 
-    if cfg.teleop == "keyboard":
-        return KeyboardTeleop(arm)
-    if cfg.teleop == "leader":
-        leader = load_arm(cfg.leader, port=cfg.leader_port, calibration=cfg.leader_calibration)
-        return LeaderFollower(leader, arm)
-    raise ConfigError(f"teleop must be keyboard or leader, got {cfg.teleop!r}{did_you_mean(cfg.teleop, ('keyboard', 'leader'))}")
+    return make_operator(cfg.teleop, arm, key="teleop", leader=cfg.leader, leader_port=cfg.leader_port,
+                         leader_calibration=cfg.leader_calibration)
 
 
 def plan_from(cfg) -> Plan:

@@ -227,7 +227,7 @@ def make_robot_env(arm_name: str, port: str | None = None, link: str | None = No
     device = _operator(operator, arm, leader, leader_port)
     start = start or ("auto" if virtual or device is None else "key")
     keys = None
-    if operator == "keyboard" or operator == "leader":
+    if isinstance(operator, str):  # a named operator (robot_io/teleop.py OPERATORS): a human at the keys
         from reverie.robot_io.keys import TerminalKeys
 
         if TerminalKeys.available():
@@ -239,13 +239,8 @@ def make_robot_env(arm_name: str, port: str | None = None, link: str | None = No
 
 
 def _operator(operator, arm, leader: str, leader_port: str | None):
-    from reverie.robot_io.config import load_arm
-    from reverie.robot_io.teleop import KeyboardTeleop, LeaderFollower
+    from reverie.robot_io.teleop import make_operator
 
     if operator is None or not isinstance(operator, str):
         return operator  # None (no operator) or a device object (tests, scripts)
-    if operator == "keyboard":
-        return KeyboardTeleop(arm)
-    if operator == "leader":
-        return LeaderFollower(load_arm(leader, port=leader_port), arm)
-    raise ConfigError(f"operator must be keyboard or leader (or left out), got {operator!r}")
+    return make_operator(operator, arm, leader=leader, leader_port=leader_port)

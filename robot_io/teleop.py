@@ -16,8 +16,8 @@ import threading
 
 import numpy as np
 
-from reverie.errors import ConfigError, HardwareError
-from reverie.robot_io.config import ArmConfig
+from reverie.errors import ConfigError, HardwareError, did_you_mean
+from reverie.robot_io.config import ArmConfig, load_arm
 
 
 class Event(enum.Enum):
@@ -91,6 +91,10 @@ class KeyboardTeleop:
         for i, (up, down) in enumerate(JOINT_KEYS[: len(arm.joints)]):
             self._keymap[up], self._keymap[down] = (i, 1.0), (i, -1.0)
 
+    @classmethod
+    def named(cls, follower: ArmConfig, **_leader) -> KeyboardTeleop:
+        return cls(follower)
+
     def connect(self) -> None:
         pass  # keys come from whoever calls press(); see keys.TerminalKeys
 
@@ -140,6 +144,11 @@ class LeaderFollower:
         self._bus = bus
         self._connected = False
 
+    @classmethod
+    def named(cls, follower: ArmConfig, leader: str, leader_port: str | None = None,
+              leader_calibration: str | None = None) -> LeaderFollower:
+        return cls(load_arm(leader, port=leader_port, calibration=leader_calibration), follower)
+
     def connect(self) -> None:
         from reverie.robot_io.arm_bus import connect_bus, make_bus
 
@@ -177,3 +186,17 @@ class LeaderFollower:
 
     def target(self, present: np.ndarray) -> np.ndarray:
         return self.read()[self._order]
+
+
+# `teleop=` (record) and `operator=` (the robot env) name one of these; each builds itself from the
+# follower's config and the leader's settings (`named`).
+OPERATORS = {"keyboard": KeyboardTeleop, "leader": LeaderFollower}
+
+
+def make_operator(kind: str, follower: ArmConfig, key: str = "operator", **leader):
+    """`teleop=` / `operator=` name -> the device the operator drives `follower` with; key: the option
+    that named it (for the error); leader: the leader arm's `leader`, `leader_port`,
+    `leader_calibration` (read by the kinds that have one)."""
+    if kind not in OPERATORS:
+        raise ConfigError(f"{key}={kind!r}: pass one of {', '.join(OPERATORS)}{did_you_mean(kind, OPERATORS)}")
+    return OPERATORS[kind].named(follower, **leader)

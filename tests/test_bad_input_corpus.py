@@ -230,6 +230,8 @@ CASES = [
     # ---- command configs (hydra overrides)
     Case("record episodes=abc", lambda w: record(w, "episodes=abc"), r"episodes=abc .*takes a number",
          r"e\.g\. episodes=1"),
+    Case("record teleop= mistyped", lambda w: record(w, "teleop=keybord"), r"teleop='keybord'",
+         r"one of keyboard, leader \(did you mean keyboard\?\)"),
     Case("record fps=abc", lambda w: record(w, "fps=abc"), r"fps=abc .*takes a number", r"e\.g\. fps=30"),
     Case("record episodes=null", lambda w: record(w, "episodes=null"), r"episodes=null .*takes a number",
          r"e\.g\. episodes=1"),
