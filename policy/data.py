@@ -46,18 +46,19 @@ class AgentData(TrainData):
         data_cfg = OmegaConf.create({
             "data": data_paths(cfg.data) if cfg.data else list(wm_info["stores"]),  # one path or a list
             "image_key": cfg.image_key or wm_info["image_key"], "holdout": float(cfg.holdout),
-            "seed": int(cfg.seed), "workers": 0, "starts": starts,  # datasets/sampler.py
-            "cameras": list(cameras),  # extra cameras a policy reads (batch[key] beside batch["image"])
+            "seed": int(cfg.seed), "workers": 0,
+            "per": "row",  # an episode in proportion to its length, as the world model samples by default
             "weights": OmegaConf.to_container(weights) if OmegaConf.is_config(weights) else weights})
         sizes = OmegaConf.create({"image_size": int(wm.image_size), "dynalang": bool(option(wm, "dynalang")),
                                   "batch_size": batch_size, "seq_len": seq_len})
         # the world model's own units (its checkpoint's normaliser; identity for one written before them)
         super().__init__(data_cfg, sizes, device=device,  # batches arrive on the training device
-                         normalizer=Normalizer.from_json(wm_info.get("normalizer")), augment=augment)
+                         normalizer=Normalizer.from_json(wm_info.get("normalizer")), augment=augment,
+                         cameras=cameras, starts=starts)  # cameras: beside batch["image"]; datasets/sampler.py
         check_action_range(self.stores, self.normalizer)  # e.g. a world model from before normalisation
         self.labelled = labelled_episodes(self.stores)
         self.success_reward = float(cfg.rewards.success_reward)
-        self.positive_fraction = float(cfg.rewards.get("positive_fraction", 0.0))
+        self.positive_fraction = float(cfg.rewards.positive_fraction)
         if not 0 <= self.positive_fraction < 1:
             raise ConfigError(f"rewards.positive_fraction={self.positive_fraction}: must be in [0, 1) "
                               "(the share of each batch drawn from windows holding a rewarded row)")

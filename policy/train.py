@@ -122,13 +122,13 @@ def train(cfg) -> Path:
     if wm_path != str(cfg.wm):
         log.info("init=%s acts on the world model behaviour cloning fine-tuned for it: %s (not wm=%s)",
                  cfg.init, wm_path, cfg.wm)
-    frame = int(cfg.bc.get("frame", 0)) if stage == "bc" and not cfg.init else 0
+    frame = int(cfg.bc.frame) if stage == "bc" and not cfg.init else 0
     wm, wm_cfg, wm_info = wm_checkpoint.load_model(wm_path, device, {"frame": frame} if frame else None)
     wm.requires_grad_(False)
     sc = cfg[stage]
     data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size),
                      seq_len=int(sc.seq_len if stage == "bc" else sc.context), device=device,
-                     weights=sc.get("weights"))
+                     weights=sc.weights if stage == "bc" else None)  # rl: imagination starts from any row
     if stage == "rl" and not cfg.rewards.dllm.enabled:
         check_reward_signal(data)  # no reward and no success label: nothing for RL to optimise
     if cfg.init:
@@ -203,7 +203,7 @@ def _bc(cfg, wm, agent, init_info):
 def _rl(cfg, wm, agent, init_info, data=None):
     """RL's step function; first `rl.reward_steps` reward-head-only steps on data batches (drawn with
     rewards.positive_fraction), after which imagination contexts are drawn without oversampling."""
-    reward_steps = int(cfg.rl.get("reward_steps", 0) or 0)
+    reward_steps = int(cfg.rl.reward_steps or 0)
     if reward_steps < 0:
         raise ConfigError(f"rl.reward_steps={reward_steps}: must be >= 0 (0 keeps the bc stage's reward head)")
     if reward_steps:
@@ -250,21 +250,21 @@ def train_bc_scratch(cfg, steps: int) -> Path:
     init = _scratch_init(cfg.init) if cfg.init else None  # a corrective round continues a pixel BC
     _, wm_cfg, wm_info = wm_checkpoint.read(cfg.wm)
     sc = cfg.bc_scratch
-    sample = str(sc.get("sample", "windows"))
+    sample = str(sc.sample)
     # rows: windows of `chunk` rows that may start at any row, of which only the first is a sample
     seq_len, starts = (int(cfg.agent.chunk), "every") if sample == "rows" else (int(sc.seq_len), "fit")
-    cameras = [str(c) for c in sc.get("cameras") or []]  # beside the world model's camera
-    swap, flip = float(sc.get("colour_swap", 0.0)), float(sc.get("mirror", 0.0))
+    cameras = [str(c) for c in sc.cameras or []]  # beside the world model's camera
+    swap, flip = float(sc.colour_swap), float(sc.mirror)
     augments = [a for a in (ColourSwap(swap, int(cfg.seed)) if swap else None,
-                            Mirror(flip, list(sc.get("mirror_negate") or []), int(cfg.seed)) if flip else None) if a]
+                            Mirror(flip, list(sc.mirror_negate or []), int(cfg.seed)) if flip else None) if a]
     data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size), seq_len=seq_len,
-                     device=distributed.pick_device(cfg.device), weights=sc.get("weights"), starts=starts,
+                     device=distributed.pick_device(cfg.device), weights=sc.weights, starts=starts,
                      cameras=cameras, augment=_chain(augments) if augments else None)
     if data.image_key in cameras:
         raise ConfigError(f"bc_scratch.cameras={cameras} repeats the main camera {data.image_key!r}: "
                           "list only the extra cameras (e.g. bc_scratch.cameras=[image/wrist])")
-    sizes = {**OmegaConf.to_container(cfg.agent), "cnn_depth": int(sc.cnn_depth), "keypoints": int(sc.get("keypoints", 0)),
-             "norm": str(sc.get("norm", "channel"))}  # cameras: from the data's extra cameras
+    sizes = {**OmegaConf.to_container(cfg.agent), "cnn_depth": int(sc.cnn_depth), "keypoints": int(sc.keypoints),
+             "norm": str(sc.norm)}  # cameras: from the data's extra cameras
     ensemble = sizes.pop("ensemble", None)  # how the controller executes chunks, not a network size
     if init is not None:
         mine = {**init.sizes, "cameras": 1 + len(cameras)}
@@ -276,8 +276,8 @@ def train_bc_scratch(cfg, steps: int) -> Path:
                               "continue it with the settings it was trained with (its config.yaml)")
     policy, history = scratch_bc.train_scratch_bc(data, steps, lr=float(sc.lr), progress=bool(cfg.progress),
                                                   shift=int(sc.shift), sample=sample,
-                                                  weight_decay=float(sc.get("weight_decay", 0.0)),
-                                                  loss=str(sc.get("loss", "nll")), init=init, **sizes)
+                                                  weight_decay=float(sc.weight_decay),
+                                                  loss=str(sc.loss), init=init, **sizes)
     info = {"stage": "bc_scratch", "steps": steps, "image_key": data.image_key,
             "image_keys": [data.image_key, *cameras], "stores": data.paths,
             "holdout": float(cfg.holdout), "base_world_model": str(Path(cfg.wm).resolve()), "history": history,

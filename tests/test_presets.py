@@ -124,3 +124,30 @@ def test_an_old_run_config_is_completed_with_what_it_was_trained_with():
     old = OmegaConf.to_container(model_config(upgrade_config(cfg, "shortcut")))
     assert old == new | {"known_action": False, "boot_start": 5}  # False: the model those runs were
     assert upgrade_config(cfg, "no_such_backend") is cfg
+    del cfg["prefetch"], cfg["lr_end"]  # run keys newer than the run: what it did then
+    filled = upgrade_config(cfg, "shortcut")
+    assert filled.prefetch == 0 and filled.lr_end is None and filled.seed == composed.seed
+
+
+def _leaf_keys(node) -> set[str]:
+    return {k for k, v in node.items()} | {k for v in node.values() if isinstance(v, dict) for k in _leaf_keys(v)}
+
+
+def test_command_keys_have_one_default_the_yaml():
+    """The trainers read train_wm.yaml's and train_agent.yaml's keys without a default of their own
+    (no `cfg.get("key", ...)`, `sc.get(...)`): each value has one source, the YAML; runs saved before a
+    key existed are completed in checkpoint.upgrade_config (LEGACY_RUN)."""
+    import re
+
+    from reverie.world_model.checkpoint import LEGACY_RUN
+
+    wm_keys = set(_raw(CONF / "train_wm.yaml")) - {"defaults"}
+    agent_keys = _leaf_keys(_raw(CONF / "train_agent.yaml")) - {"defaults"}
+    pattern = re.compile(r"\b(?:cfg|sc)(?:\.\w+)*\.get\(\s*['\"](\w+)['\"]")
+    root = CONF.parents[1]
+    files = [root / "world_model" / "train.py", root / "world_model" / "data.py", root / "policy" / "train.py",
+             root / "policy" / "data.py", *(root / "reverie" / "workflows").glob("*.py")]
+    found = [f"{path.relative_to(root)}: {key}" for path in files for key in pattern.findall(path.read_text())
+             if key in wm_keys | agent_keys]
+    assert not found, f"defaults in code for keys the YAMLs set: {found}"
+    assert set(LEGACY_RUN) <= wm_keys, "LEGACY_RUN names a key train_wm.yaml does not set"

@@ -142,11 +142,19 @@ def read(path: str | Path) -> tuple[Path, Any, dict]:
     return path, upgrade_config(cfg, trainer["backend"]), trainer
 
 
+# train_wm.yaml's run keys newer than some saved runs, with what those runs did without them (the speed
+# switches keep the math, so on; normalize: the checkpoint's own units are restored on resume).
+LEGACY_RUN = {"warmup": 0, "lr_end": None, "ema": None, "fused_norm": True, "compile_norm": True,
+              "channels_last": True, "prefetch": 0, "per": "row", "normalize": None, "weights": None}
+
+
 def upgrade_config(cfg: Any, backend: str) -> Any:
-    """A run's training config with the model keys it predates filled in, each with the value the run
-    was trained with (the backend's `legacy_config`, world_model/backend.py): the one place old
-    checkpoints are completed, so backends read every key of their YAML as present. A key the run has
-    (in its world_model or preset section) stays as written."""
+    """A run's training config with the keys it predates filled in, each with the value the run was
+    trained with (the backend's `legacy_config`, world_model/backend.py, and LEGACY_RUN): the one place
+    old checkpoints are completed, so backends and the trainer read every key of their YAML as present.
+    A key the run has (in its world_model or preset section, or at the top) stays as written."""
+    run = {k: v for k, v in LEGACY_RUN.items() if k not in cfg}
+    cfg = OmegaConf.merge(cfg, run) if run else cfg
     cls = load_backends().get(backend)
     if cls is None or not cls.legacy_config:
         return cfg

@@ -183,17 +183,17 @@ class TrainData:
     """
 
     def __init__(self, cfg, mcfg, rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
-                 normalizer=None, augment=None):
+                 normalizer=None, augment=None, cameras=(), starts: str = "fit"):
         from reverie.datasets.normalize import from_stores
         from reverie.datasets.sampler import WindowSampler
 
         self.paths = data_paths(cfg.data)
         self.stores = open_stores(self.paths)
         # store units -> model units for state and action (datasets/normalize.py); next() applies it
-        self.normalizer = normalizer if normalizer is not None else from_stores(self.stores, cfg.get("normalize"))
+        self.normalizer = normalizer if normalizer is not None else from_stores(self.stores, cfg.normalize)
         self.image_key, self.image_size = cfg.image_key, int(mcfg.image_size)
         self.dynalang = bool(option(mcfg, "dynalang"))
-        self.cameras = tuple(cfg.get("cameras") or ())  # extra cameras for the batch (a policy's), not the model's
+        self.cameras = tuple(cameras)  # extra cameras for the batch (a policy's), not the model's
         self.spec = make_spec(self.stores, self.image_key, self.image_size, self.dynalang, self.cameras)
         self.batch_size, self.length = int(mcfg.batch_size), int(mcfg.seq_len)
         self.device = torch.device(device)
@@ -210,9 +210,9 @@ class TrainData:
                                   "or set world_model.describe=false")
             self.narrations = [narration.vocabulary(st) for st in self.stores]
             self.keys.append(narration.KEY)
-        self.weights = _plain(cfg.get("weights"))
-        self.per = str(cfg.get("per", "row"))
-        self.starts = str(cfg.get("starts", "fit"))  # "every": a window may start at any row (policy rows)
+        self.weights = _plain(cfg.weights)
+        self.per = str(cfg.per)
+        self.starts = str(starts)  # "every": a window may start at any row (policy rows)
         self.seed, self.rank, self.workers = int(cfg.seed), rank, int(cfg.workers)
         self.sampler = WindowSampler(self.stores, self.length, self.keys, self.weights,
                                      seed=np.random.SeedSequence([self.seed, rank]), per=self.per,

@@ -60,14 +60,14 @@ class Trainer:
         self.data = TrainData(cfg, self.mcfg, rank=self.rank, world=self.world, device=self.device)
         self.model = build(self.backend, self.mcfg, self.data.spec).to(self.device)
         # speed switches that keep the math (tests/test_train_speed.py): the hand-written RMSNorm and
-        # channels_last convolutions; configs saved before them have no keys (then on, the measured default)
-        networks.set_fused_norm(self.model, bool(cfg.get("fused_norm", True)), bool(cfg.get("compile_norm", True)))
-        networks.set_channels_last(self.model, bool(cfg.get("channels_last", True)))
+        # channels_last convolutions
+        networks.set_fused_norm(self.model, bool(cfg.fused_norm), bool(cfg.compile_norm))
+        networks.set_channels_last(self.model, bool(cfg.channels_last))
         fsdp = bool(option(self.mcfg, "fsdp") if cfg.fsdp is None else cfg.fsdp)
         self.module = distributed.wrap(self.model, self.device, fsdp, bool(cfg.compile))
         groups = param_groups(self.model, float(self.mcfg.weight_decay))
         self.optimizer = torch.optim.AdamW(groups, lr=self.mcfg.lr, eps=self.mcfg.adam_eps)
-        decay = cfg.get("ema") if cfg.get("ema") is not None else option(self.mcfg, "ema")
+        decay = cfg.ema if cfg.ema is not None else option(self.mcfg, "ema")
         self.ema = EMA(self.model, float(decay)) if decay else None
         self.step = 0
         if resume_from is not None:
@@ -85,7 +85,7 @@ class Trainer:
                                 else state["data_rng"]["0"])
             self.data.normalizer = checkpoint.normalizer(state)  # the units it was trained in (old: identity)
             log.info("resumed %s at step %d", resume_from, self.step)
-        self.data.start_stream(self.step, int(cfg.get("prefetch", 0)))  # workers > 0; the prefetch thread
+        self.data.start_stream(self.step, int(cfg.prefetch))  # workers > 0; the prefetch thread
         self.writer = None
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
@@ -117,8 +117,8 @@ class Trainer:
     def set_lr(self, done: float) -> float:
         """Linear warm-up over `warmup` steps, then cosine decay to lr * lr_end at done = 1 (lr_end null:
         constant). Transformers on a CPU budget gain most at the end of the decay."""
-        lr = float(self.mcfg.lr) * min(1.0, (self.step + 1) / max(int(self.cfg.get("warmup") or 0), 1))
-        if self.cfg.get("lr_end") is not None:  # configs saved before the schedule have no key
+        lr = float(self.mcfg.lr) * min(1.0, (self.step + 1) / max(int(self.cfg.warmup or 0), 1))
+        if self.cfg.lr_end is not None:
             end = float(self.cfg.lr_end)
             lr *= end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
         for group in self.optimizer.param_groups:
@@ -206,7 +206,7 @@ def checked_steps(cfg, mcfg) -> int:
     """The run's steps, once the budget and schedule keys are known to make sense: refused before any
     data or model is built, not a run that trains nothing, or fails at its first log or save."""
     for key in ("steps", "minutes", "ema", "lr_end"):  # null defaults: hydra cannot check their kind
-        value = cfg.get(key)
+        value = cfg[key]
         if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
             raise ConfigError(f"{key}={value} must be a number (or null)")
     steps = cfg.steps if cfg.steps is not None else option(mcfg, "steps")
@@ -221,7 +221,7 @@ def checked_steps(cfg, mcfg) -> int:
         raise ConfigError(f"minutes={cfg.minutes} must be positive, or null for no time cap")
     for key, least in (("log_every", 1), ("save_every", 1), ("image_every", 0), ("threads", 0), ("workers", 0),
                        ("prefetch", 0)):
-        if cfg.get(key, least) < least:
+        if cfg[key] < least:
             raise ConfigError(f"{key}={cfg[key]} must be at least {least}")
     for key in ("batch_size", "seq_len"):
         if int(mcfg[key]) < 1:
