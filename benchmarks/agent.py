@@ -42,6 +42,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = Path(__file__).parent / "results"
+REFERENCE_SKILL = 0.5  # the issue's demos (200 at skill 0.5); a run at another skill adds rows named for it
 
 
 def success(controller, task: str, episodes: int, seed: int, time_limit: int, suites=("train",)) -> dict:
@@ -167,6 +168,11 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
             agent, wm_run = Path(result["agent"]), Path(result["world_model"])
             score(f"+ {k} corrective round{'s' if k > 1 else ''}", load_controller(agent), args.suites)
     beats = wm_eval.get("beats_copy_last_at_every_horizon")
+    if args.skill != REFERENCE_SKILL:  # rows beside the reference ones: named for their demos, which they carry
+        rows = {f"{name}, skill-{args.skill} demos": row | {"demos": {"skill": args.skill, "success": demo_rate}}
+                for name, row in rows.items()}
+        times = {f"{name}, skill-{args.skill} demos": t for name, t in times.items()}
+        demo_rate = None  # the task's demo_success stays the reference demos'
     return {"demo_success": demo_rate, "rows": rows, "seconds": times, "wm_beats_copy_last": beats,
             "wm_probe": wm_eval.get("probe")}
 
@@ -185,7 +191,8 @@ def pool_seeds(per_seed: dict[int, dict]) -> dict:
                       "ci95": list(wilson_interval(wins, n)),
                       "action_error": {k: float(np.mean([p["action_error"].get(k, np.nan) for p in parts.values()]))
                                        for k in ("teacher_forced", "closed_loop")},
-                      "seeds": {str(s): p for s, p in parts.items()}}
+                      "seeds": {str(s): p for s, p in parts.items()},
+                      **({"demos": parts[next(iter(parts))]["demos"]} if "demos" in first["rows"][name] else {})}
     return {"demo_success": first["demo_success"], "rows": rows,
             "seconds": {str(s): r["seconds"] for s, r in per_seed.items()},
             "wm_beats_copy_last": {str(s): r["wm_beats_copy_last"] for s, r in per_seed.items()},
@@ -222,8 +229,9 @@ def table(results: dict) -> str:
     wide = max([30, *(len(n) for r in results["tasks"].values() for n in r["rows"])])  # the row-name column
     for task, r in sorted(results["tasks"].items()):
         base = r["rows"].get("bc on world-model features", {"success_rate": 0.0})["success_rate"]
-        lines += [f"arm/{task} (demos at skill {results['args']['skill']}: "
-                  f"{100 * r['demo_success']:.0f}% success)",
+        demos = (f"demos at skill {results['args']['skill']}: {100 * r['demo_success']:.0f}% success"
+                 if r.get("demo_success") is not None else "demos named per row")
+        lines += [f"arm/{task} ({demos})",
                   f"  {'row':<{wide}} {'episodes':>8} {'success':>8} {'95% CI':>14} {'vs BC':>7} "
                   f"{'err TF':>7} {'err CL':>7}  per seed"]
         for name, s in r["rows"].items():
@@ -300,8 +308,11 @@ def main() -> None:
             if not args.quick:  # kept the moment each seed is done, beside the rows other runs measured
                 part = RESULTS / "agent" / f"{task}.json"
                 part.parent.mkdir(parents=True, exist_ok=True)
-                kept = json.loads(part.read_text())["task"] if part.exists() else {}
-                part.write_text(json.dumps({"args": vars(args), "task": merged(kept, results["tasks"][task])},
+                old = json.loads(part.read_text()) if part.exists() else {}
+                kept = old.get("task", {})
+                # args: the reference run's, unless this is one
+                run_args = vars(args) if args.skill == REFERENCE_SKILL or "args" not in old else old["args"]
+                part.write_text(json.dumps({"args": run_args, "task": merged(kept, results["tasks"][task])},
                                            indent=1))
     print(table(results))
     if not args.quick:
