@@ -4,7 +4,9 @@ RSSM's filter: the encoder's embedding, the posterior logits, deter, stoch and t
     .venv/bin/python benchmarks/probe_parts.py RUN_DIR [--parts embed logits deter stoch features]
 
 Prints the held-out ridge R² on every cube's x, y and on the target cube's x, y per part (latents
-argmax, as in evaluation). The embedding does not see the instruction, so its target R² is ~0 by
+argmax, as in evaluation). `decoded`: the image the features decode to (the posterior's
+reconstruction), pooled to 16x16 as the pixel baseline is: the cubes the features draw, read the way
+the pixels are read (a linear probe on the features may miss what the decoder reads nonlinearly). The embedding does not see the instruction, so its target R² is ~0 by
 construction. Slow-ish (a minute or three per part on one core); not part of the tests.
 """
 
@@ -44,6 +46,12 @@ class Part:
         states, last, _, _ = wm._rollout(batch, state)
         if self.part == "logits":
             return last, wm.post_net(torch.cat([states["deter"], wm._embed(batch)], -1))
+        if self.part == "decoded":  # what the features draw: the posterior's reconstruction, pooled as the pixel baseline
+            import torch.nn.functional as F
+            image = wm.decode(states)                                                  # (B, T, H, W, 3)
+            b, t = image.shape[:2]
+            x = image.float().flatten(0, 1).permute(0, 3, 1, 2)
+            return last, F.adaptive_avg_pool2d(x, 16).permute(0, 2, 3, 1).reshape(b, t, -1)
         feat = wm.feat(states)
         d, core = wm.deter_dim, wm.core_dim
         return last, {"deter": feat[..., :d], "stoch": feat[..., d:core], "features": feat}[self.part]
@@ -55,7 +63,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser()
     p.add_argument("run")
-    p.add_argument("--parts", nargs="+", default=["embed", "logits", "deter", "stoch", "features"])
+    p.add_argument("--parts", nargs="+", default=["embed", "logits", "deter", "stoch", "features", "decoded"])
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)

@@ -42,8 +42,7 @@ from reverie.policy.data import AgentData
 from reverie.policy.dllm import DLLMReward
 from reverie.policy.pmpo import pmpo_loss
 from reverie.policy.reward import check_reward_signal, reward_step
-from reverie.policy.colour_swap import ColourSwap
-from reverie.policy.mirror import Mirror
+from reverie.datasets.augment import window_augment
 from reverie.policy.returns import lambda_returns, trajectory_weights
 from reverie.world_model import checkpoint as wm_checkpoint
 from reverie.world_model import distributed
@@ -225,15 +224,6 @@ def _rl(cfg, wm, agent, init_info, data=None):
     return lambda batch: rl_step(wm, agent, prior, batch, actor_opt, value_opt, cfg.rl, dllm, _amp(cfg, wm))
 
 
-def _chain(augments):
-    """window -> window through each augmentation in turn (each draws its own coin)."""
-    def apply(window):
-        for augment in augments:
-            window = augment(window)
-        return window
-    return apply
-
-
 def _scratch_init(path):
     from reverie.policy import scratch_bc
 
@@ -255,11 +245,9 @@ def train_bc_scratch(cfg, steps: int) -> Path:
     seq_len, starts = (int(cfg.agent.chunk), "every") if sample == "rows" else (int(sc.seq_len), "fit")
     cameras = [str(c) for c in sc.cameras or []]  # beside the world model's camera
     swap, flip = float(sc.colour_swap), float(sc.mirror)
-    augments = [a for a in (ColourSwap(swap, int(cfg.seed)) if swap else None,
-                            Mirror(flip, list(sc.mirror_negate or []), int(cfg.seed)) if flip else None) if a]
     data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size), seq_len=seq_len,
                      device=distributed.pick_device(cfg.device), weights=sc.weights, starts=starts,
-                     cameras=cameras, augment=_chain(augments) if augments else None)
+                     cameras=cameras, augment=window_augment(sc, int(cfg.seed), "bc_scratch"))
     if data.image_key in cameras:
         raise ConfigError(f"bc_scratch.cameras={cameras} repeats the main camera {data.image_key!r}: "
                           "list only the extra cameras (e.g. bc_scratch.cameras=[image/wrist])")

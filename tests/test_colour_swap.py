@@ -1,11 +1,11 @@
-"""bc_scratch.colour_swap (policy/colour_swap.py): the frames' channels and the instruction's colour
+"""bc_scratch.colour_swap (datasets/colour_swap.py): the frames' channels and the instruction's colour
 words move together, so the demonstrated action still fits the renamed instruction."""
 
 import numpy as np
 import pytest
 
 from reverie.errors import ConfigError
-from reverie.policy.colour_swap import CHANNELS, ColourSwap, swap
+from reverie.datasets.colour_swap import CHANNELS, ColourSwap, swap
 
 PRIMARY = {"red": (220, 30, 25), "green": (25, 165, 50), "blue": (30, 75, 230)}  # the sim's cube colours
 

@@ -1,4 +1,4 @@
-"""bc_scratch.mirror (policy/mirror.py): a window reflected across the robot's plane is a demo the
+"""bc_scratch.mirror (datasets/mirror.py): a window reflected across the robot's plane is a demo the
 sim could have recorded, with "left" and "right" traded."""
 
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from reverie.errors import ConfigError
-from reverie.policy.mirror import Mirror, mirror
+from reverie.datasets.mirror import Mirror, mirror
 
 
 def window() -> dict:

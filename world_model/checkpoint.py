@@ -145,7 +145,8 @@ def read(path: str | Path) -> tuple[Path, Any, dict]:
 # train_wm.yaml's run keys newer than some saved runs, with what those runs did without them (the speed
 # switches keep the math, so on; normalize: the checkpoint's own units are restored on resume).
 LEGACY_RUN = {"warmup": 0, "lr_end": None, "ema": None, "fused_norm": True, "compile_norm": True,
-              "channels_last": True, "prefetch": 0, "per": "row", "normalize": None, "weights": None}
+              "channels_last": True, "prefetch": 0, "per": "row", "normalize": None, "weights": None,
+              "augment": {"colour_swap": 0.0, "mirror": 0.0, "mirror_negate": [0, 4]}}
 
 
 def upgrade_config(cfg: Any, backend: str) -> Any:

@@ -223,7 +223,7 @@ class TrainData:
                               "lower holdout=, or give a training episode's category a weight > 0")
         self._stream = None
         self._prefetch, self._state = None, None
-        self.augment = augment  # window -> window before collation (a policy's, e.g. policy/colour_swap.py)
+        self.augment = augment  # window -> window before collation (a policy's, e.g. datasets/colour_swap.py)
 
     def _draw(self) -> dict:
         if self.workers <= 0:

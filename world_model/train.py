@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from reverie.config import command_config, show
+from reverie.datasets.augment import window_augment
 from reverie.errors import ConfigError
 from reverie.world_model import checkpoint, distributed, networks
 from reverie.world_model.backend import build, model_config, option, replay_policy
@@ -57,7 +58,11 @@ class Trainer:
         self.out, resume_from = _resolve_run_dir(cfg)
         torch.manual_seed(cfg.seed * 1000 + self.rank)
 
-        self.data = TrainData(cfg, self.mcfg, rank=self.rank, world=self.world, device=self.device)
+        augment = window_augment(cfg.augment, cfg.seed * 1000 + self.rank, "augment")
+        if augment is not None and option(self.mcfg, "describe"):
+            raise ConfigError("augment.colour_swap / augment.mirror rename the instruction's words but not the "
+                              "per-step narration world_model.describe=true learns: set one of them off")
+        self.data = TrainData(cfg, self.mcfg, rank=self.rank, world=self.world, device=self.device, augment=augment)
         self.model = build(self.backend, self.mcfg, self.data.spec).to(self.device)
         # speed switches that keep the math (tests/test_train_speed.py): the hand-written RMSNorm and
         # channels_last convolutions

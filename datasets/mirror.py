@@ -1,4 +1,4 @@
-"""Mirror augmentation for a pixel policy (bc_scratch.mirror): the demo seen in a mirror.
+"""Mirror augmentation for training windows (bc_scratch.mirror, train-wm augment.mirror): the demo seen in a mirror.
 
 With probability p, a training window is reflected across the robot's plane of symmetry (the
 vertical plane through its base and the workspace's middle): every camera's frames are flipped
@@ -31,9 +31,10 @@ class Mirror:
     """window -> window (numpy frames (T, H, W, C) under every "image/<camera>" key, "state" and
     "action" (T, D), text under "instruction")."""
 
-    def __init__(self, probability: float, negate=(0, 4), seed: int = 0):
+    def __init__(self, probability: float, negate=(0, 4), seed: int = 0, option: str = "bc_scratch.mirror"):
         if not 0.0 <= probability <= 1.0:
-            raise ConfigError(f"bc_scratch.mirror={probability}: a probability in [0, 1] (0: off)")
+            raise ConfigError(f"{option}={probability}: a probability in [0, 1] (0: off)")
+        self.option = option
         self.probability = float(probability)
         self.negate = [int(i) for i in negate]
         self.rng = np.random.default_rng(np.random.SeedSequence([int(seed), 11]))
@@ -41,10 +42,10 @@ class Mirror:
     def __call__(self, window: dict) -> dict:
         if self.probability == 0 or self.rng.random() >= self.probability:
             return window
-        return mirror(window, self.negate)
+        return mirror(window, self.negate, self.option)
 
 
-def mirror(window: dict, negate) -> dict:
+def mirror(window: dict, negate, option: str = "bc_scratch.mirror") -> dict:
     out = dict(window)
     for key in [k for k in window if k.startswith("image/")]:
         out[key] = np.ascontiguousarray(np.asarray(window[key])[..., ::-1, :])  # flip the width axis
@@ -52,7 +53,7 @@ def mirror(window: dict, negate) -> dict:
         if key in window:
             values = np.array(window[key], copy=True)
             if values.shape[-1] <= max(negate, default=-1):
-                raise ConfigError(f"bc_scratch.mirror_negate={list(negate)}: {key} has only {values.shape[-1]} "
+                raise ConfigError(f"{option}_negate={list(negate)}: {key} has only {values.shape[-1]} "
                                   "dimensions; list the dimensions the reflection negates (SO-101: [0, 4])")
             values[..., negate] *= -1
             out[key] = values

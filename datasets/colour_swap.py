@@ -1,4 +1,4 @@
-"""Colour-swap augmentation for a language-conditioned pixel policy (bc_scratch.colour_swap).
+"""Colour-swap augmentation for language-conditioned training windows (bc_scratch.colour_swap, train-wm augment.colour_swap).
 
 With probability p, a training window's frames have their RGB channels permuted (the same
 permutation for every camera and row) and the colour words of its instruction renamed to match: a
@@ -28,9 +28,9 @@ class ColourSwap:
     """window -> window (numpy frames (T, H, W, 3) under every "image/<camera>" key, text under
     "instruction")."""
 
-    def __init__(self, probability: float, seed: int = 0):
+    def __init__(self, probability: float, seed: int = 0, option: str = "bc_scratch.colour_swap"):
         if not 0.0 <= probability <= 1.0:
-            raise ConfigError(f"bc_scratch.colour_swap={probability}: a probability in [0, 1] (0: off)")
+            raise ConfigError(f"{option}={probability}: a probability in [0, 1] (0: off)")
         self.probability = float(probability)
         self.rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7]))
 
