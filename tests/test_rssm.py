@@ -311,3 +311,26 @@ def test_frame_latent_is_observed_then_predicted_and_heads_ignore_it():
     f = traj["feat"].clone()
     f[..., core:] += 5.0
     assert torch.equal(model.reward_head(model._core(f)), model.reward_head(model._core(traj["feat"])))
+
+
+def test_coordconv_stages_read_pixel_coordinates_and_keep_the_layouts():
+    """coords=true: every conv of the encoder and decoder reads 2 extra channels, x and y in [-1, 1],
+    the same in NCHW and channels_last memory; off (the default, and runs saved before the key) builds
+    the plain stacks."""
+    from reverie.world_model.networks import ConvEncoder, Coords, set_channels_last
+
+    grid = Coords(4).grid
+    assert grid.shape == (1, 2, 4, 4)
+    assert torch.allclose(grid[0, 0, 0], torch.tensor([-1, -1 / 3, 1 / 3, 1.0]))            # x along the width
+    assert torch.allclose(grid[0, 1, :, 0], torch.tensor([-1, -1 / 3, 1 / 3, 1.0]))          # y along the height
+    enc, dec = ConvEncoder(16, 4, coords=True), ConvDecoder(12, 16, 4, coords=True)
+    assert sum(isinstance(m, Coords) for m in enc.net) == 2 and sum(isinstance(m, Coords) for m in dec.net) == 2
+    assert sum(isinstance(m, Coords) for m in ConvDecoder(12, 16, 4).net) == 0
+    image, feat = torch.rand(3, 16, 16, 3), torch.randn(3, 12)
+    before = enc(image), dec(feat)
+    set_channels_last(torch.nn.ModuleList([enc, dec]), True)
+    assert torch.allclose(enc(image), before[0], atol=1e-5) and torch.allclose(dec(feat), before[1], atol=1e-5)
+    model = make_model("world_model.coords=true")
+    total, _ = model.loss(make_batch())
+    total.backward()
+    assert all(p.grad is not None for p in model.image_dec.parameters())

@@ -267,16 +267,35 @@ def conv_stages(size: int, minres: int = 4) -> int:
     return stages
 
 
-class ConvEncoder(nn.Module):
-    """(N, H, W, 3) float in [0, 1] -> (N, E). Stride-2 convs until 4x4, channels depth * 2^i."""
+class Coords(nn.Module):
+    """(N, C, H, W) -> (N, C + 2, H, W): appends each pixel's x and y in [-1, 1] (CoordConv, Liu et al.
+    2018). A conv net turns a vector into a blob at given coordinates, and back, badly without them: it
+    memorises the training positions (the RSSM drew the cubes of training episodes in place and those
+    of held-out ones elsewhere)."""
 
-    def __init__(self, size: int, depth: int):
+    def __init__(self, size: int):
         super().__init__()
-        layers, cin = [], 3
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+        self.register_buffer("grid", torch.stack([xs, ys])[None], persistent=False)  # (1, 2, H, W)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([x, self.grid.to(x.dtype).expand(x.shape[0], -1, -1, -1)], 1)
+
+
+class ConvEncoder(nn.Module):
+    """(N, H, W, 3) float in [0, 1] -> (N, E). Stride-2 convs until 4x4, channels depth * 2^i;
+    coords: every conv also reads its input's pixel coordinates (Coords)."""
+
+    def __init__(self, size: int, depth: int, coords: bool = False):
+        super().__init__()
+        layers, cin, res = [], 3, size
         for i in range(conv_stages(size)):
             cout = depth * 2 ** i
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), ChannelNorm(cout, eps=1e-4, act=True), nn.Identity()]
-            cin = cout
+            if coords:
+                layers.append(Coords(res))
+            layers += [nn.Conv2d(cin + 2 * coords, cout, 4, 2, 1, bias=False), ChannelNorm(cout, eps=1e-4, act=True),
+                       nn.Identity()]
+            cin, res = cout, res // 2
         self.net = nn.Sequential(*layers, nn.Flatten())
         self.out_dim = cin * 4 * 4
 
@@ -290,21 +309,24 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """(N, F) -> (N, H, W, 3) in [0, 1] (sigmoid output; trained with MSE)."""
+    """(N, F) -> (N, H, W, 3) in [0, 1] (sigmoid output; trained with MSE); coords: every transposed
+    conv also reads its input's pixel coordinates (Coords)."""
 
-    def __init__(self, din: int, size: int, depth: int):
+    def __init__(self, din: int, size: int, depth: int, coords: bool = False):
         super().__init__()
         stages = conv_stages(size)
         self.cin = depth * 2 ** (stages - 1)
         self.inp = nn.Linear(din, self.cin * 4 * 4)
-        layers, cin = [], self.cin
+        layers, cin, res = [], self.cin, 4
         for i in reversed(range(stages)):
             last = i == 0
             cout = 3 if last else depth * 2 ** (i - 1)
-            layers.append(nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=last))
+            if coords:
+                layers.append(Coords(res))
+            layers.append(nn.ConvTranspose2d(cin + 2 * coords, cout, 4, 2, 1, bias=last))
             if not last:
                 layers += [ChannelNorm(cout, eps=1e-4, act=True), nn.Identity()]
-            cin = cout
+            cin, res = cout, res * 2
         self.net = nn.Sequential(*layers)
 
     channels_last = False  # set_channels_last

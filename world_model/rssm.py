@@ -63,7 +63,8 @@ class RSSM(WorldModel):
                      "frame": 0,               # before the frame latent
                      "core": "wide",           # before issue 22's DreamerV3 core layout
                      "core_layers": 1,
-                     "image_foreground": 0.0}  # before foreground weighting: plain MSE
+                     "image_foreground": 0.0,  # before foreground weighting: plain MSE
+                     "coords": False}          # before CoordConv
 
     def __init__(self, cfg, spec: DataSpec):
         super().__init__(cfg, spec)
@@ -85,7 +86,7 @@ class RSSM(WorldModel):
         self.feat_dim = self.core_dim + self.frame_dim
 
         # Encoder: image CNN ++ state MLP (++ language token MLP).
-        self.image_enc = ConvEncoder(size, c.cnn_depth)
+        self.image_enc = ConvEncoder(size, c.cnn_depth, coords=bool(c.coords))
         self.state_enc = MLP(spec.state_dim, c.units, c.units, c.layers)
         embed = self.image_enc.out_dim + c.units
         if self.dynalang:
@@ -101,7 +102,7 @@ class RSSM(WorldModel):
             self.frame_proj = nn.Sequential(nn.Linear(embed, self.frame_dim, bias=False),
                                             RMSNorm(self.frame_dim, eps=1e-4))
             self.frame_pred = MLP(self.core_dim, self.frame_dim, c.units, c.layers)
-        self.image_dec = ConvDecoder(self.core_dim, size, c.cnn_depth)
+        self.image_dec = ConvDecoder(self.core_dim, size, c.cnn_depth, coords=bool(c.coords))
         self.pixels = PixelMean(size, float(c.image_foreground))
         self.state_dec = MLP(self.core_dim, spec.state_dim, c.units, c.layers)
         self.twohot = TwoHot(c.reward_bins, c.bins_range)
