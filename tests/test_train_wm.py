@@ -306,3 +306,24 @@ def test_cli_trains_and_evaluates(toy_store, tmp_path, capsys):
     assert main(["eval-wm", f"checkpoint={tmp_path}", "windows=2", "context=2", "horizon=3"]) == 0
     assert "beats copy-last" in capsys.readouterr().out
     assert main(["train-wm", "preset=tiny", "data=/nonexistent.zarr", f"out={tmp_path}/x"]) == 2
+
+
+def test_augment_mirrors_the_world_models_windows_and_refuses_narration(tmp_path):
+    """train-wm augment.mirror=1: every training window is reflected (frames flipped, the negated
+    dims' actions negated) before the model sees it; with narration learnt it is refused (the
+    narration's words would not follow)."""
+    from reverie.sim.demos import record
+
+    store = tmp_path / "sim.zarr"
+    record(compose("sim_demos", ["task=push", "episodes=2", "skill=1.0", f"out={store}", "time_limit=10"]))
+    base = ["preset=tiny", f"data={store}", "holdout=0", "threads=1", "progress=false", "prefetch=0"]
+    plain = Trainer(compose("train_wm", [*base, f"out={tmp_path / 'a'}"]))
+    flipped = Trainer(compose("train_wm", [*base, f"out={tmp_path / 'b'}", "augment.mirror=1.0"]))
+    assert plain.data.augment is None
+    a, b = plain.data.next(), flipped.data.next()  # same seed: the same windows drawn
+    assert torch.allclose(b["image"], a["image"].flip(-2), atol=0.05)  # flipped before the resize to 16x16
+    assert not torch.allclose(b["image"], a["image"], atol=0.05)
+    assert torch.allclose(b["action"][..., [0, 4]], -a["action"][..., [0, 4]])
+    assert torch.equal(b["action"][..., 1:4], a["action"][..., 1:4])
+    with pytest.raises(ConfigError, match="augment.colour_swap / augment.mirror .* narration"):
+        Trainer(compose("train_wm", [*base, f"out={tmp_path / 'c'}", "augment.mirror=0.5", "world_model.describe=true"]))
