@@ -127,7 +127,8 @@ def train(cfg) -> Path:
     sc = cfg[stage]
     data = AgentData(cfg, wm_cfg, wm_info, batch_size=int(sc.batch_size),
                      seq_len=int(sc.seq_len if stage == "bc" else sc.context), device=device,
-                     weights=sc.weights if stage == "bc" else None)  # rl: imagination starts from any row
+                     weights=sc.weights if stage == "bc" else None,  # rl: imagination starts from any row
+                     augment=window_augment(sc, int(cfg.seed), "bc") if stage == "bc" else None)
     if stage == "rl" and not cfg.rewards.dllm.enabled:
         check_reward_signal(data)  # no reward and no success label: nothing for RL to optimise
     if cfg.init:
