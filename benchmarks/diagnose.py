@@ -12,10 +12,16 @@
         wrong cube, touched the target without the touch counting, never touched a cube; with the
         gripper's closest approach to the target cube. push: success, target pushed the wrong way,
         target moved too little, another cube pushed, nothing moved (>= 1 cm counts as moved)
+    .venv/bin/python benchmarks/diagnose.py memorise WM_RUN [OUT.png] [EPISODES]   # squared error of
+        the posterior's reconstruction on the foreground (pixels > 0.1 from the model's mean frame: arm
+        and cubes) over the first 16 rows of 20 training and 20 held-out episodes; a model that
+        memorises its training layouts draws their cubes and not the held-out ones'. OUT.png: real
+        (top) over decoded (bottom) at row 15 of EPISODES (comma-separated; default 4 held-out ones)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -110,7 +116,7 @@ def floor(stores: str, size: str = "32", holdout: float = 0.1, fit_frames: int =
 
 
 def failures(policy: str, task: str = "touch", episodes: str = "40", seed: str = "0") -> None:
-    import json
+
     from collections import Counter
 
     from reverie.policy.loading import load_controller
@@ -150,9 +156,49 @@ def failures(policy: str, task: str = "touch", episodes: str = "40", seed: str =
                       "closest_m_median": {k: round(float(np.median(v)), 3) for k, v in closest.items()}}))
 
 
+@torch.no_grad()
+def memorise(run: str, out: str = "", episodes: str = "") -> None:
+    from reverie.world_model import checkpoint
+    from reverie.world_model.data import ROW_KEYS, Language, collate, open_stores, split_episodes
+
+    wm, _, trainer = checkpoint.load_model(run, "cpu")
+    wm.deterministic = True
+    image_key = trainer.get("image_key", "image/front")
+    store = open_stores(trainer["stores"][:1])[0]
+    train, held = split_episodes(store.num_episodes, float(trainer["holdout"]))
+    language, keys = Language(), [image_key, *ROW_KEYS]
+
+    def decoded(e):  # -> real (T, H, W, 3), decoded (T, H, W, 3), in [0, 1]
+        ep = store.episode(e, keys)
+        n = min(len(ep["is_first"]), 16)
+        window = wm.normalizer.batch({k: ep[k][:n] for k in keys})
+        batch = collate([window | {"instruction": store.meta(e).instruction, "start": 0}], image_key,
+                        int(wm.cfg.image_size), language, False, "cpu")
+        states, _, _, _ = wm._rollout(batch)
+        return batch["image"][0], wm.decode(states)[0]
+
+    def foreground_error(eps):
+        errors = []
+        for e in eps:
+            real, dec = decoded(e)
+            mask = (real - wm.pixels.pixel_mean).abs().amax(-1) > 0.1      # (T, H, W): arm and cubes
+            errors.append(float(((dec - real) ** 2).sum(-1)[mask].mean()))
+        return round(float(np.mean(errors)), 4)
+
+    print(json.dumps({"run": run, "train": foreground_error(train[::max(len(train) // 20, 1)][:20]),
+                      "held_out": foreground_error(held[:20])}))
+    if out:
+        from PIL import Image
+
+        picked = [int(e) for e in episodes.split(",")] if episodes else held[:4]
+        tiles = [torch.cat([real[-1], dec[-1]], 0) for real, dec in map(decoded, picked)]   # (2H, W, 3)
+        grid = (torch.cat(tiles, 1).clamp(0, 1).numpy() * 255).astype(np.uint8)
+        Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(out)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    commands = {"joints": joints, "bc": bc, "floor": floor, "failures": failures}
+    commands = {"joints": joints, "bc": bc, "floor": floor, "failures": failures, "memorise": memorise}
     if len(sys.argv) < 3 or sys.argv[1] not in commands:
         raise SystemExit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])
