@@ -7,8 +7,8 @@ cached per unique string: a dataset has few distinct instructions and many steps
 
 from __future__ import annotations
 
-import functools
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ class SentenceEncoder:
         self.device = device
         self._torch = torch
         self._cache: dict[str, np.ndarray] = {}
+        self.lock = threading.Lock()  # held while the tokenizer runs: a fast tokenizer is not safe in two threads at once
 
     def forward(self, input_ids, attention_mask):
         """(B, L) ids and mask -> (B, 384) unit-norm embeddings. Traceable for ONNX export."""
@@ -61,6 +62,14 @@ class SentenceEncoder:
         texts = [texts] if single else list(texts)
         missing = sorted({t for t in texts if t not in self._cache})
         if missing:
+            with self.lock:
+                self._encode(missing)
+        result = np.stack([self._cache[t] for t in texts])  # (N, 384)
+        return result[0] if single else result
+
+    def _encode(self, missing: list[str]) -> None:
+        missing = [t for t in missing if t not in self._cache]  # another thread may have done some
+        if missing:
             batch = self.tokenizer(missing, padding=True, truncation=True,
                                    max_length=MAX_TOKENS, return_tensors="pt")
             with self._torch.no_grad():
@@ -68,13 +77,21 @@ class SentenceEncoder:
                                    batch["attention_mask"].to(self.device))
             for text, vec in zip(missing, out.cpu().numpy().astype(np.float32)):
                 self._cache[text] = vec
-        result = np.stack([self._cache[t] for t in texts])  # (N, 384)
-        return result[0] if single else result
 
 
-@functools.cache
+_ENCODER: SentenceEncoder | None = None
+_ENCODER_LOCK = threading.Lock()
+
+
 def default_encoder() -> SentenceEncoder:
-    return SentenceEncoder()
+    """The shared encoder, built once even when threads ask together (the training data's prefetch
+    thread and the main one): two concurrent first imports of transformers deadlock-break into a
+    half-initialised module and `cannot import name 'AutoModel'`."""
+    global _ENCODER
+    with _ENCODER_LOCK:
+        if _ENCODER is None:
+            _ENCODER = SentenceEncoder()
+        return _ENCODER
 
 
 def embed(texts: list[str] | str) -> np.ndarray:

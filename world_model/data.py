@@ -85,7 +85,8 @@ class Language:
             from reverie.language import default_encoder
 
             enc = default_encoder()
-            ids = enc.tokenizer(text or " ", truncation=True, max_length=128)["input_ids"]
+            with enc.lock:
+                ids = enc.tokenizer(text or " ", truncation=True, max_length=128)["input_ids"]
             table = enc.model.get_input_embeddings().weight.detach()
             self._tokens[text] = table[torch.as_tensor(ids)].cpu().numpy().astype(np.float32)  # (L, D)
         return self._tokens[text]

@@ -208,11 +208,11 @@ def _probe(cfg, model, stores, holdout: float, image_key: str, imagines: bool) -
     """world_model/probe.py's cube probe, or {"skipped": why}."""
     from reverie.world_model.probe import feature_probe
 
-    if not cfg.get("probe", True):
+    if not cfg.probe:
         return {"skipped": "probe=false"}
     if not imagines:
         return {"skipped": "dynamics untrained: no features to probe"}
-    cap = cfg.get("probe_episodes")
+    cap = cfg.probe_episodes
     cap = None if cap is None else int(cap)
     result = feature_probe(model, stores, holdout=holdout, image_key=image_key, max_train_episodes=cap,
                            max_test_episodes=cap, seed=int(cfg.seed))
