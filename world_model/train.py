@@ -6,7 +6,8 @@ loop runs single-process (CPU or GPU) and under `torchrun` (DDP, or FSDP when th
 
 Resume: `resume=true` continues the run in `out`; `resume=PATH` starts from the checkpoint at PATH (a
 run or checkpoint folder) and writes to `out`. Step counter, optimiser state, torch
-RNG and the data sampler's RNG all continue, so a resumed CPU run equals an uninterrupted one.
+RNG and the data sampler's RNG all continue, so a resumed CPU run equals an uninterrupted one (with
+`augment` on, the same windows, but the augmentations' coins start again from the run's seed).
 
 Schedule and averaging: `warmup=N lr_end=F` warm the rate up linearly, then decay it on a cosine to
 lr * F by the end of the steps or of `minutes`; `ema=0.999` keeps a moving average of the weights
