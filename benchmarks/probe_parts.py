@@ -6,7 +6,9 @@ RSSM's filter: the encoder's embedding, the posterior logits, deter, stoch and t
 Prints the held-out ridge R² on every cube's x, y and on the target cube's x, y per part (latents
 argmax, as in evaluation). `decoded`: the image the features decode to (the posterior's
 reconstruction), pooled to 16x16 as the pixel baseline is: the cubes the features draw, read the way
-the pixels are read (a linear probe on the features may miss what the decoder reads nonlinearly). The embedding does not see the instruction, so its target R² is ~0 by
+the pixels are read (a linear probe on the features may miss what the decoder reads nonlinearly).
+`predicted` (models with a frame latent): the features with the frame latent imagination uses, the
+one predicted from (deter, stoch), in place of the observed one. The embedding does not see the instruction, so its target R² is ~0 by
 construction. Slow-ish (a minute or three per part on one core); not part of the tests.
 """
 
@@ -54,6 +56,8 @@ class Part:
             return last, F.adaptive_avg_pool2d(x, 16).permute(0, 2, 3, 1).reshape(b, t, -1)
         feat = wm.feat(states)
         d, core = wm.deter_dim, wm.core_dim
+        if self.part == "predicted":  # the frame latent as imagination has it: predicted from (deter, stoch)
+            return last, torch.cat([feat[..., :core], wm.frame_pred(feat[..., :core])], -1)
         return last, {"deter": feat[..., :d], "stoch": feat[..., d:core], "features": feat}[self.part]
 
 

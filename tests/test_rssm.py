@@ -313,6 +313,32 @@ def test_frame_latent_is_observed_then_predicted_and_heads_ignore_it():
     assert torch.equal(model.reward_head(model._core(f)), model.reward_head(model._core(traj["feat"])))
 
 
+def test_frame_decode_gives_the_image_loss_a_continuous_path_to_the_encoder():
+    """frame_decode=true: the image decoder reads (deter, stoch, frame), so the image loss reaches the
+    encoder through the frame latent as well as through the posterior; imagined frames decode from the
+    predicted latent. Without a frame latent the option is refused, naming the key to set."""
+    from reverie.errors import ConfigError
+
+    model = make_model("world_model.frame=8", "world_model.frame_decode=true")
+    assert model.decode_dim == model.feat_dim == model.core_dim + 8
+    batch = make_batch()
+    loss, _ = model.loss(batch)
+    model.zero_grad()
+    loss.backward()
+    assert model.frame_proj[0].weight.grad.abs().sum() > 0
+    state, feat = model.observe(batch)
+    decoded = model.decode({"deter": torch.zeros(B, model.deter_dim), "stoch": torch.zeros(B, model.stoch, model.classes),
+                            "frame": feat[:, -1, model.core_dim:]})
+    moved = model.decode({"deter": torch.zeros(B, model.deter_dim), "stoch": torch.zeros(B, model.stoch, model.classes),
+                          "frame": feat[:, -1, model.core_dim:] + 1.0})
+    assert not torch.allclose(decoded, moved)                                # the frame latent is drawn
+    traj = model.imagine(state, lambda f: torch.zeros(f.shape[0], A), 2)
+    assert model.decode(traj["state"]).shape == (B, 3, 16, 16, 3)
+    assert make_model("world_model.frame=8").decode_dim == make_model().core_dim  # off: the heads' input only
+    with pytest.raises(ConfigError, match="world_model.frame="):
+        make_model("world_model.frame_decode=true")
+
+
 def test_coordconv_stages_read_pixel_coordinates_and_keep_the_layouts():
     """coords=true: every conv of the encoder and decoder reads 2 extra channels, x and y in [-1, 1],
     the same in NCHW and channels_last memory; off (the default, and runs saved before the key) builds
