@@ -69,7 +69,8 @@ class RSSM(WorldModel):
                      "core_layers": 1,
                      "image_foreground": 0.0,  # before foreground weighting: plain MSE
                      "coords": False,          # before CoordConv
-                     "frame_decode": False}    # before the decoder read the frame latent
+                     "frame_decode": False,    # before the decoder read the frame latent
+                     "frame_input": False}     # before the core read it
 
     def __init__(self, cfg, spec: DataSpec):
         super().__init__(cfg, spec)
@@ -94,6 +95,10 @@ class RSSM(WorldModel):
             raise ConfigError("world_model.frame_decode=true decodes the frame latent, which is off: "
                               "set world_model.frame=K (e.g. 256) too")
         self.decode_dim = self.feat_dim if self.frame_decode else self.core_dim  # what the image decoder reads
+        self.frame_input = bool(c.frame_input)
+        if self.frame_input and not self.frame_dim:
+            raise ConfigError("world_model.frame_input=true feeds the frame latent to the core, which is off: "
+                              "set world_model.frame=K (e.g. 256) too")
 
         # Encoder: image CNN ++ state MLP (++ language token MLP).
         self.image_enc = ConvEncoder(size, c.cnn_depth, coords=bool(c.coords))
@@ -104,6 +109,7 @@ class RSSM(WorldModel):
             embed += c.units
 
         inputs = [zdim, spec.action_dim + 1] + ([spec.instruction_dim] if self.use_instruction else [])
+        inputs += [self.frame_dim] if self.frame_input else []
         self.core = BlockGRU(inputs, c.deter, c.hidden, c.blocks, layout=str(c.core), layers=int(c.core_layers))
         self.prior_net = MLP(c.deter, zdim, c.hidden, 1)
         self.post_net = MLP(c.deter + embed, zdim, c.hidden, 1)
@@ -171,6 +177,8 @@ class RSSM(WorldModel):
         inputs = [state["stoch"].flatten(-2), action_in]
         if self.use_instruction:
             inputs.append(state["instr"])
+        if self.frame_input:  # the last frame's latent: observed when filtering, predicted in imagination
+            inputs.append(state["frame"])
         deter = self.core(state["deter"], inputs)                  # (B, D)
         probs = self._dist(self.prior_net(deter))                  # (B, S, C)
         prior = {"deter": deter, "stoch": self._sample(probs), "instr": state["instr"]}
@@ -183,6 +191,8 @@ class RSSM(WorldModel):
         keep = (~first).to(embed.dtype).unsqueeze(-1)               # (B, 1)
         state = {"deter": state["deter"] * keep, "stoch": state["stoch"] * keep.unsqueeze(-1),
                  "instr": state["instr"]}
+        if self.frame_input:
+            state["frame"] = state["frame"] * keep
         action_in = action_in * keep
         prior, prior_probs = self.img_step(state, action_in, predict_frame=False)
         post_probs = self._dist(self.post_net(torch.cat([prior["deter"], embed], -1)))
