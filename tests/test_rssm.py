@@ -335,6 +335,14 @@ def test_frame_decode_gives_the_image_loss_a_continuous_path_to_the_encoder():
     traj = model.imagine(state, lambda f: torch.zeros(f.shape[0], A), 2)
     assert model.decode(traj["state"]).shape == (B, 3, 16, 16, 3)
     assert make_model("world_model.frame=8").decode_dim == make_model().core_dim  # off: the heads' input only
+    # frame_input: the next step's core reads the last frame latent, so a later frame changes the state
+    model = make_model("world_model.frame=8", "world_model.frame_decode=true", "world_model.frame_input=true")
+    loss, _ = model.loss(batch)
+    assert torch.isfinite(loss)
+    state, _ = model.observe(batch)
+    nudged = dict(state, frame=state["frame"] + 1.0)
+    step = lambda s: model.img_step(s, model._action_input(torch.zeros(B, A), torch.ones(B, dtype=torch.bool)))[0]
+    assert not torch.allclose(step(state)["deter"], step(nudged)["deter"])
     with pytest.raises(ConfigError, match="world_model.frame="):
         make_model("world_model.frame_decode=true")
 

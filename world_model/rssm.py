@@ -190,9 +190,7 @@ class RSSM(WorldModel):
         """Reset where is_first, take a prior step, then the posterior from the embedding."""
         keep = (~first).to(embed.dtype).unsqueeze(-1)               # (B, 1)
         state = {"deter": state["deter"] * keep, "stoch": state["stoch"] * keep.unsqueeze(-1),
-                 "instr": state["instr"]}
-        if self.frame_input:
-            state["frame"] = state["frame"] * keep
+                 "instr": state["instr"]} | ({"frame": state["frame"] * keep} if self.frame_input else {})
         action_in = action_in * keep
         prior, prior_probs = self.img_step(state, action_in, predict_frame=False)
         post_probs = self._dist(self.post_net(torch.cat([prior["deter"], embed], -1)))
