@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 
-def tiny_controller(backend: str, ensemble=None):
+def tiny_controller(backend: str, ensemble=None, *overrides):
     """An untrained tiny world model + agent of `backend` at 16x16 (the images come at 64x64, so the
     graph's resize is exercised), as AgentController with deterministic latents; with `ensemble` a
     4-action chunk executed by temporal ensembling."""
@@ -18,7 +18,7 @@ def tiny_controller(backend: str, ensemble=None):
     from reverie.world_model.backend import DataSpec, build, model_config
 
     torch.manual_seed(0)
-    cfg = model_config(compose("train_wm", ["preset=tiny", f"world_model={backend}", "data=x"]))
+    cfg = model_config(compose("train_wm", ["preset=tiny", f"world_model={backend}", "data=x", *overrides]))
     wm = build(backend, cfg, DataSpec((16, 16, 3), 6, 6)).eval()
     wm.deterministic = True
     for name, buf in wm.named_buffers():  # trained-looking statistics (e.g. the tokenizer's mean image)
@@ -112,6 +112,22 @@ def test_rssm_onnx_matches_pytorch(tmp_path, ensemble):
     sess = session(tmp_path / "policy.onnx")
     assert [i.name for i in sess.get_inputs()] == step.input_names()
     assert replay(controller, onnx_stepper(sess, step), np.random.default_rng(1)) < 1e-4
+
+
+def test_rssm_carrying_the_frame_latent_exports_with_parity(tmp_path):
+    """An RSSM whose core reads the last frame latent (frame_input) carries it as a fourth state
+    tensor through the graph; ONNX acts as AgentController does."""
+    from reverie.export.onnx_export import export_policy
+    from reverie.export.policy_module import AgentStep
+    from reverie.runtime.text_encoder import session
+
+    controller = tiny_controller("rssm", 0.1, "world_model.frame=8", "world_model.frame_decode=true",
+                                 "world_model.frame_input=true")
+    step = AgentStep(controller.wm, controller.agent, (64, 64)).ensemble(controller.agent.chunk, 0.1)
+    assert [s.name for s in step.model_specs()][:3] == ["deter", "stoch", "frame"]
+    assert replay(controller, torch_stepper(step), np.random.default_rng(0)) < 1e-6
+    export_policy(step, tmp_path / "policy.onnx", 18)
+    assert replay(controller, onnx_stepper(session(tmp_path / "policy.onnx"), step), np.random.default_rng(1)) < 1e-4
 
 
 @pytest.mark.parametrize("norm", ["channel", "layer"])

@@ -1,6 +1,7 @@
 """The RSSM's exported step (world_model/step.py): its own encoders and RSSM.obs_step on one frame.
 
-Carried: deter (1, D), stoch (1, S, C); the latents are the most likely classes (the model's
+Carried: deter (1, D), stoch (1, S, C) [, frame (1, K) when the core reads the last frame latent,
+`frame_input`]; the latents are the most likely classes (the model's
 `deterministic` switch), so the step is a pure function that AgentController reproduces in PyTorch.
 """
 
@@ -24,15 +25,17 @@ class RSSMStep(FilterStep):
 
     def specs(self) -> list[StateSpec]:
         wm = self.wm
-        return [StateSpec("deter", (1, wm.deter_dim)), StateSpec("stoch", (1, wm.stoch, wm.classes))]
+        frame = [StateSpec("frame", (1, wm.frame_dim))] if wm.frame_input else []
+        return [StateSpec("deter", (1, wm.deter_dim)), StateSpec("stoch", (1, wm.stoch, wm.classes)), *frame]
 
-    def forward(self, image, state, instruction, prev_action, is_first, deter, stoch):
+    def forward(self, image, state, instruction, prev_action, is_first, deter, stoch, *frame):
         wm = self.wm
         first = is_first > 0.5                                                   # (1,) bool
         img = prepare_image(image, self.size)                                    # (1, s, s, 3)
         embed = torch.cat([wm.image_enc(img), wm.state_enc(symlog(state))], -1)  # (1, E)
         # The mask bit says "a previous action is known"; obs_step zeroes it (and the state) at is_first.
         action_in = wm._action_input(prev_action, torch.ones_like(first))        # (1, A + 1)
-        carried = {"deter": deter, "stoch": stoch, "instr": instruction}
+        carried = {"deter": deter, "stoch": stoch, "instr": instruction} | ({"frame": frame[0]} if frame else {})
         post, _, _ = wm.obs_step(carried, action_in, embed, first)
-        return wm.feat(post), post["deter"], post["stoch"]                       # (1, F), (1, D), (1, S, C)
+        nxt = (post["frame"],) if frame else ()
+        return wm.feat(post), post["deter"], post["stoch"], *nxt                 # (1, F), (1, D), (1, S, C) [, (1, K)]
