@@ -109,7 +109,9 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
                                 for k, v in report_.items()}
         report(task, name, rows[name])
 
-    wm = root / "wm"
+    tag = f", {args.wm_label}" if args.wm_label else ""           # the world-model rows' names and folders
+    sub = f"_{re.sub(r'[^A-Za-z0-9]+', '_', args.wm_label).strip('_')}" if args.wm_label else ""
+    wm = root / f"wm{sub}"
     stages = set(args.stages)
     scratch_only = stages <= {"scratch", "scratch_rounds"} and args.scratch_wm
     if scratch_only:  # the pixel baseline reads only a model's data choices (camera, resolution, units)
@@ -118,7 +120,7 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
         budget = [f"steps={args.wm_steps}"] + ([f"minutes={args.wm_minutes}"] if args.wm_minutes else [])
         timed("world model", lambda: Trainer(compose("train_wm", [
             f"world_model={args.backend}", f"preset={args.preset}", f"data={store}", f"out={wm}", f"seed={seed}",
-            "progress=false", f"threads={args.threads}", *budget])).run())
+            "progress=false", f"threads={args.threads}", *budget, *args.wm_set])).run())
     wm_eval = {} if scratch_only else timed("world model eval", lambda: evaluate_wm(compose("eval_wm", [
         f"checkpoint={wm}", *(["split=all", "horizon=4"] if args.quick else [])])))
     common = [f"wm={wm}", f"seed={seed}", "progress=false", f"threads={args.threads}"]
@@ -145,28 +147,28 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
                 ]))["round 1"])
                 agent = Path(result["agent"])
                 score(f"{name}, + {k} corrective round{'s' if k > 1 else ''}", load_controller(agent), args.suites)
-    bc = root / "bc"
+    bc = root / f"bc{sub}"
     if stages & {"bc", "rl", "rounds"}:
         if not (bc / "agent").exists():
-            timed("bc on world-model features", lambda: train(compose("train_agent", [
-                "stage=bc", f"out={bc}", f"steps={args.bc_steps}", *common])))
-        score("bc on world-model features", load_controller(bc), args.suites)
-    rl = root / "rl"
+            timed("bc on world-model features" + tag, lambda: train(compose("train_agent", [
+                "stage=bc", f"out={bc}", f"steps={args.bc_steps}", *common, *args.bc_set])))
+        score("bc on world-model features" + tag, load_controller(bc), args.suites)
+    rl = root / f"rl{sub}"
     if stages & {"rl", "rounds"}:
         if not (rl / "agent").exists():
-            timed("imagination rl", lambda: train(compose("train_agent", [
-                "stage=rl", f"init={bc}", f"out={rl}", f"steps={args.rl_steps}", *common])))
-        score("imagination rl with prior", load_controller(rl), args.suites)
+            timed("imagination rl" + tag, lambda: train(compose("train_agent", [
+                "stage=rl", f"init={bc}", f"out={rl}", f"steps={args.rl_steps}", *common, *args.rl_set])))
+        score("imagination rl with prior" + tag, load_controller(rl), args.suites)
     if "rounds" in stages:
         agent, wm_run = rl / "agent", wm
         for k in (1, 2):
             result = timed(f"round {k}", lambda: improve(compose("improve", [
-                f"wm={wm_run}", f"agent={agent}", f"prior={bc}", f"env=arm/{task}", f"out={root / f'improve{k}'}",
+                f"wm={wm_run}", f"agent={agent}", f"prior={bc}", f"env=arm/{task}", f"out={root / f'improve{k}{sub}'}",
                 "rounds=1", f"episodes={args.round_episodes}", f"wm_steps={args.round_wm_steps}",
                 f"rl_steps={args.round_rl_steps}", "eval_episodes=1", "progress=false", f"seed={seed * 100 + k}",
                 f"+env_kwargs.time_limit={args.time_limit}", f"beta={0.3 * 0.5 ** (k - 1)}"]))["round 1"])
             agent, wm_run = Path(result["agent"]), Path(result["world_model"])
-            score(f"+ {k} corrective round{'s' if k > 1 else ''}", load_controller(agent), args.suites)
+            score(f"+ {k} corrective round{'s' if k > 1 else ''}{tag}", load_controller(agent), args.suites)
     beats = wm_eval.get("beats_copy_last_at_every_horizon")
     if args.skill != REFERENCE_SKILL:  # rows beside the reference ones: named for their demos, which they carry
         rows = {f"{name}, skill-{args.skill} demos": row | {"demos": {"skill": args.skill, "success": demo_rate}}
@@ -267,6 +269,11 @@ def main() -> None:
                    "e.g. bc_scratch.loss=mse")
     p.add_argument("--scratch-label", default="", help="appended to the scratch row's name and folder, so a "
                    "variant (--scratch-set) gets its own row, e.g. 'colour swap'")
+    p.add_argument("--wm-set", nargs="*", default=[], help="more train-wm overrides for the world model")
+    p.add_argument("--wm-label", default="", help="appended to the world-model rows' names (bc, rl, rounds) and "
+                   "their folders, so a world model trained with --wm-set gets rows of its own")
+    p.add_argument("--bc-set", nargs="*", default=[], help="more train-agent overrides for the bc row")
+    p.add_argument("--rl-set", nargs="*", default=[], help="more train-agent overrides for the rl row")
     p.add_argument("--cameras", nargs="+", default=["front"], help="cameras the demos record; the first is the "
                    "world model's, the rest are extra cameras of the scratch row (e.g. front wrist)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
