@@ -23,7 +23,11 @@ description) read only (deter, stoch), so the dynamics stay what they were; with
 the image decoder reads the frame latent too (imagined frames: the predicted one), so the image loss
 reaches the encoder through a continuous path and not only through the categorical posterior, and the
 dynamics learn the frame through the predictor's regression (Dreamer 4 trains its dynamics on a
-tokenizer's latents so). Why: the encoder's embedding
+tokenizer's latents so); with `frame_input: true` the core's step also reads the last frame latent, so
+what it holds is carried forward rather than re-inferred from the categorical latents. Measured (touch,
+cpu preset, 1,500 steps, colour swap + mirror; benchmarks/probe_parts.py, held-out ridge R² on every
+cube's x, y): features -0.09 without the frame latent, 0.68 decoded, 0.76 decoded and read by the core;
+the predicted frame latent (what imagination has) -0.07 and 0.44. Why: the encoder's embedding
 held the cubes (held-out ridge R² 0.72) while (deter, stoch) did not (below 0) after 1,500 cpu-preset steps.
 
 Actions: a_{t-1} enters the step into o_t. It is zero at is_first, and action-free rows
