@@ -8,8 +8,8 @@ argmax, as in evaluation). `decoded`: the image the features decode to (the post
 reconstruction), pooled to 16x16 as the pixel baseline is: the cubes the features draw, read the way
 the pixels are read (a linear probe on the features may miss what the decoder reads nonlinearly).
 `predicted` (models with a frame latent): the features with the frame latent imagination uses, the
-one predicted from (deter, stoch), in place of the observed one. The embedding does not see the instruction, so its target R² is ~0 by
-construction. Slow-ish (a minute or three per part on one core); not part of the tests.
+one predicted from (deter, stoch), in place of the observed one. The embedding does not see the
+instruction, so its target R² is ~0 by construction. Slow-ish (a minute or three per part on one core); not part of the tests.
 """
 
 from __future__ import annotations

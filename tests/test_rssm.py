@@ -343,8 +343,9 @@ def test_frame_decode_gives_the_image_loss_a_continuous_path_to_the_encoder():
     nudged = dict(state, frame=state["frame"] + 1.0)
     step = lambda s: model.img_step(s, model._action_input(torch.zeros(B, A), torch.ones(B, dtype=torch.bool)))[0]
     assert not torch.allclose(step(state)["deter"], step(nudged)["deter"])
-    with pytest.raises(ConfigError, match="world_model.frame="):
-        make_model("world_model.frame_decode=true")
+    for key in ("frame_decode", "frame_input"):
+        with pytest.raises(ConfigError, match=f"world_model.{key}=true .* set world_model.frame="):
+            make_model(f"world_model.{key}=true")
 
 
 def test_coordconv_stages_read_pixel_coordinates_and_keep_the_layouts():

@@ -94,15 +94,12 @@ class RSSM(WorldModel):
         self.frame_dim = int(c.frame)
         self.core_dim = c.deter + zdim           # what the model's own heads read
         self.feat_dim = self.core_dim + self.frame_dim
-        self.frame_decode = bool(c.frame_decode)
-        if self.frame_decode and not self.frame_dim:
-            raise ConfigError("world_model.frame_decode=true decodes the frame latent, which is off: "
-                              "set world_model.frame=K (e.g. 256) too")
+        self.frame_decode, self.frame_input = bool(c.frame_decode), bool(c.frame_input)
+        for key, on in (("frame_decode", self.frame_decode), ("frame_input", self.frame_input)):
+            if on and not self.frame_dim:
+                raise ConfigError(f"world_model.{key}=true reads the frame latent, which is off: "
+                                  "set world_model.frame=K (e.g. 256) too")
         self.decode_dim = self.feat_dim if self.frame_decode else self.core_dim  # what the image decoder reads
-        self.frame_input = bool(c.frame_input)
-        if self.frame_input and not self.frame_dim:
-            raise ConfigError("world_model.frame_input=true feeds the frame latent to the core, which is off: "
-                              "set world_model.frame=K (e.g. 256) too")
 
         # Encoder: image CNN ++ state MLP (++ language token MLP).
         self.image_enc = ConvEncoder(size, c.cnn_depth, coords=bool(c.coords))
