@@ -112,6 +112,9 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
     tag = f", {args.wm_label}" if args.wm_label else ""           # the world-model rows' names and folders
     sub = f"_{re.sub(r'[^A-Za-z0-9]+', '_', args.wm_label).strip('_')}" if args.wm_label else ""
     wm = root / f"wm{sub}"
+    if args.bc_label:  # the agent rows on that world model, trained another way, get names and folders of their own
+        tag += f", {args.bc_label}"
+        sub += f"_{re.sub(r'[^A-Za-z0-9]+', '_', args.bc_label).strip('_')}"
     stages = set(args.stages)
     scratch_only = stages <= {"scratch", "scratch_rounds"} and args.scratch_wm
     if scratch_only:  # the pixel baseline reads only a model's data choices (camera, resolution, units)
@@ -272,6 +275,8 @@ def main() -> None:
     p.add_argument("--wm-set", nargs="*", default=[], help="more train-wm overrides for the world model")
     p.add_argument("--wm-label", default="", help="appended to the world-model rows' names (bc, rl, rounds) and "
                    "their folders, so a world model trained with --wm-set gets rows of its own")
+    p.add_argument("--bc-label", default="", help="appended after --wm-label to the bc, rl and rounds rows' names and "
+                   "folders (not the world model's): agents trained another way on the same world model")
     p.add_argument("--bc-set", nargs="*", default=[], help="more train-agent overrides for the bc row")
     p.add_argument("--rl-set", nargs="*", default=[], help="more train-agent overrides for the rl row")
     p.add_argument("--cameras", nargs="+", default=["front"], help="cameras the demos record; the first is the "

@@ -55,6 +55,23 @@ def test_agent_chunk_policy_first_block_is_the_executed_action_and_film_starts_a
     assert plain.policy(feat, instr).mean.shape == (2, 7, 3)
 
 
+def test_mse_loss_moves_the_mean_by_squared_error_and_the_std_only_by_the_likelihood():
+    from reverie.errors import ConfigError
+    from reverie.policy.bc import LOSSES, bc_loss
+    from reverie.policy.distributions import BoundedNormal
+
+    mean = torch.tensor([[0.2, -0.5]], requires_grad=True)
+    std = torch.tensor([[0.3, 0.3]], requires_grad=True)
+    y = torch.tensor([[0.4, 0.5]])
+    LOSSES["mse"](BoundedNormal(mean, std), y).sum().backward()
+    # d/dmean of the squared error alone: 2 (mean - y); the likelihood's 1/std^2 pull is held out
+    assert torch.allclose(mean.grad, 2 * (mean - y).detach())
+    nll_std = torch.autograd.grad(LOSSES["nll"](BoundedNormal(mean.detach(), std), y).sum(), std)[0]
+    assert torch.allclose(std.grad, nll_std)                                    # the spread is still fitted
+    with pytest.raises(ConfigError, match="bc.loss='l1'.*mse"):
+        bc_loss(None, torch.zeros(1, 2, 3), {}, "l1")
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, tiny_agent):
     return tiny_agent(tmp_path_factory.mktemp("bc"), episodes=4, time_limit=20, wm_steps=3, bc_steps=3,
