@@ -64,9 +64,9 @@ def load_policy(path: Path) -> tuple[object, Callable[[tuple[int, int], dict], P
             exportable = sorted(name for name, cls in load_backends().items() if cls.onnx_step is not None)
             raise BundleError(f"world-model backend {info['backend']!r} has no exporter; "
                               f"exportable backends: {exportable}")
-        # An agent reads the world model's one camera: agent.json names no image_keys, so extra is {}.
-        return controller, lambda hw, extra: AgentStep(wm, controller.agent, hw).ensemble(*_ensemble(controller)), \
-            {**info, "kind": info["backend"]}
+        # An agent reads its world model's cameras: the main one, then its spec's extra ones (train-wm cameras=).
+        return controller, lambda hw, extra: AgentStep(wm, controller.agent, hw, extra).ensemble(*_ensemble(controller)), \
+            {**info, "kind": info["backend"], "image_keys": controller.image_keys}
     import json
 
     info = json.loads((path / "scratch_bc.json").read_text())

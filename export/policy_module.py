@@ -7,7 +7,8 @@ Inputs (batch 1):  image uint8 (1, H, W, 3) at the camera's resolution (resized 
                    model was trained at another size, /255 folded in), state float32 (1, J) in
                    the model's units (normalised by the runtime, reverie/normalize.py),
                    instruction float32 (1, 384) (unit-norm sentence embedding), then one uint8
-                   (1, H, W, 3) per extra camera of a multi-camera policy, named by its key
+                   (1, H, W, 3) per extra camera of a multi-camera policy (a pixel BC's, or the world
+                   model's own: train-wm cameras=), named by its key
                    (`image_wrist` for image/wrist) and resized like the main image, then the carried
                    state tensors named by `state_specs()`.
 Outputs:           action float32 (1, A) (the actor's mode, clipped to [-1, 1]), then the next value
@@ -39,7 +40,7 @@ from reverie.world_model.step import StateSpec, prepare_image
 
 class PolicyStep(nn.Module):
     """Base: `image_hw` is the camera resolution the bundle expects (the training store's);
-    `extra_hw` {key: (H, W)} the extra cameras' (none but for multi-camera scratch policies), in the
+    `extra_hw` {key: (H, W)} the extra cameras' (a multi-camera pixel BC's or world model's), in the
     order forward() takes them. `ensemble(chunk, decay)` makes the step execute its chunks as the
     controller does."""
 
@@ -97,8 +98,11 @@ class AgentStep(PolicyStep):
 
     kind = "agent"
 
-    def __init__(self, wm, agent, image_hw):
-        super().__init__(image_hw, wm.spec.state_dim, wm.spec.action_dim)
+    def __init__(self, wm, agent, image_hw, extra_hw: dict[str, tuple[int, int]] | None = None):
+        super().__init__(image_hw, wm.spec.state_dim, wm.spec.action_dim, extra_hw)
+        if list(self.extra_hw) != list(wm.spec.cameras):
+            raise BundleError(f"this agent's world model reads the extra cameras {list(wm.spec.cameras)}, the "
+                              f"export was given {list(self.extra_hw)}")
         if wm.onnx_step is None:
             raise BundleError(f"world-model backend {type(wm).__name__} has no exported step (its onnx_step is "
                               "None, world_model/step.py), so its agents cannot be exported")
@@ -110,10 +114,11 @@ class AgentStep(PolicyStep):
         return [*self.filter.specs(), StateSpec("prev_action", (1, self.action_dim)),
                 StateSpec("is_first", (1,), 1.0)]
 
-    def forward(self, image, state, instruction, *carried):
-        n = self.n_filter
+    def forward(self, image, state, instruction, *rest):
+        e, n = len(self.extra_hw), self.n_filter
+        extra, carried = rest[:e], rest[e:]
         own, (prev_action, is_first), ens = carried[:n], carried[n:n + 2], carried[n + 2:]
-        feat, *own = self.filter(image, state, instruction, prev_action, is_first, *own)   # feat (1, F)
+        feat, *own = self.filter(image, state, instruction, prev_action, is_first, *own, extra=extra)  # feat (1, F)
         action, ens = self.execute(self.agent.chunk_policy(feat, instruction), ens)      # (1, A)
         return action, *own, action, torch.zeros_like(is_first), *ens
 

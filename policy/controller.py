@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from reverie.errors import ConfigError
 from reverie.normalize import Normalizer
 from reverie.policy.agent import Agent
 from reverie.policy.ensemble import TemporalEnsemble
@@ -33,6 +34,8 @@ class AgentController:
         # store units <-> model units; default: the loaded world model's (checkpoint.load_model)
         self.normalizer = normalizer if normalizer is not None else getattr(wm, "normalizer", None) or Normalizer()
         self.image_key, self.image_size = image_key, image_size
+        self.cameras = tuple(wm.spec.cameras)          # the world model's extra cameras (train-wm cameras=)
+        self.image_keys = [image_key, *self.cameras]  # every camera it reads, the main one first
         self.deterministic = deterministic
         self.language = language or Language()
         self.generator = torch.Generator(wm.device).manual_seed(seed)  # sampling draws on the device
@@ -51,13 +54,20 @@ class AgentController:
 
     def batch(self, observation: dict) -> dict[str, torch.Tensor]:
         """One observation -> a one-row batch (B=1, T=1) in the world model's contract."""
-        row = {self.image_key: observation[self.image_key][None],
+        missing = [k for k in self.image_keys if k not in observation]
+        if missing:
+            have = sorted(k for k in observation if k.startswith("image/"))
+            raise ConfigError(f"this agent's world model reads cameras {self.image_keys} and the observation lacks "
+                              f"{missing} (it has {have}): give the env those cameras (sim: env_kwargs.cameras="
+                              f"[{','.join(k.split('/', 1)[1] for k in self.image_keys)}])")
+        row = {**{key: observation[key][None] for key in self.image_keys},
                "state": self.normalizer.normalize("state", np.asarray(observation["state"], np.float32))[None],
                "action": np.zeros((1, self.wm.spec.action_dim), np.float32),
                "is_first": np.array([self.state is None]),
                "instruction": self.instruction}
         row.update({k: np.array([v]) for k, v in ROW_DEFAULTS.items()})
-        batch = collate([row], self.image_key, self.image_size, self.language, False, self.wm.device)
+        batch = collate([row], self.image_key, self.image_size, self.language, False, self.wm.device,
+                        cameras=self.cameras)
         if self.prev_action is not None:
             batch["prev_action"] = self.prev_action                             # (1, A)
             batch["prev_action_mask"] = torch.ones(1, dtype=torch.bool, device=self.wm.device)

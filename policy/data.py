@@ -41,7 +41,9 @@ class AgentData(TrainData):
     """Windows from the agent's stores (default: the world model's) at the world model's resolution."""
 
     def __init__(self, cfg, wm_cfg, wm_info: dict, batch_size: int, seq_len: int,
-                 device: torch.device | str = "cpu", weights=None, starts: str = "fit", cameras=(), augment=None):
+                 device: torch.device | str = "cpu", weights=None, starts: str = "fit", cameras=None, augment=None):
+        """cameras: extra camera keys the batches carry beside "image" (a pixel BC's); None: the world
+        model's own (its spec's: train-wm cameras=), which its filter reads."""
         wm = model_config(wm_cfg)
         data_cfg = OmegaConf.create({
             "data": data_paths(cfg.data) if cfg.data else list(wm_info["stores"]),  # one path or a list
@@ -54,7 +56,8 @@ class AgentData(TrainData):
         # the world model's own units (its checkpoint's normaliser; identity for one written before them)
         super().__init__(data_cfg, sizes, device=device,  # batches arrive on the training device
                          normalizer=Normalizer.from_json(wm_info.get("normalizer")), augment=augment,
-                         cameras=cameras, starts=starts)  # cameras: beside batch["image"]; datasets/sampler.py
+                         cameras=tuple(wm_info["spec"].get("cameras", ())) if cameras is None else cameras,
+                         starts=starts, whose="cameras" if cameras is None else "bc_scratch.cameras")
         check_action_range(self.stores, self.normalizer)  # e.g. a world model from before normalisation
         self.labelled = labelled_episodes(self.stores)
         self.success_reward = float(cfg.rewards.success_reward)

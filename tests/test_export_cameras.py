@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from reverie.config import compose
 from reverie.errors import BundleError, ConfigError
@@ -177,3 +178,76 @@ def test_single_camera_bundles_keep_their_interface(quick):
     embedding = bundle.encoder.encode([TEXT])
     assert np.array_equal(bundle.act(frame, state, embedding),
                           bundle.act_on({"image/front": frame, "state": state}, embedding))
+
+
+@pytest.fixture(scope="module")
+def two_cam_agent(two_cams) -> dict:
+    """The same demos -> a tiny RSSM that observes both cameras (train-wm cameras=[image/wrist]) -> a
+    behaviour-cloned agent on it through the CLI, 2 steps -> bundle for the virtual SO-101."""
+    from reverie.cli import main
+    from reverie.world_model.train import Trainer
+
+    root, store = two_cams["root"], two_cams["store"]
+    Trainer(compose("train_wm", ["preset=tiny", f"data={store}", f"out={root / 'wm2'}", "steps=1", "progress=false",
+                                 "holdout=0", "device=cpu", "compile_norm=false", "cameras=[image/wrist]"])).run()
+    agent = root / "agent2"
+    assert main(["train-agent", "stage=bc", f"wm={root / 'wm2'}", f"out={agent}", "steps=2", "holdout=0",
+                 "bc.batch_size=2", "bc.seq_len=4", "agent.units=32", "agent.layers=1", "progress=false",
+                 "device=cpu"]) == 0
+    bundle = export_setup.export(agent, root / "bundle2", "arm=so101_virtual", "parity_steps=20")
+    return {"agent": agent, "bundle": bundle, "wm": root / "wm2"}
+
+
+def test_a_world_model_agent_reads_every_camera_its_model_observes(two_cams, two_cam_agent):
+    """The model's wrist camera is an ONNX input and manifest entry of its agent's bundle; the bundle
+    acts as AgentController does on both cameras (latent state carried); the wrist frame changes the
+    features; an observation without it is refused naming the fix."""
+    from reverie.datasets.store import EpisodeStore
+    from reverie.policy.loading import load_controller
+    from reverie.runtime.bundle import Bundle
+
+    m = json.loads((two_cam_agent["bundle"] / "manifest.json").read_text())
+    assert m["observation"]["extra_images"] == [{"key": "image/wrist", "shape": [64, 64, 3], "dtype": "uint8"}]
+    assert m["onnx"]["policy"]["inputs"][:4] == ["image", "state", "instruction", "image_wrist"]
+    assert m["parity"]["steps"] == 20 and m["parity"]["max_action_error"] <= 1e-4
+    controller, bundle = load_controller(two_cam_agent["agent"]), Bundle.load(two_cam_agent["bundle"])
+    controller.wm.deterministic = True  # the graph's latents: the most likely classes (as export sets them)
+    assert controller.image_keys == bundle.image_keys == ["image/front", "image/wrist"]
+    store = EpisodeStore.open(two_cams["store"])
+    ep = store.episode(0, keys=["image/front", "image/wrist", "state"])
+    store.close()
+    controller.reset(TEXT)
+    bundle.reset()
+    embedding = bundle.encoder.encode([TEXT])
+    units = lambda a: bundle.normalizer.normalize("action", a)
+    worst = 0.0
+    for t in range(6):
+        obs = {key: ep[key][t] for key in ep}
+        worst = max(worst, float(np.abs(units(bundle.act_on(obs, embedding)) - units(controller.act(obs))).max()))
+    assert worst < 1e-4
+    obs = {key: ep[key][0] for key in ep}
+    feats = []
+    for wrist in (np.zeros((64, 64, 3), np.uint8), np.full((64, 64, 3), 255, np.uint8)):
+        controller.reset(TEXT)
+        batch = controller.batch(obs | {"image/wrist": wrist})
+        with torch.no_grad():
+            feats.append(controller.wm.observe(batch)[1])
+    assert not np.allclose(feats[0].numpy(), feats[1].numpy()), "the world model ignores the wrist frame"
+    controller.reset(TEXT)
+    with pytest.raises(ConfigError, match=r"lacks \['image/wrist'\].*env_kwargs.cameras=\[front,wrist\]"):
+        controller.act({"image/front": obs["image/front"], "state": obs["state"]})
+
+
+def test_a_world_model_camera_missing_from_the_store_or_backend_is_refused(two_cams, tmp_path):
+    from reverie.world_model.train import Trainer
+
+    front_only = export_setup.synthetic_store(tmp_path / "front.zarr", episodes=2, length=5)
+    common = ["preset=tiny", "steps=1", "progress=false", "holdout=0", "device=cpu"]
+    with pytest.raises(ConfigError, match=r"has no camera 'image/wrist'.*drop it from cameras or record it"):
+        Trainer(compose("train_wm", [*common, f"data={front_only}", f"out={tmp_path / 'a'}", "cameras=[image/wrist]"]))
+    with pytest.raises(ConfigError, match=r"cameras=\['image/front'\] repeats the main camera"):
+        Trainer(compose("train_wm", [*common, f"data={two_cams['store']}", f"out={tmp_path / 'b'}",
+                                     "cameras=[image/front]"]))
+    with pytest.raises(ConfigError, match=r"observes one camera .*image/wrist.*train world_model=rssm"):
+        Trainer(compose("train_wm", [*common, "world_model=shortcut", f"data={two_cams['store']}",
+                                     f"out={tmp_path / 'c'}", "cameras=[image/wrist]"]))

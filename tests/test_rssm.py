@@ -369,3 +369,32 @@ def test_coordconv_stages_read_pixel_coordinates_and_keep_the_layouts():
     total, _ = model.loss(make_batch())
     total.backward()
     assert all(p.grad is not None for p in model.image_dec.parameters())
+
+
+def test_an_extra_camera_is_encoded_reconstructed_and_saved_in_the_spec():
+    """DataSpec.cameras: the RSSM gets an encoder, decoder and mean frame per extra camera; the wrist
+    frame changes the posterior and the image loss, its gradient reaches its own encoder; a spec saved
+    before cameras existed loads as one camera."""
+    cfg = compose("train_wm", ["preset=tiny", "data=unused"])
+    spec = DataSpec((16, 16, 3), J, A, cameras=("image/wrist",))
+    assert DataSpec.from_json(spec.to_json()) == spec
+    assert DataSpec.from_json({k: v for k, v in spec.to_json().items() if k != "cameras"}).cameras == ()
+    torch.manual_seed(0)
+    model = build("rssm", model_config(cfg), spec)
+    assert len(model.camera_enc) == len(model.camera_dec) == len(model.camera_pixels) == 1
+    batch = make_batch() | {"image/wrist": torch.rand(B, T, 16, 16, 3, generator=torch.Generator().manual_seed(2))}
+    loss, metrics = model.loss(batch)
+    assert "image_mse/wrist" in metrics
+    loss.backward()
+    assert model.camera_enc[0].net[0].weight.grad.abs().sum() > 0
+    assert model.camera_dec[0].inp.weight.grad.abs().sum() > 0
+    model.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        _, feat = model.observe(batch)
+        other_loss, _ = model.loss(batch | {"image/wrist": 1 - batch["image/wrist"]})
+        torch.manual_seed(0)
+        _, other = model.observe(batch | {"image/wrist": 1 - batch["image/wrist"]})
+    assert not torch.allclose(feat, other) and not torch.isclose(loss.detach(), other_loss)
+    with pytest.raises(KeyError, match="image/wrist"):
+        model.loss(make_batch())

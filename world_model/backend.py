@@ -29,6 +29,8 @@ Optional, used by DLLM rewards (`reverie train-agent stage=rl rewards.dllm.enabl
 
 Batch contract (a dict of tensors, B batch, T time; row t is observation o_t):
     image                   uint8 or float (B, T, H, W, 3)  primary camera (config `image_key`)
+    <camera key>            as image, one per DataSpec.cameras  e.g. "image/wrist": the extra cameras a
+                            model observes (train-wm cameras=); a backend that reads one camera refuses them
     state                   float (B, T, J)                 joint radians, gripper in [0, 1]
     action                  float (B, T, A)                 a_t, sent after seeing o_t, in [-1, 1]
     action_mask             bool  (B, T)                    False where a_t is unknown (video, last row)
@@ -81,13 +83,14 @@ class DataSpec:
     action_dim: int                    # A
     instruction_dim: int = 384
     lang_dim: int = 0                  # D of per-step language tokens; 0 when Dynalang is off
+    cameras: tuple[str, ...] = ()      # extra camera keys the batches carry beside `image` (train-wm cameras=)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self) | {"image_shape": list(self.image_shape)}
+        return dataclasses.asdict(self) | {"image_shape": list(self.image_shape), "cameras": list(self.cameras)}
 
     @classmethod
     def from_json(cls, data: dict) -> "DataSpec":
-        return cls(**{**data, "image_shape": tuple(data["image_shape"])})
+        return cls(**{**data, "image_shape": tuple(data["image_shape"]), "cameras": tuple(data.get("cameras", ()))})
 
 
 class WorldModel(nn.Module, abc.ABC):
@@ -106,6 +109,7 @@ class WorldModel(nn.Module, abc.ABC):
     optional_state: tuple[str, ...] = ()  # state_dict keys a checkpoint may lack (newer buffers)
     optional_prefixes: tuple[str, ...] = ()  # parts that can be added to a trained model (checkpoint.load_model extend)
     onnx_step: type | None = None  # the exported filter step class (world_model/step.py); None: not exportable
+    multi_camera = False  # True: the backend observes DataSpec.cameras beside `image`
     # Config keys newer than some checkpoints -> the value a run written before the key existed was
     # trained with (not the current default, which is the YAML's). checkpoint.read fills them into an
     # old run's config, the one place that does; the backend's code reads every key as always present.
@@ -115,6 +119,9 @@ class WorldModel(nn.Module, abc.ABC):
         super().__init__()
         self.cfg = cfg
         self.spec = spec
+        if spec.cameras and not self.multi_camera:
+            raise ConfigError(f"the {type(self).__name__} backend observes one camera and the data asks for extra "
+                              f"ones too ({list(spec.cameras)}): drop cameras= or train world_model=rssm")
 
     @abc.abstractmethod
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:

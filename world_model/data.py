@@ -99,12 +99,16 @@ class Language:
 
 
 def make_spec(stores: list, image_key: str, image_size: int, dynalang: bool,
-              cameras: tuple[str, ...] = ()) -> DataSpec:
-    """`cameras`: extra camera keys a policy reads beside `image_key` (the world model's)."""
+              cameras: tuple[str, ...] = (), whose: str = "bc_scratch.cameras") -> DataSpec:
+    """`cameras`: extra camera keys the batches carry beside `image_key` (a world model's own, train-wm
+    cameras=, or a policy's); `whose` names the option that asked for them, for the error."""
     schemas = [s.schema for s in stores]
+    if image_key in cameras or len(set(cameras)) < len(cameras):
+        what = f"repeats the main camera {image_key!r}" if image_key in cameras else "names a camera twice"
+        raise ConfigError(f"{whose}={list(cameras)} {what}: list each extra camera once, e.g. [image/wrist]")
     for path, schema in zip((s.url for s in stores), schemas):
         for key, fix in [(image_key, "pass image_key=<one of those>"),
-                         *((c, "drop it from bc_scratch.cameras or record it (sim: cameras=[front,wrist])")
+                         *((c, f"drop it from {whose} or record it (sim: cameras=[front,wrist])")
                            for c in cameras)]:
             if key not in schema:
                 cams = sorted(k for k in schema if k.startswith("image/"))
@@ -115,7 +119,8 @@ def make_spec(stores: list, image_key: str, image_size: int, dynalang: bool,
         raise ConfigError(f"stores disagree on state/action sizes ({state_dims}, {action_dims}); "
                           "train on stores recorded with the same arm")
     return DataSpec(image_shape=(image_size, image_size, 3), state_dim=state_dims.pop(),
-                    action_dim=action_dims.pop(), lang_dim=Language.token_dim() if dynalang else 0)
+                    action_dim=action_dims.pop(), lang_dim=Language.token_dim() if dynalang else 0,
+                    cameras=tuple(cameras))
 
 
 def _frames(windows: list[dict], key: str, size: int, device) -> Tensor:
@@ -184,7 +189,7 @@ class TrainData:
     """
 
     def __init__(self, cfg, mcfg, rank: int = 0, world: int = 1, device: torch.device | str = "cpu",
-                 normalizer=None, augment=None, cameras=(), starts: str = "fit"):
+                 normalizer=None, augment=None, cameras=None, starts: str = "fit", whose: str = "bc_scratch.cameras"):
         from reverie.datasets.normalize import from_stores
         from reverie.datasets.sampler import WindowSampler
 
@@ -194,8 +199,11 @@ class TrainData:
         self.normalizer = normalizer if normalizer is not None else from_stores(self.stores, cfg.normalize)
         self.image_key, self.image_size = cfg.image_key, int(mcfg.image_size)
         self.dynalang = bool(option(mcfg, "dynalang"))
-        self.cameras = tuple(cameras)  # extra cameras for the batch (a policy's), not the model's
-        self.spec = make_spec(self.stores, self.image_key, self.image_size, self.dynalang, self.cameras)
+        # extra cameras the batches carry beside "image": given (a policy's, or its world model's), else the
+        # world model's own from its config (train-wm cameras=)
+        self.cameras = tuple(str(c) for c in (cameras if cameras is not None else (cfg.get("cameras") or ())))
+        self.spec = make_spec(self.stores, self.image_key, self.image_size, self.dynalang, self.cameras,
+                              whose if cameras is not None else "cameras")
         self.batch_size, self.length = int(mcfg.batch_size), int(mcfg.seq_len)
         self.device = torch.device(device)
         self.language = Language()

@@ -43,7 +43,7 @@ SPLITS = {"holdout": "held-out", "train": "training", "all": "any"}  # split= ->
 
 
 def eval_windows(stores, holdout: float, split: str, length: int, count: int, action_rows: slice,
-                 image_key: str) -> list[dict]:
+                 image_key: str, cameras: tuple[str, ...] = ()) -> list[dict]:
     """Up to `count` windows of `length` rows spread evenly over the evaluation episodes; only
     windows whose actions in `action_rows` are all known (the replayed commands)."""
     if split not in SPLITS:
@@ -67,7 +67,7 @@ def eval_windows(stores, holdout: float, split: str, length: int, count: int, ac
     for i in pick:
         s, e, start = candidates[i]
         if (s, e) not in cache:
-            cache[(s, e)] = (stores[s].episode(e, [image_key, *ROW_KEYS]), stores[s].meta(e).instruction)
+            cache[(s, e)] = (stores[s].episode(e, [image_key, *cameras, *ROW_KEYS]), stores[s].meta(e).instruction)
         ep, instruction = cache[(s, e)]
         w = {k: v[start:start + length] for k, v in ep.items()}
         windows.append(w | {"instruction": instruction, "start": start, "store": s, "episode": e})
@@ -104,7 +104,7 @@ def evaluate(cfg) -> dict:
     if c < 1 or h < 1:
         raise ConfigError(f"context={c}, horizon={h}: both must be >= 1")
     windows = eval_windows(stores, float(trainer.get("holdout", 0.0)), cfg.split, c + h, int(cfg.windows),
-                           slice(c - 1, c + h - 1), image_key)
+                           slice(c - 1, c + h - 1), image_key, model.spec.cameras)
     language = Language()
     dynalang = bool(option(mcfg, "dynalang"))
     has_state, has_tok = hasattr(model, "decode_state"), hasattr(model, "reconstruct")
@@ -124,7 +124,7 @@ def evaluate(cfg) -> dict:
 
     for i in range(0, len(windows), int(cfg.batch_size)):
         batch = model.normalizer.batch(collate(windows[i:i + int(cfg.batch_size)], image_key, int(mcfg.image_size),
-                                               language, dynalang, device))  # the model's units
+                                               language, dynalang, device, cameras=model.spec.cameras))  # model units
         b = batch["image"].shape[0]
         counts["windows"] += b
         if has_tok:

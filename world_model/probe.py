@@ -137,10 +137,10 @@ def episode_features(wm, episode: dict, instruction: str, image_key: str, langua
     n = len(episode["is_first"])
     feats, state = [], None
     for start in range(0, n, chunk):
-        w = {k: episode[k][start:start + chunk] for k in (image_key, *ROW_KEYS)}
+        w = {k: episode[k][start:start + chunk] for k in (image_key, *wm.spec.cameras, *ROW_KEYS)}
         w = wm.normalizer.batch(w) if hasattr(wm, "normalizer") else w  # the model's units
         batch = collate([w | {"instruction": instruction, "start": start}], image_key, int(mcfg.image_size),
-                        language, dynalang, wm.device)
+                        language, dynalang, wm.device, cameras=wm.spec.cameras)
         if state is not None:  # a_{start-1}, sent before this chunk's first row
             prev = episode["action"][start - 1:start]
             prev = wm.normalizer.normalize("action", prev) if hasattr(wm, "normalizer") else prev
@@ -186,7 +186,8 @@ def feature_probe(wm, stores, holdout: float = 0.1, image_key: str = "image/fron
     if wm is None and not pixels:
         raise ConfigError("feature_probe: nothing to probe (no world model and pixels=False)")
     stores = [open_stores([os.fspath(s)])[0] if isinstance(s, (str, os.PathLike)) else s for s in stores]
-    usable = [s for s in stores if has_privileged(s.schema) and image_key in s.schema]
+    cameras = tuple(wm.spec.cameras) if wm is not None else ()  # the model's extra cameras
+    usable = [s for s in stores if has_privileged(s.schema) and all(k in s.schema for k in (image_key, *cameras))]
     skipped = [s.url for s in stores if s not in usable]
     if not usable:
         log.info("cube probe skipped: no store has %s and %s (record with `reverie sim demos`); %s",
@@ -224,7 +225,7 @@ def feature_probe(wm, stores, holdout: float = 0.1, image_key: str = "image/fron
     rows = {split: {"feat": [], "pix": [], "slot": [], "y": {q: [] for q in quantities}, "group": []}
             for split in ("train", "test")}
     counts = {"train": 0, "test": 0}
-    keys = [image_key, "state", "action", "action_mask", "reward", "is_first", "is_last", "is_terminal",
+    keys = [image_key, *cameras, "state", "action", "action_mask", "reward", "is_first", "is_last", "is_terminal",
             PRIVILEGED_TARGET, PRIVILEGED_OBJECTS]
     for si, (s, (train, held)) in enumerate(zip(usable, splits)):
         for split, eps in (("train", spread(train, max_train_episodes)), ("test", spread(held, max_test_episodes))):

@@ -4,7 +4,7 @@ Latent state per step: deterministic `deter` (block GRU) and stochastic `stoch` 
 classes, straight-through one-hot samples, 1% unimix). Feature = concat(deter, flat stoch).
 
     prior:      deter_t = GRU(deter_{t-1}, [stoch_{t-1}, a_{t-1}, instruction]);  p(z_t | deter_t)
-    posterior:  q(z_t | deter_t, embed(o_t))   embed = CNN(image) ++ MLP(symlog state) [++ lang token]
+    posterior:  q(z_t | deter_t, embed(o_t))   embed = CNN(image) [++ CNN(camera) each] ++ MLP(symlog state) [++ lang token]
     heads:      image (CNN decoder over the mean frame, foreground-weighted MSE), state (symlog MSE), reward (symexp two-hot), continue (Bernoulli),
                 language token (regression of the token embedding, Dynalang; config `dynalang`)
     KL:         dyn 0.5 * max(1, KL[sg(q) || p]) + rep 0.1 * max(1, KL[q || sg(p)])
@@ -29,6 +29,11 @@ cpu preset, 1,500 steps, colour swap + mirror; benchmarks/probe_parts.py, held-o
 cube's x, y): features -0.09 without the frame latent, 0.68 decoded, 0.76 decoded and read by the core;
 the predicted frame latent (what imagination has) -0.07 and 0.44. Why: the encoder's embedding
 held the cubes (held-out ridge R² 0.72) while (deter, stoch) did not (below 0) after 1,500 cpu-preset steps.
+
+Extra cameras (train-wm `cameras=[image/wrist]`, DataSpec.cameras): each has its own encoder, decoder
+and mean frame; the embedding concatenates every camera's, and the image loss sums every camera's
+(each weighted the same), so the latent must hold what the wrist camera sees as well. `decode` gives
+the primary camera's frames.
 
 Actions: a_{t-1} enters the step into o_t. It is zero at is_first, and action-free rows
 (action_mask False, e.g. video) feed a zero action with a mask bit of 0: the GRU input is
@@ -66,6 +71,7 @@ class RSSM(WorldModel):
     optional_state = ("pixels.pixel_mean", "pixels.mean_count")
     optional_prefixes = ("frame_proj.", "frame_pred.")  # a frame latent added to a trained model (bc.frame)
     onnx_step = RSSMStep  # the exported filter step (world_model/rssm_step.py)
+    multi_camera = True   # DataSpec.cameras: one encoder and decoder each
     # what runs written before these keys were trained with (checkpoint.read fills them in)
     legacy_config = {"describe": False,        # before the description head
                      "frame": 0,               # before the frame latent
@@ -101,10 +107,12 @@ class RSSM(WorldModel):
                                   "set world_model.frame=K (e.g. 256) too")
         self.decode_dim = self.feat_dim if self.frame_decode else self.core_dim  # what the image decoder reads
 
-        # Encoder: image CNN ++ state MLP (++ language token MLP).
+        # Encoder: image CNN (one per camera) ++ state MLP (++ language token MLP).
         self.image_enc = ConvEncoder(size, c.cnn_depth, coords=bool(c.coords))
+        self.cameras = tuple(spec.cameras)  # extra cameras: batch[key] each, encoded and reconstructed like image
+        self.camera_enc = nn.ModuleList(ConvEncoder(size, c.cnn_depth, coords=bool(c.coords)) for _ in self.cameras)
         self.state_enc = MLP(spec.state_dim, c.units, c.units, c.layers)
-        embed = self.image_enc.out_dim + c.units
+        embed = self.image_enc.out_dim * (1 + len(self.cameras)) + c.units
         if self.dynalang:
             self.lang_enc = MLP(spec.lang_dim, c.units, c.units, c.layers)
             embed += c.units
@@ -121,6 +129,9 @@ class RSSM(WorldModel):
             self.frame_pred = MLP(self.core_dim, self.frame_dim, c.units, c.layers)
         self.image_dec = ConvDecoder(self.decode_dim, size, c.cnn_depth, coords=bool(c.coords))
         self.pixels = PixelMean(size, float(c.image_foreground))
+        self.camera_dec = nn.ModuleList(ConvDecoder(self.decode_dim, size, c.cnn_depth, coords=bool(c.coords))
+                                        for _ in self.cameras)
+        self.camera_pixels = nn.ModuleList(PixelMean(size, float(c.image_foreground)) for _ in self.cameras)
         self.state_dec = MLP(self.core_dim, spec.state_dim, c.units, c.layers)
         self.twohot = TwoHot(c.reward_bins, c.bins_range)
         self.reward_head = MLP(self.core_dim, c.reward_bins, c.units, c.layers, zero_out=True)
@@ -200,14 +211,20 @@ class RSSM(WorldModel):
             post["frame"] = self.frame_proj(embed)
         return post, post_probs, prior_probs
 
+    def encode(self, images: list[Tensor], state: Tensor) -> Tensor:
+        """The frames of every camera ([image, *cameras], each (N, H, W, 3) in [0, 1]) and the joint
+        state (N, J) -> (N, E) without the language token (the exported step calls this too)."""
+        encoders = [self.image_enc, *self.camera_enc]
+        return torch.cat([enc(x) for enc, x in zip(encoders, images)] + [self.state_enc(symlog(state))], -1)
+
     def _embed(self, batch: dict[str, Tensor]) -> Tensor:
         image = batch["image"]
         b, t = image.shape[:2]
-        parts = [self.image_enc(image.flatten(0, 1)).reshape(b, t, -1),   # (B, T, E_img)
-                 self.state_enc(symlog(batch["state"]))]                  # (B, T, units)
+        images = [image, *(batch[key] for key in self.cameras)]           # (B, T, H, W, 3) each
+        embed = self.encode([x.flatten(0, 1) for x in images], batch["state"].flatten(0, 1)).reshape(b, t, -1)
         if self.dynalang:
-            parts.append(self.lang_enc(batch["lang_token"]))
-        return torch.cat(parts, -1)                                       # (B, T, E)
+            embed = torch.cat([embed, self.lang_enc(batch["lang_token"])], -1)
+        return embed                                                      # (B, T, E)
 
     def _rollout(self, batch: dict[str, Tensor], state: State | None = None):
         """Posterior over the batch. Returns stacked states (B, T, ...), post and prior probs."""
@@ -257,12 +274,16 @@ class RSSM(WorldModel):
         valid = batch.get("valid")
         w = None if valid is None else valid.float()                      # (B, T) or None: all rows
         terms = {}
-        image = batch["image"]                                              # (B, T, H, W, 3)
-        if self.training:
-            self.pixels.update(image.flatten(0, 1), None if w is None else w.flatten())  # padding weighs 0
-        pred = self.image_dec(feat[..., :self.decode_dim].flatten(0, 1), self.pixels.pixel_mean).reshape(image.shape)
-        pixel_weight = self.pixels.weights(image)                          # (B, T, H, W)
-        terms["image"] = ((pred.float() - image).square().sum(-1) * pixel_weight).sum((-2, -1))
+        decoded = feat[..., :self.decode_dim].flatten(0, 1)                # what every camera's decoder reads
+        terms["image"], mse = 0.0, {}
+        for key, dec, pixels in zip(("image", *self.cameras), (self.image_dec, *self.camera_dec),
+                                    (self.pixels, *self.camera_pixels)):  # every camera weighs the same
+            frames = batch[key]                                            # (B, T, H, W, 3)
+            if self.training:
+                pixels.update(frames.flatten(0, 1), None if w is None else w.flatten())  # padding weighs 0
+            pred = dec(decoded, pixels.pixel_mean).reshape(frames.shape).float()
+            terms["image"] = terms["image"] + ((pred - frames).square().sum(-1) * pixels.weights(frames)).sum((-2, -1))
+            mse[key] = (pred - frames).square().mean((-3, -2, -1))        # (B, T)
         terms["state"] = (self.state_dec(core).float() - symlog(batch["state"])).square().sum(-1)
         reward_logits = self.reward_head(core)                             # (B, T, bins)
         terms["reward"] = self.twohot.loss(reward_logits, batch["reward"])
@@ -290,7 +311,8 @@ class RSSM(WorldModel):
                 "loss/total": total.detach(),
                 "kl/dyn": _mean(kl_dyn, w), "kl/rep": _mean(kl_rep, w),
                 "entropy/prior": _mean(_entropy(prior), w), "entropy/post": _mean(_entropy(post), w),
-                "image_mse": _mean((pred.float() - image).square().mean((-3, -2, -1)), w),
+                "image_mse": _mean(mse["image"], w),
+                **{f"image_mse/{key.split('/')[-1]}": _mean(mse[key], w) for key in self.cameras},
                 "reward_mae": _mean((self.twohot.mean(reward_logits) - batch["reward"]).abs(), w),
             }
         return total, metrics, feat

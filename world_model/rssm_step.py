@@ -1,4 +1,5 @@
-"""The RSSM's exported step (world_model/step.py): its own encoders and RSSM.obs_step on one frame.
+"""The RSSM's exported step (world_model/step.py): its own encoders and RSSM.obs_step on one frame of
+each camera (the main one, then the model's extra cameras: DataSpec.cameras).
 
 Carried: deter (1, D), stoch (1, S, C) [, frame (1, K) when the core reads the last frame latent,
 `frame_input`]; the latents are the most likely classes (the model's
@@ -10,7 +11,6 @@ from __future__ import annotations
 import torch
 
 from reverie.errors import BundleError
-from reverie.world_model.networks import symlog
 from reverie.world_model.step import FilterStep, StateSpec, prepare_image
 
 
@@ -28,11 +28,11 @@ class RSSMStep(FilterStep):
         frame = [StateSpec("frame", (1, wm.frame_dim))] if wm.frame_input else []
         return [StateSpec("deter", (1, wm.deter_dim)), StateSpec("stoch", (1, wm.stoch, wm.classes)), *frame]
 
-    def forward(self, image, state, instruction, prev_action, is_first, deter, stoch, *frame):
+    def forward(self, image, state, instruction, prev_action, is_first, deter, stoch, *frame, extra=()):
         wm = self.wm
         first = is_first > 0.5                                                   # (1,) bool
-        img = prepare_image(image, self.size)                                    # (1, s, s, 3)
-        embed = torch.cat([wm.image_enc(img), wm.state_enc(symlog(state))], -1)  # (1, E)
+        images = [prepare_image(x, self.size) for x in (image, *extra)]          # (1, s, s, 3) per camera
+        embed = wm.encode(images, state)                                         # (1, E)
         # The mask bit says "a previous action is known"; obs_step zeroes it (and the state) at is_first.
         action_in = wm._action_input(prev_action, torch.ones_like(first))        # (1, A + 1)
         carried = {"deter": deter, "stoch": stoch, "instr": instruction} | ({"frame": frame[0]} if frame else {})

@@ -5,13 +5,14 @@ exporter builds it as `wm.onnx_step(wm, image_hw)` and wraps it with the agent's
 policy's chunk execution (export/policy_module.py AgentStep), so the step is the world model's part
 of the graph only:
 
-    feat, *next_carried = step(image, state, instruction, prev_action, is_first, *carried)
+    feat, *next_carried = step(image, state, instruction, prev_action, is_first, *carried, extra=frames)
 
 Inputs:  image uint8 (1, H, W, 3) at the camera's resolution (the step resizes it to the model's
          `size`: prepare_image), state float32 (1, J) in the model's units, instruction float32
          (1, 384), prev_action (1, A) the action sent after the previous row, is_first (1,) 1 at an
          episode's start (the step then drops the carried state and the previous action, as
-         `observe(batch, state=None)` does), then the tensors named by `specs()`.
+         `observe(batch, state=None)` does), then the tensors named by `specs()`; `extra`: one uint8
+         (1, H, W, 3) frame per extra camera of the model (DataSpec.cameras, in order; () for one camera).
 Outputs: feat (1, F) (what `observe` returns for this row, with deterministic latents) and the next
          value of each of `specs()`, in order. The wrapper carries prev_action and is_first itself.
 
@@ -71,5 +72,5 @@ class FilterStep(nn.Module):
         return []
 
     def forward(self, image: Tensor, state: Tensor, instruction: Tensor, prev_action: Tensor,
-                is_first: Tensor, *carried: Tensor) -> tuple[Tensor, ...]:
+                is_first: Tensor, *carried: Tensor, extra: tuple[Tensor, ...] = ()) -> tuple[Tensor, ...]:
         raise NotImplementedError
