@@ -169,7 +169,8 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
                 f"wm={wm_run}", f"agent={agent}", f"prior={bc}", f"env=arm/{task}", f"out={root / f'improve{k}{sub}'}",
                 "rounds=1", f"episodes={args.round_episodes}", f"wm_steps={args.round_wm_steps}",
                 f"rl_steps={args.round_rl_steps}", "eval_episodes=1", "progress=false", f"seed={seed * 100 + k}",
-                f"+env_kwargs.time_limit={args.time_limit}", f"beta={0.3 * 0.5 ** (k - 1)}"]))["round 1"])
+                f"+env_kwargs.time_limit={args.time_limit}", f"+env_kwargs.cameras=[{','.join(args.cameras)}]",
+                f"beta={0.3 * 0.5 ** (k - 1)}"]))["round 1"])
             agent, wm_run = Path(result["agent"]), Path(result["world_model"])
             score(f"+ {k} corrective round{'s' if k > 1 else ''}{tag}", load_controller(agent), args.suites)
     beats = wm_eval.get("beats_copy_last_at_every_horizon")
