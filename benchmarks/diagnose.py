@@ -17,6 +17,10 @@
         and cubes) over the first 16 rows of 20 training and 20 held-out episodes; a model that
         memorises its training layouts draws their cubes and not the held-out ones'. OUT.png: real
         (top) over decoded (bottom) at row 15 of EPISODES (comma-separated; default 4 held-out ones)
+    .venv/bin/python benchmarks/diagnose.py reward AGENT STORE [EPISODES]   # the agent's reward head on
+        the last EPISODES (20) of STORE, filtered: predicted reward on the success rows (the final row
+        of a successful episode, which pays rewards.success_reward) and on every other row; then on 15-step
+        imaginations from each of their rows with the agent's policy: what imagination RL optimises
 """
 
 from __future__ import annotations
@@ -196,9 +200,60 @@ def memorise(run: str, out: str = "", episodes: str = "") -> None:
         Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(out)
 
 
+@torch.no_grad()
+def reward(agent: str, store_path: str, episodes: str = "20") -> None:
+    from reverie.config import compose
+    from reverie.datasets.store import EpisodeStore
+    from reverie.policy import checkpoint
+    from reverie.policy.data import AgentData
+    from reverie.policy.loading import load_controller
+    from reverie.policy.reward import calibration
+    from reverie.world_model import checkpoint as wm_checkpoint
+    from reverie.world_model.data import ROW_KEYS, collate
+
+    ctrl = load_controller(agent)
+    wm, actor = ctrl.wm, ctrl.agent
+    _, info = checkpoint.load(agent)
+    _, wm_cfg, wm_info = wm_checkpoint.read(info["world_model"])
+    cfg = compose("train_agent", [f"wm={info['world_model']}", f"data={store_path}", "progress=false"])
+    calibrated = calibration(AgentData(cfg, wm_cfg, wm_info, batch_size=1, seq_len=2))  # as train-agent computes it
+    store = EpisodeStore.open(store_path)
+    keys = [*ctrl.image_keys, *ROW_KEYS]
+    result = {"agent": agent, "episodes": int(episodes), "calibration": calibrated}
+    for name, cal in (("as_trained", None), ("calibrated", calibrated)):
+        actor.reward_calibration = cal
+        paid, unpaid, imagined = [], [], []
+        for e in range(store.num_episodes - int(episodes), store.num_episodes):
+            ep, meta = store.episode(e, keys), store.meta(e)
+            window = {k: ep[k] for k in keys} | {"instruction": meta.instruction, "start": 0}
+            b = ctrl.normalizer.batch(collate([window], ctrl.image_key, ctrl.image_size, ctrl.language, False,
+                                              wm.device, cameras=ctrl.cameras))
+            torch.manual_seed(e)
+            _, feat = wm.observe(b)                                              # (1, T, F)
+            instr = b["instruction_embedding"]
+            pred = actor.predict_reward(feat[0], instr.expand(feat.shape[1], -1))  # (T,)
+            pays = torch.zeros(len(pred), dtype=torch.bool)
+            pays[-1] = bool(meta.success)
+            paid += pred[pays].tolist()
+            unpaid += pred[~pays].tolist()
+            for t in range(0, feat.shape[1], 4):  # 15-step imaginations from every 4th row
+                sub = {k: (v[:, :t + 1] if v.dim() > 1 and v.shape[1] == feat.shape[1] else v) for k, v in b.items()}
+                start, _ = wm.observe(sub)
+                traj = wm.imagine(start, lambda f: actor.policy(f, instr).mode().clamp(-1, 1), 15)
+                imagined.append(actor.predict_reward(traj["feat"][:, 1:], instr).mean().item())
+        result[name] = {"success_rows": len(paid),
+                        "on_success_rows": round(float(np.mean(paid)), 3) if paid else None,
+                        "on_other_rows": round(float(np.mean(unpaid)), 3),
+                        "other_rows_above_half_of_success": round(float(np.mean(np.array(unpaid) > 0.5 * np.mean(paid))), 4)
+                        if paid else None,
+                        "imagined_per_step": round(float(np.mean(imagined)), 3)}
+    print(json.dumps(result))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    commands = {"joints": joints, "bc": bc, "floor": floor, "failures": failures, "memorise": memorise}
+    commands = {"joints": joints, "bc": bc, "floor": floor, "failures": failures, "memorise": memorise,
+                "reward": reward}
     if len(sys.argv) < 3 or sys.argv[1] not in commands:
         raise SystemExit(__doc__)
     commands[sys.argv[1]](*sys.argv[2:])

@@ -20,12 +20,13 @@ task-specific: they come from recorded rewards or success labels of the instruct
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import Tensor, nn
 
 from reverie.policy.distributions import BoundedNormal
-from reverie.world_model.networks import MLP, Dense, TwoHot, zeroed
+from reverie.world_model.networks import MLP, Dense, TwoHot, symlog, zeroed
 
 
 class FiLMMLP(nn.Module):
@@ -95,8 +96,20 @@ class Agent(nn.Module):
     def reward_logits(self, feat: Tensor, instr: Tensor) -> Tensor:
         return self.reward(self._input(feat, instr))
 
+    # {"value": R, "rate": pi} (policy/reward.py calibration): the head was trained with its classes
+    # balanced; its prediction is moved back to the data's rate. None: as trained (older agents).
+    reward_calibration: dict | None = None
+
     def predict_reward(self, feat: Tensor, instr: Tensor) -> Tensor:
-        return self.twohot.mean(self.reward_logits(feat, instr))
+        """(..., F) -> (...): the reward of arriving at that state, at the data's rate of paying rows."""
+        raw = self.twohot.mean(self.reward_logits(feat, instr))
+        c = self.reward_calibration
+        if not c:
+            return raw
+        # the symexp two-hot head's estimate of a {0, R} target is symexp(p * symlog R): recover the
+        # balanced p, add logit(rate) - logit(1/2) to its log-odds, and pay the expected R * p
+        p = (symlog(raw) / symlog(torch.tensor(c["value"]))).clamp(1e-4, 1 - 1e-4)
+        return c["value"] * torch.sigmoid(torch.logit(p) + math.log(c["rate"] / (1 - c["rate"])))
 
     def value_logits(self, feat: Tensor, instr: Tensor, slow: bool = False) -> Tensor:
         return (self.slow_value if slow else self.value)(self._input(feat, instr))

@@ -66,6 +66,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[Agent, d
     extra = {k: info["sizes"][k] for k in ("chunk", "film") if k in info["sizes"]}
     agent = Agent(**{k: info["sizes"][k] for k in SIZE_KEYS}, **extra)
     load_weights(agent, read_tensors(path / "agent.safetensors"), path / "agent.safetensors")
+    agent.reward_calibration = info.get("reward_calibration")  # older agents: the head as trained
     return agent.to(device).eval(), info
 
 

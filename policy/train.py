@@ -41,7 +41,7 @@ from reverie.policy import bc as bc_lib
 from reverie.policy.data import AgentData
 from reverie.policy.dllm import DLLMReward
 from reverie.policy.pmpo import pmpo_loss
-from reverie.policy.reward import check_reward_signal, reward_step
+from reverie.policy.reward import calibration, check_reward_signal, reward_step
 from reverie.datasets.augment import window_augment
 from reverie.policy.returns import lambda_returns, trajectory_weights
 from reverie.world_model import checkpoint as wm_checkpoint
@@ -142,6 +142,7 @@ def train(cfg) -> Path:
                               "run `reverie train-agent stage=bc ...` first")
         sizes = {k: v for k, v in OmegaConf.to_container(cfg.agent).items() if k != "ensemble"}  # ensemble: the controller's
         agent, init_info = Agent(wm.feat_dim, wm.spec.action_dim, wm.spec.instruction_dim, **sizes).to(device), {}
+    agent.reward_calibration = calibration(data)  # this data's rate of paying rows (policy/reward.py)
     agent.train()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,6 +183,7 @@ def train(cfg) -> Path:
             "backend": wm_info["backend"], "image_key": data.image_key, "sizes": sizes,
             "stores": data.paths, "holdout": float(cfg.holdout), "normalizer": data.normalizer.to_json(),
             "prior": str(cfg.prior or cfg.init or ""), "history": history,
+            "reward_calibration": agent.reward_calibration,
             "lineage": [*init_info.get("lineage", []), {"stage": stage, "steps": steps}]}
     path = checkpoint.save(out / "agent", agent, info)
     log.info("agent saved to %s", path)

@@ -186,3 +186,43 @@ def test_agent_data_oversamples_rewarded_windows(built):
 
     with pytest.raises(ConfigError, match="positive_fraction"):
         AgentData(compose("train_agent", ["rewards.positive_fraction=1.5", *common]), wm_cfg, wm_info, 4, 4)
+
+
+def test_the_balanced_head_is_moved_back_to_the_datas_rate_of_paying_rows():
+    """calibration(): the share of training rows that pay (success labels on the final row, held-out
+    episodes left out); predict_reward maps the head's balanced estimate R * p onto R * sigmoid(logit p
+    + logit rate): a state the balanced head gives even odds is paid at the data's rate."""
+    from types import SimpleNamespace
+
+    from reverie.policy.reward import calibration
+
+    class Store:
+        def __init__(self, lengths, rewards):
+            self.reward = np.concatenate(rewards).astype(np.float32)
+            starts = np.cumsum([0, *lengths[:-1]])
+            self.metas = [SimpleNamespace(start=int(a), length=n, success=False) for a, n in zip(starts, lengths)]
+            self.num_episodes = len(lengths)
+
+        def lowdim(self):
+            return {"reward": self.reward}
+
+        def meta(self, e):
+            return self.metas[e]
+
+    labelled = Store([10, 30, 10], [np.zeros(10), np.zeros(30), np.zeros(10)])
+    data = SimpleNamespace(stores=[labelled], held={(0, 2)}, labelled={(0, 0), (0, 2)}, success_reward=1.0)
+    assert calibration(data) == {"value": 1.0, "rate": 1 / 40}          # one paying row of 40 trained on
+    recorded = Store([4], [np.array([0, 0.5, 0, 2.0])])
+    assert calibration(SimpleNamespace(stores=[recorded], held=set(), labelled=set(), success_reward=1.0)) is None
+    assert calibration(SimpleNamespace(stores=[Store([4], [np.zeros(4)])], held=set(), labelled=set(),
+                                       success_reward=1.0)) is None
+
+    agent = Agent(8, 2, 4, units=16, layers=1)
+    feat, instr = torch.randn(3, 8), torch.randn(3, 4)
+    with torch.no_grad():  # a head that says "even odds" of 0 and R = 2 everywhere
+        odds = 0.5 * agent.twohot.target(torch.tensor([0.0, 2.0])).sum(0)
+        agent.reward.out.bias.copy_(odds.clamp(min=1e-12).log())
+    raw = agent.predict_reward(feat, instr)                              # symexp(symlog(2) / 2): uncalibrated
+    assert torch.allclose(raw, torch.full((3,), 3 ** 0.5 - 1), atol=1e-4)
+    agent.reward_calibration = {"value": 2.0, "rate": 0.01}
+    assert torch.allclose(agent.predict_reward(feat, instr), torch.full((3,), 2.0 * 0.01), atol=1e-3)
