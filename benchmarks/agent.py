@@ -155,7 +155,11 @@ def run_task(task: str, args, root: Path, seed: int) -> dict:
         if not (bc / "agent").exists():
             timed("bc on world-model features" + tag, lambda: train(compose("train_agent", [
                 "stage=bc", f"out={bc}", f"steps={args.bc_steps}", *common, *args.bc_set])))
-        score("bc on world-model features" + tag, load_controller(bc), args.suites)
+        if "bc" in stages:  # --stages rl alone trains RL from the BC agent there without re-scoring it
+            score("bc on world-model features" + tag, load_controller(bc), args.suites)
+    if args.rl_label:  # RL (and rounds) trained another way from the same BC agent: rows of their own
+        tag += f", {args.rl_label}"
+        sub += f"_{re.sub(r'[^A-Za-z0-9]+', '_', args.rl_label).strip('_')}"
     rl = root / f"rl{sub}"
     if stages & {"rl", "rounds"}:
         if not (rl / "agent").exists():
@@ -278,6 +282,8 @@ def main() -> None:
                    "their folders, so a world model trained with --wm-set gets rows of its own")
     p.add_argument("--bc-label", default="", help="appended after --wm-label to the bc, rl and rounds rows' names and "
                    "folders (not the world model's): agents trained another way on the same world model")
+    p.add_argument("--rl-label", default="", help="appended after --bc-label to the rl and rounds rows' names "
+                   "and folders (not the bc row's): RL trained another way from the same BC agent")
     p.add_argument("--bc-set", nargs="*", default=[], help="more train-agent overrides for the bc row")
     p.add_argument("--rl-set", nargs="*", default=[], help="more train-agent overrides for the rl row")
     p.add_argument("--cameras", nargs="+", default=["front"], help="cameras the demos record; the first is the "
