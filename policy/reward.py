@@ -12,9 +12,12 @@ Balancing moves the head's prior: it learns P(reward | state) as if half the row
 that resembles the rewarded ones is predicted to pay almost surely (touch, 1,500 BC steps: 0.38 on
 average on rows that do not pay, 44% of them above 0.5, against 0.78 on the rows that do; imagination
 RL then optimised a reward of ~0.4 per step everywhere). `calibration(data)` measures the rate at which
-training rows pay; the agent's `predict_reward` moves the head's log-odds back by logit(rate) (logit
-adjustment, the Bayes correction for a classifier trained at a 50% prior), exact when rewards take
-one nonzero value (success labels, sparse task rewards). With several values the head is used as trained.
+training rows pay; with `rewards.calibrate=true` the agent's `predict_reward` moves the head's
+log-odds back by logit(rate) (logit adjustment, the Bayes correction for a classifier trained at a
+50% prior), exact when rewards take one nonzero value (success labels, sparse task rewards); with
+several values the head is used as trained. Off by default: on touch (front + wrist, seed 0) the
+calibrated reward gave imagination RL 23% [16, 32] against 30% [22, 40] uncalibrated: the head ranks
+paying rows only 2.2:1 above the others, and that, not its prior, is what RL's advantages follow.
 
 `check_reward_signal` refuses RL on data with neither recorded rewards nor success labels.
 """

@@ -142,7 +142,8 @@ def train(cfg) -> Path:
                               "run `reverie train-agent stage=bc ...` first")
         sizes = {k: v for k, v in OmegaConf.to_container(cfg.agent).items() if k != "ensemble"}  # ensemble: the controller's
         agent, init_info = Agent(wm.feat_dim, wm.spec.action_dim, wm.spec.instruction_dim, **sizes).to(device), {}
-    agent.reward_calibration = calibration(data)  # this data's rate of paying rows (policy/reward.py)
+    # this data's rate of paying rows (policy/reward.py), when asked for
+    agent.reward_calibration = calibration(data) if cfg.rewards.calibrate else None
     agent.train()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
