@@ -118,7 +118,9 @@ class AgentStep(PolicyStep):
         e, n = len(self.extra_hw), self.n_filter
         extra, carried = rest[:e], rest[e:]
         own, (prev_action, is_first), ens = carried[:n], carried[n:n + 2], carried[n + 2:]
-        feat, *own = self.filter(image, state, instruction, prev_action, is_first, *own, extra=extra)  # feat (1, F)
+        # extra= only for a model with extra cameras: a one-camera backend's step keeps the plain signature
+        feat, *own = self.filter(image, state, instruction, prev_action, is_first, *own,
+                                 **({"extra": extra} if extra else {}))                      # feat (1, F)
         action, ens = self.execute(self.agent.chunk_policy(feat, instruction), ens)      # (1, A)
         return action, *own, action, torch.zeros_like(is_first), *ens
 

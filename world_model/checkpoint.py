@@ -146,7 +146,7 @@ def read(path: str | Path) -> tuple[Path, Any, dict]:
 # switches keep the math, so on; normalize: the checkpoint's own units are restored on resume).
 LEGACY_RUN = {"warmup": 0, "lr_end": None, "ema": None, "fused_norm": True, "compile_norm": True,
               "channels_last": True, "prefetch": 0, "per": "row", "normalize": None, "weights": None,
-              "augment": {"colour_swap": 0.0, "mirror": 0.0, "mirror_negate": [0, 4]}}
+              "augment": {"colour_swap": 0.0, "mirror": 0.0, "mirror_negate": [0, 4]}, "cameras": []}
 
 
 def upgrade_config(cfg: Any, backend: str) -> Any:

@@ -201,7 +201,7 @@ class TrainData:
         self.dynalang = bool(option(mcfg, "dynalang"))
         # extra cameras the batches carry beside "image": given (a policy's, or its world model's), else the
         # world model's own from its config (train-wm cameras=)
-        self.cameras = tuple(str(c) for c in (cameras if cameras is not None else (cfg.get("cameras") or ())))
+        self.cameras = tuple(str(c) for c in (cameras if cameras is not None else cfg.cameras))
         self.spec = make_spec(self.stores, self.image_key, self.image_size, self.dynalang, self.cameras,
                               whose if cameras is not None else "cameras")
         self.batch_size, self.length = int(mcfg.batch_size), int(mcfg.seq_len)

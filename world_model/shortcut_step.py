@@ -98,7 +98,7 @@ class ShortcutStep(FilterStep):
         return [StateSpec("tok_k", tshape), StateSpec("tok_v", tshape), StateSpec("dyn_k", dshape),
                 StateSpec("dyn_v", dshape), StateSpec("valid", (1, w)), StateSpec("t", (1,))]
 
-    def forward(self, image, state, instruction, prev_action, is_first, tok_k, tok_v, dyn_k, dyn_v, valid, t, extra=()):
+    def forward(self, image, state, instruction, prev_action, is_first, tok_k, tok_v, dyn_k, dyn_v, valid, t):
         wm = self.wm
         keep = 1.0 - is_first                                          # (1,) 0 at an episode's start
         valid = valid * keep[:, None]                                  # forget the last episode's frames

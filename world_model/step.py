@@ -11,8 +11,9 @@ Inputs:  image uint8 (1, H, W, 3) at the camera's resolution (the step resizes i
          `size`: prepare_image), state float32 (1, J) in the model's units, instruction float32
          (1, 384), prev_action (1, A) the action sent after the previous row, is_first (1,) 1 at an
          episode's start (the step then drops the carried state and the previous action, as
-         `observe(batch, state=None)` does), then the tensors named by `specs()`; `extra`: one uint8
-         (1, H, W, 3) frame per extra camera of the model (DataSpec.cameras, in order; () for one camera).
+         `observe(batch, state=None)` does), then the tensors named by `specs()`; `extra` (keyword,
+         passed only to a model with extra cameras, DataSpec.cameras): one uint8 (1, H, W, 3) frame per
+         extra camera, in order. A one-camera backend's step need not take it.
 Outputs: feat (1, F) (what `observe` returns for this row, with deterministic latents) and the next
          value of each of `specs()`, in order. The wrapper carries prev_action and is_first itself.
 
