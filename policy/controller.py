@@ -16,10 +16,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reverie.errors import ConfigError
 from reverie.normalize import Normalizer
 from reverie.policy.agent import Agent
 from reverie.policy.ensemble import TemporalEnsemble
+from reverie.policy.rollout import require_cameras
 from reverie.world_model.data import Language, collate
 
 ROW_DEFAULTS = {"reward": np.float32(0.0), "is_last": np.bool_(False), "is_terminal": np.bool_(False),
@@ -54,12 +54,7 @@ class AgentController:
 
     def batch(self, observation: dict) -> dict[str, torch.Tensor]:
         """One observation -> a one-row batch (B=1, T=1) in the world model's contract."""
-        missing = [k for k in self.image_keys if k not in observation]
-        if missing:
-            have = sorted(k for k in observation if k.startswith("image/"))
-            raise ConfigError(f"this agent's world model reads cameras {self.image_keys} and the observation lacks "
-                              f"{missing} (it has {have}): give the env those cameras (sim: env_kwargs.cameras="
-                              f"[{','.join(k.split('/', 1)[1] for k in self.image_keys)}])")
+        require_cameras(self.image_keys, observation, "this agent's world model")
         row = {**{key: observation[key][None] for key in self.image_keys},
                "state": self.normalizer.normalize("state", np.asarray(observation["state"], np.float32))[None],
                "action": np.zeros((1, self.wm.spec.action_dim), np.float32),

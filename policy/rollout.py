@@ -26,7 +26,19 @@ from typing import Protocol
 import numpy as np
 
 from reverie.datasets.schema import privileged_row
+from reverie.errors import ConfigError
 from reverie.specs import Env
+
+
+def require_cameras(image_keys: list[str], observation: dict, reader: str) -> None:
+    """Refuse an observation without a camera the controller reads (`reader` says who reads them),
+    naming the env option that adds it."""
+    missing = [k for k in image_keys if k not in observation]
+    if missing:
+        have = sorted(k for k in observation if k.startswith("image/"))
+        raise ConfigError(f"{reader} reads cameras {list(image_keys)} and the observation lacks {missing} "
+                          f"(it has {have}): give the env those cameras (sim: env_kwargs.cameras="
+                          f"[{','.join(k.split('/', 1)[1] for k in image_keys)}])")
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from reverie.files import load_weights, read_json, read_tensors
 from reverie.normalize import Normalizer
 from reverie.policy.bc import chunk_targets, random_shift
 from reverie.policy.distributions import BoundedNormal
+from reverie.policy.rollout import require_cameras
 from reverie.world_model.networks import MLP, ChannelNorm, ConvEncoder, conv_stages, symlog, zeroed
 
 log = logging.getLogger(__name__)
@@ -237,12 +238,7 @@ class ScratchController:
 
     @torch.no_grad()
     def act(self, observation: dict) -> np.ndarray:
-        missing = [k for k in self.image_keys if k not in observation]
-        if missing:
-            have = sorted(k for k in observation if k.startswith("image/"))
-            raise ConfigError(f"this policy reads cameras {self.image_keys} and the observation lacks {missing} "
-                              f"(it has {have}): give the env those cameras (sim: env_kwargs.cameras="
-                              f"[{','.join(k.split('/', 1)[1] for k in self.image_keys)}])")
+        require_cameras(self.image_keys, observation, "this policy")
         images = [self._frame(observation[k]) for k in self.image_keys]              # (1, s, s, 3) each
         state = torch.from_numpy(self.normalizer.normalize("state", np.asarray(observation["state"], np.float32)))[None]
         if self.ensemble.on:

@@ -57,6 +57,20 @@ def test_each_camera_is_an_onnx_input_and_a_manifest_entry(two_cams):
     assert bundle.cameras == {"image/front": (64, 64, 3), "image/wrist": (64, 64, 3)}
 
 
+def largest_action_gap(bundle, controller, ep: dict, steps: int) -> float:
+    """Both reset on TEXT, then fed the episode's first `steps` rows (every camera): the largest
+    |action| difference, in the graph's [-1, 1] units."""
+    controller.reset(TEXT)
+    bundle.reset()
+    embedding = bundle.encoder.encode([TEXT])
+    units = lambda a: bundle.normalizer.normalize("action", a)
+    worst = 0.0
+    for t in range(steps):
+        obs = {key: ep[key][t] for key in ep}
+        worst = max(worst, float(np.abs(units(bundle.act_on(obs, embedding)) - units(controller.act(obs))).max()))
+    return worst
+
+
 def test_bundle_acts_as_the_controller_with_both_cameras(two_cams):
     """ONNX parity with ScratchController on recorded rows, the chunk history carried; the wrist frame
     changes the action; a call with the main frame only names the cameras."""
@@ -68,15 +82,8 @@ def test_bundle_acts_as_the_controller_with_both_cameras(two_cams):
     store = EpisodeStore.open(two_cams["store"])
     ep = store.episode(0, keys=["image/front", "image/wrist", "state"])
     store.close()
-    controller.reset(TEXT)
-    bundle.reset()
+    assert largest_action_gap(bundle, controller, ep, 8) < 1e-4
     embedding = bundle.encoder.encode([TEXT])
-    units = lambda a: bundle.normalizer.normalize("action", a)                # the graph's [-1, 1]
-    worst = 0.0
-    for t in range(8):
-        obs = {key: ep[key][t] for key in ep}
-        worst = max(worst, float(np.abs(units(bundle.act_on(obs, embedding)) - units(controller.act(obs))).max()))
-    assert worst < 1e-4
     bundle.reset()
     obs = {"image/front": ep["image/front"][0], "state": ep["state"][0]}
     white = bundle.act(obs["image/front"], obs["state"], embedding, [np.full((64, 64, 3), 255, np.uint8)])
@@ -216,15 +223,7 @@ def test_a_world_model_agent_reads_every_camera_its_model_observes(two_cams, two
     store = EpisodeStore.open(two_cams["store"])
     ep = store.episode(0, keys=["image/front", "image/wrist", "state"])
     store.close()
-    controller.reset(TEXT)
-    bundle.reset()
-    embedding = bundle.encoder.encode([TEXT])
-    units = lambda a: bundle.normalizer.normalize("action", a)
-    worst = 0.0
-    for t in range(6):
-        obs = {key: ep[key][t] for key in ep}
-        worst = max(worst, float(np.abs(units(bundle.act_on(obs, embedding)) - units(controller.act(obs))).max()))
-    assert worst < 1e-4
+    assert largest_action_gap(bundle, controller, ep, 6) < 1e-4
     obs = {key: ep[key][0] for key in ep}
     feats = []
     for wrist in (np.zeros((64, 64, 3), np.uint8), np.full((64, 64, 3), 255, np.uint8)):
