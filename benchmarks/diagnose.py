@@ -213,7 +213,7 @@ def reward(agent: str, store_path: str, episodes: str = "20") -> None:
 
     ctrl = load_controller(agent)
     wm, actor = ctrl.wm, ctrl.agent
-    _, info = checkpoint.load(agent)
+    info = json.loads((checkpoint.find(agent) / "agent.json").read_text())
     _, wm_cfg, wm_info = wm_checkpoint.read(info["world_model"])
     cfg = compose("train_agent", [f"wm={info['world_model']}", f"data={store_path}", "progress=false"])
     calibrated = calibration(AgentData(cfg, wm_cfg, wm_info, batch_size=1, seq_len=2))  # as train-agent computes it

@@ -108,8 +108,9 @@ class Agent(nn.Module):
             return raw
         # the symexp two-hot head's estimate of a {0, R} target is symexp(p * symlog R): recover the
         # balanced p, add logit(rate) - logit(1/2) to its log-odds, and pay the expected R * p
-        p = (symlog(raw) / symlog(torch.tensor(c["value"]))).clamp(1e-4, 1 - 1e-4)
-        return c["value"] * torch.sigmoid(torch.logit(p) + math.log(c["rate"] / (1 - c["rate"])))
+        value = c["value"]
+        p = (symlog(raw) / math.copysign(math.log1p(abs(value)), value)).clamp(1e-4, 1 - 1e-4)
+        return value * torch.sigmoid(torch.logit(p) + math.log(c["rate"] / (1 - c["rate"])))
 
     def value_logits(self, feat: Tensor, instr: Tensor, slow: bool = False) -> Tensor:
         return (self.slow_value if slow else self.value)(self._input(feat, instr))

@@ -29,6 +29,8 @@ from reverie.datasets.schema import privileged_row
 from reverie.errors import ConfigError
 from reverie.specs import Env
 
+log = logging.getLogger(__name__)
+
 
 def require_cameras(image_keys: list[str], observation: dict, reader: str) -> None:
     """Refuse an observation without a camera the controller reads (`reader` says who reads them),
@@ -39,8 +41,6 @@ def require_cameras(image_keys: list[str], observation: dict, reader: str) -> No
         raise ConfigError(f"{reader} reads cameras {list(image_keys)} and the observation lacks {missing} "
                           f"(it has {have}): give the env those cameras (sim: env_kwargs.cameras="
                           f"[{','.join(k.split('/', 1)[1] for k in image_keys)}])")
-
-log = logging.getLogger(__name__)
 
 
 class Controller(Protocol):
